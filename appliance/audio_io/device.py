@@ -1,0 +1,138 @@
+"""Microphone and speaker through sounddevice (PortAudio). Both are realtime ends.
+
+Without a sound card (or without PortAudio) they raise AudioError("audio.no_device") at open,
+with the reason, instead of failing later inside a callback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import threading
+from typing import Any
+
+from appliance.core.audio import PIPELINE_SAMPLE_RATE_HZ, frame_bytes
+from appliance.core.errors import AudioError
+
+
+def _sounddevice() -> Any:
+    try:
+        import sounddevice
+    except OSError as exc:  # PortAudio's shared library is missing
+        raise AudioError("audio.no_device", f"no audio system: {exc}") from exc
+    return sounddevice
+
+
+def _device(name: str) -> str | int | None:
+    if not name:
+        return None
+    return int(name) if name.isdigit() else name
+
+
+def _check_device(sd: Any, device: str | int | None, kind: str) -> None:
+    try:
+        sd.check_input_settings(device=device) if kind == "input" else sd.check_output_settings(
+            device=device
+        )
+    except Exception as exc:
+        raise AudioError(
+            "audio.no_device", f"no usable {kind} device ({device or 'default'}): {exc}"
+        ) from exc
+
+
+class MicrophoneSource:
+    """The default (or named) microphone, 16 kHz mono, one frame per ``frame_ms``."""
+
+    sample_rate_hz = PIPELINE_SAMPLE_RATE_HZ
+    realtime = True
+
+    def __init__(self, device: str = "", frame_ms: int = 20) -> None:
+        self.frame_ms = frame_ms
+        self._device = _device(device)
+        self._queue: asyncio.Queue[bytes] = asyncio.Queue(maxsize=500)
+        self._stream: Any = None
+        self._closed = False
+
+    def open(self) -> None:
+        sd = _sounddevice()
+        _check_device(sd, self._device, "input")
+        loop = asyncio.get_running_loop()
+
+        def callback(data: Any, frames: int, when: Any, status: Any) -> None:
+            frame = bytes(data)
+            if not self._queue.full():
+                loop.call_soon_threadsafe(self._queue.put_nowait, frame)
+
+        try:
+            self._stream = sd.RawInputStream(
+                samplerate=self.sample_rate_hz,
+                channels=1,
+                dtype="int16",
+                blocksize=frame_bytes(self.sample_rate_hz, self.frame_ms) // 2,
+                device=self._device,
+                callback=callback,
+            )
+            self._stream.start()
+        except Exception as exc:
+            raise AudioError("audio.no_device", f"cannot open the microphone: {exc}") from exc
+
+    async def read_frame(self) -> bytes | None:
+        if self._stream is None:
+            self.open()
+        if self._closed:
+            return None
+        return await self._queue.get()
+
+    def close(self) -> None:
+        self._closed = True
+        if self._stream is not None:
+            self._stream.stop()
+            self._stream.close()
+
+
+class SpeakerSink:
+    """The default (or named) speaker; frames are queued and played by PortAudio's thread."""
+
+    def __init__(self, sample_rate_hz: int, device: str = "", frame_ms: int = 20) -> None:
+        self.sample_rate_hz = sample_rate_hz
+        self._device = _device(device)
+        self._frame = frame_bytes(sample_rate_hz, frame_ms)
+        self._frames: collections.deque[bytes] = collections.deque(maxlen=250)
+        self._lock = threading.Lock()
+        self._stream: Any = None
+
+    def open(self) -> None:
+        sd = _sounddevice()
+        _check_device(sd, self._device, "output")
+
+        def callback(out: Any, frames: int, when: Any, status: Any) -> None:
+            with self._lock:
+                frame = self._frames.popleft() if self._frames else bytes(len(out))
+            out[:] = frame.ljust(len(out), b"\0")[: len(out)]
+
+        try:
+            self._stream = sd.RawOutputStream(
+                samplerate=self.sample_rate_hz,
+                channels=1,
+                dtype="int16",
+                blocksize=self._frame // 2,
+                device=self._device,
+                callback=callback,
+            )
+            self._stream.start()
+        except Exception as exc:
+            raise AudioError("audio.no_device", f"cannot open the speaker: {exc}") from exc
+
+    async def write_frame(self, pcm: bytes) -> None:
+        if self._stream is None:
+            self.open()
+        with self._lock:
+            self._frames.append(pcm)
+
+    async def close(self) -> None:
+        if self._stream is not None:
+            while self._frames:
+                await asyncio.sleep(0.02)
+            self._stream.stop()
+            self._stream.close()
+            self._stream = None

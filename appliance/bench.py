@@ -1,0 +1,203 @@
+"""``appliance bench latency``: the streaming pipeline against a plain sequential one.
+
+Both run in one process, on the same loaded models and the same recorded questions, fed at
+speaking pace (realtime), with the same endpointing. The sequential baseline waits for the
+endpoint, then transcribes all, generates all and synthesizes all before the first sample plays.
+Voice-to-voice is measured from the last voiced input frame to the first reply audio frame.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import resource
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+from appliance.audio_io.memory import MemorySink
+from appliance.audio_io.wav import PcmSource, read_wav, to_pipeline_pcm, write_wav
+from appliance.config.settings import Settings
+from appliance.core.audio import PIPELINE_SAMPLE_RATE_HZ
+from appliance.core.events import EventType
+from appliance.engines.llm import LlamaChat
+from appliance.pipeline.dialogue import Dialogue
+from appliance.pipeline.endpointing import Decision, Endpointer
+from appliance.service import VoiceService
+
+QUESTIONS = (
+    "What time do you open on Saturday?",
+    "Can you tell me where my nearest branch is?",
+    "I would like to book an appointment for next week.",
+    "How do I reset my password?",
+    "Do you take credit cards over the phone?",
+    "Hello, can you hear me?",
+    "What is your phone number for support?",
+    "Is there parking near your office?",
+    "How long does delivery take?",
+    "Can I speak to a person please?",
+    "What are your opening hours on Sunday?",
+    "Thank you, that is all for today.",
+)
+LEAD_S = 0.5
+TRAIL_S = 1.2
+
+
+def recorded_questions(service: VoiceService, count: int, folder: Path) -> list[bytes]:
+    """Speak the questions with the TTS voice once, save them as WAV, read them back."""
+    pcms = []
+    for i, text in enumerate(QUESTIONS[:count]):
+        path = folder / f"question-{i + 1:02d}.wav"
+        if not path.exists():
+            speech = b"".join(c.pcm for c in service.engines.tts.synthesize(text, 22_050))
+            padding_lead = bytes(int(LEAD_S * 22_050) * 2)
+            padding_trail = bytes(int(TRAIL_S * 22_050) * 2)
+            write_wav(path, padding_lead + speech + padding_trail, 22_050)
+        pcms.append(to_pipeline_pcm(read_wav(path)))
+    return pcms
+
+
+async def streaming_turn(service: VoiceService, pcm: bytes) -> dict[str, float]:
+    source = PcmSource(pcm, frame_ms=service.settings.audio.frame_ms, realtime=True)
+    sink = MemorySink(service.config.output_sample_rate_hz)
+    turns = await service.session(source, sink).run()
+    turn = next(t for t in turns if t.first(EventType.FIRST_AUDIO) is not None)
+    transcript = turn.first(EventType.TRANSCRIPT)
+    return {
+        "v2v_ms": turn.voice_to_voice_ms or 0.0,
+        "stt_s": float(transcript.data.get("stt_s", 0)) if transcript else 0.0,
+        "audio_s": float(transcript.data.get("audio_s", 0)) if transcript else 0.0,
+    }
+
+
+async def sequential_turn(service: VoiceService, pcm: bytes) -> dict[str, float]:
+    """Endpoint (no speculation), then STT, then the whole reply, then the whole speech."""
+    frame_ms = service.settings.audio.frame_ms
+    config = service.config.endpointer
+    endpointer = Endpointer(dataclasses.replace(config, frame_ms=frame_ms, speculate_after_ms=0))
+    source = PcmSource(pcm, frame_ms=frame_ms, realtime=True)
+    engines = service.engines
+    last_voiced = 0.0
+    utterance = b""
+    while (frame := await source.read_frame()) is not None:
+        voiced = engines.vad.is_speech(frame, PIPELINE_SAMPLE_RATE_HZ)
+        decision = endpointer.process(frame, voiced)
+        if endpointer.in_speech and voiced:
+            last_voiced = time.monotonic()
+        if decision is Decision.SPEECH_END:
+            utterance = endpointer.utterance
+            break
+    if not utterance:
+        endpointer.flush()
+        utterance = endpointer.utterance
+
+    def compute() -> None:
+        transcript = engines.stt.transcribe(utterance, PIPELINE_SAMPLE_RATE_HZ)
+        dialogue = Dialogue(service.config.system_prompt, service.config.history_turns)
+        prompt = dialogue.messages_for(transcript.text)
+        reply = "".join(engines.llm.stream_chat(prompt, service.config.max_reply_tokens))
+        b"".join(c.pcm for c in engines.tts.synthesize(reply, service.config.output_sample_rate_hz))
+
+    await asyncio.to_thread(compute)
+    return {"v2v_ms": (time.monotonic() - last_voiced) * 1000.0}
+
+
+def _summary(values: list[float]) -> dict[str, float]:
+    ordered = sorted(values)
+    p95_index = min(len(ordered) - 1, max(0, round(0.95 * len(ordered)) - 1))
+    return {
+        "median_ms": round(statistics.median(ordered), 1),
+        "p95_ms": round(ordered[p95_index], 1),
+        "n": len(ordered),
+    }
+
+
+def _tts_rtf(service: VoiceService) -> float:
+    text = "Thank you for calling. Your appointment is confirmed for Tuesday at ten."
+    rate = service.config.output_sample_rate_hz
+    started = time.perf_counter()
+    pcm = b"".join(c.pcm for c in service.engines.tts.synthesize(text, rate))
+    return (time.perf_counter() - started) / (len(pcm) / 2 / rate)
+
+
+def _llm_stats(service: VoiceService) -> dict[str, float]:
+    llm = service.engines.llm
+    if not isinstance(llm, LlamaChat):
+        return {}
+    from appliance.core.ports import ChatMessage
+
+    prompt = [
+        ChatMessage("system", service.config.system_prompt),
+        ChatMessage("user", "Please describe your services in a few sentences."),
+    ]
+    for _ in llm.stream_chat(prompt, 64):
+        pass
+    stats = llm.last_stats
+    decode_s = max(1e-9, stats["elapsed_s"] - stats["ttft_s"])
+    return {
+        "tokens_per_s": round(max(0.0, stats["tokens"] - 1) / decode_s, 1),
+        "ttft_ms": round(stats["ttft_s"] * 1000, 1),
+    }
+
+
+def run_latency_bench(settings: Settings, *, questions: int, as_json: bool) -> int:
+    questions = max(1, min(questions, len(QUESTIONS)))
+    started = time.perf_counter()
+    service = VoiceService.load(settings)
+    ready_s = time.perf_counter() - started
+    folder = settings.home / "bench" / "questions"
+    folder.mkdir(parents=True, exist_ok=True)
+    pcms = recorded_questions(service, questions, folder)
+
+    async def run_all() -> tuple[list[dict[str, float]], list[dict[str, float]]]:
+        streaming, sequential = [], []
+        for pcm in pcms:  # interleaved, so drift in machine load hits both alike
+            streaming.append(await streaming_turn(service, pcm))
+            sequential.append(await sequential_turn(service, pcm))
+        return streaming, sequential
+
+    streaming, sequential = asyncio.run(run_all())
+    s = _summary([r["v2v_ms"] for r in streaming])
+    q = _summary([r["v2v_ms"] for r in sequential])
+    stt_rtf = sum(r["stt_s"] for r in streaming) / max(1e-9, sum(r["audio_s"] for r in streaming))
+    report: dict[str, Any] = {
+        "questions": questions,
+        "models": {
+            "stt": settings.stt.model,
+            "llm": settings.llm.model,
+            "tts": settings.tts.model,
+        },
+        "endpointing": {
+            "silence_timeout_ms": settings.endpointing.silence_timeout_ms,
+            "speculate_after_ms": settings.endpointing.speculate_after_ms,
+        },
+        "streaming": s,
+        "sequential": q,
+        "ratio_median": round(q["median_ms"] / max(1e-9, s["median_ms"]), 2),
+        "ratio_p95": round(q["p95_ms"] / max(1e-9, s["p95_ms"]), 2),
+        "stt_rtf": round(stt_rtf, 3),
+        "llm": _llm_stats(service),
+        "tts_rtf": round(_tts_rtf(service), 3),
+        "models_ready_s": round(ready_s, 2),
+        "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+    }
+    if as_json:
+        print(json.dumps(report, indent=2))
+        return 0
+    print(f"voice-to-voice latency over {questions} recorded questions (realtime, same models)")
+    print(f"  {'':12}{'median':>10}{'p95':>10}")
+    for name in ("streaming", "sequential"):
+        r = report[name]
+        print(f"  {name:12}{r['median_ms']:>8.0f}ms{r['p95_ms']:>8.0f}ms")
+    print(
+        f"  ratio (sequential / streaming): median {report['ratio_median']}x, "
+        f"p95 {report['ratio_p95']}x"
+    )
+    llm = report["llm"]
+    print(f"STT real-time factor {report['stt_rtf']}; TTS real-time factor {report['tts_rtf']}")
+    if llm:
+        print(f"LLM {llm['tokens_per_s']} tokens/s, time to first token {llm['ttft_ms']} ms")
+    print(f"models ready in {report['models_ready_s']} s; peak RSS {report['peak_rss_mib']} MiB")
+    return 0

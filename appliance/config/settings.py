@@ -1,0 +1,288 @@
+"""Frozen, validated settings: ``config/appliance.toml`` plus ``APPLIANCE_*`` overrides.
+
+Precedence, lowest first: built-in defaults, the TOML file (``--config`` or ``APPLIANCE_CONFIG``,
+else ``config/appliance.toml`` of the checkout when present), then environment variables named
+``APPLIANCE_<SECTION>__<KEY>`` (for example ``APPLIANCE_STT__MODEL=whisper-tiny-en``).
+``APPLIANCE_HOME`` sets the state folder.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from appliance.core.errors import ConfigError
+
+PACKAGE_ROOT = Path(__file__).resolve().parents[2]
+"""The checkout (or install prefix) holding ``config/`` and ``models/`` beside the package."""
+
+DEFAULT_CONFIG_FILE = PACKAGE_ROOT / "config" / "appliance.toml"
+DEFAULT_MANIFEST_FILE = PACKAGE_ROOT / "models" / "manifest.toml"
+INSTALLED_HOME = Path("/var/lib/appliance")
+ENV_PREFIX = "APPLIANCE_"
+
+
+def _check(condition: bool, key: str, rule: str) -> None:
+    if not condition:
+        raise ConfigError("config.invalid", f"{key}: {rule}")
+
+
+@dataclass(frozen=True)
+class AudioSettings:
+    frame_ms: int = 20
+    output_sample_rate_hz: int = 22_050
+    input_device: str = ""
+    output_device: str = ""
+
+    def __post_init__(self) -> None:
+        _check(self.frame_ms in (10, 20, 30), "audio.frame_ms", "must be 10, 20 or 30")
+        _check(
+            8_000 <= self.output_sample_rate_hz <= 48_000,
+            "audio.output_sample_rate_hz",
+            "must be between 8000 and 48000",
+        )
+
+
+@dataclass(frozen=True)
+class EndpointingSettings:
+    vad_aggressiveness: int = 2
+    start_window_ms: int = 200
+    start_ratio: float = 0.6
+    preroll_ms: int = 300
+    silence_timeout_ms: int = 600
+    speculate_after_ms: int = 200
+    max_utterance_s: float = 30.0
+    barge_in: bool = True
+
+    def __post_init__(self) -> None:
+        _check(0 <= self.vad_aggressiveness <= 3, "endpointing.vad_aggressiveness", "0 to 3")
+        _check(self.start_window_ms >= 20, "endpointing.start_window_ms", "at least 20")
+        _check(0 < self.start_ratio <= 1, "endpointing.start_ratio", "in (0, 1]")
+        _check(self.preroll_ms >= 0, "endpointing.preroll_ms", "not negative")
+        _check(
+            100 <= self.silence_timeout_ms <= 5_000,
+            "endpointing.silence_timeout_ms",
+            "between 100 and 5000",
+        )
+        _check(
+            0 <= self.speculate_after_ms < self.silence_timeout_ms,
+            "endpointing.speculate_after_ms",
+            "0 (off) or less than silence_timeout_ms",
+        )
+        _check(self.max_utterance_s >= 1, "endpointing.max_utterance_s", "at least 1")
+
+
+@dataclass(frozen=True)
+class SttSettings:
+    model: str = "whisper-base"
+    path: str = ""
+    language: str = "en"
+    beam_size: int = 1
+    compute_type: str = "int8"
+    threads: int = 2
+
+    def __post_init__(self) -> None:
+        _check(bool(self.model), "stt.model", "must name a model of the manifest")
+        _check(1 <= self.beam_size <= 10, "stt.beam_size", "1 to 10")
+        _check(self.threads >= 1, "stt.threads", "at least 1")
+
+
+DEFAULT_SYSTEM_PROMPT = (
+    "You are a helpful, polite voice assistant for a customer service line. "
+    "Answer in one or two short spoken sentences. Do not use lists, markdown or emoji."
+)
+
+
+@dataclass(frozen=True)
+class LlmSettings:
+    model: str = "smollm2-135m"
+    path: str = ""
+    system_prompt: str = DEFAULT_SYSTEM_PROMPT
+    context_tokens: int = 2048
+    max_reply_tokens: int = 96
+    temperature: float = 0.2
+    history_turns: int = 6
+    threads: int = 2
+    seed: int = 7
+    fallback_reply: str = "Sorry, something went wrong on my side. Could you say that again?"
+
+    def __post_init__(self) -> None:
+        _check(bool(self.model), "llm.model", "must name a model of the manifest")
+        _check(bool(self.system_prompt.strip()), "llm.system_prompt", "must not be empty")
+        _check(256 <= self.context_tokens <= 32_768, "llm.context_tokens", "256 to 32768")
+        _check(1 <= self.max_reply_tokens <= 1024, "llm.max_reply_tokens", "1 to 1024")
+        _check(0 <= self.temperature <= 2, "llm.temperature", "0 to 2")
+        _check(self.history_turns >= 0, "llm.history_turns", "not negative")
+        _check(self.threads >= 1, "llm.threads", "at least 1")
+        _check(bool(self.fallback_reply.strip()), "llm.fallback_reply", "must not be empty")
+
+
+@dataclass(frozen=True)
+class TtsSettings:
+    model: str = "piper-joe-medium"
+    path: str = ""
+    length_scale: float = 1.0
+    threads: int = 1
+
+    def __post_init__(self) -> None:
+        _check(bool(self.model), "tts.model", "must name a model of the manifest")
+        _check(0.3 <= self.length_scale <= 3, "tts.length_scale", "0.3 to 3")
+        _check(self.threads >= 1, "tts.threads", "at least 1")
+
+
+@dataclass(frozen=True)
+class ModelsSettings:
+    manifest: str = ""
+
+    @property
+    def manifest_path(self) -> Path:
+        return Path(self.manifest) if self.manifest else DEFAULT_MANIFEST_FILE
+
+
+@dataclass(frozen=True)
+class Settings:
+    home: Path = field(default_factory=lambda: default_home())
+    audio: AudioSettings = field(default_factory=AudioSettings)
+    endpointing: EndpointingSettings = field(default_factory=EndpointingSettings)
+    stt: SttSettings = field(default_factory=SttSettings)
+    llm: LlmSettings = field(default_factory=LlmSettings)
+    tts: TtsSettings = field(default_factory=TtsSettings)
+    models: ModelsSettings = field(default_factory=ModelsSettings)
+    source: str = "defaults"
+    """Where the settings came from (the file path, or 'defaults'), for messages."""
+
+
+SECTIONS: dict[str, type[Any]] = {
+    "audio": AudioSettings,
+    "endpointing": EndpointingSettings,
+    "stt": SttSettings,
+    "llm": LlmSettings,
+    "tts": TtsSettings,
+    "models": ModelsSettings,
+}
+
+
+def default_home() -> Path:
+    """``APPLIANCE_HOME``, else ``./.appliance`` in a checkout, else ``/var/lib/appliance``."""
+    env = os.environ.get("APPLIANCE_HOME")
+    if env:
+        return Path(env)
+    if (PACKAGE_ROOT / "pyproject.toml").is_file():
+        return PACKAGE_ROOT / ".appliance"
+    return INSTALLED_HOME
+
+
+def _coerce(value: Any, kind: Any, key: str) -> Any:
+    """Check a TOML value (or convert an environment string) to the field's type."""
+    from_env = isinstance(value, str) and kind is not str
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        if from_env and value.lower() in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+            return value.lower() in ("1", "true", "yes", "on")
+    elif kind is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if from_env:
+            try:
+                return int(value)
+            except ValueError:
+                pass
+    elif kind is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        if from_env:
+            try:
+                return float(value)
+            except ValueError:
+                pass
+    elif kind is str and isinstance(value, str):
+        return value
+    raise ConfigError(
+        "config.type", f"{key}: expected {getattr(kind, '__name__', kind)}, got {value!r}"
+    )
+
+
+def _build_section(name: str, cls: type[Any], values: Mapping[str, Any]) -> Any:
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ConfigError("config.unknown_key", f"[{name}] has unknown keys: {', '.join(unknown)}")
+    kwargs = {k: _coerce(v, hints[k], f"{name}.{k}") for k, v in values.items()}
+    return cls(**kwargs)
+
+
+def _env_overrides(environ: Mapping[str, str]) -> dict[str, dict[str, str]]:
+    overrides: dict[str, dict[str, str]] = {}
+    for var, value in environ.items():
+        if not var.startswith(ENV_PREFIX) or "__" not in var:
+            continue
+        section, _, key = var[len(ENV_PREFIX) :].lower().partition("__")
+        if section not in SECTIONS:
+            raise ConfigError("config.unknown_section", f"{var}: no section [{section}]")
+        overrides.setdefault(section, {})[key] = value
+    return overrides
+
+
+def load_settings(
+    config_file: Path | None = None, environ: Mapping[str, str] | None = None
+) -> Settings:
+    """Read, merge and validate the settings; raise ConfigError with the key at fault."""
+    env = os.environ if environ is None else environ
+    path = config_file or (Path(env["APPLIANCE_CONFIG"]) if env.get("APPLIANCE_CONFIG") else None)
+    data: dict[str, Any] = {}
+    source = "defaults"
+    if path is None and DEFAULT_CONFIG_FILE.is_file():
+        path = DEFAULT_CONFIG_FILE
+    if path is not None:
+        try:
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError as exc:
+            raise ConfigError("config.missing", f"configuration file {path} not found") from exc
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise ConfigError("config.syntax", f"{path}: {exc}") from exc
+        source = str(path)
+    unknown = sorted(set(data) - set(SECTIONS) - {"home"})
+    if unknown:
+        raise ConfigError("config.unknown_section", f"{source}: unknown sections {unknown}")
+    overrides = _env_overrides(env)
+    sections: dict[str, Any] = {}
+    for name, cls in SECTIONS.items():
+        raw = data.get(name, {})
+        if not isinstance(raw, dict):
+            raise ConfigError("config.type", f"[{name}] must be a table")
+        merged = {**raw, **overrides.get(name, {})}
+        sections[name] = _build_section(name, cls, merged)
+    if env.get("APPLIANCE_HOME"):
+        home = Path(env["APPLIANCE_HOME"])
+    elif isinstance(data.get("home"), str) and data["home"]:
+        home = Path(data["home"])
+    else:
+        home = default_home()
+    return Settings(home=home, source=source, **sections)
+
+
+def replace_section(settings: Settings, section: str, **changes: Any) -> Settings:
+    """A copy of ``settings`` with some keys of one section changed (validated again)."""
+    current = getattr(settings, section)
+    return dataclasses.replace(settings, **{section: dataclasses.replace(current, **changes)})
+
+
+__all__ = [
+    "AudioSettings",
+    "EndpointingSettings",
+    "LlmSettings",
+    "ModelsSettings",
+    "Settings",
+    "SttSettings",
+    "TtsSettings",
+    "load_settings",
+    "replace_section",
+]

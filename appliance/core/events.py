@@ -1,0 +1,66 @@
+"""Turn events: what happened in a turn and when, on the call's monotonic clock.
+
+A turn emits its events in a fixed order (Home Assistant's assist pipeline does the same):
+SPEECH_START, SPEECH_END, TRANSCRIPT, FIRST_TOKEN, FIRST_SENTENCE, FIRST_AUDIO, TURN_END.
+BARGE_IN and ERROR may appear before TURN_END; a turn whose transcript is empty, or that was
+interrupted or failed, skips the stages it never reached. Work done speculatively (before the
+end of speech was confirmed) keeps the timestamp at which it really happened, so ``t_ms`` of
+TRANSCRIPT may be earlier than that of SPEECH_END.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+
+class Stage(enum.StrEnum):
+    """Where in the data path something happened (audio in -> ... -> audio out)."""
+
+    AUDIO_IN = "audio_in"
+    ENDPOINTING = "endpointing"
+    STT = "stt"
+    LLM = "llm"
+    TTS = "tts"
+    AUDIO_OUT = "audio_out"
+
+
+class EventType(enum.StrEnum):
+    SPEECH_START = "speech_start"
+    SPEECH_END = "speech_end"
+    TRANSCRIPT = "transcript"
+    FIRST_TOKEN = "first_token"
+    FIRST_SENTENCE = "first_sentence"
+    FIRST_AUDIO = "first_audio"
+    BARGE_IN = "barge_in"
+    ERROR = "error"
+    TURN_END = "turn_end"
+
+
+EVENT_ORDER: tuple[EventType, ...] = (
+    EventType.SPEECH_START,
+    EventType.SPEECH_END,
+    EventType.TRANSCRIPT,
+    EventType.FIRST_TOKEN,
+    EventType.FIRST_SENTENCE,
+    EventType.FIRST_AUDIO,
+    EventType.BARGE_IN,
+    EventType.ERROR,
+    EventType.TURN_END,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class TurnEvent:
+    """One event of one turn.
+
+    ``t_ms`` is milliseconds since the call started (monotonic clock). ``frame_index`` is the
+    index of the 20 ms media frame at which it happened, when it is tied to the media timeline.
+    ``data`` holds small typed facts (a transcript, an error code); it is payload, never logged.
+    """
+
+    type: EventType
+    turn: int
+    t_ms: float
+    frame_index: int | None = None
+    data: dict[str, str | int | float | bool] = field(default_factory=dict)

@@ -1,0 +1,85 @@
+"""Ports: the small typed Protocols through which the pipeline reaches engines and audio.
+
+Engines (faster-whisper, llama.cpp, Piper, WebRTC VAD) and audio ends (WAV files, sound devices,
+phone calls) implement these; ``appliance.testing`` holds fakes of each. An engine loads its
+model once and may be shared by many calls; it serializes its own inferences.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Literal, Protocol, runtime_checkable
+
+from appliance.core.audio import AudioChunk
+
+Role = Literal["system", "user", "assistant"]
+
+
+@dataclass(frozen=True, slots=True)
+class ChatMessage:
+    role: Role
+    content: str
+
+
+@dataclass(frozen=True, slots=True)
+class Transcript:
+    text: str
+    audio_duration_s: float
+    processing_s: float
+    language: str = ""
+
+
+@runtime_checkable
+class SpeechDetector(Protocol):
+    """Says whether one frame (10, 20 or 30 ms of PCM16 mono) holds speech."""
+
+    def is_speech(self, frame: bytes, sample_rate_hz: int) -> bool: ...
+
+
+@runtime_checkable
+class Transcriber(Protocol):
+    def transcribe(self, pcm: bytes, sample_rate_hz: int) -> Transcript: ...
+
+
+@runtime_checkable
+class ChatModel(Protocol):
+    """Streams the reply's text pieces. Closing the iterator early stops the generation."""
+
+    def stream_chat(self, messages: Sequence[ChatMessage], max_tokens: int) -> Iterator[str]: ...
+
+
+@runtime_checkable
+class Synthesizer(Protocol):
+    """Speaks text; yields audio chunks at ``sample_rate_hz`` as they are ready."""
+
+    def synthesize(self, text: str, sample_rate_hz: int) -> Iterator[AudioChunk]: ...
+
+
+@runtime_checkable
+class AudioSource(Protocol):
+    """Caller audio, one frame at a time, at ``sample_rate_hz``.
+
+    ``realtime`` is True when frames arrive at the pace of speech (a microphone, a phone call,
+    a paced file). A source that is not realtime is read in lockstep: media time stands still
+    while the pipeline computes, as if the machine were infinitely fast.
+    """
+
+    sample_rate_hz: int
+    frame_ms: int
+    realtime: bool
+
+    async def read_frame(self) -> bytes | None:
+        """The next frame, exactly ``frame_ms`` long, or None at the end of the stream."""
+        ...
+
+
+@runtime_checkable
+class AudioSink(Protocol):
+    """Where the agent's voice goes, one frame per input frame (silence when quiet)."""
+
+    sample_rate_hz: int
+
+    async def write_frame(self, pcm: bytes) -> None: ...
+
+    async def close(self) -> None: ...

@@ -1,0 +1,472 @@
+"""Walks a call: audio in -> endpointing -> STT -> LLM -> sentences -> TTS -> audio out.
+
+The call runs on one media clock: every input frame is one tick, and every tick writes exactly
+one output frame (reply audio, or silence while the agent is quiet), as a phone line does. So
+barge-in is measured in frames: the first tick at which the caller's speech is detected stops
+playback, and no reply audio is written from that tick on.
+
+Streaming: the reply's first sentence is synthesized while the model writes the rest, and audio
+starts as soon as that sentence is spoken. At a short pause (``speculate_after_ms``) the turn is
+transcribed and answered speculatively, held back behind a gate; when the pause turns out to be
+the end of the turn the gate opens at once, and when the caller goes on speaking the work is
+thrown away. Inference runs in worker threads, so one call never blocks another call's audio.
+
+Errors of a stage are caught once, here, at the turn boundary: the turn gets an ERROR event, the
+caller hears the fallback reply, and the call goes on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import threading
+import time
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from appliance.core.audio import PIPELINE_SAMPLE_RATE_HZ, frame_bytes
+from appliance.core.errors import ApplianceError
+from appliance.core.events import EventType, Stage, TurnEvent
+from appliance.core.ports import (
+    AudioSink,
+    AudioSource,
+    ChatMessage,
+    ChatModel,
+    SpeechDetector,
+    Synthesizer,
+    Transcriber,
+)
+from appliance.pipeline.chunking import SentenceChunker
+from appliance.pipeline.dialogue import Dialogue
+from appliance.pipeline.endpointing import Decision, Endpointer, EndpointerConfig
+
+log = logging.getLogger(__name__)
+
+# One worker thread per stage, shared by every call of the process: a model is never run by two
+# threads at once, and each library keeps its thread pools (OpenMP, ONNX Runtime, ggml) bound to
+# one calling thread instead of spawning a new team of spinning threads per caller.
+_WORKERS = {
+    stage: ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"appliance-{stage.value}")
+    for stage in (Stage.STT, Stage.LLM, Stage.TTS)
+}
+
+
+async def _in_worker(stage: Stage, fn: Callable[..., T], *args: Any) -> T:
+    return await asyncio.get_running_loop().run_in_executor(_WORKERS[stage], fn, *args)
+
+
+EventHandler = Callable[[TurnEvent], None]
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class Engines:
+    """The loaded models, shared by every call of the process."""
+
+    vad: SpeechDetector
+    stt: Transcriber
+    llm: ChatModel
+    tts: Synthesizer
+
+
+@dataclass(frozen=True, slots=True)
+class PipelineConfig:
+    endpointer: EndpointerConfig = field(default_factory=EndpointerConfig)
+    system_prompt: str = "You are a helpful voice assistant. Answer briefly."
+    max_reply_tokens: int = 96
+    history_turns: int = 6
+    barge_in: bool = True
+    output_sample_rate_hz: int = 22_050
+    fallback_reply: str = "Sorry, something went wrong on my side. Could you say that again?"
+
+
+@dataclass
+class TurnResult:
+    """What one turn of a call said and when things happened."""
+
+    index: int
+    transcript: str = ""
+    reply: str = ""
+    events: list[TurnEvent] = field(default_factory=list)
+    interrupted: bool = False
+    error_code: str = ""
+    last_voiced_ms: float | None = None
+    """Call-clock time at which the caller's last voiced frame arrived."""
+
+    def first(self, kind: EventType) -> TurnEvent | None:
+        return next((e for e in self.events if e.type is kind), None)
+
+    @property
+    def voice_to_voice_ms(self) -> float | None:
+        """From the last voiced input sample to the first reply audio sample."""
+        audio = self.first(EventType.FIRST_AUDIO)
+        if audio is None or self.last_voiced_ms is None:
+            return None
+        return audio.t_ms - self.last_voiced_ms
+
+
+class _Response:
+    """The reply being computed for one turn; gated while it is speculative."""
+
+    def __init__(self, turn: TurnResult, speculative: bool) -> None:
+        self.turn = turn
+        self.released = not speculative
+        self.cancel = threading.Event()
+        self.audio = bytearray()
+        self.finished = False
+        self.started_audio = False
+        self.changed = asyncio.Event()
+        self.held_events: list[TurnEvent] = []
+        self.transcript = ""
+        self.reply = ""
+        self.task: asyncio.Task[None] | None = None
+
+
+class CallSession:
+    """One call: a source, a sink, the shared engines and this call's dialogue."""
+
+    def __init__(
+        self,
+        engines: Engines,
+        config: PipelineConfig,
+        source: AudioSource,
+        sink: AudioSink,
+        on_event: EventHandler | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if source.sample_rate_hz != PIPELINE_SAMPLE_RATE_HZ:
+            raise ValueError(f"sources must deliver {PIPELINE_SAMPLE_RATE_HZ} Hz audio")
+        if sink.sample_rate_hz != config.output_sample_rate_hz:
+            raise ValueError("sink rate differs from the configured output rate")
+        self._engines = engines
+        self._config = config
+        self._source = source
+        self._sink = sink
+        self._on_event = on_event
+        self._clock = clock
+        self._frame_ms = source.frame_ms
+        self._endpointer = Endpointer(
+            dataclasses.replace(config.endpointer, frame_ms=source.frame_ms)
+        )
+        self._dialogue = Dialogue(config.system_prompt, config.history_turns)
+        self._out_frame = frame_bytes(config.output_sample_rate_hz, source.frame_ms)
+        self._silence = bytes(self._out_frame)
+        self._t0 = 0.0
+        self._tick = 0
+        self._turn: TurnResult | None = None
+        self._response: _Response | None = None
+        self._speaking: _Response | None = None
+        self.turns: list[TurnResult] = []
+        self.frames_written = 0
+        self.underruns = 0
+
+    # -- the media loop ---------------------------------------------------------------------
+
+    async def run(self) -> list[TurnResult]:
+        """Run the call until its source ends and the last reply has been played."""
+        self._t0 = self._clock()
+        try:
+            while (frame := await self._source.read_frame()) is not None:
+                self._on_input(frame)
+                await self._output_tick()
+                self._tick += 1
+            if self._endpointer.flush() is Decision.SPEECH_END:
+                self._speech_end()
+            await self._drain()
+        finally:
+            await self._cancel_all()
+            await self._sink.close()
+        return self.turns
+
+    async def _drain(self) -> None:
+        """After the caller's audio ends, keep the line open until the reply is played."""
+        deadline = time.monotonic()
+        while self._speaking is not None or self._response is not None:
+            await self._output_tick()
+            self._tick += 1
+            if self._source.realtime:
+                deadline += self._frame_ms / 1000
+                await asyncio.sleep(max(0.0, deadline - time.monotonic()))
+
+    def _now_ms(self) -> float:
+        return (self._clock() - self._t0) * 1000.0
+
+    def _on_input(self, frame: bytes) -> None:
+        agent_busy = self._speaking is not None or (
+            self._response is not None and self._response.released
+        )
+        if agent_busy and not self._config.barge_in:
+            is_speech = False  # half duplex: the agent does not listen while it talks
+        else:
+            is_speech = self._engines.vad.is_speech(frame, PIPELINE_SAMPLE_RATE_HZ)
+        decision = self._endpointer.process(frame, is_speech)
+        if decision is Decision.SPEECH_START:
+            if agent_busy:
+                self._barge_in()
+            self._turn = TurnResult(index=len(self.turns) + 1)
+            self.turns.append(self._turn)
+            self._emit(self._turn, EventType.SPEECH_START, frame_index=self._tick)
+        if self._turn is not None and self._endpointer.in_speech and is_speech:
+            self._turn.last_voiced_ms = self._now_ms()
+        if decision is Decision.SPECULATE:
+            self._start_response(self._endpointer.pending_audio(), speculative=True)
+        elif decision is Decision.RESUMED:
+            self._discard_speculation()
+        elif decision is Decision.SPEECH_END:
+            self._speech_end()
+
+    def _speech_end(self) -> None:
+        turn = self._turn
+        assert turn is not None
+        self._emit(turn, EventType.SPEECH_END, frame_index=self._tick)
+        pending = self._response
+        if pending is not None and not pending.released and pending.turn is turn:
+            self._release(pending)
+        else:
+            self._discard_speculation()
+            self._start_response(self._endpointer.utterance, speculative=False)
+
+    async def _output_tick(self) -> None:
+        """Write one output frame: the speaking reply's audio, or silence."""
+        response = self._speaking
+        if response is None and self._response is not None and self._response.released:
+            response = self._speaking = self._response
+        if response is not None and not self._source.realtime:
+            # Lockstep: media time waits for the pipeline, as on an infinitely fast machine.
+            while len(response.audio) < self._out_frame and not response.finished:
+                response.changed.clear()
+                await response.changed.wait()
+        frame = self._silence
+        if response is not None:
+            if len(response.audio) >= self._out_frame or (response.finished and response.audio):
+                frame = bytes(response.audio[: self._out_frame]).ljust(self._out_frame, b"\0")
+                del response.audio[: self._out_frame]
+                if not response.started_audio:
+                    response.started_audio = True
+                    self._emit(response.turn, EventType.FIRST_AUDIO, frame_index=self._tick)
+            elif not response.finished:
+                self.underruns += int(response.started_audio)
+            if response.finished and not response.audio:
+                self._end_turn(response)
+        await self._sink.write_frame(frame)
+        self.frames_written += 1
+
+    # -- responses ----------------------------------------------------------------------------
+
+    def _start_response(self, audio: bytes, *, speculative: bool) -> None:
+        assert self._turn is not None
+        response = _Response(self._turn, speculative)
+        response.task = asyncio.create_task(self._respond(response, audio))
+        self._response = response
+
+    def _release(self, response: _Response) -> None:
+        response.released = True
+        held, response.held_events = response.held_events, []
+        for event in held:
+            self._publish(response.turn, event)
+        response.changed.set()
+
+    def _discard_speculation(self) -> None:
+        response = self._response
+        if response is not None and not response.released:
+            self._stop(response)
+            self._response = None
+
+    def _barge_in(self) -> None:
+        """The caller spoke over the agent: stop playback now and the generation behind it."""
+        for response in {id(r): r for r in (self._speaking, self._response) if r}.values():
+            if not response.released:
+                self._stop(response)
+                continue
+            response.turn.interrupted = True
+            self._emit(response.turn, EventType.BARGE_IN, frame_index=self._tick)
+            self._stop(response)
+            self._end_turn(response)
+        self._speaking = None
+        self._response = None
+
+    def _stop(self, response: _Response) -> None:
+        response.cancel.set()
+        response.audio.clear()
+        if response.task is not None:
+            response.task.cancel()
+
+    def _end_turn(self, response: _Response) -> None:
+        turn = response.turn
+        turn.transcript = response.transcript
+        turn.reply = response.reply
+        self._dialogue.commit(response.transcript, response.reply)
+        self._emit(
+            turn,
+            EventType.TURN_END,
+            frame_index=self._tick,
+            interrupted=turn.interrupted,
+        )
+        if self._speaking is response:
+            self._speaking = None
+        if self._response is response:
+            self._response = None
+
+    async def _cancel_all(self) -> None:
+        for response in (self._speaking, self._response):
+            if response is not None and response.task is not None and not response.task.done():
+                self._stop(response)
+                with contextlib.suppress(asyncio.CancelledError):
+                    await response.task
+
+    async def _respond(self, response: _Response, audio: bytes) -> None:
+        """STT -> LLM -> sentences -> TTS for one turn; the one place a turn's errors land."""
+        try:
+            await self._compute_reply(response, audio)
+        except asyncio.CancelledError:
+            response.cancel.set()
+            raise
+        except ApplianceError as exc:
+            log.warning("turn %d failed: %s", response.turn.index, exc.code)
+            response.turn.error_code = exc.code
+            self._hold_or_emit(response, EventType.ERROR, code=exc.code, stage=_stage_of(exc))
+            await self._speak_fallback(response)
+        finally:
+            response.finished = True
+            response.changed.set()
+
+    async def _compute_reply(self, response: _Response, audio: bytes) -> None:
+        transcript = await _in_worker(
+            Stage.STT, self._engines.stt.transcribe, audio, PIPELINE_SAMPLE_RATE_HZ
+        )
+        response.transcript = transcript.text
+        self._hold_or_emit(
+            response,
+            EventType.TRANSCRIPT,
+            text=transcript.text,
+            stt_s=round(transcript.processing_s, 4),
+            audio_s=round(transcript.audio_duration_s, 3),
+        )
+        if not transcript.text.strip():
+            return
+        messages = self._dialogue.messages_for(transcript.text)
+        sentences: asyncio.Queue[str | None] = asyncio.Queue()
+        speaker = asyncio.create_task(self._speak(response, sentences))
+        try:
+            chunker = SentenceChunker()
+            first_sentence = True
+            async for piece in self._stream_tokens(response, messages):
+                if not response.reply:
+                    self._hold_or_emit(response, EventType.FIRST_TOKEN)
+                response.reply += piece
+                for sentence in chunker.feed(piece):
+                    if first_sentence:
+                        first_sentence = False
+                        self._hold_or_emit(response, EventType.FIRST_SENTENCE)
+                    sentences.put_nowait(sentence)
+            for sentence in chunker.flush():
+                if first_sentence:
+                    first_sentence = False
+                    self._hold_or_emit(response, EventType.FIRST_SENTENCE)
+                sentences.put_nowait(sentence)
+            response.reply = response.reply.strip()
+        finally:
+            sentences.put_nowait(None)
+            if response.cancel.is_set():
+                speaker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await speaker
+
+    async def _speak(self, response: _Response, sentences: asyncio.Queue[str | None]) -> None:
+        while (sentence := await sentences.get()) is not None:
+            if response.cancel.is_set():
+                return
+            pcm = await _in_worker(Stage.TTS, self._synthesize, sentence)
+            if response.cancel.is_set():
+                return
+            response.audio.extend(pcm)
+            response.changed.set()
+
+    def _synthesize(self, text: str) -> bytes:
+        rate = self._config.output_sample_rate_hz
+        return b"".join(chunk.pcm for chunk in self._engines.tts.synthesize(text, rate))
+
+    async def _speak_fallback(self, response: _Response) -> None:
+        try:
+            pcm = await _in_worker(Stage.TTS, self._synthesize, self._config.fallback_reply)
+            response.audio.extend(pcm)
+        except ApplianceError as exc:
+            log.error("fallback reply could not be spoken: %s", exc.code)
+
+    async def _stream_tokens(
+        self, response: _Response, messages: list[ChatMessage]
+    ) -> AsyncIterator[str]:
+        """The model's pieces, produced in a worker thread and handed to the loop."""
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[tuple[str, str | BaseException | None]] = asyncio.Queue()
+        stop = threading.Event()
+
+        def hand(kind: str, value: str | BaseException | None) -> None:
+            with contextlib.suppress(RuntimeError):  # the loop is gone: nobody listens
+                loop.call_soon_threadsafe(queue.put_nowait, (kind, value))
+
+        def produce() -> None:
+            pieces = self._engines.llm.stream_chat(messages, self._config.max_reply_tokens)
+            try:
+                for piece in pieces:
+                    if stop.is_set() or response.cancel.is_set():
+                        break
+                    hand("piece", piece)
+            except BaseException as exc:
+                hand("error", exc)
+                return
+            finally:
+                close = getattr(pieces, "close", None)
+                if close is not None:
+                    close()
+            hand("done", None)
+
+        worker = loop.run_in_executor(_WORKERS[Stage.LLM], produce)
+        try:
+            while True:
+                kind, value = await queue.get()
+                if kind == "piece":
+                    assert isinstance(value, str)
+                    yield value
+                elif kind == "error":
+                    assert isinstance(value, BaseException)
+                    raise value
+                else:
+                    break
+            await worker
+        finally:
+            stop.set()
+
+    # -- events --------------------------------------------------------------------------------
+
+    def _hold_or_emit(
+        self, response: _Response, kind: EventType, **data: str | int | float | bool
+    ) -> None:
+        event = TurnEvent(kind, response.turn.index, self._now_ms(), None, dict(data))
+        if response.released:
+            self._publish(response.turn, event)
+        else:
+            response.held_events.append(event)
+
+    def _emit(
+        self,
+        turn: TurnResult,
+        kind: EventType,
+        frame_index: int | None = None,
+        **data: str | int | float | bool,
+    ) -> None:
+        self._publish(turn, TurnEvent(kind, turn.index, self._now_ms(), frame_index, dict(data)))
+
+    def _publish(self, turn: TurnResult, event: TurnEvent) -> None:
+        turn.events.append(event)
+        if self._on_event is not None:
+            self._on_event(event)
+
+
+def _stage_of(exc: ApplianceError) -> str:
+    prefix = exc.code.split(".", 1)[0]
+    return next((s.value for s in Stage if s.value == prefix), "pipeline")
