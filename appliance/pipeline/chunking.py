@@ -18,8 +18,8 @@ class SentenceChunker:
 
     A boundary is sentence punctuation followed by whitespace (so "3.5" and "e.g." do not split
     early), or a newline; the first chunk may also end at a comma once it is
-    ``first_clause_chars`` long. A run without a boundary longer than ``max_chars`` is cut at the last
-    comma or space, so a model that never stops a sentence still gets spoken.
+    ``first_clause_chars`` long. A run without a boundary longer than ``max_chars`` is cut at
+    the last comma or space, so a model that never stops a sentence still gets spoken.
     """
 
     def __init__(
@@ -90,4 +90,5 @@ def _ends_in_abbreviation(text: str) -> bool:
 def _clean(text: str) -> str:
     """Collapse whitespace and drop markdown marks a voice should not read out."""
     text = re.sub(r"[*_`#]+", "", text)
+    text = re.sub(r"^\s*[-•]\s+", "", text)
     return re.sub(r"\s+", " ", text).strip()

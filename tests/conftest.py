@@ -1,0 +1,56 @@
+"""Shared fixtures. Tests are marked by tier from their folder: unit, fakes (integration), real."""
+
+from __future__ import annotations
+
+import dataclasses
+import wave
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from appliance.config.settings import Settings, load_settings
+
+TIERS = {"unit": "unit", "integration": "fakes", "real": "real"}
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        folder = Path(str(item.fspath)).parent.name
+        if folder in TIERS:
+            item.add_marker(getattr(pytest.mark, TIERS[folder]))
+
+
+@pytest.fixture
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A private APPLIANCE_HOME for one test."""
+    path = tmp_path / "home"
+    path.mkdir()
+    monkeypatch.setenv("APPLIANCE_HOME", str(path))
+    return path
+
+
+@pytest.fixture
+def settings(home: Path) -> Settings:
+    return load_settings(environ={"APPLIANCE_HOME": str(home)})
+
+
+def write_pcm16_wav(path: Path, pcm: bytes, rate: int, channels: int = 1) -> Path:
+    with wave.open(str(path), "wb") as out:
+        out.setnchannels(channels)
+        out.setsampwidth(2)
+        out.setframerate(rate)
+        out.writeframes(pcm)
+    return path
+
+
+@pytest.fixture(scope="session")
+def repo_root() -> Iterator[Path]:
+    yield ROOT
+
+
+def replace(settings: Settings, section: str, **changes: object) -> Settings:
+    return dataclasses.replace(
+        settings, **{section: dataclasses.replace(getattr(settings, section), **changes)}
+    )

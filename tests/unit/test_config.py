@@ -1,0 +1,111 @@
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+from appliance.config.manifest import load_manifest, model_spec
+from appliance.config.settings import DEFAULT_CONFIG_FILE, Settings, load_settings
+from appliance.core.errors import ConfigError
+
+
+def test_shipped_file_matches_the_built_in_defaults(tmp_path: Path) -> None:
+    env = {"APPLIANCE_HOME": str(tmp_path)}
+    from_file = load_settings(DEFAULT_CONFIG_FILE, environ=env)
+    builtin = Settings(home=tmp_path)
+    for section in ("audio", "endpointing", "stt", "llm", "tts", "models"):
+        assert getattr(from_file, section) == getattr(builtin, section), section
+
+
+def test_settings_are_frozen(settings: Settings) -> None:
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        settings.stt.model = "other"  # type: ignore[misc]
+
+
+def test_environment_overrides_the_file(tmp_path: Path) -> None:
+    config = tmp_path / "a.toml"
+    config.write_text('[stt]\nmodel = "whisper-base"\n[endpointing]\nsilence_timeout_ms = 900\n')
+    settings = load_settings(
+        config,
+        environ={
+            "APPLIANCE_STT__MODEL": "whisper-tiny-en",
+            "APPLIANCE_ENDPOINTING__BARGE_IN": "false",
+            "APPLIANCE_LLM__TEMPERATURE": "0.5",
+            "APPLIANCE_HOME": str(tmp_path / "state"),
+        },
+    )
+    assert settings.stt.model == "whisper-tiny-en"
+    assert settings.endpointing.silence_timeout_ms == 900
+    assert settings.endpointing.barge_in is False
+    assert settings.llm.temperature == 0.5
+    assert settings.home == tmp_path / "state"
+    assert settings.source == str(config)
+
+
+def test_config_file_from_the_environment(tmp_path: Path) -> None:
+    config = tmp_path / "b.toml"
+    config.write_text("[audio]\nframe_ms = 30\n")
+    assert load_settings(environ={"APPLIANCE_CONFIG": str(config)}).audio.frame_ms == 30
+
+
+@pytest.mark.parametrize(
+    ("text", "env", "code", "names"),
+    [
+        ("[audio]\nframe_ms = 25\n", {}, "config.invalid", "audio.frame_ms"),
+        ("[audio]\nframe_ms = 'twenty'\n", {}, "config.type", "audio.frame_ms"),
+        ("[stt]\nmodle = 'x'\n", {}, "config.unknown_key", "modle"),
+        ("[sst]\nmodel = 'x'\n", {}, "config.unknown_section", "sst"),
+        ("[stt\nmodel = 'x'\n", {}, "config.syntax", "b.toml"),
+        ("", {"APPLIANCE_LLM__TEMPERATURE": "hot"}, "config.type", "llm.temperature"),
+        ("", {"APPLIANCE_LLM__TEMPERATURE": "9"}, "config.invalid", "llm.temperature"),
+        ("", {"APPLIANCE_NOPE__X": "1"}, "config.unknown_section", "APPLIANCE_NOPE__X"),
+        (
+            "[endpointing]\nspeculate_after_ms = 700\n",
+            {},
+            "config.invalid",
+            "speculate_after_ms",
+        ),
+    ],
+)
+def test_bad_settings_are_refused_with_the_key(
+    tmp_path: Path, text: str, env: dict[str, str], code: str, names: str
+) -> None:
+    config = tmp_path / "b.toml"
+    config.write_text(text)
+    with pytest.raises(ConfigError) as caught:
+        load_settings(config, environ=env)
+    assert caught.value.code == code
+    assert names in str(caught.value)
+
+
+def test_missing_config_file_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"config.missing.*nope.toml"):
+        load_settings(tmp_path / "nope.toml", environ={})
+
+
+def test_home_defaults_to_the_checkout_state_folder() -> None:
+    settings = load_settings(environ={})
+    assert settings.home.name == ".appliance"
+
+
+def test_every_manifest_model_is_pinned_and_defaults_are_in_it(settings: Settings) -> None:
+    manifest = load_manifest(settings.models.manifest_path)
+    assert {"whisper-base", "whisper-tiny-en", "smollm2-135m", "piper-joe-medium"} <= set(manifest)
+    for entry in manifest.values():
+        assert entry.files and all(len(sha) == 64 for sha in entry.files.values())
+    assert {manifest[settings.stt.model].role, manifest[settings.llm.model].role} == {"stt", "llm"}
+
+
+def test_a_configured_path_replaces_the_default_source(settings: Settings, tmp_path: Path) -> None:
+    custom = dataclasses.replace(settings, llm=dataclasses.replace(settings.llm, path=str(tmp_path / "m.gguf")))
+    assert model_spec(custom, "llm").path == tmp_path / "m.gguf"
+
+
+def test_unknown_or_mismatched_model_names_are_refused(settings: Settings) -> None:
+    wrong = dataclasses.replace(settings, stt=dataclasses.replace(settings.stt, model="smollm2-135m"))
+    with pytest.raises(ConfigError, match="config.model_role"):
+        model_spec(wrong, "stt")
+    unknown = dataclasses.replace(settings, tts=dataclasses.replace(settings.tts, model="nobody"))
+    with pytest.raises(ConfigError, match="config.model_unknown"):
+        model_spec(unknown, "tts")
