@@ -213,7 +213,9 @@ class BlockingTranscriber:
 def test_a_call_waiting_for_a_model_never_blocks_another_calls_audio() -> None:
     blocking = BlockingTranscriber()
     engines_a = Engines(EnergyVad(), blocking, ScriptedChatModel(["Yes."]), ToneSynthesizer())
-    engines_b = Engines(EnergyVad(), FakeTranscriber(["x"]), ScriptedChatModel(["y"]), ToneSynthesizer())
+    engines_b = Engines(
+        EnergyVad(), FakeTranscriber(["x"]), ScriptedChatModel(["y"]), ToneSynthesizer()
+    )
     config = make_config()
     sink_a, sink_b = MemorySink(16_000), MemorySink(16_000)
     call_a = CallSession(engines_a, config, MemorySource(tone(0.8) + quiet(1.0)), sink_a)

@@ -8,8 +8,17 @@ import sys
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[2] / "appliance"
-HEAVY = {"numpy", "soxr", "webrtcvad", "faster_whisper", "ctranslate2", "llama_cpp", "piper",
-         "onnxruntime", "sounddevice"}
+HEAVY = {
+    "numpy",
+    "soxr",
+    "webrtcvad",
+    "faster_whisper",
+    "ctranslate2",
+    "llama_cpp",
+    "piper",
+    "onnxruntime",
+    "sounddevice",
+}
 
 
 def imports_of(path: Path) -> set[str]:

@@ -98,12 +98,16 @@ def test_every_manifest_model_is_pinned_and_defaults_are_in_it(settings: Setting
 
 
 def test_a_configured_path_replaces_the_default_source(settings: Settings, tmp_path: Path) -> None:
-    custom = dataclasses.replace(settings, llm=dataclasses.replace(settings.llm, path=str(tmp_path / "m.gguf")))
+    custom = dataclasses.replace(
+        settings, llm=dataclasses.replace(settings.llm, path=str(tmp_path / "m.gguf"))
+    )
     assert model_spec(custom, "llm").path == tmp_path / "m.gguf"
 
 
 def test_unknown_or_mismatched_model_names_are_refused(settings: Settings) -> None:
-    wrong = dataclasses.replace(settings, stt=dataclasses.replace(settings.stt, model="smollm2-135m"))
+    wrong = dataclasses.replace(
+        settings, stt=dataclasses.replace(settings.stt, model="smollm2-135m")
+    )
     with pytest.raises(ConfigError, match="config.model_role"):
         model_spec(wrong, "stt")
     unknown = dataclasses.replace(settings, tts=dataclasses.replace(settings.tts, model="nobody"))

@@ -15,7 +15,9 @@ CONFIG = EndpointerConfig(
 )
 
 
-def run(pattern: str, config: EndpointerConfig = CONFIG) -> tuple[Endpointer, list[tuple[int, Decision]]]:
+def run(
+    pattern: str, config: EndpointerConfig = CONFIG
+) -> tuple[Endpointer, list[tuple[int, Decision]]]:
     """Feed '#' (voiced) and '.' (unvoiced) frames; each frame's bytes are its index."""
     endpointer = Endpointer(config)
     decisions = []
@@ -48,7 +50,11 @@ def test_speech_starts_when_the_window_is_mostly_voiced() -> None:
 def test_utterance_keeps_the_preroll_and_ends_after_the_silence_timeout() -> None:
     pattern = "." * 20 + "#" * 30 + "." * 10
     endpointer, decisions = run(pattern)
-    assert decisions == [(22, Decision.SPEECH_START), (54, Decision.SPECULATE), (59, Decision.SPEECH_END)]
+    assert decisions == [
+        (22, Decision.SPEECH_START),
+        (54, Decision.SPECULATE),
+        (59, Decision.SPEECH_END),
+    ]
     ids = frame_ids(endpointer.utterance)
     # Pre-roll: 10 frames before the start decision, so the first syllables (frame 20) are kept.
     assert ids[0] == 13

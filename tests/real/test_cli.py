@@ -1,0 +1,136 @@
+"""The `appliance` command as a user runs it, on the real models."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from appliance.audio_io.wav import read_wav
+from appliance.config.manifest import model_spec
+from appliance.config.settings import Settings
+from tests.real.conftest import run_cli, wer
+
+QUESTION = "What time do you open on Saturday?"
+
+
+@pytest.fixture(scope="module")
+def question_wav(real_home: Path, real_settings: Settings) -> Path:
+    path = real_home / "question.wav"
+    result = run_cli("say", "--out", str(path), QUESTION, home=real_home)
+    assert result.returncode == 0, result.stderr
+    return path
+
+
+def test_call_prints_one_json_object_per_call(
+    question_wav: Path, real_home: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "reply.wav"
+    result = run_cli(
+        "call", "--wav", str(question_wav), "--out", str(out), "--json", home=real_home
+    )
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    (turn,) = report["turns"]
+    assert wer(QUESTION, turn["transcript"]) <= 0.25
+    assert turn["reply"]
+    assert isinstance(turn["voice_to_voice_ms"], float)
+    types = [e["type"] for e in turn["events"]]
+    assert types == [
+        "speech_start",
+        "speech_end",
+        "transcript",
+        "first_token",
+        "first_sentence",
+        "first_audio",
+        "turn_end",
+    ]
+    assert all(isinstance(e["t_ms"], float) for e in turn["events"])
+    reply = read_wav(out)
+    assert reply.sample_rate_hz == 22_050 and reply.duration_s > 1.0
+    # No transcript or reply text in the log stream.
+    assert QUESTION.split()[2] not in result.stderr
+
+
+def test_call_prints_a_readable_transcript_with_timings(
+    question_wav: Path, real_home: Path, tmp_path: Path
+) -> None:
+    result = run_cli(
+        "call", "--wav", str(question_wav), "--out", str(tmp_path / "r.wav"), home=real_home
+    )
+    assert result.returncode == 0, result.stderr
+    assert "caller:" in result.stdout and "agent:" in result.stdout
+    assert "voice-to-voice:" in result.stdout and "first_audio=" in result.stdout
+
+
+def test_non_audio_input_is_a_clear_error(real_home: Path, tmp_path: Path) -> None:
+    text = tmp_path / "notes.wav"
+    text.write_text("not audio at all")
+    result = run_cli("call", "--wav", str(text), "--out", str(tmp_path / "r.wav"), home=real_home)
+    assert result.returncode == 1
+    assert "audio.not_wav" in result.stderr and str(text) in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "r.wav").exists()
+
+
+def test_an_altered_voice_is_refused_at_load_with_its_path(
+    real_settings: Settings, real_home: Path, question_wav: Path, tmp_path: Path
+) -> None:
+    original = model_spec(real_settings, "tts").path
+    copy = tmp_path / original.name
+    shutil.copy(original, copy)
+    shutil.copy(f"{original}.json", f"{copy}.json")
+    data = bytearray(copy.read_bytes())
+    data[len(data) // 3] ^= 0x40
+    copy.write_bytes(bytes(data))
+    result = run_cli(
+        "call",
+        "--wav",
+        str(question_wav),
+        "--out",
+        str(tmp_path / "r.wav"),
+        home=real_home,
+        env={"APPLIANCE_TTS__PATH": str(copy)},
+    )
+    assert result.returncode == 1
+    assert "model.altered" in result.stderr and str(copy) in result.stderr
+    verify = run_cli("models", "verify", home=real_home, env={"APPLIANCE_TTS__PATH": str(copy)})
+    assert verify.returncode == 1
+    altered = [line for line in verify.stdout.splitlines() if line.startswith("altered")]
+    assert len(altered) == 1 and str(copy) in altered[0]
+
+
+def test_models_verify_lists_every_model(real_home: Path, real_settings: Settings) -> None:
+    result = run_cli("models", "verify", "--json", home=real_home)
+    assert result.returncode == 0, result.stdout
+    rows = json.loads(result.stdout)["files"]
+    assert {r["model"] for r in rows} >= {
+        "whisper-base",
+        "whisper-tiny-en",
+        "smollm2-135m",
+        "piper-joe-medium",
+    }
+    assert all(r["status"] == "ok" and r["size_bytes"] > 0 for r in rows)
+
+
+def test_a_bad_setting_stops_the_command_with_the_key(real_home: Path) -> None:
+    result = run_cli("models", "verify", home=real_home, env={"APPLIANCE_AUDIO__FRAME_MS": "25"})
+    assert result.returncode == 2
+    assert "audio.frame_ms" in result.stderr
+
+
+def test_bench_latency_reports_both_pipelines_side_by_side(
+    real_home: Path, real_settings: Settings
+) -> None:
+    result = run_cli("bench", "latency", "--json", "--questions", "2", home=real_home)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    for key in ("streaming", "sequential"):
+        assert report[key]["n"] == 2
+        assert 0 < report[key]["median_ms"] <= report[key]["p95_ms"]
+    expected = report["sequential"]["median_ms"] / report["streaming"]["median_ms"]
+    assert report["ratio_median"] == pytest.approx(expected, rel=0.01)
+    assert report["stt_rtf"] > 0 and report["tts_rtf"] > 0 and report["peak_rss_mib"] > 0
+    assert report["llm"]["tokens_per_s"] > 0
