@@ -9,6 +9,7 @@ Voice-to-voice is measured from the last voiced input frame to the first reply a
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import json
 import resource
@@ -21,7 +22,7 @@ from appliance.audio_io.memory import MemorySink
 from appliance.audio_io.wav import PcmSource, read_wav, to_pipeline_pcm, write_wav
 from appliance.config.settings import Settings
 from appliance.core.audio import PIPELINE_SAMPLE_RATE_HZ
-from appliance.core.events import EventType
+from appliance.core.events import EventType, TurnEvent
 from appliance.engines.llm import LlamaChat
 from appliance.pipeline.dialogue import Dialogue
 from appliance.pipeline.endpointing import Decision, Endpointer
@@ -60,10 +61,25 @@ def recorded_questions(service: VoiceService, count: int, folder: Path) -> list[
 
 
 async def streaming_turn(service: VoiceService, pcm: bytes) -> dict[str, float]:
+    """One question through the streaming pipeline; stops once the reply is heard."""
     source = PcmSource(pcm, frame_ms=service.settings.audio.frame_ms, realtime=True)
     sink = MemorySink(service.config.output_sample_rate_hz)
-    turns = await service.session(source, sink).run()
-    turn = next(t for t in turns if t.first(EventType.FIRST_AUDIO) is not None)
+    heard = asyncio.Event()
+
+    def on_event(event: TurnEvent) -> None:
+        if event.type is EventType.FIRST_AUDIO:
+            heard.set()
+
+    session = service.session(source, sink, on_event=on_event)
+    run = asyncio.create_task(session.run())
+    waiter = asyncio.create_task(heard.wait())
+    await asyncio.wait({run, waiter}, return_when=asyncio.FIRST_COMPLETED)
+    waiter.cancel()
+    if not run.done():  # the rest of the reply plays out in real time: not needed here
+        run.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await run
+    turn = next(t for t in session.turns if t.first(EventType.FIRST_AUDIO) is not None)
     transcript = turn.first(EventType.TRANSCRIPT)
     return {
         "v2v_ms": turn.voice_to_voice_ms or 0.0,

@@ -108,8 +108,8 @@ def test_unknown_or_mismatched_model_names_are_refused(settings: Settings) -> No
     wrong = dataclasses.replace(
         settings, stt=dataclasses.replace(settings.stt, model="smollm2-135m")
     )
-    with pytest.raises(ConfigError, match="config.model_role"):
+    with pytest.raises(ConfigError, match=r"config\.model_role"):
         model_spec(wrong, "stt")
     unknown = dataclasses.replace(settings, tts=dataclasses.replace(settings.tts, model="nobody"))
-    with pytest.raises(ConfigError, match="config.model_unknown"):
+    with pytest.raises(ConfigError, match=r"config\.model_unknown"):
         model_spec(unknown, "tts")

@@ -45,9 +45,9 @@ def test_a_missing_file_is_refused_with_its_path(tmp_path: Path) -> None:
 
 
 def test_a_missing_model_and_an_unpinned_model_are_refused(tmp_path: Path) -> None:
-    with pytest.raises(ModelError, match="model.missing"):
+    with pytest.raises(ModelError, match=r"model\.missing"):
         require_verified(ModelSpec("x", "llm", tmp_path / "absent.gguf", {"absent.gguf": "0" * 64}))
-    with pytest.raises(ModelError, match="model.unpinned"):
+    with pytest.raises(ModelError, match=r"model\.unpinned"):
         require_verified(ModelSpec("x", "llm", tmp_path, {}))
 
 

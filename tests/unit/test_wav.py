@@ -82,20 +82,20 @@ def test_a_truncated_file_is_refused(tmp_path: Path) -> None:
     whole = write_pcm16_wav(tmp_path / "whole.wav", pcm, 16000).read_bytes()
     cut = tmp_path / "cut.wav"
     cut.write_bytes(whole[: len(whole) // 2])
-    with pytest.raises(AudioError, match="audio.truncated"):
+    with pytest.raises(AudioError, match=r"audio\.truncated"):
         WavSource(cut)
     header_only = tmp_path / "header.wav"
     header_only.write_bytes(whole[:30])
-    with pytest.raises(AudioError, match="audio.truncated"):
+    with pytest.raises(AudioError, match=r"audio\.truncated"):
         WavSource(header_only)
 
 
 def test_a_missing_file_and_an_unknown_encoding_are_clear_errors(tmp_path: Path) -> None:
-    with pytest.raises(AudioError, match="audio.unreadable"):
+    with pytest.raises(AudioError, match=r"audio\.unreadable"):
         WavSource(tmp_path / "absent.wav")
     path = tmp_path / "adpcm.wav"
     path.write_bytes(riff(2, 1, 8000, 4, b"\0" * 100))
-    with pytest.raises(AudioError, match="audio.format"):
+    with pytest.raises(AudioError, match=r"audio\.format"):
         WavSource(path)
 
 
