@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
 import sys
@@ -215,7 +216,8 @@ def _listen(settings: Settings) -> int:
     sink = SpeakerSink(
         settings.audio.output_sample_rate_hz, settings.audio.output_device, settings.audio.frame_ms
     )
-    source.open()  # fail early, before the models load, when there is no microphone
+    source.check()  # fail early, before the models load, when there is no sound device
+    sink.check()
     service = VoiceService.load(settings)
 
     def show(event: TurnEvent) -> None:
@@ -227,11 +229,16 @@ def _listen(settings: Settings) -> int:
                 print(f"agent:  {turn.reply}", flush=True)
 
     session = service.session(source, sink, on_event=show)
-    print("listening; press Ctrl-C to stop", file=sys.stderr)
-    try:
-        asyncio.run(session.run())
-    finally:
-        source.close()
+
+    async def converse() -> None:
+        try:
+            await session.run()
+        finally:
+            source.close()
+
+    print("listening; press Ctrl-C to stop", file=sys.stderr, flush=True)
+    with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C is how a conversation ends
+        asyncio.run(converse())
     return 0
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import threading
 from typing import Any
 
@@ -53,6 +54,10 @@ class MicrophoneSource:
         self._stream: Any = None
         self._closed = False
 
+    def check(self) -> None:
+        """Raise AudioError now if there is no usable microphone (no event loop needed)."""
+        _check_device(_sounddevice(), self._device, "input")
+
     def open(self) -> None:
         sd = _sounddevice()
         _check_device(sd, self._device, "input")
@@ -60,8 +65,9 @@ class MicrophoneSource:
 
         def callback(data: Any, frames: int, when: Any, status: Any) -> None:
             frame = bytes(data)
-            if not self._queue.full():
-                loop.call_soon_threadsafe(self._queue.put_nowait, frame)
+            if not self._queue.full() and not self._closed:
+                with contextlib.suppress(RuntimeError):  # the loop closed under us
+                    loop.call_soon_threadsafe(self._queue.put_nowait, frame)
 
         try:
             self._stream = sd.RawInputStream(
@@ -88,6 +94,7 @@ class MicrophoneSource:
         if self._stream is not None:
             self._stream.stop()
             self._stream.close()
+            self._stream = None
 
 
 class SpeakerSink:
@@ -100,6 +107,10 @@ class SpeakerSink:
         self._frames: collections.deque[bytes] = collections.deque(maxlen=250)
         self._lock = threading.Lock()
         self._stream: Any = None
+
+    def check(self) -> None:
+        """Raise AudioError now if there is no usable speaker."""
+        _check_device(_sounddevice(), self._device, "output")
 
     def open(self) -> None:
         sd = _sounddevice()

@@ -1,0 +1,128 @@
+"""`appliance listen` through a real sound server: PulseAudio null sinks stand in for the
+caller's microphone and the agent's speaker (PortAudio -> ALSA -> PulseAudio)."""
+
+from __future__ import annotations
+
+import os
+import selectors
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from appliance.audio_io.wav import read_wav, to_pipeline_pcm
+from appliance.config.settings import Settings
+from appliance.service import VoiceService
+from tests.real.conftest import APPLIANCE, run_cli, wer
+
+QUESTION = "What time do you open on Saturday?"
+
+
+@pytest.fixture
+def pulse(tmp_path: Path) -> Iterator[dict[str, str]]:
+    """A private PulseAudio server with two null sinks: 'caller' (its monitor is the default
+    microphone) and 'agent' (the default speaker)."""
+    if shutil.which("pulseaudio") is None:
+        pytest.fail("pulseaudio is not installed: run scripts/setup as root")
+    runtime = tmp_path / "runtime"
+    runtime.mkdir(mode=0o700)
+    env = {**os.environ, "XDG_RUNTIME_DIR": str(runtime), "HOME": str(tmp_path)}
+    subprocess.run(
+        [
+            "pulseaudio",
+            "--daemonize=yes",
+            "--exit-idle-time=-1",
+            "--disallow-exit",
+            "-n",
+            "--load=module-native-protocol-unix",
+            "--load=module-null-sink sink_name=caller",
+            "--load=module-null-sink sink_name=agent",
+        ],
+        env=env,
+        check=True,
+        capture_output=True,
+        timeout=30,
+    )
+    try:
+        subprocess.run(["pactl", "set-default-source", "caller.monitor"], env=env, check=True)
+        subprocess.run(["pactl", "set-default-sink", "agent"], env=env, check=True)
+        yield env
+    finally:
+        subprocess.run(["pulseaudio", "--kill"], env=env, check=False, timeout=30)
+
+
+def read_until(process: subprocess.Popen[str], stream: str, needle: str, timeout_s: float) -> str:
+    """Lines of one pipe until one holds ``needle`` (or fail after the timeout)."""
+    pipe = getattr(process, stream)
+    selector = selectors.DefaultSelector()
+    selector.register(pipe, selectors.EVENT_READ)
+    seen = ""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if selector.select(timeout=0.5):
+            line = pipe.readline()
+            seen += line
+            if needle in line:
+                return seen
+            if not line and process.poll() is not None:
+                break
+    raise AssertionError(f"{needle!r} not seen in {stream}: {seen!r}")
+
+
+def test_listen_hears_the_microphone_and_answers_on_the_speaker(
+    pulse: dict[str, str],
+    real_home: Path,
+    real_settings: Settings,
+    service: VoiceService,
+    tmp_path: Path,
+) -> None:
+    question = tmp_path / "question.wav"
+    assert run_cli("say", "--out", str(question), QUESTION, home=real_home).returncode == 0
+    env = {**pulse, "APPLIANCE_HOME": str(real_home)}
+    listen = subprocess.Popen(
+        [str(APPLIANCE), "listen"],
+        env=env,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    heard = tmp_path / "agent.wav"
+    recorder = None
+    try:
+        read_until(listen, "stderr", "listening", timeout_s=120)
+        recorder = subprocess.Popen(
+            [
+                "parecord",
+                "--device=agent.monitor",
+                "--rate=16000",
+                "--channels=1",
+                "--format=s16le",
+                "--file-format=wav",
+                str(heard),
+            ],
+            env=pulse,
+        )
+        time.sleep(0.5)
+        subprocess.run(
+            ["paplay", "--device=caller", str(question)], env=pulse, check=True, timeout=60
+        )
+        out = read_until(listen, "stdout", "agent:", timeout_s=120)
+        time.sleep(0.5)
+    finally:
+        if recorder is not None:
+            recorder.send_signal(2)
+            recorder.wait(timeout=30)
+        listen.send_signal(2)  # Ctrl-C ends the conversation cleanly
+        rest, errors = listen.communicate(timeout=60)
+    assert listen.returncode == 0, errors
+    lines = dict(line.split(":", 1) for line in (out + rest).splitlines() if ":" in line)
+    assert wer(QUESTION, lines["caller"]) <= 0.25, lines
+    reply = lines["agent"].strip()
+    assert reply
+    # The agent's voice came out of the speaker: transcribe what the 'agent' sink played.
+    played = service.engines.stt.transcribe(to_pipeline_pcm(read_wav(heard)), 16_000)
+    assert wer(reply, played.text) <= 0.4, (reply, played.text)
+    assert "Traceback" not in errors
