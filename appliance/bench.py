@@ -91,8 +91,8 @@ async def streaming_turn(service: VoiceService, pcm: bytes) -> dict[str, float]:
 async def sequential_turn(service: VoiceService, pcm: bytes) -> dict[str, float]:
     """Endpoint (no speculation), then STT, then the whole reply, then the whole speech."""
     frame_ms = service.settings.audio.frame_ms
-    config = service.config.endpointer
-    endpointer = Endpointer(dataclasses.replace(config, frame_ms=frame_ms, speculate_after_ms=0))
+    no_speculation = dataclasses.replace(service.config.endpointing, speculate_after_ms=0)
+    endpointer = Endpointer(no_speculation, frame_ms)
     source = PcmSource(pcm, frame_ms=frame_ms, realtime=True)
     engines = service.engines
     last_voiced = 0.0

@@ -16,7 +16,6 @@ from appliance.engines.llm import LlamaChat
 from appliance.engines.stt import WhisperTranscriber
 from appliance.engines.tts import PiperSynthesizer
 from appliance.engines.vad import WebRtcVad
-from appliance.pipeline.endpointing import EndpointerConfig
 from appliance.pipeline.run import CallSession, Engines, EventHandler, PipelineConfig
 
 # No library may reach a model hub or send telemetry: everything is local (set before the
@@ -35,21 +34,11 @@ def set_offline_environment() -> None:
 
 
 def pipeline_config(settings: Settings) -> PipelineConfig:
-    e = settings.endpointing
     return PipelineConfig(
-        endpointer=EndpointerConfig(
-            frame_ms=settings.audio.frame_ms,
-            start_window_ms=e.start_window_ms,
-            start_ratio=e.start_ratio,
-            preroll_ms=e.preroll_ms,
-            silence_timeout_ms=e.silence_timeout_ms,
-            speculate_after_ms=e.speculate_after_ms,
-            max_utterance_s=e.max_utterance_s,
-        ),
+        endpointing=settings.endpointing,
         system_prompt=settings.llm.system_prompt,
         max_reply_tokens=settings.llm.max_reply_tokens,
         history_turns=settings.llm.history_turns,
-        barge_in=e.barge_in,
         output_sample_rate_hz=settings.audio.output_sample_rate_hz,
         fallback_reply=settings.llm.fallback_reply,
     )

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import wave
 from collections.abc import Iterator
 from pathlib import Path
@@ -10,6 +9,18 @@ from pathlib import Path
 import pytest
 
 from appliance.config.settings import Settings, load_settings
+from appliance.core.events import EventType
+
+TURN_ORDER = [
+    EventType.SPEECH_START,
+    EventType.SPEECH_END,
+    EventType.TRANSCRIPT,
+    EventType.FIRST_TOKEN,
+    EventType.FIRST_SENTENCE,
+    EventType.FIRST_AUDIO,
+    EventType.TURN_END,
+]
+"""The events of a complete, uninterrupted turn, in their fixed order."""
 
 TIERS = {"unit": "unit", "integration": "fakes", "real": "real"}
 ROOT = Path(__file__).resolve().parents[1]
@@ -48,9 +59,3 @@ def write_pcm16_wav(path: Path, pcm: bytes, rate: int, channels: int = 1) -> Pat
 @pytest.fixture(scope="session")
 def repo_root() -> Iterator[Path]:
     yield ROOT
-
-
-def replace(settings: Settings, section: str, **changes: object) -> Settings:
-    return dataclasses.replace(
-        settings, **{section: dataclasses.replace(getattr(settings, section), **changes)}
-    )

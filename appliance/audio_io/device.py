@@ -142,8 +142,10 @@ class SpeakerSink:
 
     async def close(self) -> None:
         if self._stream is not None:
-            while self._frames:
-                await asyncio.sleep(0.02)
+            for _ in range(len(self._frames) + 25):  # let what is queued play out, then stop
+                if not self._frames:
+                    break
+                await asyncio.sleep(self._frame / 2 / self.sample_rate_hz)
             self._stream.stop()
             self._stream.close()
             self._stream = None

@@ -37,19 +37,6 @@ class EventType(enum.StrEnum):
     TURN_END = "turn_end"
 
 
-EVENT_ORDER: tuple[EventType, ...] = (
-    EventType.SPEECH_START,
-    EventType.SPEECH_END,
-    EventType.TRANSCRIPT,
-    EventType.FIRST_TOKEN,
-    EventType.FIRST_SENTENCE,
-    EventType.FIRST_AUDIO,
-    EventType.BARGE_IN,
-    EventType.ERROR,
-    EventType.TURN_END,
-)
-
-
 @dataclass(frozen=True, slots=True)
 class TurnEvent:
     """One event of one turn.

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import enum
 from collections import deque
-from dataclasses import dataclass
+
+from appliance.config.settings import EndpointingSettings
 
 
 class Decision(enum.Enum):
@@ -23,35 +24,22 @@ class Decision(enum.Enum):
     SPEECH_END = "speech_end"
 
 
-@dataclass(frozen=True, slots=True)
-class EndpointerConfig:
-    frame_ms: int = 20
-    start_window_ms: int = 200
-    start_ratio: float = 0.6
-    preroll_ms: int = 300
-    silence_timeout_ms: int = 600
-    speculate_after_ms: int = 200
-    max_utterance_s: float = 30.0
-
-    def frames(self, ms: float) -> int:
-        return max(1, round(ms / self.frame_ms))
-
-
 class Endpointer:
     """Feed every frame to :meth:`process`; read :attr:`utterance` after SPEECH_END."""
 
-    def __init__(self, config: EndpointerConfig) -> None:
-        self.config = config
-        self._window = config.frames(config.start_window_ms)
-        self._needed = max(1, round(self._window * config.start_ratio))
-        self._recent: deque[tuple[bytes, bool]] = deque(
-            maxlen=max(self._window, config.frames(config.preroll_ms))
-        )
-        self._end_after = config.frames(config.silence_timeout_ms)
+    def __init__(self, settings: EndpointingSettings, frame_ms: int = 20) -> None:
+        def frames(ms: float) -> int:
+            return max(1, round(ms / frame_ms))
+
+        self._window = frames(settings.start_window_ms)
+        self._needed = max(1, round(self._window * settings.start_ratio))
+        self._preroll = frames(settings.preroll_ms) if settings.preroll_ms else 0
+        self._recent: deque[tuple[bytes, bool]] = deque(maxlen=max(self._window, self._preroll))
+        self._end_after = frames(settings.silence_timeout_ms)
         self._speculate_after = (
-            config.frames(config.speculate_after_ms) if config.speculate_after_ms else 0
+            frames(settings.speculate_after_ms) if settings.speculate_after_ms else 0
         )
-        self._max_frames = config.frames(config.max_utterance_s * 1000)
+        self._max_frames = frames(settings.max_utterance_s * 1000)
         self.in_speech = False
         self._frames: list[bytes] = []
         self._silent_run = 0
@@ -67,9 +55,8 @@ class Endpointer:
             window = list(self._recent)[-self._window :]
             if sum(voiced for _, voiced in window) < self._needed:
                 return Decision.NONE
-            preroll = self.config.frames(self.config.preroll_ms)
             # The start window itself always belongs to the utterance, pre-roll or not.
-            kept = list(self._recent)[-max(preroll, self._window) :]
+            kept = list(self._recent)[-max(self._preroll, self._window) :]
             self._frames = [f for f, _ in kept]
             self._recent.clear()
             self.in_speech = True

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import logging
 import threading
 import time
@@ -28,6 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from appliance.config.settings import EndpointingSettings
 from appliance.core.audio import PIPELINE_SAMPLE_RATE_HZ, frame_bytes
 from appliance.core.errors import ApplianceError
 from appliance.core.events import EventType, Stage, TurnEvent
@@ -42,7 +42,7 @@ from appliance.core.ports import (
 )
 from appliance.pipeline.chunking import SentenceChunker
 from appliance.pipeline.dialogue import Dialogue
-from appliance.pipeline.endpointing import Decision, Endpointer, EndpointerConfig
+from appliance.pipeline.endpointing import Decision, Endpointer
 
 log = logging.getLogger(__name__)
 
@@ -75,11 +75,10 @@ class Engines:
 
 @dataclass(frozen=True, slots=True)
 class PipelineConfig:
-    endpointer: EndpointerConfig = field(default_factory=EndpointerConfig)
+    endpointing: EndpointingSettings = field(default_factory=EndpointingSettings)
     system_prompt: str = "You are a helpful voice assistant. Answer briefly."
     max_reply_tokens: int = 96
     history_turns: int = 6
-    barge_in: bool = True
     output_sample_rate_hz: int = 22_050
     fallback_reply: str = "Sorry, something went wrong on my side. Could you say that again?"
 
@@ -149,9 +148,7 @@ class CallSession:
         self._on_event = on_event
         self._clock = clock
         self._frame_ms = source.frame_ms
-        self._endpointer = Endpointer(
-            dataclasses.replace(config.endpointer, frame_ms=source.frame_ms)
-        )
+        self._endpointer = Endpointer(config.endpointing, source.frame_ms)
         self._dialogue = Dialogue(config.system_prompt, config.history_turns)
         self._out_frame = frame_bytes(config.output_sample_rate_hz, source.frame_ms)
         self._silence = bytes(self._out_frame)
@@ -199,7 +196,7 @@ class CallSession:
         agent_busy = self._speaking is not None or (
             self._response is not None and self._response.released
         )
-        if agent_busy and not self._config.barge_in:
+        if agent_busy and not self._config.endpointing.barge_in:
             is_speech = False  # half duplex: the agent does not listen while it talks
         else:
             is_speech = self._engines.vad.is_speech(frame, PIPELINE_SAMPLE_RATE_HZ)
@@ -325,10 +322,13 @@ class CallSession:
         except asyncio.CancelledError:
             response.cancel.set()
             raise
-        except ApplianceError as exc:
-            log.warning("turn %d failed: %s", response.turn.index, exc.code)
-            response.turn.error_code = exc.code
-            self._hold_or_emit(response, EventType.ERROR, code=exc.code, stage=_stage_of(exc))
+        except Exception as exc:
+            # Logged by code or type only: an exception's text may quote what was said.
+            code = exc.code if isinstance(exc, ApplianceError) else "pipeline.internal"
+            log.warning("turn %d failed: %s (%s)", response.turn.index, code, type(exc).__name__)
+            response.turn.error_code = code
+            stage = _stage_of(exc) if isinstance(exc, ApplianceError) else "pipeline"
+            self._hold_or_emit(response, EventType.ERROR, code=code, stage=stage)
             await self._speak_fallback(response)
         finally:
             response.finished = True

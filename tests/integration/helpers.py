@@ -8,15 +8,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from appliance.audio_io.memory import MemorySink, MemorySource
+from appliance.config.settings import EndpointingSettings
 from appliance.core.events import EventType, TurnEvent
 from appliance.core.ports import ChatModel, Transcriber
-from appliance.pipeline.endpointing import EndpointerConfig
 from appliance.pipeline.run import CallSession, Engines, PipelineConfig, TurnResult
 from appliance.testing.fakes import EnergyVad, FakeTranscriber, ScriptedChatModel, ToneSynthesizer
 
 RATE_OUT = 16_000
-ENDPOINTING = EndpointerConfig(
-    frame_ms=20,
+ENDPOINTING = EndpointingSettings(
     start_window_ms=100,
     start_ratio=0.6,
     preroll_ms=200,
@@ -41,16 +40,17 @@ class Call:
 
 def make_config(**changes: object) -> PipelineConfig:
     base = PipelineConfig(
-        endpointer=ENDPOINTING,
+        endpointing=ENDPOINTING,
         system_prompt="Be brief.",
         output_sample_rate_hz=RATE_OUT,
         fallback_reply="Sorry, please say that again.",
     )
-    if "speculate_after_ms" in changes:
-        endpointer = dataclasses.replace(
-            ENDPOINTING, speculate_after_ms=changes.pop("speculate_after_ms")
+    endpointing = {k: changes.pop(k) for k in ("speculate_after_ms", "barge_in") if k in changes}
+    if endpointing:
+        base = dataclasses.replace(
+            base,
+            endpointing=dataclasses.replace(ENDPOINTING, **endpointing),  # type: ignore[arg-type]
         )
-        base = dataclasses.replace(base, endpointer=endpointer)
     return dataclasses.replace(base, **changes)  # type: ignore[arg-type]
 
 

@@ -8,6 +8,7 @@ import time
 from collections.abc import Iterator, Sequence
 
 from appliance.audio_io.memory import MemorySink, MemorySource
+from appliance.core.audio import AudioChunk
 from appliance.core.events import EventType
 from appliance.core.ports import ChatMessage, Transcript
 from appliance.pipeline.run import CallSession, Engines
@@ -19,17 +20,9 @@ from appliance.testing.fakes import (
     quiet,
     tone,
 )
+from tests.conftest import TURN_ORDER as ORDER
 from tests.integration.helpers import make_config, run_call
 
-ORDER = [
-    EventType.SPEECH_START,
-    EventType.SPEECH_END,
-    EventType.TRANSCRIPT,
-    EventType.FIRST_TOKEN,
-    EventType.FIRST_SENTENCE,
-    EventType.FIRST_AUDIO,
-    EventType.TURN_END,
-]
 LONG_REPLY = (
     "Thanks for calling, I can help with that. " + "Here is a long answer that goes on. " * 8
 )
@@ -235,3 +228,20 @@ def test_a_call_waiting_for_a_model_never_blocks_another_calls_audio() -> None:
 
     asyncio.run(both())
     assert call_a.turns[0].reply == "Yes."
+
+
+class BrokenSynthesizer(ToneSynthesizer):
+    """A voice with a bug: fails with an exception that is not an ApplianceError."""
+
+    def synthesize(self, text: str, sample_rate_hz: int) -> Iterator[AudioChunk]:
+        if text != "Sorry, please say that again.":
+            raise KeyError("a bug")
+        yield from super().synthesize(text, sample_rate_hz)
+
+
+def test_an_unexpected_bug_in_a_stage_is_caught_at_the_turn_boundary() -> None:
+    call = run_call(tone(0.8) + quiet(2.0), tts=BrokenSynthesizer(), replies=["We open at nine."])
+    turn = call.turns[0]
+    assert turn.error_code == "pipeline.internal"
+    assert EventType.ERROR in call.types(0) and call.types(0)[-1] is EventType.TURN_END
+    assert call.tts.spoken == ["Sorry, please say that again."]

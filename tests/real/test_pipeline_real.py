@@ -11,17 +11,9 @@ from appliance.audio_io.memory import MemorySink, MemorySource
 from appliance.core.events import EventType
 from appliance.pipeline.run import TurnResult
 from appliance.service import VoiceService
+from tests.conftest import TURN_ORDER as ORDER
 from tests.real.conftest import silence, speak, wer
 
-ORDER = [
-    EventType.SPEECH_START,
-    EventType.SPEECH_END,
-    EventType.TRANSCRIPT,
-    EventType.FIRST_TOKEN,
-    EventType.FIRST_SENTENCE,
-    EventType.FIRST_AUDIO,
-    EventType.TURN_END,
-]
 Q1 = "What time do you open on Saturday?"
 Q2 = "Can I book an appointment for Monday?"
 

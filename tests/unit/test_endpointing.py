@@ -2,10 +2,10 @@ from __future__ import annotations
 
 import dataclasses
 
-from appliance.pipeline.endpointing import Decision, Endpointer, EndpointerConfig
+from appliance.config.settings import EndpointingSettings
+from appliance.pipeline.endpointing import Decision, Endpointer
 
-CONFIG = EndpointerConfig(
-    frame_ms=20,
+CONFIG = EndpointingSettings(  # in 20 ms frames:
     start_window_ms=100,  # 5 frames
     start_ratio=0.6,  # 3 voiced of the last 5
     preroll_ms=200,  # 10 frames
@@ -16,10 +16,10 @@ CONFIG = EndpointerConfig(
 
 
 def run(
-    pattern: str, config: EndpointerConfig = CONFIG
+    pattern: str, config: EndpointingSettings = CONFIG
 ) -> tuple[Endpointer, list[tuple[int, Decision]]]:
     """Feed '#' (voiced) and '.' (unvoiced) frames; each frame's bytes are its index."""
-    endpointer = Endpointer(config)
+    endpointer = Endpointer(config, frame_ms=20)
     decisions = []
     for i, mark in enumerate(pattern):
         decision = endpointer.process(i.to_bytes(2, "little"), mark == "#")
@@ -78,7 +78,7 @@ def test_a_pause_shorter_than_the_timeout_resumes_the_same_utterance() -> None:
 
 
 def test_pending_audio_is_the_final_utterance_when_no_speech_follows() -> None:
-    endpointer = Endpointer(CONFIG)
+    endpointer = Endpointer(CONFIG, frame_ms=20)
     speculated = b""
     for i, mark in enumerate("#" * 10 + "." * 10):
         if endpointer.process(i.to_bytes(2, "little"), mark == "#") is Decision.SPECULATE:
