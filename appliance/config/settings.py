@@ -137,6 +137,47 @@ class TtsSettings:
 
 
 @dataclass(frozen=True)
+class StorageSettings:
+    url: str = ""
+    """SQLAlchemy URL; empty means the encrypted SQLite file ``APPLIANCE_HOME/appliance.db``."""
+    master_key_file: str = ""
+    """Empty means ``APPLIANCE_HOME/keys/master.key`` (or the systemd credential, when set)."""
+
+    def __post_init__(self) -> None:
+        _check(
+            not self.url or "://" in self.url, "storage.url", "must be a SQLAlchemy database URL"
+        )
+
+
+@dataclass(frozen=True)
+class RetentionSettings:
+    recordings_hours: int = 0
+    transcripts_days: int = 30
+    calls_days: int = 90
+    tool_calls_days: int = 90
+    incidents_days: int = 365
+    audit_years: int = 7
+    batch_size: int = 500
+
+    def __post_init__(self) -> None:
+        _check(0 <= self.recordings_hours <= 24 * 365, "retention.recordings_hours", "0 to 8760")
+        for key in ("transcripts_days", "calls_days", "tool_calls_days", "incidents_days"):
+            _check(1 <= getattr(self, key) <= 36_500, f"retention.{key}", "1 to 36500")
+        _check(
+            self.transcripts_days <= self.calls_days,
+            "retention.transcripts_days",
+            "cannot exceed calls_days (a call's record holds its transcripts)",
+        )
+        _check(1 <= self.audit_years <= 100, "retention.audit_years", "1 to 100")
+        _check(1 <= self.batch_size <= 100_000, "retention.batch_size", "1 to 100000")
+
+    @property
+    def record_audio(self) -> bool:
+        """Raw audio is kept only when a retention period is configured for it."""
+        return self.recordings_hours > 0
+
+
+@dataclass(frozen=True)
 class ModelsSettings:
     manifest: str = ""
 
@@ -154,6 +195,8 @@ class Settings:
     llm: LlmSettings = field(default_factory=LlmSettings)
     tts: TtsSettings = field(default_factory=TtsSettings)
     models: ModelsSettings = field(default_factory=ModelsSettings)
+    storage: StorageSettings = field(default_factory=StorageSettings)
+    retention: RetentionSettings = field(default_factory=RetentionSettings)
     source: str = "defaults"
     """Where the settings came from (the file path, or 'defaults'), for messages."""
 
@@ -165,6 +208,8 @@ SECTIONS: dict[str, type[Any]] = {
     "llm": LlmSettings,
     "tts": TtsSettings,
     "models": ModelsSettings,
+    "storage": StorageSettings,
+    "retention": RetentionSettings,
 }
 
 
@@ -280,7 +325,9 @@ __all__ = [
     "EndpointingSettings",
     "LlmSettings",
     "ModelsSettings",
+    "RetentionSettings",
     "Settings",
+    "StorageSettings",
     "SttSettings",
     "TtsSettings",
     "load_settings",

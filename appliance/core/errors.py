@@ -42,3 +42,15 @@ class LlmError(ApplianceError):
 
 class TtsError(ApplianceError):
     """Speech synthesis failed."""
+
+
+class StorageError(ApplianceError):
+    """The database failed: unavailable, full, or not openable with the key."""
+
+
+class IntegrityError(ApplianceError):
+    """A sealed value or the audit chain failed its integrity check: it was altered."""
+
+
+class KeyringError(ApplianceError):
+    """A key is missing, has unsafe permissions, or cannot unwrap what it should."""

@@ -7,8 +7,8 @@ model once and may be shared by many calls; it serializes its own inferences.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Literal, Protocol, runtime_checkable
 
 from appliance.core.audio import AudioChunk
@@ -28,6 +28,34 @@ class Transcript:
     audio_duration_s: float
     processing_s: float
     language: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class TurnRecord:
+    """What storage keeps of one turn. ``audio`` is the caller's utterance (PCM16 mono) and is
+    present only when the deployment keeps recordings."""
+
+    index: int
+    transcript: str
+    reply: str
+    interrupted: bool = False
+    error_code: str = ""
+    timings_ms: Mapping[str, float] = field(default_factory=dict)
+    voice_to_voice_ms: float | None = None
+    audio: bytes | None = None
+    audio_rate_hz: int = 16_000
+
+
+@runtime_checkable
+class CallRecorder(Protocol):
+    """Where a call's turns are kept. ``record_turn`` returns only once the turn is durable
+    (committed); it raises a StorageError when it is not, and the call goes on."""
+
+    call_id: str
+
+    def record_turn(self, turn: TurnRecord) -> None: ...
+
+    def finish(self, status: str) -> None: ...
 
 
 @runtime_checkable

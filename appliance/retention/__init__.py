@@ -1,0 +1,1 @@
+"""Retention: a pure policy (rows, now -> what to purge) and the purge job."""

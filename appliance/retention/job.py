@@ -1,0 +1,143 @@
+"""The purge job: idempotent and resumable, batch by batch, each batch its own transaction."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Select, func, select, update
+from sqlalchemy.orm import Session
+
+from appliance.retention.policy import DataClass, RetentionPolicy
+from appliance.storage import audit
+from appliance.storage.repository import Storage
+from appliance.storage.schema import (
+    AuditEvent,
+    Call,
+    Incident,
+    Recording,
+    RetentionRun,
+    ToolCall,
+    Turn,
+)
+
+Progress = Callable[[DataClass, int, int], None]
+
+
+@dataclass
+class RetentionReport:
+    dry_run: bool
+    now: datetime
+    purged: dict[str, int] = field(default_factory=dict)
+    due_calls: list[str] = field(default_factory=list)
+    """In a dry run: the ids of the calls that would go."""
+
+
+def _not_held(query: Select[Any], call_column: Any) -> Select[Any]:
+    held = select(Call.id).where(Call.legal_hold.is_(True))
+    return query.where(call_column.not_in(held))
+
+
+def _candidates(data_class: DataClass, cutoff: datetime) -> Select[Any]:
+    if data_class is DataClass.RECORDINGS:
+        return _not_held(
+            select(Recording.id).where(Recording.created_at < cutoff), Recording.call_id
+        )
+    if data_class is DataClass.TRANSCRIPTS:
+        query = select(Turn.id).where(Turn.created_at < cutoff, Turn.content_purged_at.is_(None))
+        return _not_held(query, Turn.call_id)
+    if data_class is DataClass.TOOL_CALLS:
+        return _not_held(select(ToolCall.id).where(ToolCall.created_at < cutoff), ToolCall.call_id)
+    if data_class is DataClass.CALLS:
+        return select(Call.id).where(Call.started_at < cutoff, Call.legal_hold.is_(False))
+    if data_class is DataClass.INCIDENTS:
+        return select(Incident.id).where(Incident.opened_at < cutoff)
+    return select(AuditEvent.seq).where(AuditEvent.at < cutoff).order_by(AuditEvent.seq)
+
+
+def _purge(
+    storage: Storage, session: Session, data_class: DataClass, ids: list[Any], now: datetime
+) -> None:
+    if data_class is DataClass.RECORDINGS:
+        session.query(Recording).filter(Recording.id.in_(ids)).delete(synchronize_session=False)
+    elif data_class is DataClass.TRANSCRIPTS:
+        session.execute(
+            update(Turn)
+            .where(Turn.id.in_(ids))
+            .values(transcript=None, reply=None, content_purged_at=now)
+        )
+    elif data_class is DataClass.TOOL_CALLS:
+        session.query(ToolCall).filter(ToolCall.id.in_(ids)).delete(synchronize_session=False)
+    elif data_class is DataClass.CALLS:
+        calls = list(session.scalars(select(Call).where(Call.id.in_(ids))))
+        storage.erase_calls_in(session, calls)
+    elif data_class is DataClass.INCIDENTS:
+        session.query(Incident).filter(Incident.id.in_(ids)).delete(synchronize_session=False)
+    else:
+        events = list(
+            session.scalars(
+                select(AuditEvent).where(AuditEvent.seq.in_(ids)).order_by(AuditEvent.seq)
+            )
+        )
+        if events:
+            audit.set_anchor(session, events[-1])
+            for event in events:
+                session.delete(event)
+
+
+def run_retention(
+    storage: Storage,
+    policy: RetentionPolicy,
+    *,
+    dry_run: bool = False,
+    batch_size: int = 500,
+    actor: str = "retention",
+    progress: Progress | None = None,
+) -> RetentionReport:
+    now = storage.clock()
+    report = RetentionReport(dry_run=dry_run, now=now)
+    with storage.session("start retention run") as session:
+        run = RetentionRun(started_at=now, dry_run=dry_run)
+        session.add(run)
+        session.flush()
+        run_id = run.id
+    for data_class in DataClass:
+        cutoff = policy.cutoff(data_class, now)
+        query = _candidates(data_class, cutoff)
+        with storage.session("count due rows") as session:
+            total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
+            if dry_run and data_class is DataClass.CALLS:
+                report.due_calls = [str(i) for i in session.scalars(query)]
+        report.purged[data_class.value] = int(total)
+        if dry_run or not total:
+            continue
+        done = 0
+        while True:
+            with storage.session(f"purge {data_class.value}") as session:
+                ids = list(session.scalars(query.limit(batch_size)))
+                if not ids:
+                    break
+                _purge(storage, session, data_class, ids, now)
+            done += len(ids)
+            if progress is not None:
+                progress(data_class, min(done, total), total)
+    with storage.session("finish retention run") as session:
+        run_row = session.get(RetentionRun, run_id)
+        assert run_row is not None
+        run_row.finished_at = storage.clock()
+        run_row.status = "done"
+        run_row.purged = json.dumps(report.purged, sort_keys=True)
+        audit.append(
+            session,
+            actor,
+            "retention_dry_run" if dry_run else "retention_run",
+            f"retention_run:{run_id}",
+            "ok",
+            dict(report.purged),
+        )
+    if not dry_run and any(report.purged.values()):
+        storage.after_erasure()
+    return report

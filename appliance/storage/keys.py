@@ -1,0 +1,99 @@
+"""The master key: a 32-byte secret in a file of mode 0600 (or a systemd credential).
+
+Everything at rest hangs off it: the SQLCipher database key, the wrapping of each call's data
+key, and the pseudonymization (HMAC) key are derived from it or wrapped by it. Its fingerprint
+(not the key) names it in the database, so a rotation can tell old wrappings from new.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+
+from appliance.core.errors import KeyringError
+from appliance.storage.crypto import KEY_BYTES, derive, new_key
+
+CREDENTIAL_NAME = "appliance-master-key"
+
+
+@dataclass(frozen=True)
+class MasterKey:
+    secret: bytes
+    path: Path
+
+    @property
+    def fingerprint(self) -> str:
+        return hashlib.sha256(b"appliance master key id\0" + self.secret).hexdigest()[:16]
+
+    @property
+    def database_key(self) -> bytes:
+        return derive(self.secret, "appliance/sqlcipher/v1")
+
+    def __repr__(self) -> str:  # never print the secret
+        return f"MasterKey({self.fingerprint}, {self.path})"
+
+
+def default_key_path(home: Path, configured: str = "") -> Path:
+    if configured:
+        return Path(configured)
+    credentials = os.environ.get("CREDENTIALS_DIRECTORY")
+    if credentials and (Path(credentials) / CREDENTIAL_NAME).is_file():
+        return Path(credentials) / CREDENTIAL_NAME
+    return home / "keys" / "master.key"
+
+
+def _check_mode(path: Path) -> None:
+    mode = stat.S_IMODE(path.stat().st_mode)
+    if mode & 0o077:
+        raise KeyringError(
+            "keys.permissions",
+            f"key file {path} is readable by others (mode {mode:o}); chmod 600 it",
+        )
+
+
+def read_key(path: Path) -> MasterKey:
+    try:
+        _check_mode(path)
+        secret = path.read_bytes()
+    except FileNotFoundError as exc:
+        raise KeyringError("keys.missing", f"master key file {path} does not exist") from exc
+    except PermissionError as exc:
+        raise KeyringError("keys.unreadable", f"master key file {path}: permission denied") from exc
+    if len(secret) != KEY_BYTES:
+        raise KeyringError("keys.malformed", f"master key file {path} must hold {KEY_BYTES} bytes")
+    return MasterKey(secret, path)
+
+
+def write_key(path: Path, secret: bytes) -> MasterKey:
+    """Write a key file atomically with mode 0600 in a folder of mode 0700."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    tmp = path.with_name(f".{path.name}.new")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.write(fd, secret)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    return MasterKey(secret, path)
+
+
+def load_or_create(path: Path) -> MasterKey:
+    """The master key at ``path``, created on first start."""
+    if path.exists():
+        return read_key(path)
+    return write_key(path, new_key())
+
+
+def retire(path: Path) -> None:
+    """Overwrite and delete an old key file (best effort on journaling file systems)."""
+    if path.exists():
+        size = path.stat().st_size
+        with path.open("r+b") as handle:
+            handle.write(os.urandom(size))
+            handle.flush()
+            os.fsync(handle.fileno())
+        path.unlink()

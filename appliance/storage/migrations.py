@@ -1,0 +1,66 @@
+"""Versioned schema migrations, applied on start, each in one transaction with its record.
+
+A migration checks what it adds (SQLAlchemy's inspector), so a database created at the newest
+schema by migration 1 passes later ones as no-ops, and a half-applied one cannot exist: the
+change and its ``schema_migrations`` row commit together (sqlite-utils does the same).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import cast
+
+from sqlalchemy import Connection, Engine, Table, inspect, select
+
+from appliance.core.errors import StorageError
+from appliance.storage.schema import Base, SchemaMigration
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    description: str
+    apply: Callable[[Connection], None]
+
+
+def _initial(connection: Connection) -> None:
+    Base.metadata.create_all(connection)
+
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(
+        1, "calls, turns, keys, consents, recordings, tools, incidents, users, audit", _initial
+    ),
+)
+LATEST = MIGRATIONS[-1].version
+
+
+def applied_versions(engine: Engine) -> set[int]:
+    with engine.connect() as connection:
+        if not inspect(connection).has_table(SchemaMigration.__tablename__):
+            return set()
+        return set(connection.scalars(select(SchemaMigration.version)))
+
+
+def migrate(engine: Engine) -> list[int]:
+    """Apply every missing migration in order; return the versions applied now."""
+    done = applied_versions(engine)
+    if done and max(done) > LATEST:
+        raise StorageError(
+            "storage.schema_newer",
+            f"the database is at schema {max(done)}, newer than this appliance ({LATEST})",
+        )
+    applied = []
+    for migration in MIGRATIONS:
+        if migration.version in done:
+            continue
+        record = cast(Table, SchemaMigration.__table__)
+        with engine.begin() as connection:
+            record.create(connection, checkfirst=True)
+            migration.apply(connection)
+            connection.execute(
+                record.insert().values(version=migration.version, description=migration.description)
+            )
+        applied.append(migration.version)
+    return applied

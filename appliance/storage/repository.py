@@ -1,0 +1,566 @@
+"""The storage facade: calls and turns in, audited reads out, erasure, holds and key rotation.
+
+Every write is one transaction that commits before the method returns, so a turn that was
+acknowledged is durable. Every read of content, export, erasure and key change leaves an
+audit event in the same transaction as the change it records.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import hmac
+import json
+import threading
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, delete, func, select
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+from sqlalchemy.orm import Session, sessionmaker
+
+from appliance.core.errors import KeyringError, StorageError
+from appliance.core.ports import TurnRecord
+from appliance.storage import audit, sqlite
+from appliance.storage.crypto import (
+    associated_data,
+    new_key,
+    open_sealed,
+    seal,
+    unwrap_key,
+    wrap_key,
+)
+from appliance.storage.keys import MasterKey
+from appliance.storage.migrations import migrate
+from appliance.storage.schema import (
+    Call,
+    Caller,
+    Consent,
+    DataKey,
+    Meta,
+    Recording,
+    ToolCall,
+    Turn,
+    new_id,
+    utc_now,
+)
+
+PSEUDONYM_KEY = "pseudonym_key_id"
+SYSTEM_ACTOR = "system"
+
+
+@contextlib.contextmanager
+def storage_errors(action: str) -> Iterator[None]:
+    """Translate database failures where they enter: a full disk says so."""
+    try:
+        yield
+    except DBAPIError as exc:
+        text = str(exc.orig).lower()
+        if "full" in text or "no space" in text:
+            raise StorageError("storage.full", f"{action}: the disk is full") from exc
+        raise StorageError("storage.failed", f"{action}: {type(exc.orig).__name__}") from exc
+    except SQLAlchemyError as exc:
+        raise StorageError("storage.failed", f"{action}: {type(exc).__name__}") from exc
+    except OSError as exc:
+        raise StorageError("storage.failed", f"{action}: {exc.strerror or exc}") from exc
+
+
+@dataclass(frozen=True)
+class TurnView:
+    index: int
+    transcript: str | None
+    reply: str | None
+    interrupted: bool
+    error_code: str | None
+    timings_ms: dict[str, float]
+    voice_to_voice_ms: float | None
+
+
+@dataclass(frozen=True)
+class CallView:
+    id: str
+    channel: str
+    status: str
+    started_at: datetime
+    ended_at: datetime | None
+    legal_hold: bool
+    hold_reason: str | None
+    turns: list[TurnView] = field(default_factory=list)
+    recordings: int = 0
+
+
+@dataclass(frozen=True)
+class ErasureReport:
+    calls_erased: int
+    calls_held: int
+    caller_erased: bool
+
+
+class Storage:
+    """One database and the master key that opens it."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        master: MasterKey | None,
+        *,
+        reopen: Callable[[MasterKey], Engine] | None = None,
+        clock: Callable[[], datetime] = utc_now,
+    ) -> None:
+        self.engine = engine
+        self.master = master
+        self._reopen = reopen
+        self._sessions = sessionmaker(engine, expire_on_commit=False)
+        self._keys: dict[str, bytes] = {}
+        self._keys_lock = threading.Lock()
+        self.clock = clock
+        migrate(engine)
+
+    # -- opening ---------------------------------------------------------------------------
+
+    @classmethod
+    def open_sqlite(cls, path: Path, master: MasterKey | None, **kwargs: Any) -> Storage:
+        """SQLCipher under the master key's database key; ``master=None`` is plain SQLite and
+        plain values (for the benchmark's baseline only)."""
+        engine = sqlite.sqlite_engine(path, master.database_key if master else None)
+        return cls(
+            engine, master, reopen=lambda m: sqlite.sqlite_engine(path, m.database_key), **kwargs
+        )
+
+    @classmethod
+    def open_url(cls, url: str, master: MasterKey, **kwargs: Any) -> Storage:
+        """Another database server (PostgreSQL): values sealed, file encryption is the server's."""
+        return cls(create_engine(url, pool_pre_ping=True), master, **kwargs)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    @contextlib.contextmanager
+    def session(self, action: str) -> Iterator[Session]:
+        with storage_errors(action), self._sessions.begin() as session:
+            yield session
+
+    # -- sealing ----------------------------------------------------------------------------
+
+    @property
+    def encrypted(self) -> bool:
+        return self.master is not None
+
+    def _seal(self, key: bytes | None, value: bytes, table: str, column: str, row: str) -> bytes:
+        if key is None:
+            return value
+        return seal(key, value, associated_data(table, column, row))
+
+    def _open(self, key: bytes | None, value: bytes, table: str, column: str, row: str) -> bytes:
+        if key is None:
+            return value
+        return open_sealed(key, value, associated_data(table, column, row))
+
+    def _new_data_key(self, session: Session, purpose: str) -> tuple[str, bytes | None]:
+        if self.master is None:
+            return "", None
+        key_id = new_id()
+        secret = new_key()
+        session.add(
+            DataKey(
+                id=key_id,
+                purpose=purpose,
+                wrapped=wrap_key(self.master.secret, secret, key_id),
+                master_key_id=self.master.fingerprint,
+            )
+        )
+        session.flush()  # before the row that refers to it (no ORM relationships here)
+        with self._keys_lock:
+            self._keys[key_id] = secret
+        return key_id, secret
+
+    def _data_key(self, session: Session, key_id: str | None) -> bytes | None:
+        if self.master is None:
+            return None
+        if not key_id:
+            raise KeyringError("keys.shredded", "this call's data key was destroyed (erased)")
+        with self._keys_lock:
+            cached = self._keys.get(key_id)
+        if cached is not None:
+            return cached
+        row = session.get(DataKey, key_id)
+        if row is None:
+            raise KeyringError("keys.shredded", f"data key {key_id} was destroyed (erased)")
+        secret = unwrap_key(self.master.secret, row.wrapped, key_id)
+        with self._keys_lock:
+            self._keys[key_id] = secret
+        return secret
+
+    def _forget_keys(self, key_ids: list[str]) -> None:
+        with self._keys_lock:
+            for key_id in key_ids:
+                self._keys.pop(key_id, None)
+
+    def caller_hash(self, caller_id: str) -> str:
+        """HMAC-SHA256 of the caller ID under the pseudonymization key: stable, not reversible."""
+        with self.session("pseudonymize") as session:
+            meta = session.get(Meta, PSEUDONYM_KEY)
+            if meta is None:
+                key_id, _ = self._new_data_key(session, "system")
+                session.add(Meta(key=PSEUDONYM_KEY, value=key_id))
+                session.flush()
+            else:
+                key_id = meta.value
+            key = self._data_key(session, key_id) if self.master else b"unencrypted-baseline"
+        assert key is not None
+        return hmac.new(key, caller_id.encode(), hashlib.sha256).hexdigest()
+
+    # -- calls and turns ---------------------------------------------------------------------
+
+    def start_call(self, caller_id: str | None, channel: str) -> CallHandle:
+        hashed = self.caller_hash(caller_id) if caller_id else None
+        with self.session("start call") as session:
+            caller_row_id = None
+            if hashed is not None:
+                caller = session.scalars(select(Caller).where(Caller.caller_hash == hashed)).first()
+                if caller is None:
+                    caller = Caller(caller_hash=hashed)
+                    session.add(caller)
+                    session.flush()
+                caller.last_seen_at = self.clock()
+                caller_row_id = caller.id
+            key_id, _ = self._new_data_key(session, "call")
+            call = Call(
+                caller_id=caller_row_id,
+                data_key_id=key_id or None,
+                channel=channel,
+                started_at=self.clock(),
+            )
+            session.add(call)
+            session.flush()
+            call_id = call.id
+        return CallHandle(self, call_id)
+
+    def add_turn(self, call_id: str, record: TurnRecord) -> str:
+        """Store one turn; returns its id once committed."""
+        turn_id = new_id()
+        with self.session("store turn") as session:
+            call = session.get(Call, call_id)
+            if call is None:
+                raise StorageError("storage.no_call", f"call {call_id} does not exist")
+            key = self._data_key(session, call.data_key_id)
+            session.add(
+                Turn(
+                    id=turn_id,
+                    call_id=call_id,
+                    index=record.index,
+                    created_at=self.clock(),
+                    transcript=self._seal(
+                        key, record.transcript.encode(), "turns", "transcript", turn_id
+                    ),
+                    reply=self._seal(key, record.reply.encode(), "turns", "reply", turn_id),
+                    interrupted=record.interrupted,
+                    error_code=record.error_code or None,
+                    timings=json.dumps(dict(record.timings_ms), sort_keys=True),
+                    voice_to_voice_ms=record.voice_to_voice_ms,
+                )
+            )
+            if record.audio is not None:
+                recording_id = new_id()
+                session.add(
+                    Recording(
+                        id=recording_id,
+                        call_id=call_id,
+                        turn_id=turn_id,
+                        created_at=self.clock(),
+                        sample_rate_hz=record.audio_rate_hz,
+                        audio=self._seal(key, record.audio, "recordings", "audio", recording_id),
+                    )
+                )
+            call.turn_count = call.turn_count + 1
+        return turn_id
+
+    def end_call(self, call_id: str, status: str) -> None:
+        with self.session("end call") as session:
+            call = session.get(Call, call_id)
+            if call is not None:
+                call.status = status
+                call.ended_at = self.clock()
+
+    def record_consent(
+        self, call_id: str, decision: str, disclosure_version: str, method: str
+    ) -> None:
+        with self.session("record consent") as session:
+            session.add(
+                Consent(
+                    call_id=call_id,
+                    decision=decision,
+                    disclosure_version=disclosure_version,
+                    method=method,
+                )
+            )
+            call = session.get(Call, call_id)
+            if call is not None:
+                call.disclosure_version = disclosure_version
+
+    def record_tool_call(
+        self, call_id: str, tool: str, arguments: Mapping[str, Any], outcome: str, actor: str
+    ) -> None:
+        row_id = new_id()
+        with self.session("record tool call") as session:
+            call = session.get(Call, call_id)
+            key = self._data_key(session, call.data_key_id if call else None)
+            sealed = self._seal(
+                key, json.dumps(dict(arguments)).encode(), "tool_calls", "arguments", row_id
+            )
+            session.add(
+                ToolCall(id=row_id, call_id=call_id, tool=tool, arguments=sealed, outcome=outcome)
+            )
+            audit.append(session, actor, "tool_call", f"call:{call_id}", outcome, {"tool": tool})
+
+    # -- reading (audited) ---------------------------------------------------------------------
+
+    def list_calls(self, limit: int = 100) -> list[CallView]:
+        """Call metadata only: no content, so no audit event."""
+        with self.session("list calls") as session:
+            calls = session.scalars(
+                select(Call).order_by(Call.started_at.desc()).limit(limit)
+            ).all()
+            return [self._call_view(c, []) for c in calls]
+
+    def read_call(self, call_id: str, actor: str, reason: str = "") -> CallView:
+        """Decrypt a call's turns; leaves an audit event (the read is recorded even if it fails)."""
+        try:
+            with self.session("read call") as session:
+                call = session.get(Call, call_id)
+                if call is None:
+                    raise StorageError("storage.no_call", f"call {call_id} does not exist")
+                key = self._data_key(session, call.data_key_id)
+                turns = session.scalars(
+                    select(Turn).where(Turn.call_id == call_id).order_by(Turn.index)
+                ).all()
+                views = [self._turn_view(key, t) for t in turns]
+                recordings = (
+                    session.scalar(
+                        select(func.count())
+                        .select_from(Recording)
+                        .where(Recording.call_id == call_id)
+                    )
+                    or 0
+                )
+                audit.append(session, actor, "read", f"call:{call_id}", "ok", {"reason": reason})
+                return self._call_view(call, views, int(recordings))
+        except Exception as exc:
+            with self.session("audit failed read") as session:
+                audit.append(
+                    session,
+                    actor,
+                    "read",
+                    f"call:{call_id}",
+                    "failed",
+                    {"reason": reason, "error": getattr(exc, "code", type(exc).__name__)},
+                )
+            raise
+
+    def _turn_view(self, key: bytes | None, turn: Turn) -> TurnView:
+        def text(column: str, value: bytes | None) -> str | None:
+            if value is None:
+                return None
+            return self._open(key, value, "turns", column, turn.id).decode()
+
+        return TurnView(
+            index=turn.index,
+            transcript=text("transcript", turn.transcript),
+            reply=text("reply", turn.reply),
+            interrupted=turn.interrupted,
+            error_code=turn.error_code,
+            timings_ms=json.loads(turn.timings or "{}"),
+            voice_to_voice_ms=turn.voice_to_voice_ms,
+        )
+
+    @staticmethod
+    def _call_view(call: Call, turns: list[TurnView], recordings: int = 0) -> CallView:
+        return CallView(
+            call.id,
+            call.channel,
+            call.status,
+            call.started_at,
+            call.ended_at,
+            call.legal_hold,
+            call.hold_reason,
+            turns,
+            recordings,
+        )
+
+    def read_recording(self, call_id: str, actor: str) -> list[bytes]:
+        with self.session("read recording") as session:
+            call = session.get(Call, call_id)
+            if call is None:
+                raise StorageError("storage.no_call", f"call {call_id} does not exist")
+            key = self._data_key(session, call.data_key_id)
+            rows = session.scalars(select(Recording).where(Recording.call_id == call_id)).all()
+            audio = [self._open(key, r.audio, "recordings", "audio", r.id) for r in rows]
+            audit.append(session, actor, "read_recording", f"call:{call_id}", "ok")
+            return audio
+
+    # -- legal hold and erasure ----------------------------------------------------------------
+
+    def set_legal_hold(self, call_id: str, reason: str | None, actor: str) -> None:
+        """Hold (with a reason) or release a call: held data outlives retention and erasure."""
+        with self.session("legal hold") as session:
+            call = session.get(Call, call_id)
+            if call is None:
+                raise StorageError("storage.no_call", f"call {call_id} does not exist")
+            if reason is not None and not reason.strip():
+                raise StorageError("storage.hold_reason", "a legal hold needs a reason")
+            call.legal_hold = reason is not None
+            call.hold_reason = reason
+            audit.append(
+                session,
+                actor,
+                "legal_hold" if reason else "legal_hold_release",
+                f"call:{call_id}",
+                "ok",
+                {"reason": reason or ""},
+            )
+
+    def erase_caller(self, caller_id: str, actor: str) -> ErasureReport:
+        """Erase everything of one caller (by caller ID): crypto-shred, delete, audit."""
+        hashed = self.caller_hash(caller_id)
+        with self.session("erase caller") as session:
+            caller = session.scalars(select(Caller).where(Caller.caller_hash == hashed)).first()
+            if caller is None:
+                audit.append(session, actor, "erase", f"caller:{hashed[:16]}", "not_found")
+                return ErasureReport(0, 0, False)
+            calls = session.scalars(select(Call).where(Call.caller_id == caller.id)).all()
+            report = self.erase_calls_in(session, calls)
+            caller_erased = report.calls_held == 0
+            if caller_erased:
+                session.delete(caller)
+            audit.append(
+                session,
+                actor,
+                "erase",
+                f"caller:{hashed[:16]}",
+                "ok" if caller_erased else "partial",
+                {"calls_erased": report.calls_erased, "calls_held": report.calls_held},
+            )
+        self.after_erasure()
+        return ErasureReport(report.calls_erased, report.calls_held, caller_erased)
+
+    def erase_call(self, call_id: str, actor: str) -> ErasureReport:
+        with self.session("erase call") as session:
+            call = session.get(Call, call_id)
+            if call is None:
+                raise StorageError("storage.no_call", f"call {call_id} does not exist")
+            report = self.erase_calls_in(session, [call])
+            audit.append(
+                session,
+                actor,
+                "erase",
+                f"call:{call_id}",
+                "ok" if report.calls_erased else "held",
+                {"calls_erased": report.calls_erased, "calls_held": report.calls_held},
+            )
+        self.after_erasure()
+        return report
+
+    def erase_calls_in(self, session: Session, calls: Sequence[Call]) -> ErasureReport:
+        """Crypto-shred and delete ``calls`` (those not on legal hold) in ``session``."""
+        erased = held = 0
+        shredded = []
+        for call in calls:
+            if call.legal_hold:
+                held += 1
+                continue
+            for table in (Turn, Recording, ToolCall, Consent):
+                session.execute(delete(table).where(table.call_id == call.id))
+            if call.data_key_id:
+                shredded.append(call.data_key_id)
+            key_id = call.data_key_id
+            session.delete(call)
+            session.flush()
+            if key_id:
+                session.execute(delete(DataKey).where(DataKey.id == key_id))
+            erased += 1
+        self._forget_keys(shredded)
+        return ErasureReport(erased, held, False)
+
+    def after_erasure(self) -> None:
+        """Truncate the WAL so that no copy of deleted pages stays behind it."""
+        if self.engine.dialect.name == "sqlite":
+            with storage_errors("checkpoint"):
+                sqlite.checkpoint(self.engine)
+
+    # -- keys ----------------------------------------------------------------------------------
+
+    def rotate_master_key(
+        self, new: MasterKey, progress: Callable[[int, int], None] | None = None
+    ) -> int:
+        """Re-wrap every data key under ``new`` (content is not re-encrypted) and re-key the
+        database file; returns how many data keys were re-wrapped. Resumable: keys already
+        under ``new`` are skipped."""
+        old = self.master
+        if old is None:
+            raise KeyringError("keys.unencrypted", "this storage is not encrypted")
+        with self.session("count keys") as session:
+            total = session.scalar(select(func.count()).select_from(DataKey)) or 0
+            ids = list(session.scalars(select(DataKey.id).order_by(DataKey.id)))
+        done = 0
+        for start in range(0, len(ids), 500):
+            with self.session("re-wrap keys") as session:
+                for row in session.scalars(
+                    select(DataKey).where(DataKey.id.in_(ids[start : start + 500]))
+                ):
+                    if row.master_key_id == new.fingerprint:
+                        continue
+                    secret = unwrap_key(old.secret, row.wrapped, row.id)
+                    row.wrapped = wrap_key(new.secret, secret, row.id)
+                    row.master_key_id = new.fingerprint
+                done = min(total, start + 500)
+            if progress is not None:
+                progress(done, total)
+        with self.session("audit rotation") as session:
+            audit.append(
+                session,
+                SYSTEM_ACTOR,
+                "rotate_master_key",
+                f"key:{new.fingerprint}",
+                "ok",
+                {"previous": old.fingerprint, "data_keys": total},
+            )
+        if self.engine.dialect.name == "sqlite" and self._reopen is not None:
+            sqlite.rekey(self.engine, new.database_key)
+            self.engine = self._reopen(new)
+            self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        self.master = new
+        return int(total)
+
+    # -- audit -----------------------------------------------------------------------------------
+
+    def log_event(
+        self,
+        actor: str,
+        action: str,
+        obj: str,
+        outcome: str = "ok",
+        details: dict[str, Any] | None = None,
+    ) -> None:
+        with self.session("audit") as session:
+            audit.append(session, actor, action, obj, outcome, details)
+
+    def verify_audit(self) -> audit.ChainReport:
+        with self.session("verify audit") as session:
+            return audit.verify(session)
+
+
+class CallHandle:
+    """A call's link to storage: the pipeline's CallRecorder."""
+
+    def __init__(self, storage: Storage, call_id: str) -> None:
+        self.storage = storage
+        self.call_id = call_id
+
+    def record_turn(self, turn: TurnRecord) -> None:
+        self.storage.add_turn(self.call_id, turn)
+
+    def finish(self, status: str) -> None:
+        self.storage.end_call(self.call_id, status)

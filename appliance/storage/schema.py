@@ -1,0 +1,183 @@
+"""The tables, as SQLAlchemy 2 ORM models. Portable SQL only: SQLite by default, PostgreSQL too.
+
+Columns holding what a caller said, or anything personal, are ``LargeBinary`` sealed values
+(see ``crypto.py``); everything else is metadata needed to run, audit and purge the service.
+Callers are known by an HMAC of their caller ID, never by the number itself.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+
+from sqlalchemy import (
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+def utc_now() -> datetime:
+    """Naive UTC: every timestamp in the database is UTC, stored without an offset."""
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+def new_id() -> str:
+    return str(uuid.uuid4())
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class SchemaMigration(Base):
+    __tablename__ = "schema_migrations"
+    version: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    description: Mapped[str] = mapped_column(String(200))
+    applied_at: Mapped[datetime] = mapped_column(DateTime, default=utc_now)
+
+
+class Meta(Base):
+    """Small named values: the audit chain's anchor, the pseudonymization key's id."""
+
+    __tablename__ = "meta"
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(Text)
+
+
+class DataKey(Base):
+    """A 256-bit data key, wrapped (sealed) by the master key named by ``master_key_id``."""
+
+    __tablename__ = "data_keys"
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    purpose: Mapped[str] = mapped_column(String(16))  # "call" or "system"
+    wrapped: Mapped[bytes] = mapped_column(LargeBinary)
+    master_key_id: Mapped[str] = mapped_column(String(16), index=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utc_now)
+
+
+class Caller(Base):
+    __tablename__ = "callers"
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    caller_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utc_now)
+    last_seen_at: Mapped[datetime] = mapped_column(DateTime, default=utc_now)
+
+
+class Call(Base):
+    __tablename__ = "calls"
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    caller_id: Mapped[str | None] = mapped_column(ForeignKey("callers.id"), index=True)
+    data_key_id: Mapped[str | None] = mapped_column(ForeignKey("data_keys.id"))
+    channel: Mapped[str] = mapped_column(String(16))
+    status: Mapped[str] = mapped_column(String(16), default="active")
+    started_at: Mapped[datetime] = mapped_column(DateTime, default=utc_now, index=True)
+    ended_at: Mapped[datetime | None] = mapped_column(DateTime)
+    turn_count: Mapped[int] = mapped_column(Integer, default=0)
+    legal_hold: Mapped[bool] = mapped_column(Boolean, default=False)
+    hold_reason: Mapped[str | None] = mapped_column(String(500))
+    disclosure_version: Mapped[str | None] = mapped_column(String(64))
+
+
+class Turn(Base):
+    __tablename__ = "turns"
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    call_id: Mapped[str] = mapped_column(ForeignKey("calls.id"), index=True)
+    index: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utc_now, index=True)
+    transcript: Mapped[bytes | None] = mapped_column(LargeBinary)
+    reply: Mapped[bytes | None] = mapped_column(LargeBinary)
+    interrupted: Mapped[bool] = mapped_column(Boolean, default=False)
+    error_code: Mapped[str | None] = mapped_column(String(64))
+    guard: Mapped[str | None] = mapped_column(Text)  # JSON verdicts: codes and reasons, no text
+    timings: Mapped[str] = mapped_column(Text, default="{}")  # JSON: event type -> t_ms
+    voice_to_voice_ms: Mapped[float | None] = mapped_column(Float)
+    content_purged_at: Mapped[datetime | None] = mapped_column(DateTime)
+
+
+class Recording(Base):
+    __tablename__ = "recordings"
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    call_id: Mapped[str] = mapped_column(ForeignKey("calls.id"), index=True)
+    turn_id: Mapped[str | None] = mapped_column(String(36))
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utc_now, index=True)
+    sample_rate_hz: Mapped[int] = mapped_column(Integer)
+    audio: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class Consent(Base):
+    __tablename__ = "consents"
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    call_id: Mapped[str] = mapped_column(ForeignKey("calls.id"), index=True)
+    decision: Mapped[str] = mapped_column(String(16))  # "granted", "refused", "not_required"
+    disclosure_version: Mapped[str] = mapped_column(String(64))
+    method: Mapped[str] = mapped_column(String(16))  # "spoken", "dtmf", "configuration"
+    decided_at: Mapped[datetime] = mapped_column(DateTime, default=utc_now)
+
+
+class ToolCall(Base):
+    __tablename__ = "tool_calls"
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    call_id: Mapped[str] = mapped_column(ForeignKey("calls.id"), index=True)
+    tool: Mapped[str] = mapped_column(String(64))
+    arguments: Mapped[bytes | None] = mapped_column(LargeBinary)
+    outcome: Mapped[str] = mapped_column(String(32))
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utc_now, index=True)
+
+
+class Incident(Base):
+    __tablename__ = "incidents"
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    call_id: Mapped[str | None] = mapped_column(String(36), index=True)
+    caller_id: Mapped[str | None] = mapped_column(String(36), index=True)
+    kind: Mapped[str] = mapped_column(String(64))
+    severity: Mapped[str] = mapped_column(String(16))
+    summary: Mapped[str] = mapped_column(String(500))  # codes and counts, never what was said
+    opened_at: Mapped[datetime] = mapped_column(DateTime, default=utc_now, index=True)
+    closed_at: Mapped[datetime | None] = mapped_column(DateTime)
+
+
+class AdminUser(Base):
+    __tablename__ = "admin_users"
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    username: Mapped[str] = mapped_column(String(64), unique=True)
+    password_hash: Mapped[str] = mapped_column(String(200))
+    totp_secret: Mapped[bytes | None] = mapped_column(LargeBinary)  # sealed, system key
+    role: Mapped[str] = mapped_column(String(16))  # "admin", "operator", "auditor"
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utc_now)
+    disabled: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
+class AuditEvent(Base):
+    """One link of the hash chain: ``hash`` covers this event's fields and ``prev_hash``."""
+
+    __tablename__ = "audit_events"
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    at: Mapped[datetime] = mapped_column(DateTime, index=True)
+    actor: Mapped[str] = mapped_column(String(128))
+    action: Mapped[str] = mapped_column(String(64))
+    object: Mapped[str] = mapped_column(String(200))
+    outcome: Mapped[str] = mapped_column(String(32))
+    details: Mapped[str] = mapped_column(Text, default="{}")
+    prev_hash: Mapped[str] = mapped_column(String(64))
+    hash: Mapped[str] = mapped_column(String(64))
+
+
+class RetentionRun(Base):
+    __tablename__ = "retention_runs"
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    started_at: Mapped[datetime] = mapped_column(DateTime, default=utc_now)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime)
+    dry_run: Mapped[bool] = mapped_column(Boolean, default=False)
+    status: Mapped[str] = mapped_column(String(16), default="running")
+    purged: Mapped[str] = mapped_column(Text, default="{}")  # JSON: data class -> count
+
+
+Index("ix_turns_call_index", Turn.call_id, Turn.index, unique=True)
