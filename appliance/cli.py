@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -36,6 +37,11 @@ def _parser() -> argparse.ArgumentParser:
     call.add_argument("--out", type=Path, required=True, help="where to write the reply WAV")
     call.add_argument("--json", action="store_true", help="print one JSON object")
     call.add_argument(
+        "--caller",
+        default="",
+        help="the caller's ID (a phone number, say); stored only as a keyed hash",
+    )
+    call.add_argument(
         "--realtime",
         action="store_true",
         help="feed the file at speaking pace, as a live caller (timings then include the "
@@ -64,11 +70,59 @@ def _parser() -> argparse.ArgumentParser:
     config_cmd = config.add_subparsers(dest="config_command", required=True)
     config_cmd.add_parser("show", help="print the validated settings as JSON")
 
+    calls = commands.add_parser("calls", help="stored calls")
+    calls_cmd = calls.add_subparsers(dest="calls_command", required=True)
+    calls_list = calls_cmd.add_parser("list", help="recent calls: metadata only")
+    calls_list.add_argument("--json", action="store_true")
+    calls_list.add_argument("--limit", type=int, default=50)
+    calls_show = calls_cmd.add_parser("show", help="a call's transcript (the read is audited)")
+    calls_show.add_argument("call_id")
+    calls_show.add_argument("--reason", required=True, help="why you read it (audited)")
+    calls_show.add_argument("--json", action="store_true")
+
+    erase = commands.add_parser("erase", help="erase a caller's or a call's data (crypto-shred)")
+    target = erase.add_mutually_exclusive_group(required=True)
+    target.add_argument("--caller", help="the caller ID (phone number) as the caller gave it")
+    target.add_argument("--call", help="a call id")
+
+    hold = commands.add_parser("hold", help="put a call on legal hold, or release it")
+    hold.add_argument("--call", required=True)
+    hold_how = hold.add_mutually_exclusive_group(required=True)
+    hold_how.add_argument("--reason", help="why the call must be kept")
+    hold_how.add_argument("--release", action="store_true")
+
+    keys = commands.add_parser("keys", help="the master key")
+    keys_cmd = keys.add_subparsers(dest="keys_command", required=True)
+    keys_cmd.add_parser("rotate", help="new master key; re-wrap every data key, re-key the file")
+
+    retention = commands.add_parser("retention", help="purge data past its retention period")
+    retention_cmd = retention.add_subparsers(dest="retention_command", required=True)
+    retention_run = retention_cmd.add_parser("run", help="purge (idempotent, resumable)")
+    retention_run.add_argument("--dry-run", action="store_true", help="list what would go")
+    retention_run.add_argument("--json", action="store_true")
+
+    audit_cmd = commands.add_parser("audit", help="the tamper-evident audit trail")
+    audit_sub = audit_cmd.add_subparsers(dest="audit_command", required=True)
+    audit_verify = audit_sub.add_parser("verify", help="walk the hash chain")
+    audit_verify.add_argument("--export", type=Path, help="verify a signed export instead")
+    audit_export = audit_sub.add_parser("export", help="write a signed (Ed25519) export")
+    audit_export.add_argument("--out", type=Path, required=True)
+
+    backup = commands.add_parser("backup", help="an encrypted, verified copy of the database")
+    backup.add_argument("--out", type=Path, required=True)
+    restore = commands.add_parser("restore", help="check a backup, then put it in place")
+    restore.add_argument("file", type=Path)
+
     bench = commands.add_parser("bench", help="benchmarks that print side-by-side ratios")
     bench_cmd = bench.add_subparsers(dest="bench_command", required=True)
     latency = bench_cmd.add_parser("latency", help="streaming vs sequential voice-to-voice latency")
     latency.add_argument("--json", action="store_true")
     latency.add_argument("--questions", type=int, default=6, help="how many questions (1-12)")
+    storage_bench = bench_cmd.add_parser(
+        "storage", help="turn write/read rates with and without encryption"
+    )
+    storage_bench.add_argument("--json", action="store_true")
+    storage_bench.add_argument("--turns", type=int, default=10_000)
     return parser
 
 
@@ -105,9 +159,15 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
         print(json.dumps(_settings_dict(settings), indent=2, default=str))
         return 0
     if args.command == "bench":
+        if args.bench_command == "storage":
+            from appliance.bench import run_storage_bench
+
+            return run_storage_bench(settings, turns=args.turns, as_json=args.json)
         from appliance.bench import run_latency_bench
 
         return run_latency_bench(settings, questions=args.questions, as_json=args.json)
+    if args.command in STORAGE_COMMANDS:
+        return STORAGE_COMMANDS[args.command](args, settings)
     raise AssertionError(args.command)
 
 
@@ -126,6 +186,7 @@ def turn_record(turn: TurnResult) -> dict[str, Any]:
         "transcript": turn.transcript,
         "reply": turn.reply,
         "interrupted": turn.interrupted,
+        "stored": turn.stored,
         "error": turn.error_code or None,
         "voice_to_voice_ms": _round(turn.voice_to_voice_ms),
         "events": [event_record(e) for e in turn.events],
@@ -146,19 +207,25 @@ def _round(value: float | None) -> float | None:
 
 def _call(args: argparse.Namespace, settings: Settings) -> int:
     from appliance.audio_io.wav import WavSink, WavSource
-    from appliance.service import VoiceService
+    from appliance.service import VoiceService, open_storage
 
     source = WavSource(args.wav, frame_ms=settings.audio.frame_ms, realtime=args.realtime)
     if not args.out.parent.is_dir():
         raise AudioError("audio.write", f"folder {args.out.parent} does not exist")
+    storage = open_storage(settings)
     service = VoiceService.load(settings)
     sink = WavSink(args.out, settings.audio.output_sample_rate_hz)
-    session = service.session(source, sink)
-    turns = asyncio.run(session.run())
+    record = storage.start_call(args.caller or None, channel="wav")
+    session = service.session(source, sink, recorder=record)
+    try:
+        turns = asyncio.run(session.run())
+    finally:
+        storage.close()
     if args.json:
         print(
             json.dumps(
                 {
+                    "call_id": record.call_id,
                     "input": str(args.wav),
                     "output": str(args.out),
                     "realtime": args.realtime,
@@ -169,7 +236,7 @@ def _call(args: argparse.Namespace, settings: Settings) -> int:
             )
         )
         return 0
-    print(f"call: {args.wav} ({source.audio.duration_s:.1f} s) -> {args.out}")
+    print(f"call {record.call_id}: {args.wav} ({source.audio.duration_s:.1f} s) -> {args.out}")
     print(f"models loaded in {service.load_seconds['total']:.2f} s")
     for turn in turns:
         print(f"\nturn {turn.index}")
@@ -177,6 +244,8 @@ def _call(args: argparse.Namespace, settings: Settings) -> int:
         print(f"  agent:  {turn.reply}")
         if turn.error_code:
             print(f"  error:  {turn.error_code}")
+        if not turn.stored:
+            print("  stored: no (storage degraded)")
         timings = "  ".join(f"{e.type.value}={e.t_ms:.0f}" for e in turn.events)
         print(f"  events (ms since call start): {timings}")
         v2v = turn.voice_to_voice_ms
@@ -284,3 +353,233 @@ def _models_verify(settings: Settings, *, as_json: bool) -> int:
             print(f"{r['status']:8} {r['model']:18} {r['role']:4} {size}  {r['path']}")
         print(f"{len(rows) - len(failed)} of {len(rows)} files verified")
     return EXIT_ERROR if failed else 0
+
+
+# -- storage ------------------------------------------------------------------------------------
+
+
+def _actor() -> str:
+    """Who runs a command, for the audit trail: the operating-system account."""
+    import getpass
+
+    try:
+        return f"cli:{getpass.getuser()}"
+    except (KeyError, OSError):
+        return f"cli:uid{os.getuid()}"
+
+
+def _calls(args: argparse.Namespace, settings: Settings) -> int:
+    from appliance.service import open_storage
+
+    storage = open_storage(settings)
+    try:
+        if args.calls_command == "list":
+            calls = storage.list_calls(limit=args.limit)
+            rows = [
+                {
+                    "id": c.id,
+                    "channel": c.channel,
+                    "status": c.status,
+                    "started_at": c.started_at.isoformat(),
+                    "legal_hold": c.legal_hold,
+                }
+                for c in calls
+            ]
+            if args.json:
+                print(json.dumps(rows, indent=2))
+            else:
+                for r in rows:
+                    hold = "  [legal hold]" if r["legal_hold"] else ""
+                    print(f"{r['id']}  {r['started_at']}  {r['channel']:10} {r['status']}{hold}")
+            return 0
+        view = storage.read_call(args.call_id, _actor(), args.reason)
+    finally:
+        storage.close()
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "id": view.id,
+                    "status": view.status,
+                    "legal_hold": view.legal_hold,
+                    "turns": [
+                        {"index": t.index, "transcript": t.transcript, "reply": t.reply}
+                        for t in view.turns
+                    ],
+                },
+                indent=2,
+            )
+        )
+        return 0
+    print(f"call {view.id} ({view.channel}, {view.status}, started {view.started_at})")
+    for t in view.turns:
+        print(f"  {t.index}. caller: {t.transcript if t.transcript is not None else '(purged)'}")
+        print(f"     agent:  {t.reply if t.reply is not None else '(purged)'}")
+    return 0
+
+
+def _erase(args: argparse.Namespace, settings: Settings) -> int:
+    from appliance.service import open_storage
+
+    storage = open_storage(settings)
+    try:
+        if args.caller:
+            report = storage.erase_caller(args.caller, _actor())
+        else:
+            report = storage.erase_call(args.call, _actor())
+    finally:
+        storage.close()
+    print(f"erased {report.calls_erased} call(s); kept {report.calls_held} on legal hold")
+    return 0
+
+
+def _hold(args: argparse.Namespace, settings: Settings) -> int:
+    from appliance.service import open_storage
+
+    storage = open_storage(settings)
+    try:
+        storage.set_legal_hold(args.call, None if args.release else args.reason, _actor())
+    finally:
+        storage.close()
+    print(f"call {args.call}: {'released' if args.release else 'on legal hold'}")
+    return 0
+
+
+def _keys(args: argparse.Namespace, settings: Settings) -> int:
+    from appliance.service import database_path
+    from appliance.storage.keys import default_key_path
+    from appliance.storage.maintenance import rotate_master_key
+
+    def progress(done: int, total: int) -> None:
+        print(f"\rre-wrapping data keys: {done}/{total}", end="", file=sys.stderr, flush=True)
+
+    key_path = default_key_path(settings.home, settings.storage.master_key_file)
+    old, new, count = rotate_master_key(database_path(settings), key_path, progress)
+    print(file=sys.stderr)
+    print(
+        f"master key {old.fingerprint} -> {new.fingerprint}: {count} data keys re-wrapped, "
+        "database re-keyed, old key destroyed"
+    )
+    return 0
+
+
+def _retention(args: argparse.Namespace, settings: Settings) -> int:
+    from appliance.retention.job import run_retention
+    from appliance.retention.policy import RetentionPolicy
+    from appliance.service import open_storage
+
+    def progress(data_class: object, done: int, total: int) -> None:
+        width = 30
+        filled = width * done // max(1, total)
+        bar = "#" * filled + "." * (width - filled)
+        print(f"\r{data_class!s:14} [{bar}] {done}/{total}", end="", file=sys.stderr, flush=True)
+        if done >= total:
+            print(file=sys.stderr)
+
+    storage = open_storage(settings)
+    try:
+        report = run_retention(
+            storage,
+            RetentionPolicy.from_settings(settings.retention),
+            dry_run=args.dry_run,
+            batch_size=settings.retention.batch_size,
+            progress=None if args.json else progress,
+        )
+    finally:
+        storage.close()
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "dry_run": report.dry_run,
+                    "now": report.now.isoformat(),
+                    "purged": report.purged,
+                    "due_calls": report.due_calls,
+                },
+                indent=2,
+            )
+        )
+        return 0
+    verb = "would purge" if report.dry_run else "purged"
+    for name, count in report.purged.items():
+        print(f"{verb} {count:6d} {name}")
+    for call_id in report.due_calls:
+        print(f"  call {call_id}")
+    return 0
+
+
+def _audit(args: argparse.Namespace, settings: Settings) -> int:
+    from appliance.service import open_storage
+    from appliance.storage import audit
+
+    if args.audit_command == "verify" and args.export:
+        document = json.loads(args.export.read_text(encoding="utf-8"))
+        audit.verify_export(document)
+        print(
+            f"export {args.export}: signature and chain verified ({len(document['events'])} events)"
+        )
+        return 0
+    storage = open_storage(settings)
+    try:
+        if args.audit_command == "verify":
+            report = storage.verify_audit()
+            if report.ok:
+                print(f"audit chain intact: {report.events} events, head {report.head[:16]}")
+                return 0
+            print(f"audit chain BROKEN at event {report.broken_seq}: {report.reason}")
+            return EXIT_ERROR
+        key = audit.signing_key(settings.home / "keys" / "audit-signing.key")
+        with storage.session("export audit") as session:
+            document = audit.export(session, key)
+            audit.append(
+                session,
+                _actor(),
+                "export",
+                "audit_trail",
+                "ok",
+                {"events": len(document["events"])},
+            )
+    finally:
+        storage.close()
+    args.out.write_text(json.dumps(document, indent=1), encoding="utf-8")
+    print(
+        f"wrote {args.out}: {len(document['events'])} events, "
+        f"signed by {document['public_key'][:16]}..."
+    )
+    return 0
+
+
+def _backup(args: argparse.Namespace, settings: Settings) -> int:
+    from appliance.service import open_storage
+    from appliance.storage.maintenance import backup
+
+    storage = open_storage(settings)
+    try:
+        report = backup(storage, args.out, _actor())
+    finally:
+        storage.close()
+    print(f"wrote {report.path} ({report.size_bytes} bytes, {report.turns} turns), encrypted")
+    return 0
+
+
+def _restore(args: argparse.Namespace, settings: Settings) -> int:
+    from appliance.service import database_path
+    from appliance.storage.keys import default_key_path, read_key
+    from appliance.storage.maintenance import restore
+
+    master = read_key(default_key_path(settings.home, settings.storage.master_key_file))
+    turns = restore(args.file, database_path(settings), master, _actor())
+    print(f"restored {args.file}: verified, {turns} turns")
+    return 0
+
+
+STORAGE_COMMANDS = {
+    "calls": _calls,
+    "erase": _erase,
+    "hold": _hold,
+    "keys": _keys,
+    "retention": _retention,
+    "audit": _audit,
+    "backup": _backup,
+    "restore": _restore,
+}

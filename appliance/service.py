@@ -7,16 +7,19 @@ import dataclasses
 import os
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from appliance.config.manifest import model_spec
 from appliance.config.settings import Settings
-from appliance.core.ports import AudioSink, AudioSource
+from appliance.core.ports import AudioSink, AudioSource, CallRecorder
 from appliance.engines.llm import LlamaChat
 from appliance.engines.stt import WhisperTranscriber
 from appliance.engines.tts import PiperSynthesizer
 from appliance.engines.vad import WebRtcVad
 from appliance.pipeline.run import CallSession, Engines, EventHandler, PipelineConfig
+from appliance.storage.keys import default_key_path, load_or_create, read_key
+from appliance.storage.repository import Storage
 
 # No library may reach a model hub or send telemetry: everything is local (set before the
 # model libraries are imported).
@@ -33,6 +36,19 @@ def set_offline_environment() -> None:
         os.environ.setdefault(key, value)
 
 
+def database_path(settings: Settings) -> Path:
+    return settings.home / "appliance.db"
+
+
+def open_storage(settings: Settings, *, create_key: bool = True) -> Storage:
+    """The encrypted store under the master key (created, mode 0600, on first start)."""
+    key_path = default_key_path(settings.home, settings.storage.master_key_file)
+    master = load_or_create(key_path) if create_key else read_key(key_path)
+    if settings.storage.url:
+        return Storage.open_url(settings.storage.url, master)
+    return Storage.open_sqlite(database_path(settings), master)
+
+
 def pipeline_config(settings: Settings) -> PipelineConfig:
     return PipelineConfig(
         endpointing=settings.endpointing,
@@ -41,6 +57,7 @@ def pipeline_config(settings: Settings) -> PipelineConfig:
         history_turns=settings.llm.history_turns,
         output_sample_rate_hz=settings.audio.output_sample_rate_hz,
         fallback_reply=settings.llm.fallback_reply,
+        record_audio=settings.retention.record_audio,
     )
 
 
@@ -100,8 +117,9 @@ class VoiceService:
         source: AudioSource,
         sink: AudioSink,
         on_event: EventHandler | None = None,
+        recorder: CallRecorder | None = None,
         **overrides: Any,
     ) -> CallSession:
         """A new call on the shared engines; ``overrides`` change PipelineConfig fields."""
         config = dataclasses.replace(self.config, **overrides) if overrides else self.config
-        return CallSession(self.engines, config, source, sink, on_event)
+        return CallSession(self.engines, config, source, sink, on_event, recorder=recorder)

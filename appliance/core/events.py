@@ -23,6 +23,7 @@ class Stage(enum.StrEnum):
     LLM = "llm"
     TTS = "tts"
     AUDIO_OUT = "audio_out"
+    STORAGE = "storage"
 
 
 class EventType(enum.StrEnum):

@@ -34,11 +34,13 @@ from appliance.core.events import EventType, Stage, TurnEvent
 from appliance.core.ports import (
     AudioSink,
     AudioSource,
+    CallRecorder,
     ChatMessage,
     ChatModel,
     SpeechDetector,
     Synthesizer,
     Transcriber,
+    TurnRecord,
 )
 from appliance.pipeline.chunking import SentenceChunker
 from appliance.pipeline.dialogue import Dialogue
@@ -51,7 +53,7 @@ log = logging.getLogger(__name__)
 # one calling thread instead of spawning a new team of spinning threads per caller.
 _WORKERS = {
     stage: ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"appliance-{stage.value}")
-    for stage in (Stage.STT, Stage.LLM, Stage.TTS)
+    for stage in (Stage.STT, Stage.LLM, Stage.TTS, Stage.STORAGE)
 }
 
 
@@ -81,6 +83,8 @@ class PipelineConfig:
     history_turns: int = 6
     output_sample_rate_hz: int = 22_050
     fallback_reply: str = "Sorry, something went wrong on my side. Could you say that again?"
+    record_audio: bool = False
+    """Keep the caller's utterances with each stored turn (only when retention allows it)."""
 
 
 @dataclass
@@ -93,6 +97,8 @@ class TurnResult:
     events: list[TurnEvent] = field(default_factory=list)
     interrupted: bool = False
     error_code: str = ""
+    stored: bool = False
+    """True once the turn was committed to storage (a recorder was given and it succeeded)."""
     last_voiced_ms: float | None = None
     """Call-clock time at which the caller's last voiced frame arrived."""
 
@@ -122,6 +128,7 @@ class _Response:
         self.held_events: list[TurnEvent] = []
         self.transcript = ""
         self.reply = ""
+        self.utterance = b""
         self.task: asyncio.Task[None] | None = None
 
 
@@ -136,6 +143,7 @@ class CallSession:
         sink: AudioSink,
         on_event: EventHandler | None = None,
         clock: Callable[[], float] = time.monotonic,
+        recorder: CallRecorder | None = None,
     ) -> None:
         if source.sample_rate_hz != PIPELINE_SAMPLE_RATE_HZ:
             raise ValueError(f"sources must deliver {PIPELINE_SAMPLE_RATE_HZ} Hz audio")
@@ -147,6 +155,8 @@ class CallSession:
         self._sink = sink
         self._on_event = on_event
         self._clock = clock
+        self._recorder = recorder
+        self._storing: list[asyncio.Task[None]] = []
         self._frame_ms = source.frame_ms
         self._endpointer = Endpointer(config.endpointing, source.frame_ms)
         self._dialogue = Dialogue(config.system_prompt, config.history_turns)
@@ -176,8 +186,18 @@ class CallSession:
             await self._drain()
         finally:
             await self._cancel_all()
+            await asyncio.gather(*self._storing, return_exceptions=True)
             await self._sink.close()
+            await self._finish_record()
         return self.turns
+
+    async def _finish_record(self) -> None:
+        if self._recorder is None:
+            return
+        try:
+            await _in_worker(Stage.STORAGE, self._recorder.finish, "ended")
+        except ApplianceError as exc:
+            log.error("call record could not be closed: %s", exc.code)
 
     async def _drain(self) -> None:
         """After the caller's audio ends, keep the line open until the reply is played."""
@@ -257,6 +277,8 @@ class CallSession:
     def _start_response(self, audio: bytes, *, speculative: bool) -> None:
         assert self._turn is not None
         response = _Response(self._turn, speculative)
+        if self._config.record_audio:
+            response.utterance = audio
         response.task = asyncio.create_task(self._respond(response, audio))
         self._response = response
 
@@ -293,20 +315,51 @@ class CallSession:
             response.task.cancel()
 
     def _end_turn(self, response: _Response) -> None:
+        """The turn is over: commit it (when there is storage), then say so with TURN_END."""
         turn = response.turn
         turn.transcript = response.transcript
         turn.reply = response.reply
         self._dialogue.commit(response.transcript, response.reply)
-        self._emit(
-            turn,
-            EventType.TURN_END,
-            frame_index=self._tick,
-            interrupted=turn.interrupted,
-        )
         if self._speaking is response:
             self._speaking = None
         if self._response is response:
             self._response = None
+        if self._recorder is None:
+            self._emit(
+                turn, EventType.TURN_END, frame_index=self._tick, interrupted=turn.interrupted
+            )
+            return
+        record = TurnRecord(
+            index=turn.index,
+            transcript=turn.transcript,
+            reply=turn.reply,
+            interrupted=turn.interrupted,
+            error_code=turn.error_code,
+            timings_ms={e.type.value: round(e.t_ms, 1) for e in turn.events},
+            voice_to_voice_ms=turn.voice_to_voice_ms,
+            audio=response.utterance or None,
+            audio_rate_hz=PIPELINE_SAMPLE_RATE_HZ,
+        )
+        self._storing.append(asyncio.create_task(self._store(turn, record, self._tick)))
+
+    async def _store(self, turn: TurnResult, record: TurnRecord, frame_index: int) -> None:
+        """A turn is acknowledged (TURN_END, stored=True) only after it is committed; when
+        storage fails the call goes on, degraded, and the turn says so."""
+        assert self._recorder is not None
+        try:
+            await _in_worker(Stage.STORAGE, self._recorder.record_turn, record)
+            turn.stored = True
+        except ApplianceError as exc:
+            log.error("turn %d could not be stored: %s", turn.index, exc.code)
+            turn.error_code = turn.error_code or exc.code
+            self._emit(turn, EventType.ERROR, code=exc.code, stage=Stage.STORAGE.value)
+        self._emit(
+            turn,
+            EventType.TURN_END,
+            frame_index=frame_index,
+            interrupted=turn.interrupted,
+            stored=turn.stored,
+        )
 
     async def _cancel_all(self) -> None:
         for response in (self._speaking, self._response):

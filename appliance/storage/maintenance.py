@@ -1,0 +1,121 @@
+"""Operations on the whole store: master key rotation, encrypted backup, verified restore."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from sqlalchemy import func, select
+
+from appliance.core.errors import StorageError
+from appliance.storage import audit, sqlite
+from appliance.storage.crypto import new_key
+from appliance.storage.keys import MasterKey, read_key, retire, write_key
+from appliance.storage.repository import Storage
+from appliance.storage.schema import Turn
+
+Progress = Callable[[int, int], None]
+
+
+def _pending(key_path: Path) -> Path:
+    return key_path.with_name(f"{key_path.name}.next")
+
+
+def rotate_master_key(
+    db_path: Path, key_path: Path, progress: Progress | None = None
+) -> tuple[MasterKey, MasterKey, int]:
+    """Replace the master key: every data key re-wrapped (content untouched), the database
+    re-keyed, the old key file overwritten and removed. Resumable: the next key is written
+    first (``<key>.next``), so a rotation cut short finishes on the next run."""
+    pending = _pending(key_path)
+    if not key_path.exists() and pending.exists():  # cut short after the old key was retired
+        os.replace(pending, key_path)
+        current = read_key(key_path)
+        return current, current, 0
+    old = read_key(key_path)
+    new = read_key(pending) if pending.exists() else write_key(pending, new_key())
+    try:
+        storage = Storage.open_sqlite(db_path, old)
+    except StorageError:
+        storage = Storage.open_sqlite(db_path, new)  # the file was re-keyed already
+        storage.master = old
+    try:
+        count = storage.rotate_master_key(new, progress)
+    finally:
+        storage.close()
+    retire(key_path)
+    os.replace(pending, key_path)
+    return old, MasterKey(new.secret, key_path), count
+
+
+@dataclass(frozen=True)
+class BackupReport:
+    path: Path
+    size_bytes: int
+    turns: int
+
+
+def backup(storage: Storage, target: Path, actor: str) -> BackupReport:
+    """A consistent online copy, encrypted under the same database key (useless without the
+    master key), verified by opening it before it is reported."""
+    if storage.engine.dialect.name != "sqlite" or storage.master is None:
+        raise StorageError("storage.backup", "backup covers the encrypted SQLite store only")
+    if target.exists():
+        raise StorageError("storage.backup", f"{target} exists; choose a new file")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(f".{target.name}.partial")
+    with contextlib.suppress(FileNotFoundError):
+        partial.unlink()
+    sqlite.backup_to(storage.engine, partial, storage.master.database_key)
+    os.chmod(partial, 0o600)
+    copy = Storage.open_sqlite(partial, storage.master)
+    try:
+        if sqlite.integrity_check(copy.engine) != ["ok"]:
+            raise StorageError("storage.backup", "the backup failed its integrity check")
+        with copy.session("count backup") as session:
+            turns = int(session.scalar(select(func.count()).select_from(Turn)) or 0)
+    finally:
+        copy.close()
+    os.replace(partial, target)
+    storage.log_event(actor, "backup", f"file:{target.name}", "ok", {"turns": turns})
+    return BackupReport(target, target.stat().st_size, turns)
+
+
+def restore(source: Path, db_path: Path, master: MasterKey, actor: str) -> int:
+    """Check a backup (opens with the key, integrity, audit chain) and only then put it in
+    place of the database; returns its number of turns. The service must be stopped."""
+    staged = db_path.with_name(f".{db_path.name}.restoring")
+    shutil.copyfile(source, staged)
+    try:
+        candidate = Storage.open_sqlite(staged, master)
+        try:
+            if sqlite.integrity_check(candidate.engine) != ["ok"]:
+                raise StorageError("storage.restore", f"{source} failed its integrity check")
+            chain = candidate.verify_audit()
+            if not chain.ok:
+                raise StorageError(
+                    "storage.restore",
+                    f"{source}: audit chain broken at event {chain.broken_seq}",
+                )
+            with candidate.session("count restore") as session:
+                turns = int(session.scalar(select(func.count()).select_from(Turn)) or 0)
+        finally:
+            candidate.close()
+        for suffix in ("-wal", "-shm"):
+            with contextlib.suppress(FileNotFoundError):
+                Path(f"{db_path}{suffix}").unlink()
+        os.replace(staged, db_path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            staged.unlink()
+    restored = Storage.open_sqlite(db_path, master)
+    try:
+        with restored.session("audit restore") as session:
+            audit.append(session, actor, "restore", f"file:{source.name}", "ok", {"turns": turns})
+    finally:
+        restored.close()
+    return turns
