@@ -531,7 +531,7 @@ def _audit(args: argparse.Namespace, settings: Settings) -> int:
         key = audit.signing_key(settings.home / "keys" / "audit-signing.key")
         with storage.session("export audit") as session:
             document = audit.export(session, key)
-            audit.append(
+            storage.audit_in(
                 session,
                 _actor(),
                 "export",

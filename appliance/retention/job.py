@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Select, func, select, update
+from sqlalchemy import Select, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from appliance.retention.policy import DataClass, RetentionPolicy
@@ -55,7 +55,14 @@ def _candidates(data_class: DataClass, cutoff: datetime) -> Select[Any]:
         return select(Call.id).where(Call.started_at < cutoff, Call.legal_hold.is_(False))
     if data_class is DataClass.INCIDENTS:
         return select(Incident.id).where(Incident.opened_at < cutoff)
-    return select(AuditEvent.seq).where(AuditEvent.at < cutoff).order_by(AuditEvent.seq)
+    # Only a prefix of the chain can go (its last hash becomes the anchor): stop at the first
+    # event that is still within its period, even if a later one looks older (clock steps).
+    first_kept = select(func.min(AuditEvent.seq)).where(AuditEvent.at >= cutoff).scalar_subquery()
+    return (
+        select(AuditEvent.seq)
+        .where(AuditEvent.at < cutoff, or_(first_kept.is_(None), AuditEvent.seq < first_kept))
+        .order_by(AuditEvent.seq)
+    )
 
 
 def _purge(
@@ -130,7 +137,7 @@ def run_retention(
         run_row.finished_at = storage.clock()
         run_row.status = "done"
         run_row.purged = json.dumps(report.purged, sort_keys=True)
-        audit.append(
+        storage.audit_in(
             session,
             actor,
             "retention_dry_run" if dry_run else "retention_run",

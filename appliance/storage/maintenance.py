@@ -12,10 +12,10 @@ from pathlib import Path
 from sqlalchemy import func, select
 
 from appliance.core.errors import StorageError
-from appliance.storage import audit, sqlite
+from appliance.storage import sqlite
 from appliance.storage.crypto import new_key
 from appliance.storage.keys import MasterKey, read_key, retire, write_key
-from appliance.storage.repository import Storage
+from appliance.storage.repository import Storage, storage_errors
 from appliance.storage.schema import Turn
 
 Progress = Callable[[int, int], None]
@@ -74,7 +74,9 @@ def backup(storage: Storage, target: Path, actor: str) -> BackupReport:
     os.chmod(partial, 0o600)
     copy = Storage.open_sqlite(partial, storage.master)
     try:
-        if sqlite.integrity_check(copy.engine) != ["ok"]:
+        with storage_errors("check backup"):
+            sound = sqlite.integrity_check(copy.engine) == ["ok"]
+        if not sound:
             raise StorageError("storage.backup", "the backup failed its integrity check")
         with copy.session("count backup") as session:
             turns = int(session.scalar(select(func.count()).select_from(Turn)) or 0)
@@ -93,7 +95,9 @@ def restore(source: Path, db_path: Path, master: MasterKey, actor: str) -> int:
     try:
         candidate = Storage.open_sqlite(staged, master)
         try:
-            if sqlite.integrity_check(candidate.engine) != ["ok"]:
+            with storage_errors(f"check {source}"):
+                sound = sqlite.integrity_check(candidate.engine) == ["ok"]
+            if not sound:
                 raise StorageError("storage.restore", f"{source} failed its integrity check")
             chain = candidate.verify_audit()
             if not chain.ok:
@@ -115,7 +119,9 @@ def restore(source: Path, db_path: Path, master: MasterKey, actor: str) -> int:
     restored = Storage.open_sqlite(db_path, master)
     try:
         with restored.session("audit restore") as session:
-            audit.append(session, actor, "restore", f"file:{source.name}", "ok", {"turns": turns})
+            restored.audit_in(
+                session, actor, "restore", f"file:{source.name}", "ok", {"turns": turns}
+            )
     finally:
         restored.close()
     return turns

@@ -117,7 +117,8 @@ class Storage:
         self._keys: dict[str, bytes] = {}
         self._keys_lock = threading.Lock()
         self.clock = clock
-        migrate(engine)
+        with storage_errors("migrate"):
+            migrate(engine)
 
     # -- opening ---------------------------------------------------------------------------
 
@@ -314,7 +315,7 @@ class Storage:
             session.add(
                 ToolCall(id=row_id, call_id=call_id, tool=tool, arguments=sealed, outcome=outcome)
             )
-            audit.append(session, actor, "tool_call", f"call:{call_id}", outcome, {"tool": tool})
+            self.audit_in(session, actor, "tool_call", f"call:{call_id}", outcome, {"tool": tool})
 
     # -- reading (audited) ---------------------------------------------------------------------
 
@@ -346,11 +347,11 @@ class Storage:
                     )
                     or 0
                 )
-                audit.append(session, actor, "read", f"call:{call_id}", "ok", {"reason": reason})
+                self.audit_in(session, actor, "read", f"call:{call_id}", "ok", {"reason": reason})
                 return self._call_view(call, views, int(recordings))
         except Exception as exc:
             with self.session("audit failed read") as session:
-                audit.append(
+                self.audit_in(
                     session,
                     actor,
                     "read",
@@ -398,7 +399,7 @@ class Storage:
             key = self._data_key(session, call.data_key_id)
             rows = session.scalars(select(Recording).where(Recording.call_id == call_id)).all()
             audio = [self._open(key, r.audio, "recordings", "audio", r.id) for r in rows]
-            audit.append(session, actor, "read_recording", f"call:{call_id}", "ok")
+            self.audit_in(session, actor, "read_recording", f"call:{call_id}", "ok")
             return audio
 
     # -- legal hold and erasure ----------------------------------------------------------------
@@ -413,7 +414,7 @@ class Storage:
                 raise StorageError("storage.hold_reason", "a legal hold needs a reason")
             call.legal_hold = reason is not None
             call.hold_reason = reason
-            audit.append(
+            self.audit_in(
                 session,
                 actor,
                 "legal_hold" if reason else "legal_hold_release",
@@ -428,14 +429,14 @@ class Storage:
         with self.session("erase caller") as session:
             caller = session.scalars(select(Caller).where(Caller.caller_hash == hashed)).first()
             if caller is None:
-                audit.append(session, actor, "erase", f"caller:{hashed[:16]}", "not_found")
+                self.audit_in(session, actor, "erase", f"caller:{hashed[:16]}", "not_found")
                 return ErasureReport(0, 0, False)
             calls = session.scalars(select(Call).where(Call.caller_id == caller.id)).all()
             report = self.erase_calls_in(session, calls)
             caller_erased = report.calls_held == 0
             if caller_erased:
                 session.delete(caller)
-            audit.append(
+            self.audit_in(
                 session,
                 actor,
                 "erase",
@@ -452,7 +453,7 @@ class Storage:
             if call is None:
                 raise StorageError("storage.no_call", f"call {call_id} does not exist")
             report = self.erase_calls_in(session, [call])
-            audit.append(
+            self.audit_in(
                 session,
                 actor,
                 "erase",
@@ -519,7 +520,7 @@ class Storage:
             if progress is not None:
                 progress(done, total)
         with self.session("audit rotation") as session:
-            audit.append(
+            self.audit_in(
                 session,
                 SYSTEM_ACTOR,
                 "rotate_master_key",
@@ -536,6 +537,18 @@ class Storage:
 
     # -- audit -----------------------------------------------------------------------------------
 
+    def audit_in(
+        self,
+        session: Session,
+        actor: str,
+        action: str,
+        obj: str,
+        outcome: str,
+        details: dict[str, Any] | None = None,
+    ) -> None:
+        """Append an audit event in ``session``'s transaction, on this store's clock."""
+        audit.append(session, actor, action, obj, outcome, details, at=self.clock())
+
     def log_event(
         self,
         actor: str,
@@ -545,7 +558,7 @@ class Storage:
         details: dict[str, Any] | None = None,
     ) -> None:
         with self.session("audit") as session:
-            audit.append(session, actor, action, obj, outcome, details)
+            self.audit_in(session, actor, action, obj, outcome, details)
 
     def verify_audit(self) -> audit.ChainReport:
         with self.session("verify audit") as session:
