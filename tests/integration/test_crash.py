@@ -38,8 +38,11 @@ def test_sigkill_at_random_moments_loses_no_acknowledged_turn(tmp_path: Path) ->
         writer.send_signal(signal.SIGKILL)
         out, err = writer.communicate(timeout=30)
         assert writer.returncode == -signal.SIGKILL, err  # it was writing, not failing
-        acks = {(line.split()[1], int(line.split()[2])) for line in out.splitlines()
-                if line.startswith("ACK ")}
+        acks = {
+            (line.split()[1], int(line.split()[2]))
+            for line in out.splitlines()
+            if line.startswith("ACK ")
+        }
         killed_after_ack += bool(acks)
         acknowledged |= acks
         # The next start works, the file is sound, and every acknowledged turn is there.
@@ -47,7 +50,9 @@ def test_sigkill_at_random_moments_loses_no_acknowledged_turn(tmp_path: Path) ->
         try:
             assert sqlite.integrity_check(store.engine) == ["ok"], attempt
             with store.session("check") as session:
-                stored = {(row[0], row[1]) for row in session.execute(select(Turn.call_id, Turn.index))}
+                stored = {
+                    (row[0], row[1]) for row in session.execute(select(Turn.call_id, Turn.index))
+                }
         finally:
             store.close()
         missing = acknowledged - stored

@@ -74,7 +74,9 @@ def test_a_run_is_idempotent_and_a_dry_run_only_lists(store: Storage, clock: Clo
     assert dry.purged["calls"] == 3 and sorted(dry.due_calls) == sorted(ids)
     assert len(store.list_calls()) == 3
     seen: list[tuple[str, int, int]] = []
-    first = run_retention(store, POLICY, batch_size=2, progress=lambda c, d, t: seen.append((c.value, d, t)))
+    first = run_retention(
+        store, POLICY, batch_size=2, progress=lambda c, d, t: seen.append((c.value, d, t))
+    )
     assert first.purged["calls"] == 3
     assert ("calls", 2, 3) in seen and ("calls", 3, 3) in seen  # committed batch by batch
     again = run_retention(store, POLICY)

@@ -69,7 +69,9 @@ def files_of(db: Path) -> list[Path]:
     return [p for p in db.parent.iterdir() if p.name.startswith(db.name)]
 
 
-def test_a_canary_never_reaches_the_disk_in_plaintext(store: Storage, paths: tuple[Path, Path]) -> None:
+def test_a_canary_never_reaches_the_disk_in_plaintext(
+    store: Storage, paths: tuple[Path, Path]
+) -> None:
     db, _ = paths
     call_id = one_call(store, "+15551230000", f"my secret is {CANARY}", "and again " + CANARY)
     # While the store is open the WAL holds the newest pages: it too is ciphertext.
@@ -79,21 +81,30 @@ def test_a_canary_never_reaches_the_disk_in_plaintext(store: Storage, paths: tup
         assert CANARY.encode() not in data, path
         assert b"+15551230000" not in data, path
         assert b"SQLite format 3" not in data[:16], path
-    assert store.read_call(call_id, "tester", "check").turns[0].transcript == f"my secret is {CANARY}"
+    assert (
+        store.read_call(call_id, "tester", "check").turns[0].transcript == f"my secret is {CANARY}"
+    )
 
 
-def test_sqlite_without_the_key_cannot_open_the_file(store: Storage, paths: tuple[Path, Path]) -> None:
+def test_sqlite_without_the_key_cannot_open_the_file(
+    store: Storage, paths: tuple[Path, Path]
+) -> None:
     db, _ = paths
     one_call(store, "+1555", CANARY)
     with pytest.raises(sqlite3.DatabaseError, match="not a database"):
         sqlite3.connect(db).execute("SELECT name FROM sqlite_master").fetchall()
     shell = subprocess.run(
-        ["sqlite3", str(db), "SELECT count(*) FROM turns;"], capture_output=True, text=True, check=False
+        ["sqlite3", str(db), "SELECT count(*) FROM turns;"],
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert shell.returncode != 0 and "not a database" in shell.stderr
 
 
-def test_the_wrong_master_key_does_not_open_it(store: Storage, paths: tuple[Path, Path], tmp_path: Path) -> None:
+def test_the_wrong_master_key_does_not_open_it(
+    store: Storage, paths: tuple[Path, Path], tmp_path: Path
+) -> None:
     db, _ = paths
     one_call(store, "+1555", "hello")
     stranger = load_or_create(tmp_path / "other.key")
@@ -116,7 +127,9 @@ def test_callers_are_known_by_a_keyed_hash(store: Storage) -> None:
     first = one_call(store, "+15550001111", "hi")
     second = one_call(store, "+15550001111", "hi again")
     with store.session("t") as session:
-        callers = {c for c in session.scalars(select(Call.caller_id).where(Call.id.in_([first, second])))}
+        callers = {
+            c for c in session.scalars(select(Call.caller_id).where(Call.id.in_([first, second])))
+        }
     assert len(callers) == 1
     assert store.caller_hash("+15550001111") != store.caller_hash("+15550001112")
     assert "15550001111" not in store.caller_hash("+15550001111")
@@ -143,8 +156,12 @@ def test_flipping_a_byte_of_a_sealed_value_fails_loudly(store: Storage) -> None:
 def test_a_sealed_value_copied_to_another_row_does_not_open(store: Storage) -> None:
     call_id = one_call(store, "+1555", "first thing", "second thing")
     with store.session("tamper") as session:
-        first, second = session.scalars(select(Turn).where(Turn.call_id == call_id).order_by(Turn.index))
-        session.execute(update(Turn).where(Turn.id == second.id).values(transcript=first.transcript))
+        first, second = session.scalars(
+            select(Turn).where(Turn.call_id == call_id).order_by(Turn.index)
+        )
+        session.execute(
+            update(Turn).where(Turn.id == second.id).values(transcript=first.transcript)
+        )
     with pytest.raises(IntegrityError):
         store.read_call(call_id, "tester", "check")
 
@@ -157,13 +174,18 @@ def test_every_read_is_audited_and_the_chain_verifies(store: Storage) -> None:
     with store.session("t") as session:
         event = session.scalars(select(AuditEvent)).one()
     assert (event.actor, event.action, event.object, event.outcome) == (
-        "operator:ann", "read", f"call:{call_id}", "ok",
+        "operator:ann",
+        "read",
+        f"call:{call_id}",
+        "ok",
     )
     assert "complaint 42" in event.details
 
 
 @pytest.mark.parametrize("field", ["actor", "action", "object", "outcome", "details"])
-def test_changing_one_byte_of_an_audit_event_breaks_the_chain_there(store: Storage, field: str) -> None:
+def test_changing_one_byte_of_an_audit_event_breaks_the_chain_there(
+    store: Storage, field: str
+) -> None:
     call_id = one_call(store, "+1555", "hello")
     for _ in range(5):
         store.read_call(call_id, "operator:ann", "check")
@@ -198,7 +220,9 @@ def test_a_signed_export_verifies_and_detects_tampering(store: Storage, tmp_path
         audit.verify_export(forged)
 
 
-def test_erasing_a_caller_crypto_shreds_and_leaves_others(store: Storage, paths: tuple[Path, Path]) -> None:
+def test_erasing_a_caller_crypto_shreds_and_leaves_others(
+    store: Storage, paths: tuple[Path, Path]
+) -> None:
     db, _ = paths
     victim = one_call(store, "+15550000001", f"{CANARY} one")
     victim2 = one_call(store, "+15550000001", f"{CANARY} two")
@@ -215,7 +239,9 @@ def test_erasing_a_caller_crypto_shreds_and_leaves_others(store: Storage, paths:
     for call_id in (victim, victim2):
         with pytest.raises(StorageError, match="does not exist"):
             store.read_call(call_id, "admin:bob", "check")
-    assert store.read_call(other, "admin:bob", "check").turns[0].transcript == "someone else's words"
+    assert (
+        store.read_call(other, "admin:bob", "check").turns[0].transcript == "someone else's words"
+    )
     with store.session("look") as session:
         assert session.get(DataKey, key_id) is None
         remaining = [(k.id, k.wrapped) for k in session.scalars(select(DataKey))]
@@ -279,7 +305,10 @@ def test_key_rotation_rewraps_everything_and_the_old_key_opens_nothing(
     rotated = Storage.open_sqlite(db, new)
     try:
         for i, call_id in enumerate(calls):
-            assert rotated.read_call(call_id, "admin", "check").turns[0].transcript == f"turn of call {i}"
+            assert (
+                rotated.read_call(call_id, "admin", "check").turns[0].transcript
+                == f"turn of call {i}"
+            )
         with rotated.session("keys") as session:
             keys = list(session.scalars(select(DataKey)))
         assert {k.master_key_id for k in keys} == {new.fingerprint}
@@ -289,11 +318,13 @@ def test_key_rotation_rewraps_everything_and_the_old_key_opens_nothing(
         assert rotated.verify_audit().ok
     finally:
         rotated.close()
-    with pytest.raises(StorageError, match="storage.key"):
+    with pytest.raises(StorageError, match=r"storage\.key"):
         Storage.open_sqlite(db, old)
 
 
-def test_a_rotation_cut_short_finishes_on_the_next_run(store: Storage, paths: tuple[Path, Path]) -> None:
+def test_a_rotation_cut_short_finishes_on_the_next_run(
+    store: Storage, paths: tuple[Path, Path]
+) -> None:
     db, key_path = paths
     call_id = one_call(store, "+1555", "survives")
     store.close()
@@ -301,7 +332,7 @@ def test_a_rotation_cut_short_finishes_on_the_next_run(store: Storage, paths: tu
     from appliance.storage.keys import write_key
 
     new = write_key(pending, os.urandom(32))  # as if a rotation stopped after writing it
-    old, current, _ = rotate_master_key(db, key_path)
+    _, current, _ = rotate_master_key(db, key_path)
     assert current.secret == new.secret and not pending.exists()
     reopened = Storage.open_sqlite(db, current)
     try:
@@ -310,7 +341,9 @@ def test_a_rotation_cut_short_finishes_on_the_next_run(store: Storage, paths: tu
         reopened.close()
 
 
-def test_backup_is_encrypted_verified_and_restores(store: Storage, paths: tuple[Path, Path], tmp_path: Path) -> None:
+def test_backup_is_encrypted_verified_and_restores(
+    store: Storage, paths: tuple[Path, Path], tmp_path: Path
+) -> None:
     db, key_path = paths
     call_id = one_call(store, "+1555", CANARY)
     target = tmp_path / "backups" / "nightly.db"
@@ -395,7 +428,9 @@ def test_a_full_disk_is_a_clear_error_and_loses_nothing(paths: tuple[Path, Path]
         reopened.close()
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(said=st.text(max_size=300), reply=st.text(max_size=300))
 def test_any_text_round_trips_through_storage(store: Storage, said: str, reply: str) -> None:
     handle = store.start_call(None, "test")

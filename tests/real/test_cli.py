@@ -33,7 +33,9 @@ def test_call_prints_one_json_object_per_call(
     )
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
+    assert len(report["call_id"]) == 36
     (turn,) = report["turns"]
+    assert turn["stored"] is True
     assert wer(QUESTION, turn["transcript"]) <= 0.25
     assert turn["reply"]
     assert isinstance(turn["voice_to_voice_ms"], float)
@@ -134,3 +136,45 @@ def test_bench_latency_reports_both_pipelines_side_by_side(
     assert report["ratio_median"] == pytest.approx(expected, rel=0.01)
     assert report["stt_rtf"] > 0 and report["tts_rtf"] > 0 and report["peak_rss_mib"] > 0
     assert report["llm"]["tokens_per_s"] > 0
+
+
+def test_a_spoken_canary_never_reaches_disk_or_logs_in_plaintext(
+    real_home: Path, real_settings: Settings, tmp_path: Path
+) -> None:
+    """Said in a call through the real models: stored sealed, never plaintext on disk or in logs."""
+    home = tmp_path / "home"
+    shutil.copytree(real_home / "models", home / "models")  # the assembled Whisper base
+    canary = "pelican"
+    question = tmp_path / "canary.wav"
+    said = f"My secret word is {canary}. Please remember it."
+    assert run_cli("say", "--out", str(question), said, home=home).returncode == 0
+    result = run_cli(
+        "-v",
+        "call",
+        "--wav",
+        str(question),
+        "--out",
+        str(tmp_path / "r.wav"),
+        "--caller",
+        "+15550199",
+        "--json",
+        home=home,
+    )
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert canary in report["turns"][0]["transcript"].lower()
+    assert canary not in result.stderr.lower()  # the log stream
+    backup = run_cli("backup", "--out", str(tmp_path / "b.db"), home=home)
+    assert backup.returncode == 0, backup.stderr
+    scanned = 0
+    for path in [*home.rglob("*"), tmp_path / "b.db"]:
+        if path.is_file() and "models" not in path.parts:
+            assert canary.encode() not in path.read_bytes().lower(), path
+            scanned += 1
+    assert scanned >= 3  # the database, its key, the backup (and the WAL when present)
+    shown = run_cli("calls", "show", report["call_id"], "--reason", "test", "--json", home=home)
+    assert canary in json.loads(shown.stdout)["turns"][0]["transcript"].lower()
+    erased = run_cli("erase", "--caller", "+15550199", home=home)
+    assert "erased 1 call(s)" in erased.stdout
+    gone = run_cli("calls", "show", report["call_id"], "--reason", "after erasure", home=home)
+    assert gone.returncode == 1 and "storage.no_call" in gone.stderr

@@ -1,0 +1,138 @@
+"""The storage commands as an operator runs them (no models needed)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+from sqlalchemy import text
+
+from appliance.core.ports import TurnRecord
+from appliance.storage.keys import load_or_create
+from appliance.storage.repository import Storage
+
+APPLIANCE = Path(sys.executable).parent / "appliance"
+
+
+def cli(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(APPLIANCE), *args],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+        env={**os.environ, "APPLIANCE_HOME": str(home)},
+    )
+
+
+@pytest.fixture
+def home(tmp_path: Path) -> Path:
+    return tmp_path / "home"
+
+
+def seed(home: Path, caller: str, said: str, when: datetime | None = None) -> str:
+    store = Storage.open_sqlite(
+        home / "appliance.db",
+        load_or_create(home / "keys" / "master.key"),
+        **({"clock": lambda: when} if when else {}),
+    )
+    try:
+        handle = store.start_call(caller, "wav")
+        handle.record_turn(TurnRecord(1, said, "noted"))
+        handle.finish("ended")
+        return handle.call_id
+    finally:
+        store.close()
+
+
+def test_list_show_and_the_read_is_audited(home: Path) -> None:
+    call_id = seed(home, "+15551112222", "my order number is 7")
+    listed = json.loads(cli(home, "calls", "list", "--json").stdout)
+    assert [c["id"] for c in listed] == [call_id]
+    shown = cli(home, "calls", "show", call_id, "--reason", "ticket 9", "--json")
+    assert shown.returncode == 0, shown.stderr
+    assert json.loads(shown.stdout)["turns"][0]["transcript"] == "my order number is 7"
+    verify = cli(home, "audit", "verify")
+    assert verify.returncode == 0 and "intact: 1 events" in verify.stdout
+    refused = cli(home, "calls", "show", call_id)
+    assert refused.returncode == 2  # a reason is required
+
+
+def test_audit_verify_names_the_first_broken_event(home: Path) -> None:
+    call_id = seed(home, "+1555", "x")
+    for _ in range(4):
+        cli(home, "calls", "show", call_id, "--reason", "check")
+    store = Storage.open_sqlite(home / "appliance.db", load_or_create(home / "keys" / "master.key"))
+    with store.session("tamper") as session:
+        session.execute(text("UPDATE audit_events SET actor = 'cli:nobody' WHERE seq = 3"))
+    store.close()
+    result = cli(home, "audit", "verify")
+    assert result.returncode == 1
+    assert "BROKEN at event 3" in result.stdout
+
+
+def test_signed_export_round_trip(home: Path, tmp_path: Path) -> None:
+    call_id = seed(home, "+1555", "x")
+    cli(home, "calls", "show", call_id, "--reason", "before export")
+    out = tmp_path / "audit.json"
+    assert cli(home, "audit", "export", "--out", str(out)).returncode == 0
+    ok = cli(home, "audit", "verify", "--export", str(out))
+    assert ok.returncode == 0 and "signature and chain verified" in ok.stdout
+    document = json.loads(out.read_text())
+    document["events"].append(document["events"][-1])
+    out.write_text(json.dumps(document))
+    bad = cli(home, "audit", "verify", "--export", str(out))
+    assert bad.returncode == 1 and "audit.signature" in bad.stderr
+
+
+def test_hold_then_erase_then_release(home: Path) -> None:
+    kept = seed(home, "+15553334444", "keep")
+    seed(home, "+15553334444", "drop")
+    assert cli(home, "hold", "--call", kept, "--reason", "case 12").returncode == 0
+    erased = cli(home, "erase", "--caller", "+15553334444")
+    assert erased.returncode == 0 and "erased 1 call(s); kept 1 on legal hold" in erased.stdout
+    assert cli(home, "hold", "--call", kept, "--release").returncode == 0
+    assert "erased 1 call(s)" in cli(home, "erase", "--call", kept).stdout
+    assert json.loads(cli(home, "calls", "list", "--json").stdout) == []
+    missing = cli(home, "erase", "--call", kept)
+    assert missing.returncode == 1 and "storage.no_call" in missing.stderr
+
+
+def test_keys_rotate_keeps_everything_readable(home: Path) -> None:
+    call_id = seed(home, "+1555", "still here")
+    before = (home / "keys" / "master.key").read_bytes()
+    rotated = cli(home, "keys", "rotate")
+    assert rotated.returncode == 0, rotated.stderr
+    assert "2 data keys re-wrapped" in rotated.stdout
+    assert "re-wrapping data keys: 2/2" in rotated.stderr  # progress
+    assert (home / "keys" / "master.key").read_bytes() != before
+    shown = cli(home, "calls", "show", call_id, "--reason", "after rotation", "--json")
+    assert json.loads(shown.stdout)["turns"][0]["transcript"] == "still here"
+
+
+def test_retention_dry_run_lists_and_run_purges(home: Path) -> None:
+    old = seed(home, "+1555", "from long ago", when=datetime(2020, 1, 1))
+    recent = seed(home, "+1556", "from today")
+    dry = json.loads(cli(home, "retention", "run", "--dry-run", "--json").stdout)
+    assert dry["dry_run"] and dry["due_calls"] == [old] and dry["purged"]["calls"] == 1
+    run = cli(home, "retention", "run")
+    assert run.returncode == 0 and "purged      1 calls" in run.stdout
+    again = cli(home, "retention", "run")
+    assert "purged      0 calls" in again.stdout
+    assert [c["id"] for c in json.loads(cli(home, "calls", "list", "--json").stdout)] == [recent]
+
+
+def test_backup_and_restore(home: Path, tmp_path: Path) -> None:
+    call_id = seed(home, "+1555", "before")
+    target = tmp_path / "backup.db"
+    made = cli(home, "backup", "--out", str(target))
+    assert made.returncode == 0 and "1 turns" in made.stdout
+    seed(home, "+1555", "after")
+    restored = cli(home, "restore", str(target))
+    assert restored.returncode == 0 and "verified, 1 turns" in restored.stdout
+    assert [c["id"] for c in json.loads(cli(home, "calls", "list", "--json").stdout)] == [call_id]
