@@ -279,7 +279,7 @@ def _say(args: argparse.Namespace, settings: Settings) -> int:
 def _listen(settings: Settings) -> int:
     from appliance.audio_io.device import MicrophoneSource, SpeakerSink
     from appliance.core.events import EventType
-    from appliance.service import VoiceService
+    from appliance.service import VoiceService, open_storage
 
     source = MicrophoneSource(settings.audio.input_device, settings.audio.frame_ms)
     sink = SpeakerSink(
@@ -287,7 +287,9 @@ def _listen(settings: Settings) -> int:
     )
     source.check()  # fail early, before the models load, when there is no sound device
     sink.check()
+    storage = open_storage(settings)
     service = VoiceService.load(settings)
+    record = storage.start_call(None, channel="microphone")
 
     def show(event: TurnEvent) -> None:
         if event.type is EventType.TRANSCRIPT:
@@ -297,7 +299,7 @@ def _listen(settings: Settings) -> int:
             if turn is not None and turn.reply:
                 print(f"agent:  {turn.reply}", flush=True)
 
-    session = service.session(source, sink, on_event=show)
+    session = service.session(source, sink, on_event=show, recorder=record)
 
     async def converse() -> None:
         try:
@@ -305,9 +307,13 @@ def _listen(settings: Settings) -> int:
         finally:
             source.close()
 
-    print("listening; press Ctrl-C to stop", file=sys.stderr, flush=True)
-    with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C is how a conversation ends
-        asyncio.run(converse())
+    print(f"call {record.call_id}: listening; press Ctrl-C to stop", file=sys.stderr, flush=True)
+    try:
+        with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C is how a conversation ends
+            asyncio.run(converse())
+    finally:
+        record.finish("ended")
+        storage.close()
     return 0
 
 
