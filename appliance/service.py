@@ -12,11 +12,12 @@ from typing import Any
 
 from appliance.config.manifest import model_spec
 from appliance.config.settings import Settings
-from appliance.core.ports import AudioSink, AudioSource, CallRecorder
+from appliance.core.ports import AudioSink, AudioSource, CallRecorder, TurnGuard
 from appliance.engines.llm import LlamaChat
 from appliance.engines.stt import WhisperTranscriber
 from appliance.engines.tts import PiperSynthesizer
 from appliance.engines.vad import WebRtcVad
+from appliance.guard.call import CallGuard
 from appliance.pipeline.run import CallSession, Engines, EventHandler, PipelineConfig
 from appliance.storage.keys import default_key_path, load_or_create, read_key
 from appliance.storage.repository import Storage
@@ -97,10 +98,13 @@ class VoiceService:
             model_spec(settings, "llm"),
             context_tokens=settings.llm.context_tokens,
             temperature=settings.llm.temperature,
+            repeat_penalty=settings.llm.repeat_penalty,
             threads=settings.llm.threads,
             seed=settings.llm.seed,
         )
-        llm.warm_up(settings.llm.system_prompt)
+        # Warm the prompt cache with the guarded system prompt's shape (the canary differs
+        # per call, so only the text before it is shared).
+        llm.warm_up(CallGuard(settings.policy, settings.llm.system_prompt).system_prompt)
         mark = timed("llm", mark)
         tts = PiperSynthesizer(
             model_spec(settings, "tts"),
@@ -118,8 +122,21 @@ class VoiceService:
         sink: AudioSink,
         on_event: EventHandler | None = None,
         recorder: CallRecorder | None = None,
+        guard: TurnGuard | None = None,
         **overrides: Any,
     ) -> CallSession:
-        """A new call on the shared engines; ``overrides`` change PipelineConfig fields."""
+        """A new call on the shared engines, with its own guardrails (always on: a new
+        CallGuard unless one is given); ``overrides`` change PipelineConfig fields."""
         config = dataclasses.replace(self.config, **overrides) if overrides else self.config
-        return CallSession(self.engines, config, source, sink, on_event, recorder=recorder)
+        return CallSession(
+            self.engines,
+            config,
+            source,
+            sink,
+            on_event,
+            recorder=recorder,
+            guard=guard or self.new_guard(),
+        )
+
+    def new_guard(self) -> CallGuard:
+        return CallGuard(self.settings.policy, self.settings.llm.system_prompt)

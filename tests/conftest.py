@@ -22,6 +22,9 @@ TURN_ORDER = [
 ]
 """The events of a complete, uninterrupted turn, in their fixed order."""
 
+GUARDED_TURN_ORDER = [*TURN_ORDER[:3], EventType.GUARD_INPUT, *TURN_ORDER[3:]]
+"""The same, with the guardrails on (as the service always runs)."""
+
 TIERS = {"unit": "unit", "integration": "fakes", "real": "real"}
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -107,6 +107,7 @@ class LlmSettings:
     context_tokens: int = 2048
     max_reply_tokens: int = 96
     temperature: float = 0.2
+    repeat_penalty: float = 1.3
     history_turns: int = 6
     threads: int = 2
     seed: int = 7
@@ -118,6 +119,7 @@ class LlmSettings:
         _check(256 <= self.context_tokens <= 32_768, "llm.context_tokens", "256 to 32768")
         _check(1 <= self.max_reply_tokens <= 1024, "llm.max_reply_tokens", "1 to 1024")
         _check(0 <= self.temperature <= 2, "llm.temperature", "0 to 2")
+        _check(1 <= self.repeat_penalty <= 2, "llm.repeat_penalty", "1 to 2")
         _check(self.history_turns >= 0, "llm.history_turns", "not negative")
         _check(self.threads >= 1, "llm.threads", "at least 1")
         _check(bool(self.fallback_reply.strip()), "llm.fallback_reply", "must not be empty")
@@ -134,6 +136,104 @@ class TtsSettings:
         _check(bool(self.model), "tts.model", "must name a model of the manifest")
         _check(0.3 <= self.length_scale <= 3, "tts.length_scale", "0.3 to 3")
         _check(self.threads >= 1, "tts.threads", "at least 1")
+
+
+@dataclass(frozen=True)
+class PolicySettings:
+    organization: str = "Example Co."
+    role: str = "the customer service voice assistant"
+    allowed_topics: tuple[str, ...] = (
+        "opening hours",
+        "appointments",
+        "orders and deliveries",
+        "account questions",
+        "branch locations",
+        "payments and billing",
+    )
+    capability_statement: str = (
+        "I can help with opening hours, appointments, orders and deliveries, account "
+        "questions, branch locations, and payments."
+    )
+    refused_keywords: tuple[str, ...] = (
+        "diagnos",
+        "prescri",
+        "medication",
+        "dosage",
+        "symptom",
+        "legal advice",
+        "lawsuit",
+        "lawyer",
+        "invest",
+        "stock tip",
+        "cryptocurrenc",
+        "bitcoin",
+        "politic",
+        "election",
+        "vote for",
+        "religio",
+    )
+    refusal_reply: str = (
+        "I'm sorry, I can't help with that. I can help with opening hours, appointments, "
+        "orders and deliveries, account questions, branch locations, and payments."
+    )
+    blocked_reply: str = (
+        "I can't help with that request. I can help with opening hours, appointments, orders "
+        "and deliveries, account questions, branch locations, and payments."
+    )
+    distress_keywords: tuple[str, ...] = (
+        "kill myself",
+        "killing myself",
+        "suicide",
+        "suicidal",
+        "end my life",
+        "hurt myself",
+        "harm myself",
+        "self harm",
+        "want to die",
+        "overdose",
+        "heart attack",
+        "can't breathe",
+        "cannot breathe",
+        "chest pain",
+        "being attacked",
+        "in danger",
+        "emergency",
+    )
+    distress_reply: str = (
+        "I'm concerned for your safety. If you are in danger, please call your local emergency "
+        "number now: 911 in the US, 112 in Europe, 999 in the UK. I'm alerting a member of our "
+        "team to help you."
+    )
+    output_fallback: str = (
+        "Sorry, I can't share that. I can help with opening hours, appointments, orders and "
+        "deliveries, account questions, branch locations, and payments."
+    )
+    redact: tuple[str, ...] = (
+        "card",
+        "cvv",
+        "ssn",
+        "national_id",
+        "iban",
+        "account",
+        "phone",
+        "email",
+        "dob",
+    )
+    flagged: str = "caution"
+    """What a flagged (suspicious, not blocked) turn gets: "caution" answers under the strict
+    prompt, "refuse" gets the blocked reply."""
+    payment_turns: int = 3
+    """Turns a payment flow stays open after the last card detail; recording pauses meanwhile."""
+
+    def __post_init__(self) -> None:
+        known = {"card", "cvv", "ssn", "national_id", "iban", "account", "phone", "email", "dob"}
+        unknown = set(self.redact) - known
+        if unknown:
+            raise ConfigError("config.invalid", f"policy.redact: unknown kinds {sorted(unknown)}")
+        _check(self.flagged in ("caution", "refuse"), "policy.flagged", "caution or refuse")
+        _check(0 <= self.payment_turns <= 20, "policy.payment_turns", "0 to 20")
+        for key in ("refusal_reply", "blocked_reply", "distress_reply", "output_fallback"):
+            _check(bool(getattr(self, key).strip()), f"policy.{key}", "must not be empty")
 
 
 @dataclass(frozen=True)
@@ -195,6 +295,7 @@ class Settings:
     llm: LlmSettings = field(default_factory=LlmSettings)
     tts: TtsSettings = field(default_factory=TtsSettings)
     models: ModelsSettings = field(default_factory=ModelsSettings)
+    policy: PolicySettings = field(default_factory=PolicySettings)
     storage: StorageSettings = field(default_factory=StorageSettings)
     retention: RetentionSettings = field(default_factory=RetentionSettings)
     source: str = "defaults"
@@ -208,6 +309,7 @@ SECTIONS: dict[str, type[Any]] = {
     "llm": LlmSettings,
     "tts": TtsSettings,
     "models": ModelsSettings,
+    "policy": PolicySettings,
     "storage": StorageSettings,
     "retention": RetentionSettings,
 }
@@ -225,7 +327,7 @@ def default_home() -> Path:
 
 def _coerce(value: Any, kind: Any, key: str) -> Any:
     """Check a TOML value (or convert an environment string) to the field's type."""
-    from_env = isinstance(value, str) and kind is not str
+    from_env = isinstance(value, str) and kind is not str and kind != tuple[str, ...]
     if kind is bool:
         if isinstance(value, bool):
             return value
@@ -249,6 +351,11 @@ def _coerce(value: Any, kind: Any, key: str) -> Any:
                 pass
     elif kind is str and isinstance(value, str):
         return value
+    elif kind == tuple[str, ...]:
+        if isinstance(value, list) and all(isinstance(v, str) for v in value):
+            return tuple(value)
+        if from_env or isinstance(value, str):
+            return tuple(v.strip() for v in str(value).split(",") if v.strip())
     raise ConfigError(
         "config.type", f"{key}: expected {getattr(kind, '__name__', kind)}, got {value!r}"
     )
@@ -325,6 +432,7 @@ __all__ = [
     "EndpointingSettings",
     "LlmSettings",
     "ModelsSettings",
+    "PolicySettings",
     "RetentionSettings",
     "Settings",
     "StorageSettings",

@@ -1,11 +1,12 @@
 """Turn events: what happened in a turn and when, on the call's monotonic clock.
 
 A turn emits its events in a fixed order (Home Assistant's assist pipeline does the same):
-SPEECH_START, SPEECH_END, TRANSCRIPT, FIRST_TOKEN, FIRST_SENTENCE, FIRST_AUDIO, TURN_END.
-BARGE_IN and ERROR may appear before TURN_END; a turn whose transcript is empty, or that was
-interrupted or failed, skips the stages it never reached. Work done speculatively (before the
-end of speech was confirmed) keeps the timestamp at which it really happened, so ``t_ms`` of
-TRANSCRIPT may be earlier than that of SPEECH_END.
+SPEECH_START, SPEECH_END, TRANSCRIPT, GUARD_INPUT (when guardrails are on), FIRST_TOKEN,
+FIRST_SENTENCE, FIRST_AUDIO, TURN_END. GUARD_OUTPUT (a reply stopped before it was spoken),
+BARGE_IN and ERROR may appear before TURN_END; a turn whose transcript is empty, that got a
+fixed reply (no model), or that was interrupted or failed, skips the stages it never reached.
+Work done speculatively (before the end of speech was confirmed) keeps the timestamp at which
+it really happened, so ``t_ms`` of TRANSCRIPT may be earlier than that of SPEECH_END.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ class Stage(enum.StrEnum):
     AUDIO_IN = "audio_in"
     ENDPOINTING = "endpointing"
     STT = "stt"
+    GUARD = "guard"
     LLM = "llm"
     TTS = "tts"
     AUDIO_OUT = "audio_out"
@@ -30,9 +32,11 @@ class EventType(enum.StrEnum):
     SPEECH_START = "speech_start"
     SPEECH_END = "speech_end"
     TRANSCRIPT = "transcript"
+    GUARD_INPUT = "guard_input"
     FIRST_TOKEN = "first_token"
     FIRST_SENTENCE = "first_sentence"
     FIRST_AUDIO = "first_audio"
+    GUARD_OUTPUT = "guard_output"
     BARGE_IN = "barge_in"
     ERROR = "error"
     TURN_END = "turn_end"

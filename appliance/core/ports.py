@@ -44,6 +44,46 @@ class TurnRecord:
     voice_to_voice_ms: float | None = None
     audio: bytes | None = None
     audio_rate_hz: int = 16_000
+    guard: Mapping[str, str | list[str]] = field(default_factory=dict)
+    """Guard verdicts and reasons (codes only, never text)."""
+    escalation: str = ""
+    """Non-empty when the turn must open an incident (the distress path)."""
+
+
+@dataclass(frozen=True, slots=True)
+class InputDecision:
+    """What the input guard made of one transcript.
+
+    ``verdict``: "allow", "flag", "block", "refused_topic" or "distress". ``llm_text`` is the
+    fenced, redacted text the model may see; ``stored_text`` what storage may keep;
+    ``fixed_reply`` is spoken instead of asking the model. ``state`` is the guard's state after
+    this turn, applied with ``TurnGuard.commit`` only when the turn really happens.
+    """
+
+    verdict: str
+    llm_text: str
+    stored_text: str
+    fixed_reply: str | None = None
+    reasons: tuple[str, ...] = ()
+    record_audio: bool = True
+    escalation: str = ""
+    state: object = None
+
+
+@runtime_checkable
+class TurnGuard(Protocol):
+    """The guardrails of one call (layers 1 to 3 and the conversation policy)."""
+
+    system_prompt: str
+    fallback_reply: str
+
+    def screen_input(self, transcript: str) -> InputDecision: ...
+
+    def screen_output(self, reply: str) -> tuple[str, ...]:
+        """The reasons ``reply`` (all that would have been spoken) must not be; empty if fine."""
+        ...
+
+    def commit(self, decision: InputDecision) -> None: ...
 
 
 @runtime_checkable

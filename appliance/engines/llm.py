@@ -25,6 +25,7 @@ class LlamaChat:
         *,
         context_tokens: int = 2048,
         temperature: float = 0.2,
+        repeat_penalty: float = 1.0,
         threads: int = 2,
         seed: int = 7,
     ) -> None:
@@ -43,6 +44,7 @@ class LlamaChat:
         except Exception as exc:
             raise ModelError("model.load", f"cannot load GGUF model {spec.path}: {exc}") from exc
         self._temperature = temperature
+        self._repeat_penalty = repeat_penalty
         self._lock = threading.Lock()
         self.spec = spec
         self.last_stats: dict[str, float] = {}
@@ -64,6 +66,7 @@ class LlamaChat:
                     messages=payload,
                     max_tokens=max_tokens,
                     temperature=self._temperature,
+                    repeat_penalty=self._repeat_penalty,
                     stream=True,
                 )
                 for chunk in stream:

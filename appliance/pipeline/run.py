@@ -37,9 +37,11 @@ from appliance.core.ports import (
     CallRecorder,
     ChatMessage,
     ChatModel,
+    InputDecision,
     SpeechDetector,
     Synthesizer,
     Transcriber,
+    TurnGuard,
     TurnRecord,
 )
 from appliance.pipeline.chunking import SentenceChunker
@@ -129,6 +131,8 @@ class _Response:
         self.transcript = ""
         self.reply = ""
         self.utterance = b""
+        self.decision: InputDecision | None = None
+        self.output_reasons: tuple[str, ...] = ()
         self.task: asyncio.Task[None] | None = None
 
 
@@ -144,6 +148,7 @@ class CallSession:
         on_event: EventHandler | None = None,
         clock: Callable[[], float] = time.monotonic,
         recorder: CallRecorder | None = None,
+        guard: TurnGuard | None = None,
     ) -> None:
         if source.sample_rate_hz != PIPELINE_SAMPLE_RATE_HZ:
             raise ValueError(f"sources must deliver {PIPELINE_SAMPLE_RATE_HZ} Hz audio")
@@ -156,10 +161,12 @@ class CallSession:
         self._on_event = on_event
         self._clock = clock
         self._recorder = recorder
+        self._guard = guard
         self._storing: list[asyncio.Task[None]] = []
         self._frame_ms = source.frame_ms
         self._endpointer = Endpointer(config.endpointing, source.frame_ms)
-        self._dialogue = Dialogue(config.system_prompt, config.history_turns)
+        prompt = guard.system_prompt if guard is not None else config.system_prompt
+        self._dialogue = Dialogue(prompt, config.history_turns)
         self._out_frame = frame_bytes(config.output_sample_rate_hz, source.frame_ms)
         self._silence = bytes(self._out_frame)
         self._t0 = 0.0
@@ -319,7 +326,14 @@ class CallSession:
         turn = response.turn
         turn.transcript = response.transcript
         turn.reply = response.reply
-        self._dialogue.commit(response.transcript, response.reply)
+        decision = response.decision
+        if decision is None:
+            self._dialogue.commit(response.transcript, response.reply)
+        else:
+            if self._guard is not None:
+                self._guard.commit(decision)
+            if decision.fixed_reply is None:  # only what the model saw enters its history
+                self._dialogue.commit(decision.llm_text, response.reply)
         if self._speaking is response:
             self._speaking = None
         if self._response is response:
@@ -329,16 +343,28 @@ class CallSession:
                 turn, EventType.TURN_END, frame_index=self._tick, interrupted=turn.interrupted
             )
             return
+        guard: dict[str, str | list[str]] = {}
+        if decision is not None:
+            guard = {
+                "input": decision.verdict,
+                "input_reasons": list(decision.reasons),
+                "output": "replaced" if response.output_reasons else "ok",
+                "output_reasons": list(response.output_reasons),
+            }
         record = TurnRecord(
             index=turn.index,
-            transcript=turn.transcript,
+            transcript=decision.stored_text if decision is not None else turn.transcript,
             reply=turn.reply,
             interrupted=turn.interrupted,
             error_code=turn.error_code,
             timings_ms={e.type.value: round(e.t_ms, 1) for e in turn.events},
             voice_to_voice_ms=turn.voice_to_voice_ms,
-            audio=response.utterance or None,
+            audio=(response.utterance or None)
+            if decision is None or decision.record_audio
+            else None,
             audio_rate_hz=PIPELINE_SAMPLE_RATE_HZ,
+            guard=guard,
+            escalation=decision.escalation if decision is not None else "",
         )
         self._storing.append(asyncio.create_task(self._store(turn, record, self._tick)))
 
@@ -401,9 +427,28 @@ class CallSession:
         )
         if not transcript.text.strip():
             return
-        messages = self._dialogue.messages_for(transcript.text)
+        llm_text = transcript.text
+        if self._guard is not None:
+            started = time.perf_counter()
+            decision = self._guard.screen_input(transcript.text)
+            response.decision = decision
+            self._hold_or_emit(
+                response,
+                EventType.GUARD_INPUT,
+                verdict=decision.verdict,
+                reasons=",".join(decision.reasons),
+                guard_ms=round((time.perf_counter() - started) * 1000, 3),
+            )
+            if decision.fixed_reply is not None:
+                response.reply = decision.fixed_reply
+                pcm = await _in_worker(Stage.TTS, self._synthesize, decision.fixed_reply)
+                response.audio.extend(pcm)
+                return
+            llm_text = decision.llm_text
+        messages = self._dialogue.messages_for(llm_text)
         sentences: asyncio.Queue[str | None] = asyncio.Queue()
         speaker = asyncio.create_task(self._speak(response, sentences))
+        spoken = ""
         try:
             chunker = SentenceChunker()
             first_sentence = True
@@ -412,22 +457,46 @@ class CallSession:
                     self._hold_or_emit(response, EventType.FIRST_TOKEN)
                 response.reply += piece
                 for sentence in chunker.feed(piece):
+                    if not self._allowed(response, spoken, sentence):
+                        break
+                    spoken = f"{spoken} {sentence}".strip()
                     if first_sentence:
                         first_sentence = False
                         self._hold_or_emit(response, EventType.FIRST_SENTENCE)
                     sentences.put_nowait(sentence)
-            for sentence in chunker.flush():
-                if first_sentence:
-                    first_sentence = False
-                    self._hold_or_emit(response, EventType.FIRST_SENTENCE)
-                sentences.put_nowait(sentence)
-            response.reply = response.reply.strip()
+                if response.output_reasons:
+                    break
+            if not response.output_reasons:
+                for sentence in chunker.flush():
+                    if not self._allowed(response, spoken, sentence):
+                        break
+                    spoken = f"{spoken} {sentence}".strip()
+                    if first_sentence:
+                        first_sentence = False
+                        self._hold_or_emit(response, EventType.FIRST_SENTENCE)
+                    sentences.put_nowait(sentence)
+            if response.output_reasons:
+                assert self._guard is not None
+                sentences.put_nowait(self._guard.fallback_reply)
+                spoken = f"{spoken} {self._guard.fallback_reply}".strip()
+            response.reply = spoken if self._guard is not None else response.reply.strip()
         finally:
             sentences.put_nowait(None)
             if response.cancel.is_set():
                 speaker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await speaker
+
+    def _allowed(self, response: _Response, spoken: str, sentence: str) -> bool:
+        """Layer 3: may this sentence be spoken after what already was?"""
+        if self._guard is None:
+            return True
+        reasons = self._guard.screen_output(f"{spoken} {sentence}".strip())
+        if not reasons:
+            return True
+        response.output_reasons = reasons
+        self._hold_or_emit(response, EventType.GUARD_OUTPUT, reasons=",".join(reasons))
+        return False
 
     async def _speak(self, response: _Response, sentences: asyncio.Queue[str | None]) -> None:
         while (sentence := await sentences.get()) is not None:

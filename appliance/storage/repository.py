@@ -40,6 +40,7 @@ from appliance.storage.schema import (
     Caller,
     Consent,
     DataKey,
+    Incident,
     Meta,
     Recording,
     ToolCall,
@@ -262,8 +263,20 @@ class Storage:
                     error_code=record.error_code or None,
                     timings=json.dumps(dict(record.timings_ms), sort_keys=True),
                     voice_to_voice_ms=record.voice_to_voice_ms,
+                    guard=json.dumps(dict(record.guard), sort_keys=True) if record.guard else None,
                 )
             )
+            if record.escalation:
+                session.add(
+                    Incident(
+                        call_id=call_id,
+                        caller_id=call.caller_id,
+                        kind=record.escalation,
+                        severity="high",
+                        summary=f"turn {record.index}: {record.escalation} path taken",
+                        opened_at=self.clock(),
+                    )
+                )
             if record.audio is not None:
                 recording_id = new_id()
                 session.add(

@@ -44,6 +44,7 @@ def test_call_prints_one_json_object_per_call(
         "speech_start",
         "speech_end",
         "transcript",
+        "guard_input",
         "first_token",
         "first_sentence",
         "first_audio",

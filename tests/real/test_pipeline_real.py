@@ -11,7 +11,7 @@ from appliance.audio_io.memory import MemorySink, MemorySource
 from appliance.core.events import EventType
 from appliance.pipeline.run import TurnResult
 from appliance.service import VoiceService
-from tests.conftest import TURN_ORDER as ORDER
+from tests.conftest import GUARDED_TURN_ORDER as ORDER
 from tests.real.conftest import silence, speak, wer
 
 Q1 = "What time do you open on Saturday?"

@@ -1,0 +1,62 @@
+"""Layer 3: check each part of a reply before it is spoken.
+
+A reply fails when it carries the canary or a run of words from the system prompt, personal
+data the caller did not give in this call, a refused topic, or a claim to have taken an action
+the policy does not allow. The pipeline then stops the generation and speaks the fallback; the
+guard event carries the reasons, never the text.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+
+from appliance.guard import pii
+from appliance.guard.normalize import fold, squeeze
+
+_ACTIONS = re.compile(
+    r"\bi(?:'ve|\s+have|\s+just|\s+already)?\s*(?:successfully\s+)?(?:transferred|refunded|"
+    r"cancell?ed|deleted|reset|changed|wired|moved|closed|unlocked|approved|credited|sent\s+"
+    r"(?:the\s+)?(?:money|payment|funds)|updated\s+your\s+(?:password|pin|address))\b|"
+    r"\bi(?:'ll|\s+will)\s+(?:now\s+)?(?:transfer|refund|cancel|delete|reset|wire|unlock|approve|"
+    r"credit)\b",
+    re.I,
+)
+SHINGLE = 6
+
+
+def shingles(text: str, size: int = SHINGLE) -> set[str]:
+    words = squeeze(text).split()
+    return {" ".join(words[i : i + size]) for i in range(len(words) - size + 1)}
+
+
+def check_reply(
+    reply: str,
+    *,
+    canary: str,
+    prompt_shingles: set[str],
+    caller_values: Iterable[str],
+    refused_keywords: Iterable[str],
+) -> tuple[str, ...]:
+    """The reasons ``reply`` must not be spoken (empty when it may)."""
+    reasons = []
+    folded = fold(reply)
+    flat = re.sub(r"[\s\-_.]", "", folded).upper()
+    if canary.upper().replace("-", "") in flat.replace("-", ""):
+        reasons.append("output.canary")
+    if shingles(folded) & prompt_shingles:
+        reasons.append("output.system_prompt")
+    known = set(caller_values)
+    for finding in pii.find(folded):
+        value = (
+            pii.digits_of(folded[finding.start : finding.end])
+            or folded[finding.start : finding.end]
+        )
+        if value not in known:
+            reasons.append(f"output.personal_data.{finding.kind}")
+    lowered = folded.lower()
+    if any(re.search(rf"\b{re.escape(k.lower())}", lowered) for k in refused_keywords):
+        reasons.append("output.refused_topic")
+    if _ACTIONS.search(folded):
+        reasons.append("output.unauthorized_action")
+    return tuple(dict.fromkeys(reasons))
