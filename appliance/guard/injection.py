@@ -15,7 +15,7 @@ import enum
 import re
 from dataclasses import dataclass, field
 
-from appliance.guard.normalize import normalize
+from appliance.guard.normalize import fold, join_spelled, normalize
 
 
 class Verdict(enum.StrEnum):
@@ -36,8 +36,8 @@ def _rule(rule_id: str, category: str, weight: float, pattern: str) -> Rule:
     return Rule(rule_id, category, weight, re.compile(pattern, re.I | re.S))
 
 
-_INSTR = r"(?:instructions?|rules?|prompts?|directions?|directives?|guidelines?|programming|constraints?|restrictions?|policies|policy|guardrails?|training|system\s+message)"
-RULES: tuple[Rule, ...] = (
+_INSTR = r"(?:instructions?|rules?|prompts?|directions?|directives?|guidelines?|programming|constraints?|restrictions?|policies|policy|guardrails?|training|system\s+message|input|context|messages?|everything|all\s+(?:that|of\s+that))"
+_BASE_RULES: tuple[Rule, ...] = (
     # instruction override
     _rule(
         "override.ignore",
@@ -98,7 +98,7 @@ RULES: tuple[Rule, ...] = (
         "roleplay.jailbreak_names",
         "role_play",
         1.0,
-        r"\b(?:BetterDAN|AntiGPT|Mongo\s+Tom|Developer\s+Mode|dev\s+mode|god\s+mode|jailbreak\w*|jailbroken|do\s+anything\s+now|DAN\s+mode)\b",
+        r"\b(?:BetterDAN|AntiGPT|Mongo\s+Tom|Developer\s+Mode|dev\s+mode|god\s+mode|admin\s+mode|maintenance\s+mode|debug\s+mode|sudo\s+mode|jailbreak\w*|jailbroken|do\s+anything\s+now|DAN\s+mode)\b",
     ),
     # Persona acronyms are names too ("Dan", "Stan"): only in capitals, and only a flag.
     Rule(
@@ -131,12 +131,54 @@ RULES: tuple[Rule, ...] = (
         0.4,
         r"\b(?:hypothetical(?:ly)?|fictional|in\s+a\s+story|for\s+a\s+novel|movie\s+script|game\s+where)\b",
     ),
+    _rule(
+        "roleplay.you_are_now",
+        "role_play",
+        0.8,
+        r"\b(?:you\s+are\s+now|you're\s+now|from\s+now\s+on,?\s+you(?:'re|\s+are|\s+will)|you\s+now\s+go\s+by|your\s+(?:new\s+)?name\s+is\s+now|you\s+are\s+no\s+longer|you\s+are\s+not\s+(?:chatgpt|an?\s+ai|a\s+language\s+model)|in\s+the\s+role\s+of|(?:roleplay|role-play|role\s+play)\s+as|you\s+will\s+(?:respond|answer|act|speak)\s+as)\b",
+    ),
+    _rule(
+        "roleplay.two_ways",
+        "role_play",
+        1.0,
+        r"\b(?:two|2)\s+(?:different|separate|distinct)\s+(?:ways|styles|responses|personalities|personas|answers)|\brespond\s+as\s+(?:two|both)\b|\bdual\s+(?:response|persona)",
+    ),
+    _rule(
+        "roleplay.act_as_any",
+        "role_play",
+        0.6,
+        r"\bact\s+(?:as|like)\b|\bsimulat\w*\b.{0,40}\b(?:ai|chatbot|model|persona|conversation|character)s?\b",
+    ),
+    _rule(
+        "roleplay.addresses_a_model",
+        "role_play",
+        0.5,
+        r"\b(?:chat\s?gpt|gpt-?\d|openai|open\s+ai|llama|claude|gemini|bard|language\s+model|large\s+language|ai\s+model|an?\s+(?:advanced\s+)?ai\s+(?:assistant|named|called|model))\b",
+    ),
+    _rule(
+        "roleplay.no_morals",
+        "role_play",
+        1.0,
+        r"\b(?:amoral|immoral|without\s+(?:any\s+)?(?:ethics|morals?|ethical|moral|principles|conscience)|no\s+(?:ethical|moral)\s+(?:guidelines|principles|boundaries|restrictions)|doesn'?t\s+care\s+about\s+(?:ethics|morals|the\s+law|legality)|anything\s+goes|unhinged|liberated\s+response)\b",
+    ),
+    _rule(
+        "roleplay.refusal_suppression",
+        "role_play",
+        1.0,
+        r"\b(?:do\s+not|don't|never)\s+(?:apologi[sz]e|refuse|decline|say\s+(?:no|sorry|you\s+can'?t)|warn|include\s+(?:any\s+)?(?:notes?|disclaimers?|warnings?))|\bnever\s+(?:say|use)\s+the\s+words?\b|\bwithout\s+(?:any\s+)?(?:disclaimers?|warnings?|refusals?)\b",
+    ),
+    _rule(
+        "roleplay.forget_everything",
+        "instruction_override",
+        1.0,
+        r"\bforget\s+(?:everything|all|what)\b.{0,30}\b(?:before|learned|know|told|previous)|\bignore\s+all\s+(?:previous|prior)\b",
+    ),
     # the system prompt and hidden configuration
     _rule(
         "sysprompt.named",
         "system_prompt",
         1.0,
-        r"\b(?:system|initial|original|hidden|secret|internal|starting|first|initialization|pre-?prompt|underlying|developer|configuration)\s+(?:prompt|instructions?|message|configuration|settings|rules|directives?|text)\b",
+        r"\b(?:system|initial|original|hidden|secret|internal|starting|first|initialization|pre-?prompt|underlying|developer|configuration)\s+(?:prompts?|instructions?|messages?|configuration|settings|rules|directives?|text)\b",
     ),
     _rule(
         "sysprompt.repeat_above",
@@ -168,6 +210,24 @@ RULES: tuple[Rule, ...] = (
         0.8,
         r"\b(?:beginning|start)\s+of\s+(?:this|the|our)\s+(?:conversation|chat|session|context)\b",
     ),
+    _rule(
+        "sysprompt.completion_bait",
+        "system_prompt",
+        1.0,
+        r"\b(?:my|your)\s+instructions\s+(?:are|were|say)\b|\bi\s+was\s+(?:instructed|told|programmed|configured)\s+to\b|\bnot\s+supposed\s+to\s+(?:tell|say|reveal|share|discuss)\b|\bsystem_?prompt\b|\binitiali[sz]ation\b",
+    ),
+    _rule(
+        "sysprompt.secrets",
+        "system_prompt",
+        1.0,
+        r"\b(?:reveal|show|print|output|give|tell|share|list|dump|leak|read\s+out)\b.{0,40}\b(?:api\s+keys?|passwords?|credentials|(?:auth(?:entication)?|access)\s+tokens?|connection\s+strings?|secrets?|private\s+keys?|internal\s+(?:data|notes|documents))\b",
+    ),
+    _rule(
+        "sysprompt.given_instructions",
+        "system_prompt",
+        1.0,
+        r"\b(?:instructions?|rules|prompt|directives)\s+(?:that\s+)?(?:you\s+(?:were|have\s+been|are)\s+given|given\s+to\s+you|you\s+(?:received|follow|got))\b",
+    ),
     # delimiter smuggling
     _rule(
         "delimiter.chat_markup",
@@ -182,6 +242,24 @@ RULES: tuple[Rule, ...] = (
         r"(?:^|\n|\s)(?:system|assistant|developer)\s*:\s*\S|#{2,}\s*(?:system|instruction|new\s+task)",
     ),
     _rule("delimiter.fences", "delimiter_smuggling", 0.5, r"```|'''|\"\"\"|-----+|={5,}"),
+    _rule(
+        "delimiter.format_hijack",
+        "delimiter_smuggling",
+        1.0,
+        r"\[\s*(?:end|start)\s+(?:input|output)\s*\]|\buser-?\s?query\b|\bresponse\s*format\b|\bgod\s?mode\b|\bnew\s+rule\s*:|<\s*i'?m\s+free|\binsert\s+(?:a\s+)?divider\b|\{%\s*raw\s*%\}",
+    ),
+    _rule(
+        "delimiter.label",
+        "delimiter_smuggling",
+        0.6,
+        r"(?:^|\n)\s*(?:role|persona|character|rules?)\s*:",
+    ),
+    _rule(
+        "offtask.code",
+        "delimiter_smuggling",
+        0.6,
+        r"\b(?:python|javascript|typescript|source\s+code|console\.log|print\s*\(|sql\s+query|html|bash\s+script|json\s+format)\b",
+    ),
     # encoded payloads
     _rule(
         "encoded.ask_decode",
@@ -194,7 +272,7 @@ RULES: tuple[Rule, ...] = (
         "identity.bypass_verification",
         "identity",
         1.0,
-        r"\b(?:skip|bypass|without|no\s+need\s+(?:for|to)|don't\s+need|waive|disable|turn\s+off|get\s+around|circumvent)\b.{0,30}\b(?:verif\w*|authenticat\w*|identity\s+check|security\s+(?:check|questions?)|pin|passcode|password|one[\s-]time\s+code|otp|two[\s-]factor|2fa)\b",
+        r"\b(?:skip|bypass|without|no\s+need\s+(?:for|to)|don't\s+need|waive|disable|turn\s+off|get\s+around|circumvent)\b.{0,30}\b(?:verif\w*|authenticat\w*|identity\s+check|security\s+(?:check|questions?)|pin|passcode|password|one[\s-]time\s+code|otp|(?:two|2)[\s-]?factor|2fa|(?:one|1)[\s-]time\s+(?:code|password|pin))\b",
     ),
     _rule(
         "identity.authority",
@@ -206,13 +284,19 @@ RULES: tuple[Rule, ...] = (
         "identity.other_account",
         "identity",
         1.0,
-        r"\b(?:someone\s+else's|another\s+(?:person's|customer's|user's)|my\s+(?:wife|husband|partner|mother|father|friend|neighbou?r|boss|colleague)'s|his|her|their)\s+(?:account|balance|card|pin|password|details|records|transactions|statement|address)\b",
+        r"\b(?:someone\s+else's|another\s+(?:person's|customer's|user's|caller's)|(?:previous|last|other)\s+caller'?s?|my\s+(?:wife|husband|partner|mother|mum|mom|father|dad|brother|sister|son|daughter|cousin|uncle|aunt|grand\w+|friend|neighbou?r|boss|colleague|employee|client|flatmate|roommate)'s|his|her|their)\s+(?:\w+\s+)?(?:account|balance|card|pin|password|details|records|transactions|statement|address|date\s+of\s+birth|payments?|number)\b",
     ),
     _rule(
         "identity.claimed_verified",
         "identity",
-        0.8,
-        r"\b(?:i(?:'m|\s+am|\s+have\s+been|'ve\s+been)\s+already\s+(?:verified|authenticated)|(?:treat|consider|mark)\s+me\s+(?:as\s+)?(?:verified|authenticated|authori[sz]ed|an?\s+admin))\b",
+        0.6,
+        r"\bi(?:'m|\s+am|\s+have\s+been|'ve\s+been|\s+already)\s+(?:already\s+)?(?:verified|authenticated|authori[sz]ed)\b",
+    ),
+    _rule(
+        "identity.treat_as_verified",
+        "identity",
+        1.0,
+        r"\b(?:treat|consider|mark|set|flag|register)\s+me\s+(?:as\s+)?(?:verified|authenticated|authori[sz]ed|trusted|(?:an?|the)\s+(?:admin\w*|owner|account\s+holder))\b",
     ),
     _rule(
         "identity.reset_credentials",
@@ -220,18 +304,36 @@ RULES: tuple[Rule, ...] = (
         0.6,
         r"\b(?:reset|change|remove|disable)\s+(?:the|my|his|her|their)?\s*(?:pin|password|passcode|security\s+questions?|two[\s-]factor)\b.{0,40}\b(?:now|immediately|without|right\s+away)\b",
     ),
+    _rule(
+        "identity.from_inside",
+        "identity",
+        0.7,
+        r"\b(?:i'?m|i\s+am|this\s+is|we\s+are|calling)\s+(?:calling\s+)?from\s+(?:your|the)\s+(?:head\s+office|headquarters|security\s+team|fraud\s+(?:team|department)|it\s+(?:department|team)|compliance|internal\s+audit)\b",
+    ),
+    _rule(
+        "identity.read_out_data",
+        "identity",
+        1.0,
+        r"\bread\s+(?:me|out)\s+(?:the|his|her|their|this)\s+(?:full\s+)?(?:card|account|customer|caller)\s*(?:number|details|data)|\b(?:list|give\s+me|read\s+out|show\s+me|export)\s+(?:all|every)\s+(?:the\s+)?(?:customers?|users?|callers?|accounts?|records|clients?)\b",
+    ),
+    _rule(
+        "identity.belongs_to_another",
+        "identity",
+        1.0,
+        r"\b(?:it|this|that)\s+(?:account\s+)?(?:belongs|is)\s+(?:to\s+)?my\s+(?:boss|wife|husband|mother|father|friend|brother|sister|neighbou?r|colleague|partner)'?s?\b",
+    ),
     # availability: make the agent talk or work without end
     _rule(
         "availability.repeat_forever",
         "availability",
         1.0,
-        r"\b(?:repeat|say|write|print|output|list|spell|count)\b.{0,40}\b(?:forever|infinitely|indefinitely|endlessly|non-?stop|over\s+and\s+over|until\s+(?:i|you)\s+(?:say|tell)|(?:\d{3,}|hundreds?|thousands?|millions?|billions?)\s+(?:of\s+)?times)\b",
+        r"\b(?:repeat\w*|say\w*|writ\w*|print\w*|output|list|spell\w*|count\w*|recit\w*)\b.{0,40}\b(?:forever|infinitely|indefinitely|endlessly|non-?stop|over\s+and\s+over|until\s+(?:i|you)\s+(?:say|tell)|(?:\d{3,}|hundreds?|thousands?|millions?|billions?)\s+(?:of\s+)?times)\b",
     ),
     _rule(
         "availability.count_huge",
         "availability",
         1.0,
-        r"\bcount\s+(?:to|up\s+to|from|down\s+from)\s+(?:\d{4,}|\d+\s*(?:thousand|million|billion)|(?:a|one)\s+(?:thousand|million|billion|trillion)|infinity)",
+        r"\bcount\w*\b.{0,25}?\b(?:to|up\s+to|from|down\s+from|through)\s+(?:\d{4,}|\d+\s*(?:thousand|million|billion)|(?:a|one)\s+(?:thousand|million|billion|trillion)|infinity)",
     ),
     _rule(
         "availability.never_stop",
@@ -242,10 +344,16 @@ RULES: tuple[Rule, ...] = (
     _rule(
         "availability.longest",
         "availability",
-        0.8,
+        1.0,
         r"\b(?:longest\s+(?:possible|answer|response|story)|as\s+long\s+as\s+(?:possible|you\s+can)|(?:\d{3,}|thousand)[\s-]word|maximum\s+length|every\s+(?:single\s+)?(?:word|number)\s+(?:in|of))\b",
     ),
     # requests for harm: never in scope for a customer line
+    _rule(
+        "harm.produce_harmful",
+        "harmful_request",
+        1.0,
+        r"\b(?:write|create|develop|design|produce|provide|give|outline|teach|instruct|explain|generate|build|make|plan)\b.{0,90}?\b(?:hack\w*|fraud(?!\s+(?:department|team|line|desk|report|alert|protection))|identity\s+theft|terroris\w+|counterfeit\w*|misinformation|disinformation|fake\s+(?:news|reviews?|accounts?)|defam\w*|vandali[sz]\w*|illegal\s+(?:drugs|substances|weapons)|cyberbully\w*|hate\s+speech|propaganda|malicious|steals?|exploit(?:s|ation)?\b|sabotag\w*|insider\s+trading|violence|sexual\s+assault|weapons?|phishing|scams?\b|manipulat\w+|porn\w*|sex\s+scene|vulgar|mislead\w*|spam|virus|crimes?|dangerous\s+stunts)",
+    ),
     _rule(
         "harm.weapons_malware",
         "harmful_request",
@@ -256,9 +364,25 @@ RULES: tuple[Rule, ...] = (
         "harm.crime",
         "harmful_request",
         1.0,
-        r"\b(?:how\s+(?:do\s+i|to|can\s+i)|help\s+me|teach\s+me|steps\s+to|guide\s+(?:to|for|on))\b.{0,40}\b(?:steal|hack|launder|counterfeit|forge|kill|murder|kidnap|stalk|blackmail|evade\s+tax|commit\s+(?:fraud|suicide|a\s+crime)|shoplift|break\s+into|pick\s+a\s+lock|hotwire|smuggle|cheat)\b",
+        r"\b(?:how\s+(?:do\s+i|to|can\s+i)|help\s+me|teach\s+me|steps\s+to|guide\s+(?:to|for|on))\b.{0,40}\b(?:steal|hack|launder|counterfeit|forge|kill|murder|kidnap|stalk|blackmail|evade\s+tax|commit\s+(?:fraud|suicide|a\s+crime)|rob\s+a|shoplift|break\s+into|pick\s+a\s+lock|open\s+a\s+lock\s+without|hotwire|smuggle|cheat)\b",
     ),
 )
+
+# fmt: off
+_MORE_RULES: tuple[Rule, ...] = (
+    _rule("roleplay.named_model", "role_play", 1.0, r"\b\w*gpt\w*\b|\b(?:openai|open\s+ai|llama|claude|gemini|bard)\b"),
+    _rule("roleplay.generic", "role_play", 0.8, r"\b(?:roleplay|role-play|role\s+play|personify|embody|impersonate|you\s+are\s+to\s+(?:act|be|play|pretend)|acts?\s+(?:as|like)\s+(?:a|an)\s+(?:terminal|console|linux|shell|interpreter|database))\b"),
+    _rule("roleplay.fiction_frame", "role_play", 0.8, r"\b(?:fictional|imaginary|imaginative|hypothetical|parallel|alternate)\s+(?:world|universe|reality|setting|scenario)|\blet'?s\s+play\s+a\s+game|\bwe\s+are\s+playing\s+a\s+game|\bplay\s+a\s+game\s+(?:where|in\s+which)"),
+    _rule("roleplay.you_are_ai", "role_play", 0.8, r"\byou\s+are\s+an?\s+(?:advanced|unrestricted|new|different|powerful|super)\s+ai\b"),
+    _rule("roleplay.reply_format", "role_play", 0.8, r"\b(?:make|format|start|begin|end)\s+every\s+(?:reply|response|answer|message)|\bevery\s+(?:reply|response|answer)\s+(?:must|should|will)\b|\balways\s+(?:answer|respond|reply|start)\b.{0,30}\b(?:starting\s+with|begin(?:ning)?\s+with|with\s+the\s+(?:word|phrase|prefix))|\bbelittle\s+me|\binsult\s+me|\bmock\s+me"),
+    _rule("roleplay.knowledge_cutoff", "role_play", 0.8, r"\byour\s+(?:limited\s+)?knowledge\b|\bknowledge\s+cut\s?-?off|\b(?:cut\s+off|cutoff)\s+(?:in|since|after)\s+20\d\d|\bmind\s+was\s+cut\s+off|\bcontent\s+polic(?:y|ies)"),
+    _rule("override.apply_new", "instruction_override", 1.0, r"\b(?:apply|follow|use|obey|adopt)\s+(?:these|this|the|my)\s+(?:new\s+)?(?:instructions|rules|algorithm|format|protocol)|\b(?:algorithm|protocol|procedure|mode)\s+for\s+you\s+(?:to\s+)?follow|\bforget\s+(?:any|all|everything|what)\b"),
+    _rule("delimiter.transcript_frame", "delimiter_smuggling", 0.6, r"\bthe\s+following\s+is\s+a\s+conversation\b|(?:^|\s)(?:user|human|ai|assistant)\s*:\s|\boutput\s+to\s+<?\d+\s+tokens\b|\[\s*input\s*\]"),
+    _rule("availability.endless", "availability", 1.0, r"\b(?:never\s+ends?|endless(?:ly)?|infinite\s+(?:story|list|loop)|talk\w*\s+non-?stop|non-?stop\s+for|every\s+number\s+between|every\s+(?:single\s+)?(?:word|digit|number)\s+(?:in|of)|every\s+digit\s+of\s+pi|keep\s+(?:repeating|counting|talking|going)\b)"),
+    _rule("harm.manipulate_markets", "harmful_request", 1.0, r"\bmanipulat\w+\s+(?:the\s+)?(?:financial|stock|market|markets|data|records|prices)|\bcommit\w*\s+(?:\w+\s+)?crimes?\b|\bdangerous\s+stunts\b"),
+)
+# fmt: on
+RULES: tuple[Rule, ...] = _BASE_RULES + _MORE_RULES
 
 BLOCK_AT = 1.0
 FLAG_AT = 0.5
@@ -305,9 +429,11 @@ def _decoded_payloads(text: str) -> list[str]:
 def scan(text: str) -> InjectionVerdict:
     """Score ``text`` (a transcript) against every rule, including inside encoded payloads."""
     normalized = normalize(text)
+    # Both forms: number words as digits (spoken card numbers) and as words ("one-time code").
+    words = join_spelled(fold(text))
     hits: dict[str, float] = {}
     for rule in RULES:
-        if rule.pattern.search(normalized):
+        if rule.pattern.search(normalized) or rule.pattern.search(words):
             hits[f"{rule.category}:{rule.id}"] = rule.weight
     for payload in _decoded_payloads(normalized):
         for rule in RULES:

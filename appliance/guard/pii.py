@@ -43,8 +43,10 @@ _CVV_BEFORE = re.compile(
     re.I,
 )
 _SSN = re.compile(r"(?<![\d])\d{3}[ \-]?\d{2}[ \-]?\d{4}(?![\d])")
-_SSN_CONTEXT = re.compile(r"social\s+security|ssn|national\s+(?:id|insurance)|tax\s+id", re.I)
-_NI_UK = re.compile(r"\b[A-CEGHJ-PR-TW-Z]{2}\s?\d{2}\s?\d{2}\s?\d{2}\s?[A-D]\b", re.I)
+_SSN_CONTEXT = re.compile(
+    r"social\s+security|\bssn\b|national\s+(?:id|insurance)|\bni\s+number|\bnino\b|tax\s+id", re.I
+)
+_NI_UK = re.compile(r"\b[A-Z]{2}\s?\d{2}\s?\d{2}\s?\d{2}\s?[A-D]\b", re.I)
 _IBAN = re.compile(r"\b[A-Z]{2}\d{2}(?:\s?[A-Z0-9]{4}){2,7}(?:\s?[A-Z0-9]{1,4})?\b")
 _ACCOUNT_CONTEXT = re.compile(
     r"(?:account|routing|sort\s+code|bank)\s+(?:number|no\.?|code|#)?[^\d]{0,15}?"
@@ -127,8 +129,8 @@ def find(text: str, kinds: Iterable[str] = ALL_KINDS, carried_digits: str = "") 
     if _SSN_CONTEXT.search(text):
         for match in _SSN.finditer(text):
             add("ssn", match.start(), match.end())
-    for match in _NI_UK.finditer(text):
-        add("national_id", match.start(), match.end())
+        for match in _NI_UK.finditer(text):
+            add("national_id", match.start(), match.end())
     for match in _ACCOUNT_CONTEXT.finditer(text):
         add("account", match.start(1), match.end(1))
     for match in _DOB.finditer(text):
