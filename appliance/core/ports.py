@@ -79,6 +79,11 @@ class TurnGuard(Protocol):
 
     def screen_input(self, transcript: str) -> InputDecision: ...
 
+    def rewrite_output(self, sentence: str) -> str:
+        """The sentence with contact details the caller did not give replaced by neutral words
+        (a small model invents phone numbers and addresses)."""
+        ...
+
     def screen_output(self, reply: str) -> tuple[str, ...]:
         """The reasons ``reply`` (all that would have been spoken) must not be; empty if fine."""
         ...

@@ -12,7 +12,7 @@ from appliance.guard import pii
 from appliance.guard.injection import Verdict, scan
 from appliance.guard.normalize import normalize, squeeze
 from appliance.guard.output import check_reply, shingles
-from appliance.guard.prompt import fence, new_canary, system_prompt
+from appliance.guard.prompt import fence, new_canary, rules, system_prompt
 
 PAYMENT_NOT_RECORDED = "[payment details: not recorded]"
 _NUMBER = re.compile(r"\d(?:[ \-.]?\d){2,}")
@@ -33,7 +33,9 @@ class CallGuard:
         self.canary = canary or new_canary()
         self.system_prompt = system_prompt(policy, style, self.canary)
         self.fallback_reply = policy.output_fallback
-        self._prompt_shingles = shingles(self.system_prompt)
+        # The topics and the capability statement may be said; the rules may not.
+        self.confidential = rules(self.canary)
+        self._prompt_shingles = shingles(self.confidential)
         self._distress = tuple(squeeze(k) for k in policy.distress_keywords)
         self._refused = tuple(k.lower() for k in policy.refused_keywords)
         self.state = GuardState()
@@ -98,6 +100,18 @@ class CallGuard:
         if any(re.search(rf"\b{re.escape(k)}", lowered) for k in self._refused):
             return decide("refused_topic", "", self.policy.refusal_reply, ("policy.refused_topic",))
         return decide(verdict.verdict.value, fence(safe_text), None, verdict.reasons)
+
+    def rewrite_output(self, sentence: str) -> str:
+        out, last = [], 0
+        for finding in pii.find(sentence, ("phone", "email")):
+            raw = sentence[finding.start : finding.end]
+            if (pii.digits_of(raw) or raw) in self.state.caller_values:
+                continue
+            out.append(sentence[last : finding.start])
+            out.append("the number on our website" if finding.kind == "phone" else "our website")
+            last = finding.end
+        out.append(sentence[last:])
+        return "".join(out)
 
     def screen_output(self, reply: str) -> tuple[str, ...]:
         return check_reply(

@@ -449,32 +449,37 @@ class CallSession:
         sentences: asyncio.Queue[str | None] = asyncio.Queue()
         speaker = asyncio.create_task(self._speak(response, sentences))
         spoken = ""
+        first_sentence = True
+
+        def offer(sentence: str) -> bool:
+            """Queue a sentence for speech once layer 3 allows it; False stops the reply."""
+            nonlocal spoken, first_sentence
+            if self._guard is not None:
+                sentence = self._guard.rewrite_output(sentence)
+                reasons = self._guard.screen_output(f"{spoken} {sentence}".strip())
+                if reasons:
+                    response.output_reasons = reasons
+                    self._hold_or_emit(response, EventType.GUARD_OUTPUT, reasons=",".join(reasons))
+                    return False
+            spoken = f"{spoken} {sentence}".strip()
+            if first_sentence:
+                first_sentence = False
+                self._hold_or_emit(response, EventType.FIRST_SENTENCE)
+            sentences.put_nowait(sentence)
+            return True
+
         try:
             chunker = SentenceChunker()
-            first_sentence = True
             async for piece in self._stream_tokens(response, messages):
                 if not response.reply:
                     self._hold_or_emit(response, EventType.FIRST_TOKEN)
                 response.reply += piece
-                for sentence in chunker.feed(piece):
-                    if not self._allowed(response, spoken, sentence):
-                        break
-                    spoken = f"{spoken} {sentence}".strip()
-                    if first_sentence:
-                        first_sentence = False
-                        self._hold_or_emit(response, EventType.FIRST_SENTENCE)
-                    sentences.put_nowait(sentence)
-                if response.output_reasons:
+                if not all(offer(sentence) for sentence in chunker.feed(piece)):
                     break
-            if not response.output_reasons:
+            else:
                 for sentence in chunker.flush():
-                    if not self._allowed(response, spoken, sentence):
+                    if not offer(sentence):
                         break
-                    spoken = f"{spoken} {sentence}".strip()
-                    if first_sentence:
-                        first_sentence = False
-                        self._hold_or_emit(response, EventType.FIRST_SENTENCE)
-                    sentences.put_nowait(sentence)
             if response.output_reasons:
                 assert self._guard is not None
                 sentences.put_nowait(self._guard.fallback_reply)
@@ -486,17 +491,6 @@ class CallSession:
                 speaker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await speaker
-
-    def _allowed(self, response: _Response, spoken: str, sentence: str) -> bool:
-        """Layer 3: may this sentence be spoken after what already was?"""
-        if self._guard is None:
-            return True
-        reasons = self._guard.screen_output(f"{spoken} {sentence}".strip())
-        if not reasons:
-            return True
-        response.output_reasons = reasons
-        self._hold_or_emit(response, EventType.GUARD_OUTPUT, reasons=",".join(reasons))
-        return False
 
     async def _speak(self, response: _Response, sentences: asyncio.Queue[str | None]) -> None:
         while (sentence := await sentences.get()) is not None:

@@ -1,0 +1,49 @@
+"""Red-team corpora: JSONL lines of {"text", "label": "attack"|"benign", "category"[, "source"]}."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from appliance.core.errors import ConfigError
+
+DEFAULT_CORPUS = Path(__file__).parent / "data" / "corpus.jsonl"
+AREAS = ("identity", "information_extraction", "behavioural_manipulation", "availability")
+
+
+@dataclass(frozen=True)
+class Item:
+    text: str
+    label: str
+    category: str
+    source: str = ""
+
+
+def load(path: Path) -> list[Item]:
+    items = []
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError as exc:
+        raise ConfigError("redteam.corpus", f"cannot read corpus {path}: {exc}") from exc
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            item = Item(
+                str(row["text"]),
+                str(row["label"]),
+                str(row["category"]),
+                str(row.get("source", "")),
+            )
+        except (json.JSONDecodeError, KeyError, TypeError) as exc:
+            raise ConfigError(
+                "redteam.corpus", f"{path}:{number}: needs JSON with text, label and category"
+            ) from exc
+        if item.label not in ("attack", "benign"):
+            raise ConfigError("redteam.corpus", f"{path}:{number}: label must be attack or benign")
+        items.append(item)
+    if not items:
+        raise ConfigError("redteam.corpus", f"{path} holds no items")
+    return items
