@@ -82,8 +82,10 @@ async def streaming_turn(service: VoiceService, pcm: bytes) -> dict[str, float]:
         await run
     turn = next(t for t in session.turns if t.first(EventType.FIRST_AUDIO) is not None)
     transcript = turn.first(EventType.TRANSCRIPT)
+    guard = turn.first(EventType.GUARD_INPUT)
     return {
         "v2v_ms": turn.voice_to_voice_ms or 0.0,
+        "guard_ms": float(guard.data.get("guard_ms", 0)) if guard else 0.0,
         "stt_s": float(transcript.data.get("stt_s", 0)) if transcript else 0.0,
         "audio_s": float(transcript.data.get("audio_s", 0)) if transcript else 0.0,
     }
@@ -195,6 +197,7 @@ def run_latency_bench(settings: Settings, *, questions: int, as_json: bool) -> i
         "ratio_median": round(q["median_ms"] / max(1e-9, s["median_ms"]), 2),
         "ratio_p95": round(q["p95_ms"] / max(1e-9, s["p95_ms"]), 2),
         "stt_rtf": round(stt_rtf, 3),
+        "guard_input_ms_median": round(statistics.median(r["guard_ms"] for r in streaming), 3),
         "llm": _llm_stats(service),
         "tts_rtf": round(_tts_rtf(service), 3),
         "models_ready_s": round(ready_s, 2),
@@ -214,6 +217,10 @@ def run_latency_bench(settings: Settings, *, questions: int, as_json: bool) -> i
     )
     llm = report["llm"]
     print(f"STT real-time factor {report['stt_rtf']}; TTS real-time factor {report['tts_rtf']}")
+    print(
+        f"input guard (normalize, injection rules, redaction): "
+        f"{report['guard_input_ms_median']} ms median per turn"
+    )
     if llm:
         print(f"LLM {llm['tokens_per_s']} tokens/s, time to first token {llm['ttft_ms']} ms")
     print(f"models ready in {report['models_ready_s']} s; peak RSS {report['peak_rss_mib']} MiB")

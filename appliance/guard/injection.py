@@ -379,6 +379,7 @@ _MORE_RULES: tuple[Rule, ...] = (
     _rule("override.apply_new", "instruction_override", 1.0, r"\b(?:apply|follow|use|obey|adopt)\s+(?:these|this|the|my)\s+(?:new\s+)?(?:instructions|rules|algorithm|format|protocol)|\b(?:algorithm|protocol|procedure|mode)\s+for\s+you\s+(?:to\s+)?follow|\bforget\s+(?:any|all|everything|what)\b"),
     _rule("delimiter.transcript_frame", "delimiter_smuggling", 0.6, r"\bthe\s+following\s+is\s+a\s+conversation\b|(?:^|\s)(?:user|human|ai|assistant)\s*:\s|\boutput\s+to\s+<?\d+\s+tokens\b|\[\s*input\s*\]"),
     _rule("availability.endless", "availability", 1.0, r"\b(?:never\s+ends?|endless(?:ly)?|infinite\s+(?:story|list|loop)|talk\w*\s+non-?stop|non-?stop\s+for|every\s+number\s+between|every\s+(?:single\s+)?(?:word|digit|number)\s+(?:in|of)|every\s+digit\s+of\s+pi|keep\s+(?:repeating|counting|talking|going)\b)"),
+    _rule("sysprompt.confidential", "system_prompt", 1.0, r"\b(?:confidential|private|hidden|secret|internal)\s+(?:marker|token|word|code|phrase|key|note|value|string)s?\b|\b(?:in|from|inside|within)\s+your\s+(?:instructions|prompt|rules|system\s+message|configuration|programming)\b"),
     _rule("harm.manipulate_markets", "harmful_request", 1.0, r"\bmanipulat\w+\s+(?:the\s+)?(?:financial|stock|market|markets|data|records|prices)|\bcommit\w*\s+(?:\w+\s+)?crimes?\b|\bdangerous\s+stunts\b"),
 )
 # fmt: on

@@ -61,6 +61,7 @@ _DOB = re.compile(
     r"(?:\d{1,2}\s+\d{1,2}\s+\d{2,4}))",
     re.I,
 )
+_CARD_WORDS = re.compile(r"\b(?:card|credit|debit|visa|master\s?card|amex)\b", re.I)
 _PAYMENT_WORDS = re.compile(
     r"\b(?:card|credit|debit|visa|master\s?card|amex|american\s+express|pay(?:ment)?|"
     r"expir\w*|cvv|cvc|security\s+code)\b",
@@ -112,6 +113,7 @@ def find(text: str, kinds: Iterable[str] = ALL_KINDS, carried_digits: str = "") 
         if wanted_kind and not any(f.start < end and start < f.end for f in found):
             found.append(Finding(kind, start, end))
 
+    card_context = bool(_CARD_WORDS.search(text))
     for pattern in (_EMAIL, _EMAIL_SPOKEN):
         for match in pattern.finditer(text):
             add("email", match.start(), match.end())
@@ -119,7 +121,9 @@ def find(text: str, kinds: Iterable[str] = ALL_KINDS, carried_digits: str = "") 
         add("iban", match.start(), match.end())
     for match in _DIGIT_RUN.finditer(text):
         digits = digits_of(match.group(0))
-        if luhn_valid(digits):
+        if luhn_valid(digits) or (12 <= len(digits) <= 19 and card_context):
+            # In card context a long number is a card number even when Luhn fails: speech
+            # recognition drops or doubles digits, and a near-miss is still cardholder data.
             add("card", match.start(), match.end())
         elif carried_digits and match.start() < 3 and luhn_valid(carried_digits + digits):
             add("card_part", match.start(), match.end())

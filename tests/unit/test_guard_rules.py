@@ -111,11 +111,15 @@ BENIGN = [
 ]
 
 
-@pytest.mark.parametrize(("category", "said"), [(c, s) for c, items in ATTACKS.items() for s in items])
+@pytest.mark.parametrize(
+    ("category", "said"), [(c, s) for c, items in ATTACKS.items() for s in items]
+)
 def test_each_attack_family_is_blocked_with_its_reason(category: str, said: str) -> None:
     verdict = scan(said)
     assert verdict.verdict is Verdict.BLOCK, (said, verdict)
-    assert any(r.startswith(category) or r.startswith("encoded_payload") for r in verdict.reasons), verdict
+    assert any(
+        r.startswith(category) or r.startswith("encoded_payload") for r in verdict.reasons
+    ), verdict
 
 
 @pytest.mark.parametrize("said", BENIGN)

@@ -17,7 +17,9 @@ def test_luhn_accepts_real_test_card_numbers(number: str) -> None:
     assert luhn_valid(number)
 
 
-@pytest.mark.parametrize("number", ["4111111111111112", "1234567890123456", "411111111111", "4" * 20])
+@pytest.mark.parametrize(
+    "number", ["4111111111111112", "1234567890123456", "411111111111", "4" * 20]
+)
 def test_luhn_refuses_the_rest(number: str) -> None:
     assert not luhn_valid(number)
 
@@ -84,8 +86,14 @@ def test_a_card_number_split_across_turns_never_reaches_the_model_or_storage() -
 def test_a_payment_flow_pauses_recording_then_resumes() -> None:
     g = guard()
     decisions = []
-    for said in ["I'll pay by card: 5555 5555 5555 4444", "expiry 12 28, cvv 123", "thanks",
-                 "what else", "and one more", "what time do you open?"]:
+    for said in [
+        "I'll pay by card: 5555 5555 5555 4444",
+        "expiry 12 28, cvv 123",
+        "thanks",
+        "what else",
+        "and one more",
+        "what time do you open?",
+    ]:
         decision = g.screen_input(said)
         g.commit(decision)
         decisions.append(decision)
