@@ -61,7 +61,8 @@ def test_a_spoken_card_number_and_cvv_never_reach_the_model_the_database_or_the_
     store = Storage.open_sqlite(tmp_path / "a.db", load_or_create(tmp_path / "k"))
     said = [
         "I would like to pay my bill by card.",
-        "The card number is five five five five, five five five five, five five five five, four four four four.",
+        "The card number is five five five five, five five five five, "
+        "five five five five, four four four four.",
         "And the security code is seven three one.",
     ]
     pcm = silence(0.5)
