@@ -155,22 +155,28 @@ class PolicySettings:
         "questions, branch locations, and payments."
     )
     refused_keywords: tuple[str, ...] = (
-        "diagnos",
-        "prescri",
+        "diagnosis",
+        "diagnose me",
+        "prescription",
         "medication",
         "dosage",
-        "symptom",
+        "symptoms",
         "legal advice",
         "lawsuit",
-        "lawyer",
-        "invest",
+        "sue them",
+        "investment advice",
+        "invest in",
+        "investing in",
         "stock tip",
-        "cryptocurrenc",
+        "which stocks",
+        "cryptocurrency",
         "bitcoin",
-        "politic",
+        "politics",
+        "political",
         "election",
         "vote for",
-        "religio",
+        "religion",
+        "religious",
     )
     refusal_reply: str = (
         "I'm sorry, I can't help with that. I can help with opening hours, appointments, "

@@ -97,7 +97,7 @@ class CallGuard:
         ):
             return decide(verdict.verdict.value, "", self.policy.blocked_reply, verdict.reasons)
         lowered = text.lower()
-        if any(re.search(rf"\b{re.escape(k)}", lowered) for k in self._refused):
+        if any(re.search(rf"\b{re.escape(k)}\b", lowered) for k in self._refused):
             return decide("refused_topic", "", self.policy.refusal_reply, ("policy.refused_topic",))
         return decide(verdict.verdict.value, fence(safe_text), None, verdict.reasons)
 

@@ -55,7 +55,7 @@ def check_reply(
         if value not in known:
             reasons.append(f"output.personal_data.{finding.kind}")
     lowered = folded.lower()
-    if any(re.search(rf"\b{re.escape(k.lower())}", lowered) for k in refused_keywords):
+    if any(re.search(rf"\b{re.escape(k.lower())}\b", lowered) for k in refused_keywords):
         reasons.append("output.refused_topic")
     if _ACTIONS.search(folded):
         reasons.append("output.unauthorized_action")
