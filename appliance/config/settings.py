@@ -154,6 +154,13 @@ class PolicySettings:
         "I can help with opening hours, appointments, orders and deliveries, account "
         "questions, branch locations, and payments."
     )
+    facts: tuple[str, ...] = (
+        "Opening hours: Monday to Friday 9 am to 5 pm, Saturday 10 am to 2 pm, closed on Sunday.",
+        "Appointments can be booked, moved or cancelled on this line or at any branch.",
+        "Standard delivery takes 3 to 5 working days.",
+        "Branches: Main Street, Riverside and Old Town.",
+    )
+    """What the agent may tell callers: the deployment's own facts, in the system prompt."""
     refused_keywords: tuple[str, ...] = (
         "diagnosis",
         "diagnose me",
