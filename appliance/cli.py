@@ -113,6 +113,14 @@ def _parser() -> argparse.ArgumentParser:
     restore = commands.add_parser("restore", help="check a backup, then put it in place")
     restore.add_argument("file", type=Path)
 
+    tools = commands.add_parser("tools", help="the agent's tools")
+    tools_cmd = tools.add_subparsers(dest="tools_command", required=True)
+    tools_list = tools_cmd.add_parser("list", help="each tool: scopes, changes data, level")
+    tools_list.add_argument("--json", action="store_true")
+
+    incidents = commands.add_parser("incidents", help="incidents opened by the guards")
+    incidents.add_argument("--json", action="store_true")
+
     redteam = commands.add_parser("redteam", help="run an attack and benign corpus, report rates")
     redteam.add_argument(
         "--corpus", type=Path, help="JSONL: text, label, category (default: built in)"
@@ -178,6 +186,10 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
         return run_latency_bench(settings, questions=args.questions, as_json=args.json)
     if args.command == "redteam":
         return _redteam(args, settings)
+    if args.command == "tools":
+        return _tools(args, settings)
+    if args.command == "incidents":
+        return _incidents(args, settings)
     if args.command in STORAGE_COMMANDS:
         return STORAGE_COMMANDS[args.command](args, settings)
     raise AssertionError(args.command)
@@ -635,4 +647,44 @@ def _redteam(args: argparse.Namespace, settings: Settings) -> int:
         print(file=sys.stderr)
         print(summary)
         print(f"report: {out / 'report.json'} and {out / 'report.md'}")
+    return 0
+
+
+# -- tools and incidents ------------------------------------------------------------------------
+
+
+def _tools(args: argparse.Namespace, settings: Settings) -> int:
+    from appliance.tools.demo import DemoBank, demo_tools
+    from appliance.tools.registry import ToolBox
+
+    box = ToolBox(demo_tools(DemoBank()), frozenset(settings.tools.enabled))
+    rows = [tool.describe(tool.name in box.enabled) for tool in box.tools.values()]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    print(f"{'tool':20} {'enabled':8} {'level':6} {'changes':8} scopes")
+    for r in rows:
+        print(
+            f"{r['name']:20} {'yes' if r['enabled'] else 'no':8} {r['assurance_level']:<6} "
+            f"{'yes' if r['changes_data'] else 'no':8} {', '.join(r['scopes'])}"
+        )
+    return 0
+
+
+def _incidents(args: argparse.Namespace, settings: Settings) -> int:
+    from appliance.service import open_storage
+
+    storage = open_storage(settings)
+    try:
+        rows = storage.list_incidents()
+    finally:
+        storage.close()
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    for r in rows:
+        call = r["call_id"] or "-"
+        print(f"{r['opened_at']}  {r['severity']:6} {r['kind']:12} call {call}  {r['summary']}")
+    if not rows:
+        print("no incidents")
     return 0

@@ -250,6 +250,12 @@ class PolicySettings:
 
 
 @dataclass(frozen=True)
+class ToolsSettings:
+    enabled: tuple[str, ...] = ("transfer_to_human",)
+    """The tools this deployment uses; the model is shown only these."""
+
+
+@dataclass(frozen=True)
 class StorageSettings:
     url: str = ""
     """SQLAlchemy URL; empty means the encrypted SQLite file ``APPLIANCE_HOME/appliance.db``."""
@@ -309,6 +315,7 @@ class Settings:
     tts: TtsSettings = field(default_factory=TtsSettings)
     models: ModelsSettings = field(default_factory=ModelsSettings)
     policy: PolicySettings = field(default_factory=PolicySettings)
+    tools: ToolsSettings = field(default_factory=ToolsSettings)
     storage: StorageSettings = field(default_factory=StorageSettings)
     retention: RetentionSettings = field(default_factory=RetentionSettings)
     source: str = "defaults"
@@ -323,6 +330,7 @@ SECTIONS: dict[str, type[Any]] = {
     "tts": TtsSettings,
     "models": ModelsSettings,
     "policy": PolicySettings,
+    "tools": ToolsSettings,
     "storage": StorageSettings,
     "retention": RetentionSettings,
 }

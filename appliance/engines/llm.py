@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -54,6 +55,26 @@ class LlamaChat:
         messages = [ChatMessage("system", system_prompt), ChatMessage("user", "Hello.")]
         for _ in self.stream_chat(messages, max_tokens=1):
             pass
+
+    def request_json(
+        self, messages: Sequence[ChatMessage], schema: dict[str, Any], max_tokens: int = 128
+    ) -> str:
+        """A reply constrained by a llama.cpp grammar built from a JSON schema, so even a small
+        model answers with a well-formed tool request."""
+        from llama_cpp.llama_grammar import LlamaGrammar
+
+        payload: list[Any] = [{"role": m.role, "content": m.content} for m in messages]
+        try:
+            grammar = LlamaGrammar.from_json_schema(json.dumps(schema), verbose=False)
+            with self._lock:
+                result: Any = self._llama.create_chat_completion(
+                    messages=payload, max_tokens=max_tokens, temperature=0.0, grammar=grammar
+                )
+        except Exception as exc:
+            raise LlmError(
+                "llm.failed", f"constrained generation failed: {type(exc).__name__}"
+            ) from exc
+        return str(result["choices"][0]["message"]["content"] or "")
 
     def stream_chat(self, messages: Sequence[ChatMessage], max_tokens: int) -> Iterator[str]:
         payload: list[Any] = [{"role": m.role, "content": m.content} for m in messages]

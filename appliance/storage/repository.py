@@ -340,6 +340,25 @@ class Storage:
             ).all()
             return [self._call_view(c, []) for c in calls]
 
+    def list_incidents(self, limit: int = 200) -> list[dict[str, str | None]]:
+        """Incidents carry codes and counts, never what was said: no content, no audit."""
+        with self.session("list incidents") as session:
+            rows = session.scalars(
+                select(Incident).order_by(Incident.opened_at.desc()).limit(limit)
+            ).all()
+            return [
+                {
+                    "id": r.id,
+                    "opened_at": r.opened_at.isoformat(),
+                    "kind": r.kind,
+                    "severity": r.severity,
+                    "call_id": r.call_id,
+                    "summary": r.summary,
+                    "closed_at": r.closed_at.isoformat() if r.closed_at else None,
+                }
+                for r in rows
+            ]
+
     def read_call(self, call_id: str, actor: str, reason: str = "") -> CallView:
         """Decrypt a call's turns; leaves an audit event (the read is recorded even if it fails)."""
         try:

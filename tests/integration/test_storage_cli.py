@@ -136,3 +136,40 @@ def test_backup_and_restore(home: Path, tmp_path: Path) -> None:
     restored = cli(home, "restore", str(target))
     assert restored.returncode == 0 and "verified, 1 turns" in restored.stdout
     assert [c["id"] for c in json.loads(cli(home, "calls", "list", "--json").stdout)] == [call_id]
+
+
+def test_tools_list_shows_scopes_changes_and_levels(home: Path) -> None:
+    result = cli(home, "tools", "list", "--json")
+    assert result.returncode == 0, result.stderr
+    tools = {t["name"]: t for t in json.loads(result.stdout)}
+    assert tools["account_balance"]["assurance_level"] == 2
+    assert tools["book_appointment"]["changes_data"] is True
+    assert tools["transfer_to_human"]["enabled"] is True  # the default configuration
+    assert tools["account_balance"]["enabled"] is False
+    assert tools["account_balance"]["scopes"] == ["accounts:read"]
+    enabled = subprocess.run(
+        [str(APPLIANCE), "tools", "list", "--json"],
+        capture_output=True,
+        text=True,
+        check=False,
+        env={
+            **os.environ,
+            "APPLIANCE_HOME": str(home),
+            "APPLIANCE_TOOLS__ENABLED": "account_balance,transfer_to_human",
+        },
+    )
+    assert {t["name"] for t in json.loads(enabled.stdout) if t["enabled"]} == {
+        "account_balance",
+        "transfer_to_human",
+    }
+
+
+def test_incidents_are_listed(home: Path) -> None:
+    store = Storage.open_sqlite(home / "appliance.db", load_or_create(home / "keys" / "master.key"))
+    handle = store.start_call("+1555", "wav")
+    handle.record_turn(TurnRecord(1, "[redacted]", "help is coming", escalation="distress"))
+    store.close()
+    rows = json.loads(cli(home, "incidents", "--json").stdout)
+    assert [(r["kind"], r["severity"], r["call_id"]) for r in rows] == [
+        ("distress", "high", handle.call_id)
+    ]

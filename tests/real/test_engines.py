@@ -56,3 +56,32 @@ def test_piper_resamples_to_the_asked_rate(service: VoiceService) -> None:
     at_8k = speak(service, "Hello there, this is a test of the telephone rate.", 8_000)
     at_22k = speak(service, "Hello there, this is a test of the telephone rate.", 22_050)
     assert 0.8 < (len(at_8k) / 8_000) / (len(at_22k) / 22_050) < 1.25
+
+
+def test_the_default_model_answers_a_tool_request_with_valid_json(service: VoiceService) -> None:
+    import json
+
+    from appliance.core.ports import ChatMessage
+    from appliance.engines.llm import LlamaChat
+    from appliance.tools.demo import DemoBank, demo_tools
+    from appliance.tools.registry import ToolBox, ToolError
+
+    box = ToolBox(demo_tools(DemoBank()), frozenset({"transfer_to_human", "book_appointment"}))
+    llm = service.engines.llm
+    assert isinstance(llm, LlamaChat)
+    for request in ("Put me through to a person please.", "Book me in at Riverside on 2026-12-02."):
+        text = llm.request_json(
+            [
+                ChatMessage("system", "Pick the tool for the caller's request as JSON."),
+                ChatMessage("user", request),
+            ],
+            box.call_schema(),
+        )
+        chosen = json.loads(text)
+        assert chosen["tool"] in {"transfer_to_human", "book_appointment", "none"}
+        if chosen["tool"] != "none":
+            # The grammar fixes the shape; values (a 13th month) are still checked by the tool.
+            try:
+                box.tools[chosen["tool"]].validate(chosen["arguments"])
+            except ToolError as exc:
+                assert exc.code == "tools.invalid_args"

@@ -1,0 +1,158 @@
+"""Authentication factors with attempt limits, constant-time checks and single-use codes."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import os
+import secrets
+import struct
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from appliance.core.errors import ApplianceError
+
+Clock = Callable[[], float]
+
+
+class FactorError(ApplianceError):
+    """A factor was refused: wrong, reused, expired, or the caller is locked out."""
+
+
+@dataclass
+class _Failures:
+    count: int = 0
+    lockouts: int = 0
+    locked_until: float = 0.0
+
+
+@dataclass
+class AttemptLimiter:
+    """After ``max_failures`` wrong answers a key is locked, for ``base_lockout_s`` doubled at
+    each further lockout (exponential backoff). A success clears the count, not the history."""
+
+    max_failures: int = 3
+    base_lockout_s: float = 30.0
+    clock: Clock = time.monotonic
+    _state: dict[str, _Failures] = field(default_factory=dict)
+
+    def check(self, key: str) -> None:
+        state = self._state.get(key)
+        now = self.clock()
+        if state is not None and state.locked_until > now:
+            raise FactorError(
+                "identity.locked",
+                f"too many failed attempts; retry in {state.locked_until - now:.0f} s",
+            )
+
+    def failed(self, key: str) -> None:
+        state = self._state.setdefault(key, _Failures())
+        state.count += 1
+        if state.count >= self.max_failures:
+            state.locked_until = self.clock() + self.base_lockout_s * (2**state.lockouts)
+            state.lockouts += 1
+            state.count = 0
+
+    def succeeded(self, key: str) -> None:
+        if key in self._state:
+            self._state[key].count = 0
+
+
+def hash_secret(secret: str, salt: bytes | None = None) -> tuple[bytes, bytes]:
+    """scrypt (RFC 7914) of a PIN or knowledge answer; returns (salt, hash)."""
+    salt = salt or os.urandom(16)
+    return salt, hashlib.scrypt(secret.encode(), salt=salt, n=2**14, r=8, p=1, dklen=32)
+
+
+class SecretFactor:
+    """A PIN or a knowledge answer, checked against its salted hash in constant time."""
+
+    def __init__(self, kind: str, limiter: AttemptLimiter) -> None:
+        self.kind = kind
+        self.limiter = limiter
+
+    def verify(self, caller: str, answer: str, stored: tuple[bytes, bytes] | None) -> None:
+        key = f"{self.kind}:{caller}"
+        self.limiter.check(key)
+        salt, expected = stored if stored else (b"\0" * 16, b"\0" * 32)
+        _, actual = hash_secret(_normalize(answer), salt)
+        # Compare even when nothing is enrolled, so timing does not tell which callers exist.
+        if stored is None or not hmac.compare_digest(actual, expected):
+            self.limiter.failed(key)
+            raise FactorError("identity.wrong", f"the {self.kind} does not match")
+        self.limiter.succeeded(key)
+
+
+def _normalize(answer: str) -> str:
+    return "".join(answer.lower().split())
+
+
+def totp(secret: bytes, counter: int, digits: int = 6) -> str:
+    """RFC 6238 / RFC 4226: HMAC-SHA1 of the time step, dynamically truncated."""
+    mac = hmac.new(secret, struct.pack(">Q", counter), hashlib.sha1).digest()
+    offset = mac[-1] & 0x0F
+    value = struct.unpack(">I", mac[offset : offset + 4])[0] & 0x7FFFFFFF
+    return str(value % 10**digits).zfill(digits)
+
+
+def totp_secret_from_base32(text: str) -> bytes:
+    return base64.b32decode(text.upper() + "=" * (-len(text) % 8))
+
+
+@dataclass
+class TotpFactor:
+    """TOTP with a tolerance of ``window`` steps each way; a code is good once (RFC 6238 5.2)."""
+
+    limiter: AttemptLimiter
+    step_s: int = 30
+    window: int = 1
+    clock: Clock = time.time
+    _used: dict[str, int] = field(default_factory=dict)
+
+    def verify(self, caller: str, code: str, secret: bytes | None) -> None:
+        key = f"totp:{caller}"
+        self.limiter.check(key)
+        now_step = int(self.clock() // self.step_s)
+        digits = "".join(ch for ch in code if ch.isdigit())
+        matched = None
+        for counter in range(now_step - self.window, now_step + self.window + 1):
+            candidate = totp(secret or b"\0" * 20, counter)
+            if hmac.compare_digest(candidate, digits.zfill(6)[-6:]) and secret is not None:
+                matched = counter
+        if matched is None:
+            self.limiter.failed(key)
+            raise FactorError("identity.wrong", "the authenticator code does not match")
+        if self._used.get(caller, -1) >= matched:
+            self.limiter.failed(key)
+            raise FactorError("identity.reused", "that authenticator code was already used")
+        self._used[caller] = matched
+        self.limiter.succeeded(key)
+
+
+@dataclass
+class OneTimeCodes:
+    """Codes sent out of band (a text message, an e-mail) through a pluggable notifier."""
+
+    send: Callable[[str, str], None]
+    limiter: AttemptLimiter
+    ttl_s: float = 300.0
+    clock: Clock = time.monotonic
+    _pending: dict[str, tuple[str, float]] = field(default_factory=dict)
+
+    def issue(self, caller: str) -> None:
+        code = f"{secrets.randbelow(10**6):06d}"
+        self._pending[caller] = (code, self.clock() + self.ttl_s)
+        self.send(caller, code)
+
+    def verify(self, caller: str, code: str) -> None:
+        key = f"oob:{caller}"
+        self.limiter.check(key)
+        expected, expires = self._pending.get(caller, ("", 0.0))
+        digits = "".join(ch for ch in code if ch.isdigit())
+        if not expected or self.clock() > expires or not hmac.compare_digest(expected, digits):
+            self.limiter.failed(key)
+            raise FactorError("identity.wrong", "the one-time code does not match or expired")
+        del self._pending[caller]  # single use
+        self.limiter.succeeded(key)

@@ -1,0 +1,77 @@
+"""Rate limits and quotas that refuse at once: no queue grows without bound."""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from collections import OrderedDict, deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+Clock = Callable[[], float]
+
+
+@dataclass
+class SlidingWindow:
+    """At most ``limit`` events per ``window_s`` per key. Memory stays bounded: at most
+    ``max_keys`` keys are tracked (the least recently seen go first) and each holds at most
+    ``limit`` timestamps."""
+
+    limit: int
+    window_s: float
+    max_keys: int = 10_000
+    clock: Clock = time.monotonic
+    _events: OrderedDict[str, deque[float]] = field(default_factory=OrderedDict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def allow(self, key: str) -> bool:
+        now = self.clock()
+        with self._lock:
+            events = self._events.pop(key, None) or deque(maxlen=self.limit)
+            while events and events[0] <= now - self.window_s:
+                events.popleft()
+            allowed = len(events) < self.limit
+            if allowed:
+                events.append(now)
+            self._events[key] = events
+            while len(self._events) > self.max_keys:
+                self._events.popitem(last=False)
+            return allowed
+
+    def tracked_keys(self) -> int:
+        return len(self._events)
+
+
+class ConcurrencyLimit:
+    """At most ``limit`` at once; the next one is refused, never queued."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._active = 0
+        self._lock = threading.Lock()
+
+    @property
+    def active(self) -> int:
+        return self._active
+
+    def try_acquire(self) -> bool:
+        with self._lock:
+            if self._active >= self.limit:
+                return False
+            self._active += 1
+            return True
+
+    def release(self) -> None:
+        with self._lock:
+            self._active = max(0, self._active - 1)
+
+    @contextlib.contextmanager
+    def slot(self) -> Iterator[bool]:
+        """``with limit.slot() as granted:`` — granted is False when the limit is reached."""
+        granted = self.try_acquire()
+        try:
+            yield granted
+        finally:
+            if granted:
+                self.release()

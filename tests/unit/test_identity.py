@@ -1,0 +1,128 @@
+"""Factors, assurance levels and limits: pure logic with a clock the test moves."""
+
+from __future__ import annotations
+
+import pytest
+
+from appliance.identity.factors import (
+    AttemptLimiter,
+    FactorError,
+    OneTimeCodes,
+    SecretFactor,
+    TotpFactor,
+    hash_secret,
+    totp,
+    totp_secret_from_base32,
+)
+from appliance.identity.levels import Assurance, Factor, assurance
+from appliance.identity.limits import ConcurrencyLimit, SlidingWindow
+
+
+class Clock:
+    def __init__(self, now: float = 1_000_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_levels_follow_nist_800_63b() -> None:
+    assert assurance([]) is Assurance.ANONYMOUS
+    assert assurance([Factor.PIN]) is Assurance.ONE_FACTOR
+    assert assurance([Factor.VOICE]) is Assurance.ONE_FACTOR
+    assert assurance([Factor.PIN, Factor.KNOWLEDGE]) is Assurance.ONE_FACTOR  # both known
+    assert assurance([Factor.VOICE, Factor.PIN]) is Assurance.ONE_FACTOR  # no possession
+    assert assurance([Factor.PIN, Factor.TOTP]) is Assurance.TWO_FACTORS
+    assert assurance([Factor.VOICE, Factor.OUT_OF_BAND]) is Assurance.TWO_FACTORS
+    assert assurance([Factor.TOTP]) is Assurance.ONE_FACTOR
+
+
+def test_rfc_6238_test_vectors() -> None:
+    secret = b"12345678901234567890"
+    # RFC 6238 appendix B (SHA-1), last six digits of the eight-digit values.
+    for unix_time, expected in ((59, "287082"), (1111111109, "081804"), (2000000000, "279037")):
+        assert totp(secret, unix_time // 30) == expected
+    assert totp_secret_from_base32("GEZDGNBVGY3TQOJQGEZDGNBVGY3TQOJQ") == secret
+
+
+def test_a_pin_locks_after_n_failures_with_growing_backoff() -> None:
+    clock = Clock()
+    pin = SecretFactor("pin", AttemptLimiter(max_failures=3, base_lockout_s=30, clock=clock))
+    stored = hash_secret("4921")
+    for _ in range(3):
+        with pytest.raises(FactorError, match=r"identity\.wrong"):
+            pin.verify("caller-1", "0000", stored)
+    with pytest.raises(FactorError, match=r"identity\.locked"):
+        pin.verify("caller-1", "4921", stored)  # even the right PIN, while locked
+    clock.now += 31
+    pin.verify("caller-1", "4921", stored)
+    for _ in range(3):
+        with pytest.raises(FactorError):
+            pin.verify("caller-1", "1111", stored)
+    clock.now += 31
+    with pytest.raises(FactorError, match=r"identity\.locked"):  # second lockout: 60 s
+        pin.verify("caller-1", "4921", stored)
+    clock.now += 30
+    pin.verify("caller-1", "4921", stored)
+    pin.verify("caller-2", "4921", stored)  # another caller was never locked
+
+
+def test_spoken_answers_are_normalized_and_unknown_callers_fail_the_same_way() -> None:
+    knowledge = SecretFactor("knowledge", AttemptLimiter())
+    knowledge.verify("c", "  Fluffy  ", hash_secret("fluffy"))
+    with pytest.raises(FactorError, match=r"identity\.wrong"):
+        knowledge.verify("nobody", "fluffy", None)
+
+
+def test_a_totp_code_works_once_and_only_within_its_window() -> None:
+    clock = Clock(1_700_000_000.0)
+    secret = b"a secret of twenty b"
+    factor = TotpFactor(AttemptLimiter(max_failures=10), clock=clock)
+    code = totp(secret, int(clock.now // 30))
+    factor.verify("c", code, secret)
+    with pytest.raises(FactorError, match=r"identity\.reused"):
+        factor.verify("c", code, secret)
+    clock.now += 31
+    factor.verify("c", totp(secret, int(clock.now // 30)), secret)
+    old = totp(secret, int(clock.now // 30) - 3)
+    with pytest.raises(FactorError, match=r"identity\.wrong"):
+        factor.verify("c", old, secret)
+    with pytest.raises(FactorError, match=r"identity\.wrong"):
+        factor.verify("c", code, None)  # nothing enrolled
+
+
+def test_out_of_band_codes_are_single_use_and_expire() -> None:
+    clock = Clock()
+    outbox: list[tuple[str, str]] = []
+    codes = OneTimeCodes(
+        lambda who, code: outbox.append((who, code)), AttemptLimiter(), ttl_s=300, clock=clock
+    )
+    codes.issue("c")
+    code = outbox[-1][1]
+    codes.verify("c", f"{code[:3]} {code[3:]}")  # read out in two groups
+    with pytest.raises(FactorError):
+        codes.verify("c", code)
+    codes.issue("c")
+    clock.now += 301
+    with pytest.raises(FactorError):
+        codes.verify("c", outbox[-1][1])
+
+
+def test_sliding_window_limits_each_key_and_forgets_old_ones() -> None:
+    clock = Clock()
+    window = SlidingWindow(limit=5, window_s=60, max_keys=100, clock=clock)
+    assert [window.allow("flooder") for _ in range(7)] == [True] * 5 + [False] * 2
+    assert window.allow("someone else")
+    clock.now += 61
+    assert window.allow("flooder")
+    for i in range(1000):
+        window.allow(f"caller-{i}")
+    assert window.tracked_keys() == 100  # bounded memory
+
+
+def test_concurrency_limit_refuses_instead_of_queueing() -> None:
+    limit = ConcurrencyLimit(2)
+    with limit.slot() as first, limit.slot() as second, limit.slot() as third:
+        assert (first, second, third) == (True, True, False)
+        assert limit.active == 2
+    assert limit.active == 0
