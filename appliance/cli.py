@@ -221,7 +221,7 @@ def event_record(event: TurnEvent) -> dict[str, Any]:
     record: dict[str, Any] = {"type": event.type.value, "t_ms": round(event.t_ms, 1)}
     if event.frame_index is not None:
         record["frame"] = event.frame_index
-    record.update({k: v for k, v in event.data.items() if k != "text"})
+    record.update({k: v for k, v in event.data.items() if k not in ("text", "reply")})
     return record
 
 
@@ -231,7 +231,7 @@ def _round(value: float | None) -> float | None:
 
 def _call(args: argparse.Namespace, settings: Settings) -> int:
     from appliance.audio_io.wav import WavSink, WavSource
-    from appliance.service import VoiceService, open_storage
+    from appliance.service import VoiceService, open_storage, run_call
 
     source = WavSource(args.wav, frame_ms=settings.audio.frame_ms, realtime=args.realtime)
     if not args.out.parent.is_dir():
@@ -239,17 +239,24 @@ def _call(args: argparse.Namespace, settings: Settings) -> int:
     storage = open_storage(settings)
     service = VoiceService.load(settings)
     sink = WavSink(args.out, settings.audio.output_sample_rate_hz)
-    record = storage.start_call(args.caller or None, channel="wav")
-    session = service.session(source, sink, recorder=record)
     try:
-        turns = asyncio.run(session.run())
+        outcome = asyncio.run(
+            run_call(service, storage, source, sink, caller_id=args.caller or None, channel="wav")
+        )
     finally:
         storage.close()
+    if outcome.refused:
+        print(
+            f"appliance: call refused ({outcome.refused}); the caller heard the busy reply",
+            file=sys.stderr,
+        )
+        return EXIT_ERROR
+    turns = outcome.turns
     if args.json:
         print(
             json.dumps(
                 {
-                    "call_id": record.call_id,
+                    "call_id": outcome.call_id,
                     "input": str(args.wav),
                     "output": str(args.out),
                     "realtime": args.realtime,
@@ -260,7 +267,7 @@ def _call(args: argparse.Namespace, settings: Settings) -> int:
             )
         )
         return 0
-    print(f"call {record.call_id}: {args.wav} ({source.audio.duration_s:.1f} s) -> {args.out}")
+    print(f"call {outcome.call_id}: {args.wav} ({source.audio.duration_s:.1f} s) -> {args.out}")
     print(f"models loaded in {service.load_seconds['total']:.2f} s")
     for turn in turns:
         print(f"\nturn {turn.index}")
@@ -303,7 +310,7 @@ def _say(args: argparse.Namespace, settings: Settings) -> int:
 def _listen(settings: Settings) -> int:
     from appliance.audio_io.device import MicrophoneSource, SpeakerSink
     from appliance.core.events import EventType
-    from appliance.service import VoiceService, open_storage
+    from appliance.service import VoiceService, open_storage, run_call
 
     source = MicrophoneSource(settings.audio.input_device, settings.audio.frame_ms)
     sink = SpeakerSink(
@@ -313,30 +320,24 @@ def _listen(settings: Settings) -> int:
     sink.check()
     storage = open_storage(settings)
     service = VoiceService.load(settings)
-    record = storage.start_call(None, channel="microphone")
 
     def show(event: TurnEvent) -> None:
         if event.type is EventType.TRANSCRIPT:
             print(f"caller: {event.data.get('text', '')}", flush=True)
-        elif event.type is EventType.TURN_END:
-            turn = session.turns[-1] if session.turns else None
-            if turn is not None and turn.reply:
-                print(f"agent:  {turn.reply}", flush=True)
-
-    session = service.session(source, sink, on_event=show, recorder=record)
+        elif event.type is EventType.TURN_END and event.data.get("reply"):
+            print(f"agent:  {event.data['reply']}", flush=True)
 
     async def converse() -> None:
         try:
-            await session.run()
+            await run_call(service, storage, source, sink, channel="microphone", on_event=show)
         finally:
             source.close()
 
-    print(f"call {record.call_id}: listening; press Ctrl-C to stop", file=sys.stderr, flush=True)
+    print("listening; press Ctrl-C to stop", file=sys.stderr, flush=True)
     try:
         with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C is how a conversation ends
             asyncio.run(converse())
     finally:
-        record.finish("ended")
         storage.close()
     return 0
 

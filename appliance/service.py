@@ -3,6 +3,7 @@ rooms together (the CLI and the benchmarks go through it)."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import os
 import time
@@ -12,13 +13,16 @@ from typing import Any
 
 from appliance.config.manifest import model_spec
 from appliance.config.settings import Settings
+from appliance.core.audio import frame_bytes
+from appliance.core.events import EventType, TurnEvent
 from appliance.core.ports import AudioSink, AudioSource, CallRecorder, TurnGuard
 from appliance.engines.llm import LlamaChat
 from appliance.engines.stt import WhisperTranscriber
 from appliance.engines.tts import PiperSynthesizer
 from appliance.engines.vad import WebRtcVad
 from appliance.guard.call import CallGuard
-from appliance.pipeline.run import CallSession, Engines, EventHandler, PipelineConfig
+from appliance.identity.abuse import AbuseMonitor, Action
+from appliance.pipeline.run import CallSession, Engines, EventHandler, PipelineConfig, TurnResult
 from appliance.storage.keys import default_key_path, load_or_create, read_key
 from appliance.storage.repository import Storage
 
@@ -59,6 +63,9 @@ def pipeline_config(settings: Settings) -> PipelineConfig:
         output_sample_rate_hz=settings.audio.output_sample_rate_hz,
         fallback_reply=settings.llm.fallback_reply,
         record_audio=settings.retention.record_audio,
+        max_call_s=settings.limits.max_call_s,
+        turns_per_minute=settings.limits.turns_per_minute,
+        goodbye_reply=settings.limits.goodbye_reply,
     )
 
 
@@ -70,6 +77,11 @@ class VoiceService:
     engines: Engines
     config: PipelineConfig
     load_seconds: dict[str, float] = field(default_factory=dict)
+    monitor: AbuseMonitor | None = None
+
+    def __post_init__(self) -> None:
+        if self.monitor is None:
+            self.monitor = AbuseMonitor(self.settings.limits)
 
     @classmethod
     def load(cls, settings: Settings) -> VoiceService:
@@ -140,3 +152,90 @@ class VoiceService:
 
     def new_guard(self) -> CallGuard:
         return CallGuard(self.settings.policy, self.settings.llm.system_prompt)
+
+
+@dataclass
+class CallOutcome:
+    call_id: str | None
+    turns: list[TurnResult]
+    refused: str = ""
+    """Why the call was not taken (a limit), or empty."""
+    end_reason: str = ""
+
+
+async def run_call(
+    service: VoiceService,
+    storage: Storage,
+    source: AudioSource,
+    sink: AudioSink,
+    *,
+    caller_id: str | None = None,
+    address: str | None = None,
+    channel: str = "wav",
+    on_event: EventHandler | None = None,
+) -> CallOutcome:
+    """One call, start to end, with admission, abuse handling, storage and guardrails.
+
+    Refused calls (a flood, a blocked caller, too many at once) hear the busy reply and leave an
+    audit event; the first refusal of a flood opens an incident. Repeated probing in a call
+    (guard blocks) warns, ends the call or blocks the caller, as ``[limits] probe_action`` says.
+    """
+    monitor = service.monitor
+    assert monitor is not None
+    caller_key = await asyncio.to_thread(storage.caller_hash, caller_id) if caller_id else None
+    who = f"caller:{caller_key[:16]}" if caller_key else "caller:anonymous"
+    admission = monitor.admit(caller_key, address)
+    if not admission.allowed:
+        await asyncio.to_thread(
+            _refuse, storage, who, admission.reason, admission.incident, caller_key
+        )
+        rate = sink.sample_rate_hz
+        pcm = b"".join(
+            c.pcm for c in service.engines.tts.synthesize(service.settings.limits.busy_reply, rate)
+        )
+        frame = frame_bytes(rate, service.settings.audio.frame_ms)
+        for start in range(0, len(pcm), frame):
+            await sink.write_frame(pcm[start : start + frame].ljust(frame, b"\0"))
+        await sink.close()
+        return CallOutcome(None, [], refused=admission.reason)
+    try:
+        record = await asyncio.to_thread(storage.start_call, caller_id, channel)
+        probes = 0
+        session: CallSession | None = None
+        loop = asyncio.get_running_loop()
+        writes: list[asyncio.Future[str]] = []
+
+        def watch(event: TurnEvent) -> None:
+            nonlocal probes
+            if on_event is not None:
+                on_event(event)
+            if event.type is not EventType.GUARD_INPUT or event.data.get("verdict") != "block":
+                return
+            probes += 1
+            action = monitor.probe(caller_key, probes)
+            if action is Action.NONE:
+                return
+            summary = f"{probes} blocked turns; action {action}"
+            writes.append(  # storage off the event loop
+                loop.run_in_executor(
+                    None,
+                    lambda: storage.open_incident(
+                        "probing", "medium", summary, call_id=record.call_id
+                    ),
+                )
+            )
+            if action in (Action.END_CALL, Action.BLOCK_CALLER) and session is not None:
+                session.end(f"abuse:{action}", service.settings.limits.goodbye_reply)
+
+        session = service.session(source, sink, on_event=watch, recorder=record)
+        turns = await session.run()
+        await asyncio.gather(*writes, return_exceptions=True)
+        return CallOutcome(record.call_id, turns, end_reason=session.end_reason)
+    finally:
+        monitor.release()
+
+
+def _refuse(storage: Storage, who: str, reason: str, incident: str, caller_key: str | None) -> None:
+    storage.log_event("system", "call_refused", who, reason)
+    if incident:
+        storage.open_incident(incident, "high", f"calls refused: {reason}", caller_hash=caller_key)

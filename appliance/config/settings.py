@@ -250,6 +250,45 @@ class PolicySettings:
 
 
 @dataclass(frozen=True)
+class LimitsSettings:
+    """Rate limits, quotas and abuse handling: excess is refused politely, never queued."""
+
+    max_concurrent_calls: int = 4
+    calls_per_caller_per_hour: int = 20
+    calls_per_address_per_minute: int = 30
+    turns_per_minute: int = 20
+    max_call_s: int = 1800
+    probes_per_call: int = 3
+    """Guard blocks in one call before the probe action is taken."""
+    probes_per_caller_per_day: int = 6
+    """Guard blocks across one caller's calls in a day before the probe action is taken."""
+    probe_action: str = "end_call"
+    """warn (log and incident), end_call (goodbye and hang up, incident), block_caller (end the
+    call and refuse the caller for block_minutes, incident)."""
+    block_minutes: int = 60
+    busy_reply: str = "I'm sorry, we can't take your call right now. Please call again later."
+    goodbye_reply: str = "Thank you for calling. Goodbye."
+
+    def __post_init__(self) -> None:
+        for key in (
+            "max_concurrent_calls",
+            "calls_per_caller_per_hour",
+            "calls_per_address_per_minute",
+            "turns_per_minute",
+            "probes_per_call",
+            "probes_per_caller_per_day",
+            "block_minutes",
+        ):
+            _check(getattr(self, key) >= 1, f"limits.{key}", "at least 1")
+        _check(60 <= self.max_call_s <= 24 * 3600, "limits.max_call_s", "60 to 86400")
+        _check(
+            self.probe_action in ("warn", "end_call", "block_caller"),
+            "limits.probe_action",
+            "warn, end_call or block_caller",
+        )
+
+
+@dataclass(frozen=True)
 class ToolsSettings:
     enabled: tuple[str, ...] = ("transfer_to_human",)
     """The tools this deployment uses; the model is shown only these."""
@@ -316,6 +355,7 @@ class Settings:
     models: ModelsSettings = field(default_factory=ModelsSettings)
     policy: PolicySettings = field(default_factory=PolicySettings)
     tools: ToolsSettings = field(default_factory=ToolsSettings)
+    limits: LimitsSettings = field(default_factory=LimitsSettings)
     storage: StorageSettings = field(default_factory=StorageSettings)
     retention: RetentionSettings = field(default_factory=RetentionSettings)
     source: str = "defaults"
@@ -331,6 +371,7 @@ SECTIONS: dict[str, type[Any]] = {
     "models": ModelsSettings,
     "policy": PolicySettings,
     "tools": ToolsSettings,
+    "limits": LimitsSettings,
     "storage": StorageSettings,
     "retention": RetentionSettings,
 }

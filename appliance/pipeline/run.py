@@ -87,6 +87,14 @@ class PipelineConfig:
     fallback_reply: str = "Sorry, something went wrong on my side. Could you say that again?"
     record_audio: bool = False
     """Keep the caller's utterances with each stored turn (only when retention allows it)."""
+    max_call_s: float = 3600.0
+    """The call is ended, with ``goodbye_reply``, when it lasts this long."""
+    turns_per_minute: int = 30
+    """More turns than this in a minute get ``slow_down_reply`` instead of an answer."""
+    goodbye_reply: str = "Thank you for calling. Goodbye."
+    slow_down_reply: str = (
+        "I'm sorry, that's a lot of requests in a short time. Please wait a moment."
+    )
 
 
 @dataclass
@@ -175,6 +183,9 @@ class CallSession:
         self._response: _Response | None = None
         self._speaking: _Response | None = None
         self.turns: list[TurnResult] = []
+        self.end_reason = ""
+        self._goodbye: str | None = None
+        self._turn_ticks: list[int] = []
         self.frames_written = 0
         self.underruns = 0
 
@@ -184,11 +195,14 @@ class CallSession:
         """Run the call until its source ends and the last reply has been played."""
         self._t0 = self._clock()
         try:
-            while (frame := await self._source.read_frame()) is not None:
+            max_ticks = int(self._config.max_call_s * 1000 / self._frame_ms)
+            while not self.end_reason and (frame := await self._source.read_frame()) is not None:
                 self._on_input(frame)
                 await self._output_tick()
                 self._tick += 1
-            if self._endpointer.flush() is Decision.SPEECH_END:
+                if self._tick >= max_ticks and not self.end_reason:
+                    self.end("max_call_length", self._config.goodbye_reply)
+            if not self.end_reason and self._endpointer.flush() is Decision.SPEECH_END:
                 self._speech_end()
             await self._drain()
         finally:
@@ -202,7 +216,8 @@ class CallSession:
         if self._recorder is None:
             return
         try:
-            await _in_worker(Stage.STORAGE, self._recorder.finish, "ended")
+            status = f"ended:{self.end_reason}" if self.end_reason else "ended"
+            await _in_worker(Stage.STORAGE, self._recorder.finish, status)
         except ApplianceError as exc:
             log.error("call record could not be closed: %s", exc.code)
 
@@ -215,6 +230,27 @@ class CallSession:
             if self._source.realtime:
                 deadline += self._frame_ms / 1000
                 await asyncio.sleep(max(0.0, deadline - time.monotonic()))
+
+    def end(self, reason: str, goodbye: str | None = None) -> None:
+        """End the call: stop listening, say ``goodbye`` (if any) after what is playing, hang up.
+        For the service (abuse, quotas) and the call's own limits."""
+        if self.end_reason:
+            return
+        self.end_reason = reason
+        self._goodbye = goodbye
+        log.info("call ending: %s", reason)
+        if self._response is not None and not self._response.released:
+            self._discard_speculation()
+        self._maybe_goodbye()
+
+    def _maybe_goodbye(self) -> None:
+        """Once nothing else is being said, start the goodbye of an ending call."""
+        if not self._goodbye or self._response is not None or self._speaking is not None:
+            return
+        goodbye, self._goodbye = self._goodbye, None
+        self._turn = TurnResult(index=len(self.turns) + 1)
+        self.turns.append(self._turn)
+        self._start_response(b"", speculative=False, fixed_reply=goodbye)
 
     def _now_ms(self) -> float:
         return (self._clock() - self._t0) * 1000.0
@@ -247,6 +283,12 @@ class CallSession:
         turn = self._turn
         assert turn is not None
         self._emit(turn, EventType.SPEECH_END, frame_index=self._tick)
+        minute = 60_000 // self._frame_ms
+        self._turn_ticks = [t for t in self._turn_ticks if self._tick - t < minute] + [self._tick]
+        if len(self._turn_ticks) > self._config.turns_per_minute:
+            self._discard_speculation()
+            self._start_response(b"", speculative=False, fixed_reply=self._config.slow_down_reply)
+            return
         pending = self._response
         if pending is not None and not pending.released and pending.turn is turn:
             self._release(pending)
@@ -281,12 +323,14 @@ class CallSession:
 
     # -- responses ----------------------------------------------------------------------------
 
-    def _start_response(self, audio: bytes, *, speculative: bool) -> None:
+    def _start_response(
+        self, audio: bytes, *, speculative: bool, fixed_reply: str | None = None
+    ) -> None:
         assert self._turn is not None
         response = _Response(self._turn, speculative)
         if self._config.record_audio:
             response.utterance = audio
-        response.task = asyncio.create_task(self._respond(response, audio))
+        response.task = asyncio.create_task(self._respond(response, audio, fixed_reply))
         self._response = response
 
     def _release(self, response: _Response) -> None:
@@ -338,9 +382,14 @@ class CallSession:
             self._speaking = None
         if self._response is response:
             self._response = None
+        self._maybe_goodbye()
         if self._recorder is None:
             self._emit(
-                turn, EventType.TURN_END, frame_index=self._tick, interrupted=turn.interrupted
+                turn,
+                EventType.TURN_END,
+                frame_index=self._tick,
+                interrupted=turn.interrupted,
+                reply=turn.reply,
             )
             return
         guard: dict[str, str | list[str]] = {}
@@ -385,6 +434,7 @@ class CallSession:
             frame_index=frame_index,
             interrupted=turn.interrupted,
             stored=turn.stored,
+            reply=turn.reply,
         )
 
     async def _cancel_all(self) -> None:
@@ -394,10 +444,14 @@ class CallSession:
                 with contextlib.suppress(asyncio.CancelledError):
                     await response.task
 
-    async def _respond(self, response: _Response, audio: bytes) -> None:
+    async def _respond(self, response: _Response, audio: bytes, fixed_reply: str | None) -> None:
         """STT -> LLM -> sentences -> TTS for one turn; the one place a turn's errors land."""
         try:
-            await self._compute_reply(response, audio)
+            if fixed_reply is not None:  # a limit or the call's end speaks, not the model
+                response.reply = fixed_reply
+                response.audio.extend(await _in_worker(Stage.TTS, self._synthesize, fixed_reply))
+            else:
+                await self._compute_reply(response, audio)
         except asyncio.CancelledError:
             response.cancel.set()
             raise

@@ -340,6 +340,36 @@ class Storage:
             ).all()
             return [self._call_view(c, []) for c in calls]
 
+    def open_incident(
+        self,
+        kind: str,
+        severity: str,
+        summary: str,
+        *,
+        call_id: str | None = None,
+        caller_hash: str | None = None,
+    ) -> str:
+        """An incident for a person to follow up (codes and counts only), and its audit event."""
+        with self.session("open incident") as session:
+            caller_row = None
+            if caller_hash:
+                caller = session.scalars(
+                    select(Caller).where(Caller.caller_hash == caller_hash)
+                ).first()
+                caller_row = caller.id if caller else None
+            incident = Incident(
+                call_id=call_id,
+                caller_id=caller_row,
+                kind=kind,
+                severity=severity,
+                summary=summary,
+                opened_at=self.clock(),
+            )
+            session.add(incident)
+            session.flush()
+            self.audit_in(session, SYSTEM_ACTOR, "incident_opened", f"incident:{incident.id}", kind)
+            return incident.id
+
     def list_incidents(self, limit: int = 200) -> list[dict[str, str | None]]:
         """Incidents carry codes and counts, never what was said: no content, no audit."""
         with self.session("list incidents") as session:

@@ -73,35 +73,52 @@ def sqlite_engine(path: Path, key: bytes | None) -> Engine:
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, record: Any) -> None:
-        # Let SQLAlchemy, not the driver, decide when transactions begin (BEGIN IMMEDIATE would
-        # be stricter; BEGIN keeps readers concurrent under WAL).
+        # Let SQLAlchemy, not the driver, decide when transactions begin.
         dbapi_connection.isolation_level = None
 
     @event.listens_for(engine, "begin")
     def _on_begin(connection: Any) -> None:
-        connection.exec_driver_sql("BEGIN")
+        # IMMEDIATE takes the write lock up front: a transaction that reads, then writes,
+        # would otherwise fail with SQLITE_BUSY when another writer committed in between
+        # (WAL cannot upgrade a stale read snapshot). busy_timeout makes the others wait.
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
 
     return engine
 
 
+def _pragma(engine: Engine, sql: str) -> list[Any]:
+    """Run a PRAGMA on a pooled connection outside any transaction (SQLite refuses a
+    checkpoint or a re-key inside one)."""
+    raw = engine.raw_connection()
+    try:
+        cursor = raw.cursor()
+        try:
+            cursor.execute(sql)
+            return list(cursor.fetchall())
+        finally:
+            cursor.close()
+    except Exception as exc:  # the driver's own errors: a damaged file, a wrong key
+        if isinstance(exc, StorageError):
+            raise
+        raise StorageError("storage.failed", f"{sql.split('=')[0].strip()}: {exc}") from exc
+    finally:
+        raw.close()
+
+
 def checkpoint(engine: Engine) -> None:
     """Move the WAL into the file and truncate it (after an erasure: nothing left behind)."""
-    with engine.connect() as connection:
-        connection.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+    _pragma(engine, "PRAGMA wal_checkpoint(TRUNCATE)")
 
 
 def integrity_check(engine: Engine) -> list[str]:
     """``['ok']`` when the file is sound (and, under SQLCipher, every page's HMAC holds)."""
-    with engine.connect() as connection:
-        rows = connection.exec_driver_sql("PRAGMA integrity_check").fetchall()
-    return [str(row[0]) for row in rows]
+    return [str(row[0]) for row in _pragma(engine, "PRAGMA integrity_check")]
 
 
 def rekey(engine: Engine, new_key: bytes) -> None:
     """Re-encrypt every page under ``new_key`` (the old key then opens nothing)."""
     engine.dispose()
-    with engine.connect() as connection:
-        connection.exec_driver_sql(f"PRAGMA rekey = \"x'{new_key.hex()}'\"")
+    _pragma(engine, f"PRAGMA rekey = \"x'{new_key.hex()}'\"")
     engine.dispose()
 
 
