@@ -114,8 +114,11 @@ async def sequential_turn(service: VoiceService, pcm: bytes) -> dict[str, float]
 
     def compute() -> None:
         transcript = engines.stt.transcribe(utterance, PIPELINE_SAMPLE_RATE_HZ)
-        dialogue = Dialogue(service.config.system_prompt, service.config.history_turns)
-        prompt = dialogue.messages_for(transcript.text)
+        # The same guardrails and prompt as the streaming pipeline: only the schedule differs.
+        guard = service.new_guard()
+        decision = guard.screen_input(transcript.text)
+        dialogue = Dialogue(guard.system_prompt, service.config.history_turns)
+        prompt = dialogue.messages_for(decision.llm_text or transcript.text)
         reply = "".join(engines.llm.stream_chat(prompt, service.config.max_reply_tokens))
         b"".join(c.pcm for c in engines.tts.synthesize(reply, service.config.output_sample_rate_hz))
 
