@@ -14,7 +14,9 @@ def test_shipped_file_matches_the_built_in_defaults(tmp_path: Path) -> None:
     env = {"APPLIANCE_HOME": str(tmp_path)}
     from_file = load_settings(DEFAULT_CONFIG_FILE, environ=env)
     builtin = Settings(home=tmp_path)
-    for section in ("audio", "endpointing", "stt", "llm", "tts", "models"):
+    from appliance.config.settings import SECTIONS
+
+    for section in SECTIONS:
         assert getattr(from_file, section) == getattr(builtin, section), section
 
 
