@@ -483,12 +483,6 @@ def load_settings(
     return Settings(home=home, source=source, **sections)
 
 
-def replace_section(settings: Settings, section: str, **changes: Any) -> Settings:
-    """A copy of ``settings`` with some keys of one section changed (validated again)."""
-    current = getattr(settings, section)
-    return dataclasses.replace(settings, **{section: dataclasses.replace(current, **changes)})
-
-
 __all__ = [
     "AudioSettings",
     "EndpointingSettings",
@@ -501,5 +495,4 @@ __all__ = [
     "SttSettings",
     "TtsSettings",
     "load_settings",
-    "replace_section",
 ]

@@ -30,10 +30,6 @@ def frame_bytes(sample_rate_hz: int, frame_ms: int) -> int:
     return sample_rate_hz * frame_ms // 1000 * SAMPLE_WIDTH_BYTES
 
 
-def silence(n_bytes: int) -> bytes:
-    return bytes(n_bytes)
-
-
 def is_silent(pcm: bytes) -> bool:
     """True when every sample is zero (what a sink receives while the agent is quiet)."""
     return not any(pcm)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -205,7 +205,3 @@ class ToolBox:
         finally:
             if self.audit is not None:
                 self.audit(caller, name, dict(arguments), outcome)
-
-
-def names(tools: Iterable[Tool]) -> list[str]:
-    return [t.name for t in tools]
