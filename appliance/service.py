@@ -7,6 +7,7 @@ import asyncio
 import dataclasses
 import os
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,8 @@ from appliance.identity.abuse import AbuseMonitor, Action
 from appliance.pipeline.run import CallSession, Engines, EventHandler, PipelineConfig, TurnResult
 from appliance.storage.keys import default_key_path, load_or_create, read_key
 from appliance.storage.repository import Storage
+from appliance.tools.demo import DemoBank, demo_tools
+from appliance.tools.registry import ToolBox
 
 # No library may reach a model hub or send telemetry: everything is local (set before the
 # model libraries are imported).
@@ -149,6 +152,15 @@ class VoiceService:
             recorder=recorder,
             guard=guard or self.new_guard(),
         )
+
+    def toolbox(self, storage: Storage, call_id: str) -> ToolBox:
+        """The deployment's tools for one call; every call of a tool lands in the audit trail
+        (and the tool_calls table, its arguments sealed under the call's key)."""
+
+        def audit(caller: str, tool: str, arguments: Mapping[str, Any], outcome: str) -> None:
+            storage.record_tool_call(call_id, tool, arguments, outcome, actor=f"caller:{caller}")
+
+        return ToolBox(demo_tools(DemoBank()), frozenset(self.settings.tools.enabled), audit=audit)
 
     def new_guard(self) -> CallGuard:
         return CallGuard(self.settings.policy, self.settings.llm.system_prompt)

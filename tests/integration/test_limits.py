@@ -143,3 +143,38 @@ def test_limits_are_validated() -> None:
 
     with pytest.raises(ConfigError, match="probe_action"):
         LimitsSettings(probe_action="shout")
+
+
+def test_every_tool_call_is_audited_with_its_arguments_sealed(tmp_path: Path) -> None:
+    from sqlalchemy import select
+
+    from appliance.identity.levels import Assurance
+    from appliance.storage.schema import AuditEvent, ToolCall
+    from appliance.tools.registry import StepUpRequired
+
+    service, store = fake_service(tmp_path, ["hi"])
+    service = dataclasses.replace(
+        service,
+        settings=dataclasses.replace(
+            service.settings,
+            tools=dataclasses.replace(
+                service.settings.tools, enabled=("account_balance", "transfer_to_human")
+            ),
+        ),
+    )
+    call_id = store.start_call("+15550100", "test").call_id
+    box = service.toolbox(store, call_id)
+    with pytest.raises(StepUpRequired):
+        box.call("+15550100", "account_balance", {}, level=Assurance.ONE_FACTOR)
+    box.call("+15550100", "transfer_to_human", {"reason": "complaint"}, level=Assurance.ANONYMOUS)
+    with store.session("look") as session:
+        rows = [(t.tool, t.outcome) for t in session.scalars(select(ToolCall))]
+        sealed = [t.arguments for t in session.scalars(select(ToolCall))]
+        actions = [
+            e.outcome
+            for e in session.scalars(select(AuditEvent).where(AuditEvent.action == "tool_call"))
+        ]
+    assert rows == [("account_balance", "tools.step_up"), ("transfer_to_human", "ok")]
+    assert all(b"complaint" not in (s or b"") for s in sealed)
+    assert actions == ["tools.step_up", "ok"]
+    store.close()
