@@ -81,6 +81,7 @@ class VoiceService:
     config: PipelineConfig
     load_seconds: dict[str, float] = field(default_factory=dict)
     monitor: AbuseMonitor | None = None
+    _busy: dict[int, bytes] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.monitor is None:
@@ -162,6 +163,15 @@ class VoiceService:
 
         return ToolBox(demo_tools(DemoBank()), frozenset(self.settings.tools.enabled), audit=audit)
 
+    def busy_audio(self, sample_rate_hz: int) -> bytes:
+        """The busy reply, synthesized once per rate: a flood must not cost a synthesis a call."""
+        cached = self._busy.get(sample_rate_hz)
+        if cached is None:
+            text = self.settings.limits.busy_reply
+            cached = b"".join(c.pcm for c in self.engines.tts.synthesize(text, sample_rate_hz))
+            self._busy[sample_rate_hz] = cached
+        return cached
+
     def new_guard(self) -> CallGuard:
         return CallGuard(self.settings.policy, self.settings.llm.system_prompt)
 
@@ -202,9 +212,7 @@ async def run_call(
             _refuse, storage, who, admission.reason, admission.incident, caller_key
         )
         rate = sink.sample_rate_hz
-        pcm = b"".join(
-            c.pcm for c in service.engines.tts.synthesize(service.settings.limits.busy_reply, rate)
-        )
+        pcm = await asyncio.to_thread(service.busy_audio, rate)
         frame = frame_bytes(rate, service.settings.audio.frame_ms)
         for start in range(0, len(pcm), frame):
             await sink.write_frame(pcm[start : start + frame].ljust(frame, b"\0"))

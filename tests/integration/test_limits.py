@@ -61,6 +61,8 @@ def test_a_flood_of_calls_is_limited_an_incident_opened_and_others_still_served(
     assert {o.refused for o in refused} == {"limit.caller"}  # type: ignore[attr-defined]
     incidents = store.list_incidents()
     assert [(i["kind"], i["severity"]) for i in incidents] == [("flood", "high")]  # one, not 90
+    busy = service.settings.limits.busy_reply
+    assert service.engines.tts.spoken.count(busy) == 1  # type: ignore[attr-defined]  # cached
     good = one_call(service, store, "+15550777", tone(0.8) + quiet(2.0))
     assert not good.refused and good.turns[0].reply == "Sure."  # type: ignore[attr-defined]
     assert service.monitor is not None and service.monitor.calls.active == 0
