@@ -3,6 +3,7 @@ caller's microphone and the agent's speaker (PortAudio -> ALSA -> PulseAudio).""
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
 import selectors
@@ -125,11 +126,12 @@ def test_listen_hears_the_microphone_and_answers_on_the_speaker(
     assert reply
     # The agent's voice came out of the speaker: transcribe what the 'agent' sink played.
     played = service.engines.stt.transcribe(to_pipeline_pcm(read_wav(heard)), 16_000)
-    words = re.findall(r"[a-z']+", played.text.lower())
-    said = set(re.findall(r"[a-z']+", reply.lower()))
-    # A short reply makes word error rate noisy: ask that what came out is the reply's words.
-    assert len(words) >= 2 and sum(w in said for w in words) >= 0.7 * len(words), (
-        reply,
-        played.text,
-    )
+
+    # Compare letters and digits only: "12:30pm" comes back as "12.30 p.m.", and a short reply
+    # makes word error rate noisy.
+    def squash(text: str) -> str:
+        return re.sub(r"[^a-z0-9]", "", text.lower())
+
+    similarity = difflib.SequenceMatcher(None, squash(reply), squash(played.text)).ratio()
+    assert len(squash(played.text)) >= 6 and similarity >= 0.6, (reply, played.text)
     assert "Traceback" not in errors
