@@ -536,6 +536,9 @@ class CallSession:
                         break
             if response.output_reasons:
                 assert self._guard is not None
+                if first_sentence:  # the fallback is the first thing said
+                    first_sentence = False
+                    self._hold_or_emit(response, EventType.FIRST_SENTENCE)
                 sentences.put_nowait(self._guard.fallback_reply)
                 spoken = f"{spoken} {self._guard.fallback_reply}".strip()
             response.reply = spoken if self._guard is not None else response.reply.strip()

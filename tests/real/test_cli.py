@@ -39,7 +39,8 @@ def test_call_prints_one_json_object_per_call(
     assert wer(QUESTION, turn["transcript"]) <= 0.25
     assert turn["reply"]
     assert isinstance(turn["voice_to_voice_ms"], float)
-    types = [e["type"] for e in turn["events"]]
+    # guard_output appears when layer 3 stopped a sentence (the model is stochastic).
+    types = [e["type"] for e in turn["events"] if e["type"] != "guard_output"]
     assert types == [
         "speech_start",
         "speech_end",
@@ -54,7 +55,7 @@ def test_call_prints_one_json_object_per_call(
     reply = read_wav(out)
     assert reply.sample_rate_hz == 22_050 and reply.duration_s > 1.0
     # No transcript or reply text in the log stream.
-    assert QUESTION.split()[2] not in result.stderr
+    assert "saturday" not in result.stderr.lower()
 
 
 def test_call_prints_a_readable_transcript_with_timings(

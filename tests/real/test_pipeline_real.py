@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import difflib
+import re
 
 import numpy as np
 import soxr
@@ -31,7 +33,8 @@ def test_a_wav_with_two_questions_yields_two_turns(service: VoiceService) -> Non
     turns, sink = call(service, pcm, max_reply_tokens=40)
     assert len(turns) == 2
     for turn, question in zip(turns, (Q1, Q2), strict=True):
-        assert [e.type for e in turn.events] == ORDER
+        # GUARD_OUTPUT appears when layer 3 stopped a sentence of the (stochastic) model.
+        assert [e.type for e in turn.events if e.type is not EventType.GUARD_OUTPUT] == ORDER
         assert wer(question, turn.transcript) <= 0.25, turn.transcript
         assert turn.reply.strip()
         assert turn.voice_to_voice_ms is not None
@@ -44,7 +47,13 @@ def test_a_wav_with_two_questions_yields_two_turns(service: VoiceService) -> Non
     heard = np.frombuffer(b"".join(sink.frames[start.frame_index : end.frame_index + 1]), "<i2")
     at_16k = soxr.resample(heard, service.config.output_sample_rate_hz, 16_000)
     back = service.engines.stt.transcribe(at_16k.astype("<i2").tobytes(), 16_000)
-    assert wer(turns[0].reply, back.text) <= 0.35, (turns[0].reply, back.text)
+
+    # Letters and digits only: "12:30pm" is heard back as "12.30 p.m.".
+    def squash(text: str) -> str:
+        return re.sub(r"[^a-z0-9]", "", text.lower())
+
+    similarity = difflib.SequenceMatcher(None, squash(turns[0].reply), squash(back.text)).ratio()
+    assert similarity >= 0.7, (turns[0].reply, back.text)
 
 
 def test_barge_in_stops_the_real_reply_within_one_frame(service: VoiceService) -> None:
