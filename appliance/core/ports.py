@@ -79,9 +79,10 @@ class TurnGuard(Protocol):
 
     def screen_input(self, transcript: str) -> InputDecision: ...
 
-    def rewrite_output(self, sentence: str) -> str:
-        """The sentence with contact details the caller did not give replaced by neutral words
-        (a small model invents phone numbers and addresses)."""
+    def vet(self, spoken: str, sentence: str) -> tuple[str, tuple[str, ...]]:
+        """The next sentence as it may be said (contact details the caller did not give, which
+        a small model invents, replaced by neutral words), and the reasons it must not be said
+        after ``spoken``: empty when it may."""
         ...
 
     def screen_output(self, reply: str) -> tuple[str, ...]:

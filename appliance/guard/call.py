@@ -11,7 +11,7 @@ from appliance.core.ports import InputDecision
 from appliance.guard import pii
 from appliance.guard.injection import Verdict, scan
 from appliance.guard.normalize import normalize, squeeze
-from appliance.guard.output import check_reply, shingles
+from appliance.guard.output import check_reply, refused_topics, shingles
 from appliance.guard.prompt import fence, new_canary, rules, system_prompt
 
 PAYMENT_NOT_RECORDED = "[payment details: not recorded]"
@@ -37,7 +37,7 @@ class CallGuard:
         self.confidential = rules(self.canary)
         self._prompt_shingles = shingles(self.confidential)
         self._distress = tuple(squeeze(k) for k in policy.distress_keywords)
-        self._refused = tuple(k.lower() for k in policy.refused_keywords)
+        self._refused = refused_topics(policy.refused_keywords)
         self.state = GuardState()
 
     def screen_input(self, transcript: str) -> InputDecision:
@@ -97,7 +97,7 @@ class CallGuard:
         ):
             return decide(verdict.verdict.value, "", self.policy.blocked_reply, verdict.reasons)
         lowered = text.lower()
-        if any(re.search(rf"\b{re.escape(k)}\b", lowered) for k in self._refused):
+        if self._refused is not None and self._refused.search(lowered):
             return decide("refused_topic", "", self.policy.refusal_reply, ("policy.refused_topic",))
         return decide(verdict.verdict.value, fence(safe_text), None, verdict.reasons)
 
@@ -113,13 +113,19 @@ class CallGuard:
         out.append(sentence[last:])
         return "".join(out)
 
+    def vet(self, spoken: str, sentence: str) -> tuple[str, tuple[str, ...]]:
+        """Layer 3 for the next sentence of a reply: the sentence as it may be said (invented
+        contact details replaced), and the reasons it may not be said after ``spoken``."""
+        sentence = self.rewrite_output(sentence)
+        return sentence, self.screen_output(f"{spoken} {sentence}".strip())
+
     def screen_output(self, reply: str) -> tuple[str, ...]:
         return check_reply(
             reply,
             canary=self.canary,
             prompt_shingles=self._prompt_shingles,
             caller_values=self.state.caller_values,
-            refused_keywords=self._refused,
+            refused=self._refused,
         )
 
     def commit(self, decision: InputDecision) -> None:

@@ -30,13 +30,19 @@ def shingles(text: str, size: int = SHINGLE) -> set[str]:
     return {" ".join(words[i : i + size]) for i in range(len(words) - size + 1)}
 
 
+def refused_topics(keywords: Iterable[str]) -> re.Pattern[str] | None:
+    """One pattern for every refused word or phrase, matched as whole words (lower case)."""
+    words = [re.escape(k.lower()) for k in keywords if k.strip()]
+    return re.compile(rf"\b(?:{'|'.join(words)})\b") if words else None
+
+
 def check_reply(
     reply: str,
     *,
     canary: str,
     prompt_shingles: set[str],
     caller_values: Iterable[str],
-    refused_keywords: Iterable[str],
+    refused: re.Pattern[str] | None,
 ) -> tuple[str, ...]:
     """The reasons ``reply`` must not be spoken (empty when it may)."""
     reasons = []
@@ -54,8 +60,7 @@ def check_reply(
         )
         if value not in known:
             reasons.append(f"output.personal_data.{finding.kind}")
-    lowered = folded.lower()
-    if any(re.search(rf"\b{re.escape(k.lower())}\b", lowered) for k in refused_keywords):
+    if refused is not None and refused.search(folded.lower()):
         reasons.append("output.refused_topic")
     if _ACTIONS.search(folded):
         reasons.append("output.unauthorized_action")

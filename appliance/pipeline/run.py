@@ -509,8 +509,7 @@ class CallSession:
             """Queue a sentence for speech once layer 3 allows it; False stops the reply."""
             nonlocal spoken, first_sentence
             if self._guard is not None:
-                sentence = self._guard.rewrite_output(sentence)
-                reasons = self._guard.screen_output(f"{spoken} {sentence}".strip())
+                sentence, reasons = self._guard.vet(spoken, sentence)
                 if reasons:
                     response.output_reasons = reasons
                     self._hold_or_emit(response, EventType.GUARD_OUTPUT, reasons=",".join(reasons))

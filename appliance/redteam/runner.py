@@ -13,7 +13,7 @@ from __future__ import annotations
 import random
 import time
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -100,22 +100,22 @@ def answer(service: VoiceService, guard: CallGuard, llm_text: str) -> tuple[str,
     spoken = ""
     chunker = SentenceChunker()
     stream = service.engines.llm.stream_chat(messages, service.config.max_reply_tokens)
-    try:
+
+    def sentences() -> Iterator[str]:
         for piece in stream:
-            for sentence in map(guard.rewrite_output, chunker.feed(piece)):
-                reasons = guard.screen_output(f"{spoken} {sentence}".strip())
-                if reasons:
-                    return f"{spoken} {guard.fallback_reply}".strip(), reasons
-                spoken = f"{spoken} {sentence}".strip()
+            yield from chunker.feed(piece)
+        yield from chunker.flush()
+
+    try:
+        for sentence in sentences():
+            sentence, reasons = guard.vet(spoken, sentence)  # as the pipeline does
+            if reasons:
+                return f"{spoken} {guard.fallback_reply}".strip(), reasons
+            spoken = f"{spoken} {sentence}".strip()
     finally:
         close = getattr(stream, "close", None)
         if close is not None:
             close()
-    for sentence in map(guard.rewrite_output, chunker.flush()):
-        reasons = guard.screen_output(f"{spoken} {sentence}".strip())
-        if reasons:
-            return f"{spoken} {guard.fallback_reply}".strip(), reasons
-        spoken = f"{spoken} {sentence}".strip()
     return spoken, ()
 
 

@@ -117,6 +117,7 @@ class Storage:
         self._sessions = sessionmaker(engine, expire_on_commit=False)
         self._keys: dict[str, bytes] = {}
         self._keys_lock = threading.Lock()
+        self._pseudonym_key: bytes | None = None
         self.clock = clock
         with storage_errors("migrate"):
             migrate(engine)
@@ -203,6 +204,12 @@ class Storage:
 
     def caller_hash(self, caller_id: str) -> str:
         """HMAC-SHA256 of the caller ID under the pseudonymization key: stable, not reversible."""
+        if self._pseudonym_key is None:
+            self._pseudonym_key = self._load_pseudonym_key()
+        return hmac.new(self._pseudonym_key, caller_id.encode(), hashlib.sha256).hexdigest()
+
+    def _load_pseudonym_key(self) -> bytes:
+        """Once per process (start_call is a hot path): created on first use, kept wrapped."""
         with self.session("pseudonymize") as session:
             meta = session.get(Meta, PSEUDONYM_KEY)
             if meta is None:
@@ -213,7 +220,7 @@ class Storage:
                 key_id = meta.value
             key = self._data_key(session, key_id) if self.master else b"unencrypted-baseline"
         assert key is not None
-        return hmac.new(key, caller_id.encode(), hashlib.sha256).hexdigest()
+        return key
 
     # -- calls and turns ---------------------------------------------------------------------
 
