@@ -24,6 +24,7 @@ from appliance.storage.maintenance import backup, restore, rotate_master_key
 from appliance.storage.migrations import LATEST, applied_versions
 from appliance.storage.repository import Storage
 from appliance.storage.schema import AuditEvent, Call, DataKey, SchemaMigration, Turn
+from appliance.storage.sqlite import integrity_check as sqlite_integrity_engine
 
 CANARY = "CANARY-PELICAN-7731"
 
@@ -437,3 +438,36 @@ def test_any_text_round_trips_through_storage(store: Storage, said: str, reply: 
     handle.record_turn(TurnRecord(1, said, reply))
     (turn,) = store.read_call(handle.call_id, "tester", "property").turns
     assert (turn.transcript, turn.reply) == (said, reply)
+
+
+def test_a_real_full_disk_on_a_small_tmpfs(tmp_path: Path) -> None:
+    """The file system itself runs out of space (as root: a 1 MiB tmpfs)."""
+    mount = tmp_path / "small"
+    mount.mkdir()
+    made = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)],
+        capture_output=True,
+        check=False,
+    )
+    if made.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {made.stderr.decode().strip()}")
+    try:
+        key = load_or_create(tmp_path / "master.key")
+        store = Storage.open_sqlite(mount / "a.db", key)
+        handle = store.start_call("+1555", "test")
+        handle.record_turn(TurnRecord(1, "committed before the disk filled", "ok"))
+        with pytest.raises(StorageError) as caught:
+            for i in range(2, 10_000):
+                handle.record_turn(TurnRecord(i, os.urandom(600).hex(), "y"))
+        assert caught.value.code == "storage.full"
+        store.close()
+        reopened = Storage.open_sqlite(mount / "a.db", key)
+        try:
+            with reopened.session("check") as session:
+                first = session.scalars(select(Turn).where(Turn.index == 1)).one()
+            assert first.call_id == handle.call_id
+            assert sqlite_integrity_engine(reopened.engine) == ["ok"]
+        finally:
+            reopened.close()
+    finally:
+        subprocess.run(["umount", str(mount)], check=False)
