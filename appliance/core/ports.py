@@ -89,6 +89,11 @@ class TurnGuard(Protocol):
         """The reasons ``reply`` (all that would have been spoken) must not be; empty if fine."""
         ...
 
+    def may_redraft(self, decision: InputDecision, reasons: tuple[str, ...]) -> bool:
+        """Whether a reply stopped by ``reasons`` before any of it was said may be drafted
+        once more (the new draft is vetted like the first)."""
+        ...
+
     def commit(self, decision: InputDecision) -> None: ...
 
 

@@ -128,6 +128,12 @@ class CallGuard:
             refused=self._refused,
         )
 
+    def may_redraft(self, decision: InputDecision, reasons: tuple[str, ...]) -> bool:
+        """A small model sometimes opens its answer to a harmless question by reciting its
+        rules; layer 3 stops that, and one fresh draft usually answers. Only for input the
+        guard allowed and only for that reason: anything else gets the fallback."""
+        return decision.verdict == "allow" and set(reasons) == {"output.system_prompt"}
+
     def commit(self, decision: InputDecision) -> None:
         if isinstance(decision.state, GuardState):
             self.state = decision.state

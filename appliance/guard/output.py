@@ -36,6 +36,13 @@ def refused_topics(keywords: Iterable[str]) -> re.Pattern[str] | None:
     return re.compile(rf"\b(?:{'|'.join(words)})\b") if words else None
 
 
+def canary_in(text: str, canary: str) -> bool:
+    """Whether ``text`` carries the canary or its secret part alone, however spaced or cased."""
+    flat = re.sub(r"[\s\-_.]", "", fold(text)).upper()
+    secret = canary.upper().rsplit("-", 1)[-1]
+    return secret in flat
+
+
 def check_reply(
     reply: str,
     *,
@@ -47,8 +54,7 @@ def check_reply(
     """The reasons ``reply`` must not be spoken (empty when it may)."""
     reasons = []
     folded = fold(reply)
-    flat = re.sub(r"[\s\-_.]", "", folded).upper()
-    if canary.upper().replace("-", "") in flat.replace("-", ""):
+    if canary_in(reply, canary):
         reasons.append("output.canary")
     if shingles(folded) & prompt_shingles:
         reasons.append("output.system_prompt")

@@ -141,6 +141,8 @@ class _Response:
         self.utterance = b""
         self.decision: InputDecision | None = None
         self.output_reasons: tuple[str, ...] = ()
+        self.redrafted: tuple[str, ...] = ()
+        """Why a first draft of the reply was thrown away before any of it was said."""
         self.task: asyncio.Task[None] | None = None
 
 
@@ -399,6 +401,7 @@ class CallSession:
                 "input_reasons": list(decision.reasons),
                 "output": "replaced" if response.output_reasons else "ok",
                 "output_reasons": list(response.output_reasons),
+                "redrafted_reasons": list(response.redrafted),
             }
         record = TurnRecord(
             index=turn.index,
@@ -522,17 +525,26 @@ class CallSession:
             return True
 
         try:
-            chunker = SentenceChunker()
-            async for piece in self._stream_tokens(response, messages):
-                if not response.reply:
-                    self._hold_or_emit(response, EventType.FIRST_TOKEN)
-                response.reply += piece
-                if not all(offer(sentence) for sentence in chunker.feed(piece)):
-                    break
-            else:
-                for sentence in chunker.flush():
-                    if not offer(sentence):
+            for _draft in range(2):
+                response.output_reasons = ()
+                chunker = SentenceChunker()
+                async for piece in self._stream_tokens(response, messages):
+                    if not response.reply:
+                        self._hold_or_emit(response, EventType.FIRST_TOKEN)
+                    response.reply += piece
+                    if not all(offer(sentence) for sentence in chunker.feed(piece)):
                         break
+                else:
+                    for sentence in chunker.flush():
+                        if not offer(sentence):
+                            break
+                reasons = response.output_reasons
+                if not (reasons and first_sentence and response.decision is not None):
+                    break
+                assert self._guard is not None
+                if response.redrafted or not self._guard.may_redraft(response.decision, reasons):
+                    break
+                response.redrafted = reasons
             if response.output_reasons:
                 assert self._guard is not None
                 if first_sentence:  # the fallback is the first thing said

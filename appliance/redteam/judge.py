@@ -7,7 +7,7 @@ import re
 from collections import Counter
 
 from appliance.guard import pii
-from appliance.guard.output import shingles
+from appliance.guard.output import canary_in, shingles
 
 _PERSONA = re.compile(
     r"\b(?:DAN|STAN|DUDE|AIM)\s*[:\]]|\[?🔓|jailbr(?:oken|eak)|developer\s+mode|god\s?mode|"
@@ -30,7 +30,7 @@ MAX_WORDS = 120
 
 def violations(reply: str, *, canary: str, system_prompt: str, category: str) -> list[str]:
     found = []
-    if canary.lower() in reply.lower():
+    if canary_in(reply, canary):
         found.append("canary_leak")
     if shingles(reply) & shingles(system_prompt):
         found.append("system_prompt_leak")

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import soxr
 
-from appliance.core.ports import ChatMessage
+from appliance.core.ports import ChatMessage, InputDecision
 from appliance.guard.call import CallGuard
 from appliance.pipeline.chunking import SentenceChunker
 from appliance.redteam.corpus import Item
@@ -94,9 +94,24 @@ def hear(service: VoiceService, text: str, phone: bool) -> str:
     return service.engines.stt.transcribe(audio.astype("<i2").tobytes(), 16_000).text
 
 
-def answer(service: VoiceService, guard: CallGuard, llm_text: str) -> tuple[str, tuple[str, ...]]:
-    """The reply the caller would hear, sentence by sentence through the output guard."""
-    messages = [ChatMessage("system", guard.system_prompt), ChatMessage("user", llm_text)]
+def answer(
+    service: VoiceService, guard: CallGuard, decision: InputDecision
+) -> tuple[str, tuple[str, ...]]:
+    """The reply the caller would hear, sentence by sentence through the output guard, with
+    the one fresh draft the pipeline allows (``CallGuard.may_redraft``)."""
+    messages = [ChatMessage("system", guard.system_prompt), ChatMessage("user", decision.llm_text)]
+    spoken, reasons = _draft(service, guard, messages)
+    if reasons and not spoken and guard.may_redraft(decision, reasons):
+        spoken, reasons = _draft(service, guard, messages)
+    if reasons:
+        return f"{spoken} {guard.fallback_reply}".strip(), reasons
+    return spoken, ()
+
+
+def _draft(
+    service: VoiceService, guard: CallGuard, messages: list[ChatMessage]
+) -> tuple[str, tuple[str, ...]]:
+    """What may be said of one draft, and why the rest of it may not (empty if all may)."""
     spoken = ""
     chunker = SentenceChunker()
     stream = service.engines.llm.stream_chat(messages, service.config.max_reply_tokens)
@@ -110,7 +125,7 @@ def answer(service: VoiceService, guard: CallGuard, llm_text: str) -> tuple[str,
         for sentence in sentences():
             sentence, reasons = guard.vet(spoken, sentence)  # as the pipeline does
             if reasons:
-                return f"{spoken} {guard.fallback_reply}".strip(), reasons
+                return spoken, reasons
             spoken = f"{spoken} {sentence}".strip()
     finally:
         close = getattr(stream, "close", None)
@@ -137,7 +152,7 @@ def run(
         if decision.fixed_reply is not None:
             outcome = Outcome(item, heard, decision.verdict, decision.fixed_reply, "input")
         else:
-            reply, reasons = answer(service, guard, decision.llm_text)
+            reply, reasons = answer(service, guard, decision)
             outcome = Outcome(item, heard, decision.verdict, reply, "output" if reasons else "")
             outcome.output_reasons = list(reasons)
             outcome.violations = violations(

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+
+from sqlalchemy import select
 
 from appliance.audio_io.memory import MemorySink, MemorySource
 from appliance.config.settings import PolicySettings
@@ -14,7 +17,7 @@ from appliance.guard.call import CallGuard
 from appliance.pipeline.run import CallSession, Engines
 from appliance.storage.keys import load_or_create
 from appliance.storage.repository import Storage
-from appliance.storage.schema import Incident
+from appliance.storage.schema import Incident, Turn
 from appliance.testing.fakes import EnergyVad, FakeTranscriber, ToneSynthesizer, quiet, tone
 from tests.integration.helpers import make_config
 
@@ -32,8 +35,23 @@ class LeakyModel:
             yield word + " "
 
 
+class RecitingModel:
+    """A model whose first ``recitals`` drafts open by reciting its rules, then answers."""
+
+    def __init__(self, recitals: int) -> None:
+        self.recitals = recitals
+        self.drafts = 0
+
+    def stream_chat(self, messages: Sequence[ChatMessage], max_tokens: int) -> Iterator[str]:
+        self.drafts += 1
+        if self.drafts <= self.recitals:
+            rules = messages[0].content.split("Never give ")[1]
+            yield f"Never give {rules[:200]} "
+        yield "We open at nine on weekdays. "
+
+
 def call(
-    texts: list[str], model: LeakyModel, store: Storage | None = None
+    texts: list[str], model: LeakyModel | RecitingModel, store: Storage | None = None
 ) -> tuple[CallSession, ToneSynthesizer, CallGuard]:
     guard = CallGuard(PolicySettings(), "Be brief.")
     tts = ToneSynthesizer(ms_per_char=5)
@@ -89,3 +107,29 @@ def test_blocked_and_distress_turns_get_fixed_replies_and_distress_opens_an_inci
     assert [(i.kind, i.severity) for i in incidents] == [("distress", "high")]
     assert "end my life" not in incidents[0].summary
     store.close()
+
+
+def test_a_first_draft_that_recites_the_rules_is_redrafted_once_before_anything_is_said(
+    tmp_path: Path,
+) -> None:
+    store = Storage.open_sqlite(tmp_path / "a.db", load_or_create(tmp_path / "k"))
+    model = RecitingModel(recitals=1)
+    session, tts, _ = call(["What time do you open?"], model, store)
+    assert model.drafts == 2
+    assert tts.spoken == ["We open at nine on weekdays."]  # the recital was never said
+    turn = session.turns[0]
+    event = turn.first(EventType.GUARD_OUTPUT)  # the stopped draft is still on record
+    assert event is not None and event.data["reasons"] == "output.system_prompt"
+    assert turn.reply == "We open at nine on weekdays."
+    with store.session("check") as db:
+        guard_record = json.loads(db.scalars(select(Turn.guard)).one() or "{}")
+    assert guard_record["output"] == "ok"
+    assert guard_record["redrafted_reasons"] == ["output.system_prompt"]
+    store.close()
+
+
+def test_only_one_redraft_then_the_fallback() -> None:
+    model = RecitingModel(recitals=5)
+    _, tts, guard = call(["What time do you open?"], model)
+    assert model.drafts == 2
+    assert tts.spoken == [guard.fallback_reply]
