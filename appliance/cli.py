@@ -365,23 +365,26 @@ def _models_verify(settings: Settings, *, as_json: bool) -> int:
     rows: list[dict[str, Any]] = []
     for spec in all_specs(settings):
         for check in check_model(spec):
+            status = check.status.value
+            if spec.optional and check.status is FileStatus.MISSING:
+                status = "unavailable"  # an optional extra that is not installed
             rows.append(
                 {
                     "model": spec.name,
                     "role": spec.role,
                     "path": str(check.path),
                     "size_bytes": check.size_bytes,
-                    "status": check.status.value,
+                    "status": status,
                 }
             )
-    failed = [r for r in rows if r["status"] != FileStatus.OK.value]
+    failed = [r for r in rows if r["status"] not in (FileStatus.OK.value, "unavailable")]
     if as_json:
         print(json.dumps({"manifest": str(settings.models.manifest_path), "files": rows}, indent=2))
     else:
         print(f"manifest: {settings.models.manifest_path}")
         for r in rows:
             size = f"{r['size_bytes'] / 1e6:9.1f} MB"
-            print(f"{r['status']:8} {r['model']:18} {r['role']:4} {size}  {r['path']}")
+            print(f"{r['status']:8} {r['model']:18} {r['role']:10} {size}  {r['path']}")
         print(f"{len(rows) - len(failed)} of {len(rows)} files verified")
     return EXIT_ERROR if failed else 0
 

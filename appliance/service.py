@@ -16,7 +16,7 @@ from appliance.config.manifest import model_spec
 from appliance.config.settings import Settings
 from appliance.core.audio import frame_bytes
 from appliance.core.events import EventType, TurnEvent
-from appliance.core.ports import AudioSink, AudioSource, CallRecorder, TurnGuard
+from appliance.core.ports import AudioSink, AudioSource, CallRecorder, TurnGuard, VoiceEmbedder
 from appliance.engines.llm import LlamaChat
 from appliance.engines.stt import WhisperTranscriber
 from appliance.engines.tts import PiperSynthesizer
@@ -82,6 +82,7 @@ class VoiceService:
     load_seconds: dict[str, float] = field(default_factory=dict)
     monitor: AbuseMonitor | None = None
     _busy: dict[int, bytes] = field(default_factory=dict)
+    _voice_embedder: VoiceEmbedder | None = None
 
     def __post_init__(self) -> None:
         if self.monitor is None:
@@ -171,6 +172,15 @@ class VoiceService:
             cached = b"".join(c.pcm for c in self.engines.tts.synthesize(text, sample_rate_hz))
             self._busy[sample_rate_hz] = cached
         return cached
+
+    def voice_embedder(self) -> VoiceEmbedder:
+        """The speaker encoder for voice biometrics, loaded on first use; raises
+        ``model.unavailable`` when the optional extra is not installed (never a stand-in)."""
+        if self._voice_embedder is None:
+            from appliance.engines.voiceprint import ResemblyzerEmbedder
+
+            self._voice_embedder = ResemblyzerEmbedder(model_spec(self.settings, "voiceprint"))
+        return self._voice_embedder
 
     def new_guard(self) -> CallGuard:
         return CallGuard(self.settings.policy, self.settings.llm.system_prompt)

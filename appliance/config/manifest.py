@@ -26,6 +26,8 @@ class ManifestEntry:
     files: dict[str, str]
     assemble: dict[str, list[str]]
     licence: str
+    optional: bool = False
+    """An optional extra's model: when its package is absent, it is unavailable, not broken."""
 
 
 def package_dir(import_name: str) -> Path:
@@ -68,6 +70,7 @@ def load_manifest(path: Path) -> dict[str, ManifestEntry]:
                 files={str(k): str(v) for k, v in raw["files"].items()},
                 assemble={str(k): [str(s) for s in v] for k, v in raw.get("assemble", {}).items()},
                 licence=str(raw.get("licence", "")),
+                optional=bool(raw.get("optional", False)),
             )
         except (KeyError, AttributeError, TypeError) as exc:
             raise ConfigError("manifest.entry", f"{path}: model {name!r} is malformed") from exc
@@ -90,7 +93,7 @@ def model_spec(settings: Settings, role: str) -> ModelSpec:
             "config.model_role", f"{role}.model = {entry.name!r} is a {entry.role} model"
         )
     path = Path(section.path) if section.path else resolve_source(entry.source, settings.home)
-    return ModelSpec(name=entry.name, role=entry.role, path=path, files=entry.files)
+    return ModelSpec(entry.name, entry.role, path, entry.files, entry.optional)
 
 
 def all_specs(settings: Settings) -> list[ModelSpec]:
@@ -108,7 +111,7 @@ def all_specs(settings: Settings) -> list[ModelSpec]:
             )
         except ModelError:
             path = Path(f"<{entry.source} not installed>")
-        specs.append(ModelSpec(name=entry.name, role=entry.role, path=path, files=entry.files))
+        specs.append(ModelSpec(entry.name, entry.role, path, entry.files, entry.optional))
     return specs
 
 

@@ -35,6 +35,7 @@ class ModelSpec:
     role: str
     path: Path
     files: Mapping[str, str]
+    optional: bool = False
 
     @property
     def base_dir(self) -> Path:

@@ -110,6 +110,13 @@ class CallRecorder(Protocol):
 
 
 @runtime_checkable
+class VoiceEmbedder(Protocol):
+    """A speaker embedding of one utterance (PCM16 mono), for voice biometrics."""
+
+    def embed(self, pcm: bytes, sample_rate_hz: int) -> tuple[float, ...]: ...
+
+
+@runtime_checkable
 class SpeechDetector(Protocol):
     """Says whether one frame (10, 20 or 30 ms of PCM16 mono) holds speech."""
 

@@ -14,7 +14,7 @@ from typing import cast
 from sqlalchemy import Connection, Engine, Table, inspect, select
 
 from appliance.core.errors import StorageError
-from appliance.storage.schema import Base, SchemaMigration
+from appliance.storage.schema import Base, SchemaMigration, Voiceprint
 
 
 @dataclass(frozen=True)
@@ -28,10 +28,15 @@ def _initial(connection: Connection) -> None:
     Base.metadata.create_all(connection)
 
 
+def _voiceprints(connection: Connection) -> None:
+    cast(Table, Voiceprint.__table__).create(connection, checkfirst=True)
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(
         1, "calls, turns, keys, consents, recordings, tools, incidents, users, audit", _initial
     ),
+    Migration(2, "voiceprints (sealed voice templates)", _voiceprints),
 )
 LATEST = MIGRATIONS[-1].version
 

@@ -45,6 +45,7 @@ from appliance.storage.schema import (
     Recording,
     ToolCall,
     Turn,
+    Voiceprint,
     new_id,
     utc_now,
 )
@@ -229,11 +230,7 @@ class Storage:
         with self.session("start call") as session:
             caller_row_id = None
             if hashed is not None:
-                caller = session.scalars(select(Caller).where(Caller.caller_hash == hashed)).first()
-                if caller is None:
-                    caller = Caller(caller_hash=hashed)
-                    session.add(caller)
-                    session.flush()
+                caller = self._caller_in(session, hashed)
                 caller.last_seen_at = self.clock()
                 caller_row_id = caller.id
             key_id, _ = self._new_data_key(session, "call")
@@ -336,6 +333,56 @@ class Storage:
                 ToolCall(id=row_id, call_id=call_id, tool=tool, arguments=sealed, outcome=outcome)
             )
             self.audit_in(session, actor, "tool_call", f"call:{call_id}", outcome, {"tool": tool})
+
+    # -- voice templates (biometric data) -----------------------------------------------------
+
+    def save_voiceprint(self, caller_id: str, template: bytes, actor: str) -> None:
+        """Enrol (or re-enrol) a caller's voice template, sealed under a fresh data key."""
+        hashed = self.caller_hash(caller_id)
+        with self.session("save voiceprint") as session:
+            caller = self._caller_in(session, hashed)
+            old = session.scalars(select(Voiceprint).where(Voiceprint.caller_id == caller.id))
+            for row in old.all():
+                self._delete_voiceprint(session, row)
+            key_id, key = self._new_data_key(session, "voice")
+            row_id = new_id()
+            sealed = self._seal(key, template, "voiceprints", "template", row_id)
+            session.add(
+                Voiceprint(
+                    id=row_id, caller_id=caller.id, data_key_id=key_id or None, template=sealed
+                )
+            )
+            self.audit_in(session, actor, "voice_enrol", f"caller:{hashed[:16]}", "ok")
+
+    def voiceprint(self, caller_id: str) -> bytes | None:
+        """The caller's voice template, or None when they have not enrolled."""
+        hashed = self.caller_hash(caller_id)
+        with self.session("read voiceprint") as session:
+            row = session.scalars(
+                select(Voiceprint)
+                .join(Caller, Caller.id == Voiceprint.caller_id)
+                .where(Caller.caller_hash == hashed)
+            ).first()
+            if row is None:
+                return None
+            key = self._data_key(session, row.data_key_id)
+            return self._open(key, row.template, "voiceprints", "template", row.id)
+
+    def _delete_voiceprint(self, session: Session, row: Voiceprint) -> None:
+        key_id = row.data_key_id
+        session.delete(row)
+        session.flush()
+        if key_id:
+            session.execute(delete(DataKey).where(DataKey.id == key_id))
+            self._forget_keys([key_id])
+
+    def _caller_in(self, session: Session, hashed: str) -> Caller:
+        caller = session.scalars(select(Caller).where(Caller.caller_hash == hashed)).first()
+        if caller is None:
+            caller = Caller(caller_hash=hashed)
+            session.add(caller)
+            session.flush()
+        return caller
 
     # -- reading (audited) ---------------------------------------------------------------------
 
@@ -502,6 +549,9 @@ class Storage:
                 return ErasureReport(0, 0, False)
             calls = session.scalars(select(Call).where(Call.caller_id == caller.id)).all()
             report = self.erase_calls_in(session, calls)
+            prints = session.scalars(select(Voiceprint).where(Voiceprint.caller_id == caller.id))
+            for row in prints.all():
+                self._delete_voiceprint(session, row)  # biometric data: never held
             caller_erased = report.calls_held == 0
             if caller_erased:
                 session.delete(caller)

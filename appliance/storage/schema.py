@@ -71,6 +71,18 @@ class Caller(Base):
     last_seen_at: Mapped[datetime] = mapped_column(DateTime, default=utc_now)
 
 
+class Voiceprint(Base):
+    """A caller's voice template (biometric data), sealed under its own data key: erasing the
+    caller destroys the key."""
+
+    __tablename__ = "voiceprints"
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    caller_id: Mapped[str] = mapped_column(ForeignKey("callers.id"), unique=True)
+    data_key_id: Mapped[str | None] = mapped_column(String(36))
+    template: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utc_now)
+
+
 class Call(Base):
     __tablename__ = "calls"
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)

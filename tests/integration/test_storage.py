@@ -23,7 +23,14 @@ from appliance.storage.keys import load_or_create, read_key
 from appliance.storage.maintenance import backup, restore, rotate_master_key
 from appliance.storage.migrations import LATEST, applied_versions
 from appliance.storage.repository import Storage
-from appliance.storage.schema import AuditEvent, Call, DataKey, SchemaMigration, Turn
+from appliance.storage.schema import (
+    AuditEvent,
+    Call,
+    DataKey,
+    SchemaMigration,
+    Turn,
+    Voiceprint,
+)
 from appliance.storage.sqlite import integrity_check as sqlite_integrity_engine
 
 CANARY = "CANARY-PELICAN-7731"
@@ -471,3 +478,28 @@ def test_a_real_full_disk_on_a_small_tmpfs(tmp_path: Path) -> None:
             reopened.close()
     finally:
         subprocess.run(["umount", str(mount)], check=False)
+
+
+def test_a_voice_template_is_sealed_audited_and_shredded_with_its_caller(
+    store: Storage, paths: tuple[Path, Path]
+) -> None:
+    db, _ = paths
+    template = b'{"v": 1, "centroid": [0.6, 0.8], "n": 3, "canary": "' + CANARY.encode() + b'"}'
+    store.save_voiceprint("+15550000003", template, "enrolment")
+    store.save_voiceprint("+15550000003", template, "enrolment")  # re-enrolment replaces it
+    assert store.voiceprint("+15550000003") == template
+    assert store.voiceprint("+15550000004") is None
+    with store.session("look") as session:
+        row = session.scalars(select(Voiceprint)).one()
+        assert CANARY.encode() not in row.template  # sealed, even inside the encrypted file
+        key_id = row.data_key_id
+        enrolments = session.scalars(
+            select(AuditEvent).where(AuditEvent.action == "voice_enrol")
+        ).all()
+    assert len(enrolments) == 2
+    store.erase_caller("+15550000003", "admin:bob")
+    assert store.voiceprint("+15550000003") is None
+    with store.session("look") as session:
+        assert session.scalars(select(Voiceprint)).first() is None
+        assert session.get(DataKey, key_id) is None  # crypto-shredded
+    assert all(CANARY.encode() not in f.read_bytes() for f in files_of(db))

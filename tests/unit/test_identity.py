@@ -126,3 +126,23 @@ def test_concurrency_limit_refuses_instead_of_queueing() -> None:
         assert (first, second, third) == (True, True, False)
         assert limit.active == 2
     assert limit.active == 0
+
+
+def test_voice_enrolment_verification_and_the_spoken_challenge() -> None:
+    from appliance.identity.voice import VoiceTemplate, VoiceVerifier, digits_heard, enrol
+
+    with pytest.raises(FactorError, match="3 utterances"):
+        enrol([(1.0, 0.0)] * 2)
+    template = enrol([(1.0, 0.1), (0.9, 0.0), (1.0, -0.1)])
+    assert VoiceTemplate.from_bytes(template.to_bytes()) == template
+    with pytest.raises(FactorError, match="unreadable"):
+        VoiceTemplate.from_bytes(b"not json")
+    verifier = VoiceVerifier(0.8, AttemptLimiter(max_failures=3))
+    challenge = verifier.challenge()
+    assert len(challenge) == 6 and challenge.isdigit() and challenge != verifier.challenge()
+    assert digits_heard("My code is four one oh seven, 2 9.") == "410729"
+    said = " ".join(challenge)
+    assert verifier.verify("c", template, (1.0, 0.05), said, challenge).passed
+    assert verifier.verify("c", template, (0.0, 1.0), said, challenge).reason == "voice.no_match"
+    wrong = verifier.verify("c", template, (1.0, 0.05), "hello", challenge)
+    assert (wrong.passed, wrong.reason) == (False, "voice.wrong_challenge")

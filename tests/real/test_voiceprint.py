@@ -1,0 +1,130 @@
+"""Voice biometrics with the real encoder (Resemblyzer), Piper, eSpeak NG and recorded speech.
+
+Skipped, saying why, where the optional extra is not installed; scripts/setup installs it.
+Recorded human speech: the eight channel-test clips of Debian's alsa-utils (one speaker).
+"""
+
+from __future__ import annotations
+
+import io
+import shutil
+import subprocess
+import wave
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soxr
+
+from appliance.engines.voiceprint import voiceprint_available
+from appliance.identity.factors import AttemptLimiter
+from appliance.identity.levels import Assurance, Factor, assurance
+from appliance.identity.voice import VoiceTemplate, VoiceVerifier, cosine, enrol
+from appliance.service import VoiceService
+from appliance.telephony.g711 import ulaw_decode, ulaw_encode
+from tests.real.conftest import speak
+
+pytestmark = pytest.mark.skipif(
+    not voiceprint_available(), reason="voice biometrics extra not installed"
+)
+ALSA = Path("/usr/share/sounds/alsa")
+HUMAN = sorted(p for p in ALSA.glob("*.wav") if p.name != "Noise.wav")
+ENROL_TEXTS = [
+    "My name is Sam and I would like to check my balance.",
+    "I live on Elm Street, in the old town.",
+    "Please book an appointment for next Tuesday morning.",
+]
+PROBE_TEXTS = [
+    "Could you tell me when the branch opens tomorrow?",
+    "I lost my card yesterday and I need some help with it.",
+]
+RATE = 16_000
+
+
+def phone(pcm: bytes) -> bytes:
+    """Through a telephone channel: 8 kHz, G.711 u-law, back up to 16 kHz."""
+    audio = soxr.resample(np.frombuffer(pcm, dtype="<i2"), RATE, 8_000).astype("<i2")
+    return soxr.resample(ulaw_decode(ulaw_encode(audio)), 8_000, RATE).astype("<i2").tobytes()
+
+
+def read_wav(path: Path | bytes) -> bytes:
+    with wave.open(io.BytesIO(path) if isinstance(path, bytes) else str(path)) as w:
+        audio = np.frombuffer(w.readframes(w.getnframes()), dtype="<i2")
+        audio = audio.reshape(-1, w.getnchannels())[:, 0]
+        return soxr.resample(audio, w.getframerate(), RATE).astype("<i2").tobytes()
+
+
+def espeak(text: str, voice: str) -> bytes:
+    out = subprocess.run(
+        ["espeak-ng", "-v", voice, "--stdout", text], capture_output=True, check=True
+    ).stdout
+    return read_wav(out)
+
+
+@pytest.fixture(scope="module")
+def joe(service: VoiceService) -> VoiceTemplate:
+    embedder = service.voice_embedder()
+    return enrol([embedder.embed(speak(service, t), RATE) for t in ENROL_TEXTS])
+
+
+def scores(service: VoiceService, template: VoiceTemplate, clips: list[bytes]) -> list[float]:
+    embedder = service.voice_embedder()
+    return [cosine(template.centroid, embedder.embed(clip, RATE)) for clip in clips]
+
+
+def test_same_and_different_speakers_separate_at_the_threshold(
+    service: VoiceService, joe: VoiceTemplate
+) -> None:
+    threshold = service.settings.voiceprint.threshold
+    same = scores(service, joe, [phone(speak(service, t)) for t in PROBE_TEXTS])
+    assert min(same) >= threshold, same
+    assert shutil.which("espeak-ng") and HUMAN, "scripts/setup installs espeak-ng and alsa-utils"
+    others = [espeak(t, v) for t in PROBE_TEXTS for v in ("en-us", "en-us+f3", "en-gb")]
+    others += [read_wav(p) for p in HUMAN]
+    different = scores(service, joe, others)
+    assert max(different) < threshold, different
+
+
+def test_a_recorded_human_speaker_matches_themselves_and_not_piper(service: VoiceService) -> None:
+    embedder = service.voice_embedder()
+    human = enrol([embedder.embed(read_wav(p), RATE) for p in HUMAN[:4]])
+    threshold = service.settings.voiceprint.threshold
+    assert min(scores(service, human, [read_wav(p) for p in HUMAN[4:]])) >= threshold
+    piper = scores(service, human, [speak(service, t) for t in PROBE_TEXTS])
+    assert max(piper) < threshold
+
+
+def test_a_replayed_enrolment_clip_cannot_answer_the_challenge_nor_reach_level_2(
+    service: VoiceService, joe: VoiceTemplate
+) -> None:
+    verifier = VoiceVerifier(service.settings.voiceprint.threshold, AttemptLimiter())
+    embedder = service.voice_embedder()
+    challenge = verifier.challenge()
+    replay = phone(speak(service, ENROL_TEXTS[0]))  # the recording an attacker kept
+    heard = service.engines.stt.transcribe(replay, RATE).text
+    match = verifier.verify("+1555", joe, embedder.embed(replay, RATE), heard, challenge)
+    assert match.score >= verifier.threshold  # it *is* the voice ...
+    assert not match.passed and match.reason == "voice.wrong_challenge"  # ... but not live
+    # A synthesizer with the caller's voice says the challenge: one factor at most, never 2,
+    # even beside a PIN: only a possession factor (TOTP, out-of-band code) adds level 2.
+    said = " ".join(challenge)
+    cloned = phone(speak(service, f"My code is {said}."))
+    heard = service.engines.stt.transcribe(cloned, RATE).text
+    match = verifier.verify("+1555", joe, embedder.embed(cloned, RATE), heard, challenge)
+    assert match.passed, (heard, match)
+    assert assurance([Factor.VOICE]) is Assurance.ONE_FACTOR
+    assert assurance([Factor.VOICE, Factor.PIN]) is Assurance.ONE_FACTOR
+
+
+def test_verification_failures_lock_the_voice_factor(
+    service: VoiceService, joe: VoiceTemplate
+) -> None:
+    from appliance.identity.factors import FactorError
+
+    verifier = VoiceVerifier(0.75, AttemptLimiter(max_failures=2))
+    stranger = service.voice_embedder().embed(espeak(PROBE_TEXTS[0], "en-gb"), RATE)
+    for _ in range(2):
+        assert not verifier.verify("+1666", joe, stranger, "1234", "1234").passed
+    with pytest.raises(FactorError) as caught:
+        verifier.verify("+1666", joe, stranger, "1234", "1234")
+    assert caught.value.code == "identity.locked"
