@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import datetime
 import os
 import time
 from collections.abc import Mapping
@@ -16,7 +17,14 @@ from appliance.config.manifest import model_spec
 from appliance.config.settings import Settings
 from appliance.core.audio import frame_bytes
 from appliance.core.events import EventType, TurnEvent
-from appliance.core.ports import AudioSink, AudioSource, CallRecorder, TurnGuard, VoiceEmbedder
+from appliance.core.ports import (
+    AudioSink,
+    AudioSource,
+    CallRecorder,
+    TurnAgent,
+    TurnGuard,
+    VoiceEmbedder,
+)
 from appliance.engines.llm import LlamaChat
 from appliance.engines.stt import WhisperTranscriber
 from appliance.engines.tts import PiperSynthesizer
@@ -26,6 +34,7 @@ from appliance.identity.abuse import AbuseMonitor, Action
 from appliance.pipeline.run import CallSession, Engines, EventHandler, PipelineConfig, TurnResult
 from appliance.storage.keys import default_key_path, load_or_create, read_key
 from appliance.storage.repository import Storage
+from appliance.tools.agent import CallerFactors, JsonRequester, ToolAgent
 from appliance.tools.demo import DemoBank, demo_tools
 from appliance.tools.registry import ToolBox
 
@@ -83,6 +92,7 @@ class VoiceService:
     monitor: AbuseMonitor | None = None
     _busy: dict[int, bytes] = field(default_factory=dict)
     _voice_embedder: VoiceEmbedder | None = None
+    _factors: CallerFactors | None = None
 
     def __post_init__(self) -> None:
         if self.monitor is None:
@@ -140,6 +150,7 @@ class VoiceService:
         on_event: EventHandler | None = None,
         recorder: CallRecorder | None = None,
         guard: TurnGuard | None = None,
+        agent: TurnAgent | None = None,
         **overrides: Any,
     ) -> CallSession:
         """A new call on the shared engines, with its own guardrails (always on: a new
@@ -153,16 +164,37 @@ class VoiceService:
             on_event,
             recorder=recorder,
             guard=guard or self.new_guard(),
+            agent=agent,
         )
 
-    def toolbox(self, storage: Storage, call_id: str) -> ToolBox:
+    def toolbox(self, storage: Storage, call_id: str, bank: DemoBank | None = None) -> ToolBox:
         """The deployment's tools for one call; every call of a tool lands in the audit trail
         (and the tool_calls table, its arguments sealed under the call's key)."""
 
         def audit(caller: str, tool: str, arguments: Mapping[str, Any], outcome: str) -> None:
-            storage.record_tool_call(call_id, tool, arguments, outcome, actor=f"caller:{caller}")
+            who = f"caller:{storage.caller_hash(caller)[:16]}" if caller else "caller:anonymous"
+            storage.record_tool_call(call_id, tool, arguments, outcome, actor=who)
 
-        return ToolBox(demo_tools(DemoBank()), frozenset(self.settings.tools.enabled), audit=audit)
+        tools = demo_tools(bank or DemoBank())
+        return ToolBox(tools, frozenset(self.settings.tools.enabled), audit=audit)
+
+    def tool_agent(self, storage: Storage, call_id: str, caller_id: str | None) -> ToolAgent | None:
+        """Tools inside one call (the demo tools and their demo credentials), or None when no
+        tool is enabled or the model cannot answer under a grammar."""
+        if not self.settings.tools.enabled or not isinstance(self.engines.llm, JsonRequester):
+            return None
+        bank = DemoBank()
+        if self._factors is None:
+            self._factors = CallerFactors.from_settings(self.settings.tools)
+        return ToolAgent(
+            self.toolbox(storage, call_id, bank),
+            caller=caller_id or "",
+            credentials=bank,
+            model=self.engines.llm,
+            settings=self.settings.tools,
+            factors=self._factors,
+            today=datetime.date.today().isoformat(),
+        )
 
     def busy_audio(self, sample_rate_hz: int) -> bytes:
         """The busy reply, synthesized once per rate: a flood must not cost a synthesis a call."""
@@ -257,7 +289,8 @@ async def run_call(
             if action in (Action.END_CALL, Action.BLOCK_CALLER) and session is not None:
                 session.end(f"abuse:{action}", service.settings.limits.goodbye_reply)
 
-        session = service.session(source, sink, on_event=watch, recorder=record)
+        agent = service.tool_agent(storage, record.call_id, caller_id)
+        session = service.session(source, sink, on_event=watch, recorder=record, agent=agent)
         turns = await session.run()
         await asyncio.gather(*writes, return_exceptions=True)
         return CallOutcome(record.call_id, turns, end_reason=session.end_reason)

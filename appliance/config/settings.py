@@ -292,6 +292,28 @@ class LimitsSettings:
 class ToolsSettings:
     enabled: tuple[str, ...] = ("transfer_to_human",)
     """The tools this deployment uses; the model is shown only these."""
+    max_factor_attempts: int = 3
+    """Wrong PINs or codes before that factor locks (for lockout_s, doubled each time)."""
+    lockout_s: int = 300
+    pin_prompt: str = "To do that I need to check it's you. Please say your PIN, digit by digit."
+    totp_prompt: str = (
+        "Thank you. Now please read me the six-digit code from your authenticator app."
+    )
+    confirm_prompt: str = "To confirm: {action}. Shall I go ahead? Please say yes or no."
+    wrong_answer: str = "That doesn't match, I'm afraid. Please try again."
+    locked_reply: str = (
+        "For your security I can't check that again right now. A member of staff can help you."
+    )
+    cannot_verify: str = (
+        "I can't verify you well enough on this call to do that. A member of staff can help you."
+    )
+    declined_reply: str = "All right, I haven't done that. Is there anything else?"
+    failed_reply: str = "Sorry, I couldn't do that with those details."
+
+    def __post_init__(self) -> None:
+        _check(self.max_factor_attempts >= 1, "tools.max_factor_attempts", "at least 1")
+        _check(self.lockout_s >= 1, "tools.lockout_s", "at least 1 second")
+        _check("{action}" in self.confirm_prompt, "tools.confirm_prompt", "must hold {action}")
 
 
 @dataclass(frozen=True)

@@ -97,6 +97,32 @@ class TurnGuard(Protocol):
     def commit(self, decision: InputDecision) -> None: ...
 
 
+@dataclass(frozen=True, slots=True)
+class AgentTurn:
+    """A turn the tool agent answered itself (a step of a tool dialogue, or a tool's result)."""
+
+    reply: str
+    outcome: str
+    """What happened, as a code for events and the turn record (never the caller's words)."""
+    secret: bool = False
+    """The caller's words answered a factor (a PIN, a code): keep neither transcript nor audio."""
+
+
+@runtime_checkable
+class TurnAgent(Protocol):
+    """Tools inside a call, between the input guard and the model (tools/agent.py)."""
+
+    def wants(self, text: str) -> bool:
+        """Whether ``handle`` may act on ``text``; no side effects."""
+        ...
+
+    def handle(self, heard: str, fenced: str) -> AgentTurn | None:
+        """Answer the turn (and change the dialogue's state), or None for the model to.
+        ``heard`` is the transcript (for digits and a yes); ``fenced`` the guarded text that
+        the model may see."""
+        ...
+
+
 @runtime_checkable
 class CallRecorder(Protocol):
     """Where a call's turns are kept. ``record_turn`` returns only once the turn is durable

@@ -47,6 +47,10 @@ class AttemptLimiter:
                 f"too many failed attempts; retry in {state.locked_until - now:.0f} s",
             )
 
+    def locked(self, key: str) -> bool:
+        state = self._state.get(key)
+        return state is not None and state.locked_until > self.clock()
+
     def failed(self, key: str) -> None:
         state = self._state.setdefault(key, _Failures())
         state.count += 1
@@ -72,6 +76,9 @@ class SecretFactor:
     def __init__(self, kind: str, limiter: AttemptLimiter) -> None:
         self.kind = kind
         self.limiter = limiter
+
+    def locked(self, caller: str) -> bool:
+        return self.limiter.locked(f"{self.kind}:{caller}")
 
     def verify(self, caller: str, answer: str, stored: tuple[bytes, bytes] | None) -> None:
         key = f"{self.kind}:{caller}"
@@ -110,6 +117,9 @@ class TotpFactor:
     window: int = 1
     clock: Clock = time.time
     _used: dict[str, int] = field(default_factory=dict)
+
+    def locked(self, caller: str) -> bool:
+        return self.limiter.locked(f"totp:{caller}")
 
     def verify(self, caller: str, code: str, secret: bytes | None) -> None:
         key = f"totp:{caller}"

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import threading
 import time
@@ -41,6 +42,7 @@ from appliance.core.ports import (
     SpeechDetector,
     Synthesizer,
     Transcriber,
+    TurnAgent,
     TurnGuard,
     TurnRecord,
 )
@@ -49,6 +51,7 @@ from appliance.pipeline.dialogue import Dialogue
 from appliance.pipeline.endpointing import Decision, Endpointer
 
 log = logging.getLogger(__name__)
+SECRET_NOT_RECORDED = "[authentication answer: not recorded]"
 
 # One worker thread per stage, shared by every call of the process: a model is never run by two
 # threads at once, and each library keeps its thread pools (OpenMP, ONNX Runtime, ggml) bound to
@@ -141,6 +144,7 @@ class _Response:
         self.utterance = b""
         self.decision: InputDecision | None = None
         self.output_reasons: tuple[str, ...] = ()
+        self.agent_outcome = ""
         self.redrafted: tuple[str, ...] = ()
         """Why a first draft of the reply was thrown away before any of it was said."""
         self.task: asyncio.Task[None] | None = None
@@ -159,7 +163,9 @@ class CallSession:
         clock: Callable[[], float] = time.monotonic,
         recorder: CallRecorder | None = None,
         guard: TurnGuard | None = None,
+        agent: TurnAgent | None = None,
     ) -> None:
+        """``agent`` (tools inside the call) works behind the input guard: it needs ``guard``."""
         if source.sample_rate_hz != PIPELINE_SAMPLE_RATE_HZ:
             raise ValueError(f"sources must deliver {PIPELINE_SAMPLE_RATE_HZ} Hz audio")
         if sink.sample_rate_hz != config.output_sample_rate_hz:
@@ -172,6 +178,7 @@ class CallSession:
         self._clock = clock
         self._recorder = recorder
         self._guard = guard
+        self._agent = agent if guard is not None else None
         self._storing: list[asyncio.Task[None]] = []
         self._frame_ms = source.frame_ms
         self._endpointer = Endpointer(config.endpointing, source.frame_ms)
@@ -403,6 +410,8 @@ class CallSession:
                 "output_reasons": list(response.output_reasons),
                 "redrafted_reasons": list(response.redrafted),
             }
+            if response.agent_outcome:
+                guard["agent"] = response.agent_outcome
         record = TurnRecord(
             index=turn.index,
             transcript=decision.stored_text if decision is not None else turn.transcript,
@@ -502,6 +511,10 @@ class CallSession:
                 response.audio.extend(pcm)
                 return
             llm_text = decision.llm_text
+            if self._agent is not None and self._agent.wants(transcript.text):
+                await self._agent_turn(response, decision, transcript.text)
+                if response.decision is not decision:
+                    return
         messages = self._dialogue.messages_for(llm_text)
         sentences: asyncio.Queue[str | None] = asyncio.Queue()
         speaker = asyncio.create_task(self._speak(response, sentences))
@@ -559,6 +572,27 @@ class CallSession:
                 speaker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await speaker
+
+    async def _agent_turn(self, response: _Response, decision: InputDecision, heard: str) -> None:
+        """Let the tool agent answer the turn; it changes state (a factor tried, a code used),
+        so never for a speculative turn: wait until the end of speech is confirmed."""
+        assert self._agent is not None
+        while not response.released:
+            response.changed.clear()
+            await response.changed.wait()
+        handled = await _in_worker(Stage.LLM, self._agent.handle, heard, decision.llm_text)
+        if handled is None:
+            return
+        self._hold_or_emit(response, EventType.AGENT, outcome=handled.outcome)
+        response.agent_outcome = handled.outcome
+        response.decision = dataclasses.replace(
+            decision,
+            fixed_reply=handled.reply,
+            stored_text=SECRET_NOT_RECORDED if handled.secret else decision.stored_text,
+            record_audio=decision.record_audio and not handled.secret,
+        )
+        response.reply = handled.reply
+        response.audio.extend(await _in_worker(Stage.TTS, self._synthesize, handled.reply))
 
     async def _speak(self, response: _Response, sentences: asyncio.Queue[str | None]) -> None:
         while (sentence := await sentences.get()) is not None:

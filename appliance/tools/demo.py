@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from appliance.identity.factors import totp_secret_from_base32
 from appliance.identity.levels import Assurance
 from appliance.tools.registry import Param, Tool, ToolError
 
@@ -34,6 +35,17 @@ class DemoBank:
         self.bookings.append({"caller": caller, "slot": slot, "branch": args["branch"]})
         return f"Your appointment at {args['branch']} is booked for {slot}."
 
+    def pin(self, caller: str) -> tuple[bytes, bytes] | None:
+        entry = self.data.get("credentials", {}).get(caller, {}).get("pin_scrypt")
+        if not entry:
+            return None
+        salt, digest = entry.split(":")
+        return bytes.fromhex(salt), bytes.fromhex(digest)
+
+    def totp_secret(self, caller: str) -> bytes | None:
+        entry = self.data.get("credentials", {}).get(caller, {}).get("totp_base32")
+        return totp_secret_from_base32(entry) if entry else None
+
     def transfer(self, caller: str, args: Mapping[str, Any]) -> str:
         self.transfers.append(caller)
         return "I'm transferring you to a member of our team now."
@@ -49,6 +61,7 @@ def demo_tools(bank: DemoBank) -> dict[str, Tool]:
             changes_data=False,
             required_level=Assurance.TWO_FACTORS,
             handler=bank.balance,
+            triggers=("balance", "how much money", "how much is in my account"),
         ),
         Tool(
             name="book_appointment",
@@ -67,6 +80,7 @@ def demo_tools(bank: DemoBank) -> dict[str, Tool]:
             changes_data=True,
             required_level=Assurance.ONE_FACTOR,
             handler=bank.book,
+            triggers=("appointment", "book", "booking"),
         ),
         Tool(
             name="transfer_to_human",
@@ -76,6 +90,7 @@ def demo_tools(bank: DemoBank) -> dict[str, Tool]:
             changes_data=False,
             required_level=Assurance.ANONYMOUS,
             handler=bank.transfer,
+            triggers=("human", "real person", "agent", "staff", "someone", "transfer me"),
         ),
     ]
     return {tool.name: tool for tool in tools}

@@ -100,6 +100,18 @@ class Tool:
     required_level: Assurance
     handler: Callable[[str, Mapping[str, Any]], str]
     """(caller reference, validated arguments) -> what the agent may say."""
+    triggers: tuple[str, ...] = ()
+    """Words of a caller's request that make this tool a candidate (lower case, whole words):
+    only then is the model asked, with a grammar that allows just the candidates or none."""
+
+    def triggered_by(self, text: str) -> bool:
+        words = " ".join(re.findall(r"[a-z0-9']+", text.lower()))
+        return any(f" {t} " in f" {words} " for t in self.triggers)
+
+    def summary(self, values: Mapping[str, Any]) -> str:
+        """What the tool will do, in words the caller confirms."""
+        detail = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in values.items())
+        return f"{self.description.rstrip('.')}{': ' + detail if detail else ''}"
 
     def validate(self, arguments: Mapping[str, Any]) -> dict[str, Any]:
         known = {p.name for p in self.params}
@@ -152,8 +164,9 @@ class ToolBox:
     def visible(self) -> list[Tool]:
         return [t for name, t in sorted(self.tools.items()) if name in self.enabled]
 
-    def call_schema(self) -> dict[str, Any]:
-        """A JSON schema for the model's tool request, for grammar-constrained output."""
+    def call_schema(self, only: frozenset[str] | None = None) -> dict[str, Any]:
+        """A JSON schema for the model's tool request (the enabled tools, or those of them in
+        ``only``, or none), for grammar-constrained output."""
         options: list[dict[str, Any]] = [
             {
                 "type": "object",
@@ -169,6 +182,7 @@ class ToolBox:
                 "required": ["tool", "arguments"],
             }
             for tool in self.visible()
+            if only is None or tool.name in only
         ]
         options.append(
             {"type": "object", "properties": {"tool": {"const": "none"}}, "required": ["tool"]}
