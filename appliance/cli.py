@@ -49,6 +49,9 @@ def _parser() -> argparse.ArgumentParser:
     )
 
     commands.add_parser("listen", help="a live conversation on the microphone and speaker")
+    commands.add_parser(
+        "serve", help="the voice service in the foreground (systemd notify, clean SIGTERM)"
+    )
 
     say = commands.add_parser("say", help="speak text with the configured voice into a WAV")
     say.add_argument("text", help="what to say")
@@ -118,6 +121,15 @@ def _parser() -> argparse.ArgumentParser:
     tools_list = tools_cmd.add_parser("list", help="each tool: scopes, changes data, level")
     tools_list.add_argument("--json", action="store_true")
 
+    voice = commands.add_parser("voice", help="voice biometrics: enrol, forget, status")
+    voice_cmd = voice.add_subparsers(dest="voice_command", required=True)
+    voice_enrol = voice_cmd.add_parser("enrol", help="enrol a caller's voice from WAV files")
+    voice_enrol.add_argument("--caller", required=True, help="the caller ID")
+    voice_enrol.add_argument("wavs", type=Path, nargs="+", help="utterances, one per file")
+    voice_forget = voice_cmd.add_parser("forget", help="erase a caller's voice template")
+    voice_forget.add_argument("--caller", required=True)
+    voice_cmd.add_parser("status", help="whether voice biometrics are available and enabled")
+
     incidents = commands.add_parser("incidents", help="incidents opened by the guards")
     incidents.add_argument("--json", action="store_true")
 
@@ -169,6 +181,10 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
         return _call(args, settings)
     if args.command == "listen":
         return _listen(settings)
+    if args.command == "serve":
+        from appliance.deploy.serve import serve
+
+        return serve(settings)
     if args.command == "say":
         return _say(args, settings)
     if args.command == "models":
@@ -190,6 +206,8 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
         return _tools(args, settings)
     if args.command == "incidents":
         return _incidents(args, settings)
+    if args.command == "voice":
+        return _voice(args, settings)
     if args.command in STORAGE_COMMANDS:
         return STORAGE_COMMANDS[args.command](args, settings)
     raise AssertionError(args.command)
@@ -672,6 +690,40 @@ def _tools(args: argparse.Namespace, settings: Settings) -> int:
             f"{r['name']:20} {'yes' if r['enabled'] else 'no':8} {r['assurance_level']:<6} "
             f"{'yes' if r['changes_data'] else 'no':8} {', '.join(r['scopes'])}"
         )
+    return 0
+
+
+def _voice(args: argparse.Namespace, settings: Settings) -> int:
+    from appliance.engines.voiceprint import voiceprint_available
+    from appliance.service import open_storage
+
+    available = voiceprint_available()
+    if args.voice_command == "status":
+        state = "enabled" if settings.voiceprint.enabled else "disabled in [voiceprint]"
+        print(f"voice biometrics: {'available' if available else 'unavailable'}; {state}")
+        return 0 if available else EXIT_ERROR
+    storage = open_storage(settings)
+    try:
+        if args.voice_command == "forget":
+            storage.forget_voiceprint(args.caller, _actor())
+            print("voice template erased")
+            return 0
+        from appliance.audio_io.wav import read_wav, to_pipeline_pcm
+        from appliance.config.manifest import model_spec
+        from appliance.core.audio import PIPELINE_SAMPLE_RATE_HZ
+        from appliance.engines.voiceprint import ResemblyzerEmbedder
+        from appliance.identity.voice import enrol
+
+        embedder = ResemblyzerEmbedder(model_spec(settings, "voiceprint"))
+        embeddings = [
+            embedder.embed(to_pipeline_pcm(read_wav(path)), PIPELINE_SAMPLE_RATE_HZ)
+            for path in args.wavs
+        ]
+        template = enrol(embeddings, settings.voiceprint.min_enrolment_utterances)
+        storage.save_voiceprint(args.caller, template.to_bytes(), _actor())
+    finally:
+        storage.close()
+    print(f"enrolled from {len(args.wavs)} utterances (template sealed in the database)")
     return 0
 
 

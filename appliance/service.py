@@ -30,11 +30,13 @@ from appliance.engines.stt import WhisperTranscriber
 from appliance.engines.tts import PiperSynthesizer
 from appliance.engines.vad import WebRtcVad
 from appliance.guard.call import CallGuard
-from appliance.identity.abuse import AbuseMonitor, Action
+from appliance.identity.abuse import AbuseMonitor, Action, CallAnomalies
+from appliance.identity.factors import AttemptLimiter
+from appliance.identity.voice import VoiceTemplate, VoiceVerifier
 from appliance.pipeline.run import CallSession, Engines, EventHandler, PipelineConfig, TurnResult
 from appliance.storage.keys import default_key_path, load_or_create, read_key
 from appliance.storage.repository import Storage
-from appliance.tools.agent import CallerFactors, JsonRequester, ToolAgent
+from appliance.tools.agent import CallerFactors, JsonRequester, ToolAgent, VoiceCheck
 from appliance.tools.demo import DemoBank, demo_tools
 from appliance.tools.registry import ToolBox
 
@@ -93,6 +95,9 @@ class VoiceService:
     _busy: dict[int, bytes] = field(default_factory=dict)
     _voice_embedder: VoiceEmbedder | None = None
     _factors: CallerFactors | None = None
+    _voice_verifier: VoiceVerifier | None = None
+    active: set[CallSession] = field(default_factory=set)
+    """The calls in progress (for a clean shutdown: each gets a goodbye)."""
 
     def __post_init__(self) -> None:
         if self.monitor is None:
@@ -193,6 +198,7 @@ class VoiceService:
             model=self.engines.llm,
             settings=self.settings.tools,
             factors=self._factors,
+            voice=self.voice_check(storage),
             today=datetime.date.today().isoformat(),
         )
 
@@ -213,6 +219,27 @@ class VoiceService:
 
             self._voice_embedder = ResemblyzerEmbedder(model_spec(self.settings, "voiceprint"))
         return self._voice_embedder
+
+    def voice_check(self, storage: Storage) -> VoiceCheck | None:
+        """The voice factor for calls, when ``[voiceprint] enabled`` and the extra is there."""
+        from appliance.engines.voiceprint import voiceprint_available
+
+        options = self.settings.voiceprint
+        if not (options.enabled and voiceprint_available()):
+            return None
+        if self._voice_verifier is None:
+            limiter = AttemptLimiter(
+                self.settings.tools.max_factor_attempts, float(self.settings.tools.lockout_s)
+            )
+            self._voice_verifier = VoiceVerifier(
+                options.threshold, limiter, options.challenge_digits
+            )
+
+        def template(caller: str) -> VoiceTemplate | None:
+            sealed = storage.voiceprint(caller) if caller else None
+            return VoiceTemplate.from_bytes(sealed) if sealed else None
+
+        return VoiceCheck(self.voice_embedder(), self._voice_verifier, template)
 
     def new_guard(self) -> CallGuard:
         return CallGuard(self.settings.policy, self.settings.llm.system_prompt)
@@ -242,7 +269,9 @@ async def run_call(
 
     Refused calls (a flood, a blocked caller, too many at once) hear the busy reply and leave an
     audit event; the first refusal of a flood opens an incident. Repeated probing in a call
-    (guard blocks) warns, ends the call or blocks the caller, as ``[limits] probe_action`` says.
+    (guard blocks) warns, ends the call or blocks the caller, as ``[limits] probe_action`` says;
+    a volume spike or topic drift does what ``[limits] anomaly_action`` says. Each opens an
+    incident.
     """
     monitor = service.monitor
     assert monitor is not None
@@ -267,31 +296,50 @@ async def run_call(
         loop = asyncio.get_running_loop()
         writes: list[asyncio.Future[str]] = []
 
+        anomalies = CallAnomalies(service.settings.limits)
+
+        def act(kind: str, severity: str, summary: str, action: Action) -> None:
+            """An incident (stored off the event loop), then the configured action."""
+            writes.append(
+                loop.run_in_executor(
+                    None,
+                    lambda: storage.open_incident(
+                        kind, severity, f"{summary}; action {action}", call_id=record.call_id
+                    ),
+                )
+            )
+            if action is Action.BLOCK_CALLER and caller_key:
+                monitor.block(caller_key)
+            if action in (Action.END_CALL, Action.BLOCK_CALLER) and session is not None:
+                session.end(f"abuse:{action}", service.settings.limits.goodbye_reply)
+
         def watch(event: TurnEvent) -> None:
             nonlocal probes
             if on_event is not None:
                 on_event(event)
-            if event.type is not EventType.GUARD_INPUT or event.data.get("verdict") != "block":
+            if event.type is EventType.SPEECH_END:
+                if anomalies.utterance(float(event.data.get("level_dbfs", -120.0))):
+                    act("volume_spike", "low", "an utterance far louder", anomalies.action())
+                return
+            if event.type is not EventType.GUARD_INPUT:
+                return
+            if anomalies.turn(bool(event.data.get("on_topic", True))):
+                turns = service.settings.limits.topic_drift_turns
+                act("topic_drift", "low", f"{turns} off-topic turns in a row", anomalies.action())
+            if event.data.get("verdict") != "block":
                 return
             probes += 1
             action = monitor.probe(caller_key, probes)
-            if action is Action.NONE:
-                return
-            summary = f"{probes} blocked turns; action {action}"
-            writes.append(  # storage off the event loop
-                loop.run_in_executor(
-                    None,
-                    lambda: storage.open_incident(
-                        "probing", "medium", summary, call_id=record.call_id
-                    ),
-                )
-            )
-            if action in (Action.END_CALL, Action.BLOCK_CALLER) and session is not None:
-                session.end(f"abuse:{action}", service.settings.limits.goodbye_reply)
+            if action is not Action.NONE:
+                act("probing", "medium", f"{probes} blocked turns", action)
 
         agent = service.tool_agent(storage, record.call_id, caller_id)
         session = service.session(source, sink, on_event=watch, recorder=record, agent=agent)
-        turns = await session.run()
+        service.active.add(session)
+        try:
+            turns = await session.run()
+        finally:
+            service.active.discard(session)
         await asyncio.gather(*writes, return_exceptions=True)
         return CallOutcome(record.call_id, turns, end_reason=session.end_reason)
     finally:

@@ -9,7 +9,9 @@ else ``config/appliance.toml`` of the checkout when present), then environment v
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
+import re
 import tomllib
 import typing
 from collections.abc import Mapping
@@ -161,6 +163,15 @@ class PolicySettings:
         "Branches: Main Street, Riverside and Old Town.",
     )
     """What the agent may tell callers: the deployment's own facts, in the system prompt."""
+    topic_keywords: tuple[str, ...] = (
+        "balance", "card", "bill", "refund", "parcel", "address", "statement", "transfer",
+        "close", "time", "when", "where", "help", "hello", "thank", "human", "person", "speak",
+        "agent", "staff", "code", "number", "money", "loan", "mortgage", "overdraft", "fees",
+    )  # fmt: skip
+    """Words that also count as on topic (guard/topics.py: topic drift is watched)."""
+    max_turn_words: int = 150
+    """A longer turn is not sent to the model; the caller is asked to be briefer."""
+    too_long_reply: str = "That was a lot at once. Could you tell me briefly what you need?"
     refused_keywords: tuple[str, ...] = (
         "diagnosis",
         "diagnose me",
@@ -245,8 +256,15 @@ class PolicySettings:
             raise ConfigError("config.invalid", f"policy.redact: unknown kinds {sorted(unknown)}")
         _check(self.flagged in ("caution", "refuse"), "policy.flagged", "caution or refuse")
         _check(0 <= self.payment_turns <= 20, "policy.payment_turns", "0 to 20")
-        for key in ("refusal_reply", "blocked_reply", "distress_reply", "output_fallback"):
+        for key in (
+            "refusal_reply",
+            "blocked_reply",
+            "distress_reply",
+            "output_fallback",
+            "too_long_reply",
+        ):
             _check(bool(getattr(self, key).strip()), f"policy.{key}", "must not be empty")
+        _check(self.max_turn_words >= 10, "policy.max_turn_words", "at least 10")
 
 
 @dataclass(frozen=True)
@@ -266,6 +284,12 @@ class LimitsSettings:
     """warn (log and incident), end_call (goodbye and hang up, incident), block_caller (end the
     call and refuse the caller for block_minutes, incident)."""
     block_minutes: int = 60
+    volume_spike_db: float = 15.0
+    """An utterance this many dB above the caller's median level so far is a volume spike."""
+    topic_drift_turns: int = 4
+    """Off-topic turns in a row (guard/topics.py) that count as topic drift."""
+    anomaly_action: str = "warn"
+    """For a volume spike or topic drift: warn (log and incident), end_call or block_caller."""
     busy_reply: str = "I'm sorry, we can't take your call right now. Please call again later."
     goodbye_reply: str = "Thank you for calling. Goodbye."
 
@@ -281,11 +305,14 @@ class LimitsSettings:
         ):
             _check(getattr(self, key) >= 1, f"limits.{key}", "at least 1")
         _check(60 <= self.max_call_s <= 24 * 3600, "limits.max_call_s", "60 to 86400")
-        _check(
-            self.probe_action in ("warn", "end_call", "block_caller"),
-            "limits.probe_action",
-            "warn, end_call or block_caller",
-        )
+        for key in ("probe_action", "anomaly_action"):
+            _check(
+                getattr(self, key) in ("warn", "end_call", "block_caller"),
+                f"limits.{key}",
+                "warn, end_call or block_caller",
+            )
+        _check(3 <= self.volume_spike_db <= 60, "limits.volume_spike_db", "3 to 60")
+        _check(self.topic_drift_turns >= 2, "limits.topic_drift_turns", "at least 2")
 
 
 @dataclass(frozen=True)
@@ -295,6 +322,9 @@ class ToolsSettings:
     max_factor_attempts: int = 3
     """Wrong PINs or codes before that factor locks (for lockout_s, doubled each time)."""
     lockout_s: int = 300
+    voice_prompt: str = (
+        "To do that I need to check it's you. Please say these digits after me: {digits}."
+    )
     pin_prompt: str = "To do that I need to check it's you. Please say your PIN, digit by digit."
     totp_prompt: str = (
         "Thank you. Now please read me the six-digit code from your authenticator app."
@@ -314,6 +344,7 @@ class ToolsSettings:
         _check(self.max_factor_attempts >= 1, "tools.max_factor_attempts", "at least 1")
         _check(self.lockout_s >= 1, "tools.lockout_s", "at least 1 second")
         _check("{action}" in self.confirm_prompt, "tools.confirm_prompt", "must hold {action}")
+        _check("{digits}" in self.voice_prompt, "tools.voice_prompt", "must hold {digits}")
 
 
 @dataclass(frozen=True)
@@ -378,6 +409,37 @@ class VoiceprintSettings:
 
 
 @dataclass(frozen=True)
+class ServiceSettings:
+    """How ``appliance serve`` runs (the systemd units run it)."""
+
+    voice: str = "microphone"
+    """Where calls come from: "microphone" (the local sound device) or "none" (the voice
+    service idles; for a box that only hosts the other parts)."""
+    egress_allow: tuple[str, ...] = ()
+    """Addresses or networks (CIDR) outside loopback the process may connect to: the SIP
+    trunks and peers. Everything else is refused inside the process (deploy/egress.py)."""
+    admin_allow: tuple[str, ...] = ("127.0.0.0/8", "::1/128")
+    """Networks the admin panel may be reached from (the units' IPAddressAllow=)."""
+    memory_max: str = "3G"
+    """The voice unit's MemoryMax= (systemd syntax)."""
+    shutdown_timeout_s: float = 20.0
+    """How long calls in progress get to say goodbye on SIGTERM."""
+
+    def __post_init__(self) -> None:
+        _check(self.voice in ("microphone", "none"), "service.voice", "microphone or none")
+        for key in ("egress_allow", "admin_allow"):
+            for value in getattr(self, key):
+                try:
+                    ipaddress.ip_network(value, strict=False)
+                except ValueError as exc:
+                    raise ConfigError(
+                        "config.invalid", f"service.{key}: {value!r} is not an address or CIDR"
+                    ) from exc
+        _check(bool(re.fullmatch(r"\d+[KMGT]?", self.memory_max)), "service.memory_max", "like 3G")
+        _check(1 <= self.shutdown_timeout_s <= 300, "service.shutdown_timeout_s", "1 to 300")
+
+
+@dataclass(frozen=True)
 class ModelsSettings:
     manifest: str = ""
 
@@ -401,6 +463,7 @@ class Settings:
     limits: LimitsSettings = field(default_factory=LimitsSettings)
     storage: StorageSettings = field(default_factory=StorageSettings)
     retention: RetentionSettings = field(default_factory=RetentionSettings)
+    service: ServiceSettings = field(default_factory=ServiceSettings)
     source: str = "defaults"
     """Where the settings came from (the file path, or 'defaults'), for messages."""
 
@@ -418,6 +481,7 @@ SECTIONS: dict[str, type[Any]] = {
     "limits": LimitsSettings,
     "storage": StorageSettings,
     "retention": RetentionSettings,
+    "service": ServiceSettings,
 }
 
 

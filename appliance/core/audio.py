@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import array
+import math
+import sys
 from dataclasses import dataclass
 
 SAMPLE_WIDTH_BYTES = 2
@@ -33,3 +36,14 @@ def frame_bytes(sample_rate_hz: int, frame_ms: int) -> int:
 def is_silent(pcm: bytes) -> bool:
     """True when every sample is zero (what a sink receives while the agent is quiet)."""
     return not any(pcm)
+
+
+def level_dbfs(pcm: bytes) -> float:
+    """RMS level of PCM16 audio in dB relative to full scale (-120 for silence)."""
+    samples = array.array("h", pcm[: len(pcm) - len(pcm) % 2])
+    if sys.byteorder == "big":
+        samples.byteswap()
+    if not samples:
+        return -120.0
+    mean_square = math.fsum(x * x for x in samples) / len(samples)
+    return max(-120.0, 10 * math.log10(mean_square / 32768.0**2)) if mean_square else -120.0

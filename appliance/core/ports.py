@@ -68,6 +68,8 @@ class InputDecision:
     record_audio: bool = True
     escalation: str = ""
     state: object = None
+    on_topic: bool = True
+    """Whether the turn touches the deployment's topics (for topic-drift detection)."""
 
 
 @runtime_checkable
@@ -116,10 +118,10 @@ class TurnAgent(Protocol):
         """Whether ``handle`` may act on ``text``; no side effects."""
         ...
 
-    def handle(self, heard: str, fenced: str) -> AgentTurn | None:
+    def handle(self, heard: str, fenced: str, audio: bytes) -> AgentTurn | None:
         """Answer the turn (and change the dialogue's state), or None for the model to.
         ``heard`` is the transcript (for digits and a yes); ``fenced`` the guarded text that
-        the model may see."""
+        the model may see; ``audio`` the utterance (16 kHz PCM16), for a voice factor."""
         ...
 
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from appliance.config.settings import PolicySettings
 from appliance.core.ports import InputDecision
-from appliance.guard import pii
+from appliance.guard import pii, topics
 from appliance.guard.injection import Verdict, scan
 from appliance.guard.normalize import normalize, squeeze
 from appliance.guard.output import check_reply, refused_topics, shingles
@@ -38,6 +38,7 @@ class CallGuard:
         self._prompt_shingles = shingles(self.confidential)
         self._distress = tuple(squeeze(k) for k in policy.distress_keywords)
         self._refused = refused_topics(policy.refused_keywords)
+        self._vocabulary = topics.vocabulary(policy)
         self.state = GuardState()
 
     def screen_input(self, transcript: str) -> InputDecision:
@@ -81,6 +82,7 @@ class CallGuard:
                 record_audio=not in_payment,
                 escalation=escalation,
                 state=new_state,
+                on_topic=topics.on_topic(text, self._vocabulary),
             )
 
         if any(f" {k} " in flat for k in self._distress):
@@ -91,6 +93,8 @@ class CallGuard:
                 ("policy.distress",),
                 escalation="distress",
             )
+        if len(text.split()) > self.policy.max_turn_words:  # a quota, before any scan
+            return decide("too_long", "", self.policy.too_long_reply, ("limit.turn_words",))
         verdict = scan(text)
         if verdict.verdict is Verdict.BLOCK or (
             verdict.verdict is Verdict.FLAG and self.policy.flagged == "refuse"

@@ -1,9 +1,9 @@
 """Layer 3: check each part of a reply before it is spoken.
 
 A reply fails when it carries the canary or a run of words from the system prompt, personal
-data the caller did not give in this call, a refused topic, or a claim to have taken an action
-the policy does not allow. The pipeline then stops the generation and speaks the fallback; the
-guard event carries the reasons, never the text.
+data the caller did not give in this call, a refused topic, a claim to have taken an action
+the policy does not allow, or the tag of a jailbreak persona. The pipeline then stops the
+generation and speaks the fallback; the guard event carries the reasons, never the text.
 """
 
 from __future__ import annotations
@@ -22,6 +22,13 @@ _ACTIONS = re.compile(
     r"credit)\b",
     re.I,
 )
+_PERSONA = re.compile(
+    r"\[\s*(?:DAN|STAN|DUDE|AIM|JAILBREAK|JAILBROKEN|🔓)\s*\]|\b(?:DAN|STAN|DUDE|AIM)\s*:|"
+    r"developer\s+mode|jailbr(?:oken|eak)",
+    re.I,
+)
+"""The tags of jailbreak personas ("[DAN]", "DAN:", "Developer Mode"): a reply that wears one
+has been talked into a role the policy does not give it."""
 SHINGLE = 6
 
 
@@ -70,4 +77,6 @@ def check_reply(
         reasons.append("output.refused_topic")
     if _ACTIONS.search(folded):
         reasons.append("output.unauthorized_action")
+    if _PERSONA.search(folded):
+        reasons.append("output.persona")
     return tuple(dict.fromkeys(reasons))

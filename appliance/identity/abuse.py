@@ -71,7 +71,45 @@ class AbuseMonitor:
         over_day = bool(caller) and not self._probes.allow(caller or "")
         if not (over_call or over_day):
             return Action.NONE
-        action = Action(self.limits.probe_action)
-        if action is Action.BLOCK_CALLER and caller:
-            self._blocked[caller] = self.clock() + 60 * self.limits.block_minutes
-        return action
+        return Action(self.limits.probe_action)
+
+    def block(self, caller: str) -> None:
+        """Refuse ``caller``'s calls for ``[limits] block_minutes``."""
+        self._blocked[caller] = self.clock() + 60 * self.limits.block_minutes
+
+
+class CallAnomalies:
+    """Anomalies within one call: a volume spike (an utterance far louder than the caller's
+    median so far: shouting, or audio blasted into the line) and topic drift (a run of
+    off-topic turns). Each is reported once per call; the caller of this class decides the
+    action from ``[limits] anomaly_action``."""
+
+    def __init__(self, limits: LimitsSettings) -> None:
+        self.limits = limits
+        self._levels: list[float] = []
+        self._off_topic = 0
+        self.reported: set[str] = set()
+
+    def utterance(self, level_dbfs: float) -> str:
+        """Returns "volume_spike" the first time an utterance is a spike, else ""."""
+        baseline = sorted(self._levels)[len(self._levels) // 2] if len(self._levels) >= 2 else None
+        self._levels = [*self._levels[-19:], level_dbfs]
+        if baseline is not None and level_dbfs - baseline >= self.limits.volume_spike_db:
+            return self._report("volume_spike")
+        return ""
+
+    def turn(self, on_topic: bool) -> str:
+        """Returns "topic_drift" the first time enough off-topic turns come in a row."""
+        self._off_topic = 0 if on_topic else self._off_topic + 1
+        if self._off_topic >= self.limits.topic_drift_turns:
+            return self._report("topic_drift")
+        return ""
+
+    def _report(self, kind: str) -> str:
+        if kind in self.reported:
+            return ""
+        self.reported.add(kind)
+        return kind
+
+    def action(self) -> Action:
+        return Action(self.limits.anomaly_action)

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from appliance.config.settings import EndpointingSettings
-from appliance.core.audio import PIPELINE_SAMPLE_RATE_HZ, frame_bytes
+from appliance.core.audio import PIPELINE_SAMPLE_RATE_HZ, frame_bytes, level_dbfs
 from appliance.core.errors import ApplianceError
 from appliance.core.events import EventType, Stage, TurnEvent
 from appliance.core.ports import (
@@ -291,7 +291,8 @@ class CallSession:
     def _speech_end(self) -> None:
         turn = self._turn
         assert turn is not None
-        self._emit(turn, EventType.SPEECH_END, frame_index=self._tick)
+        level = round(level_dbfs(self._endpointer.utterance), 1)
+        self._emit(turn, EventType.SPEECH_END, frame_index=self._tick, level_dbfs=level)
         minute = 60_000 // self._frame_ms
         self._turn_ticks = [t for t in self._turn_ticks if self._tick - t < minute] + [self._tick]
         if len(self._turn_ticks) > self._config.turns_per_minute:
@@ -503,6 +504,7 @@ class CallSession:
                 EventType.GUARD_INPUT,
                 verdict=decision.verdict,
                 reasons=",".join(decision.reasons),
+                on_topic=decision.on_topic,
                 guard_ms=round((time.perf_counter() - started) * 1000, 3),
             )
             if decision.fixed_reply is not None:
@@ -512,7 +514,7 @@ class CallSession:
                 return
             llm_text = decision.llm_text
             if self._agent is not None and self._agent.wants(transcript.text):
-                await self._agent_turn(response, decision, transcript.text)
+                await self._agent_turn(response, decision, transcript.text, audio)
                 if response.decision is not decision:
                     return
         messages = self._dialogue.messages_for(llm_text)
@@ -573,14 +575,16 @@ class CallSession:
             with contextlib.suppress(asyncio.CancelledError):
                 await speaker
 
-    async def _agent_turn(self, response: _Response, decision: InputDecision, heard: str) -> None:
+    async def _agent_turn(
+        self, response: _Response, decision: InputDecision, heard: str, audio: bytes
+    ) -> None:
         """Let the tool agent answer the turn; it changes state (a factor tried, a code used),
         so never for a speculative turn: wait until the end of speech is confirmed."""
         assert self._agent is not None
         while not response.released:
             response.changed.clear()
             await response.changed.wait()
-        handled = await _in_worker(Stage.LLM, self._agent.handle, heard, decision.llm_text)
+        handled = await _in_worker(Stage.LLM, self._agent.handle, heard, decision.llm_text, audio)
         if handled is None:
             return
         self._hold_or_emit(response, EventType.AGENT, outcome=handled.outcome)

@@ -368,6 +368,22 @@ class Storage:
             key = self._data_key(session, row.data_key_id)
             return self._open(key, row.template, "voiceprints", "template", row.id)
 
+    def forget_voiceprint(self, caller_id: str, actor: str) -> bool:
+        """Erase a caller's voice template (crypto-shred its key); True if there was one."""
+        hashed = self.caller_hash(caller_id)
+        with self.session("forget voiceprint") as session:
+            rows = session.scalars(
+                select(Voiceprint)
+                .join(Caller, Caller.id == Voiceprint.caller_id)
+                .where(Caller.caller_hash == hashed)
+            ).all()
+            for row in rows:
+                self._delete_voiceprint(session, row)
+            outcome = "ok" if rows else "not_found"
+            self.audit_in(session, actor, "voice_forget", f"caller:{hashed[:16]}", outcome)
+        self.after_erasure()
+        return bool(rows)
+
     def _delete_voiceprint(self, session: Session, row: Voiceprint) -> None:
         key_id = row.data_key_id
         session.delete(row)

@@ -19,15 +19,17 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 from appliance.config.settings import ToolsSettings
-from appliance.core.ports import AgentTurn, ChatMessage
+from appliance.core.audio import PIPELINE_SAMPLE_RATE_HZ
+from appliance.core.errors import ApplianceError
+from appliance.core.ports import AgentTurn, ChatMessage, VoiceEmbedder
 from appliance.identity.factors import AttemptLimiter, FactorError, SecretFactor, TotpFactor
 from appliance.identity.levels import Assurance, Factor, assurance
-from appliance.identity.voice import digits_heard
+from appliance.identity.voice import VoiceTemplate, VoiceVerifier, digits_heard
 from appliance.tools.registry import ConfirmationRequired, StepUpRequired, Tool, ToolBox, ToolError
 
 _YES = re.compile(r"\b(?:yes|yeah|yep|correct|confirm|go ahead|please do|sure)\b", re.I)
@@ -66,10 +68,22 @@ class CallerFactors:
 
 
 @dataclass
+class VoiceCheck:
+    """The optional voice factor: a speaker encoder, the verifier, and the caller's template
+    (None when they have not enrolled)."""
+
+    embedder: VoiceEmbedder
+    verifier: VoiceVerifier
+    template: Callable[[str], VoiceTemplate | None]
+
+
+@dataclass
 class _Pending:
     tool: Tool
     arguments: dict[str, Any]
-    awaiting: str = ""  # "pin", "totp" or "confirm"
+    awaiting: str = ""  # "voice", "pin", "totp" or "confirm"
+    challenge: str = ""
+    """The digits the caller is asked to say for the voice factor."""
     confirmed: bool = False
     """Set only by the caller's own yes (``_answer_confirmation``)."""
 
@@ -83,9 +97,11 @@ class ToolAgent:
     model: JsonRequester
     settings: ToolsSettings
     factors: CallerFactors
+    voice: VoiceCheck | None = None
     today: str = ""
     passed: set[Factor] = field(default_factory=set)
     _pending: _Pending | None = None
+    _tried: set[str] = field(default_factory=set)
 
     @property
     def level(self) -> Assurance:
@@ -96,9 +112,11 @@ class ToolAgent:
         enabled tool is triggered."""
         return self._pending is not None or bool(self._candidates(text))
 
-    def handle(self, heard: str, fenced: str) -> AgentTurn | None:
+    def handle(self, heard: str, fenced: str, audio: bytes = b"") -> AgentTurn | None:
         text = heard
         pending = self._pending
+        if pending is not None and pending.awaiting == "voice":
+            return self._answer_voice(pending, text, audio)
         if pending is not None and pending.awaiting in ("pin", "totp"):
             return self._answer_factor(pending, text)
         if pending is not None:
@@ -161,6 +179,17 @@ class ToolAgent:
         return AgentTurn(result, "tool.ok")
 
     def _step_up(self, pending: _Pending) -> AgentTurn:
+        voice = self.voice
+        if (
+            voice is not None
+            and Factor.VOICE not in self.passed
+            and "voice" not in self._tried
+            and voice.template(self.caller) is not None
+        ):
+            self._tried.add("voice")  # one voice attempt a call, then the other factors
+            pending.awaiting, pending.challenge = "voice", voice.verifier.challenge()
+            digits = ", ".join(pending.challenge)
+            return AgentTurn(self.settings.voice_prompt.format(digits=digits), "step_up.voice")
         if Factor.PIN not in self.passed and self.credentials.pin(self.caller) is not None:
             pending.awaiting = "pin"
             return AgentTurn(self.settings.pin_prompt, "step_up.pin")
@@ -169,6 +198,26 @@ class ToolAgent:
             return AgentTurn(self.settings.totp_prompt, "step_up.totp")
         self._pending = None
         return AgentTurn(self.settings.cannot_verify, "step_up.unavailable")
+
+    def _answer_voice(self, pending: _Pending, text: str, audio: bytes) -> AgentTurn | None:
+        """The caller said the challenge: their voice and the digits must both match."""
+        voice = self.voice
+        template = voice.template(self.caller) if voice is not None else None
+        if voice is None or template is None or not digits_heard(text):
+            self._pending = None
+            return None
+        pending.awaiting = ""
+        try:
+            embedding = voice.embedder.embed(audio, PIPELINE_SAMPLE_RATE_HZ)
+            match = voice.verifier.verify(self.caller, template, embedding, text, pending.challenge)
+        except ApplianceError as exc:  # too short, locked: on to the other factors
+            outcome = exc.code
+        else:
+            outcome = match.reason
+            if match.passed:
+                self.passed.add(Factor.VOICE)
+        turn = self._advance()
+        return AgentTurn(turn.reply, f"{outcome};{turn.outcome}", secret=True)
 
     def _answer_factor(self, pending: _Pending, text: str) -> AgentTurn | None:
         digits = digits_heard(text)

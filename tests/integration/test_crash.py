@@ -13,7 +13,7 @@ from pathlib import Path
 from sqlalchemy import select
 
 from appliance.storage import sqlite
-from appliance.storage.keys import read_key
+from appliance.storage.keys import load_or_create, read_key
 from appliance.storage.repository import Storage
 from appliance.storage.schema import Turn
 
@@ -25,6 +25,7 @@ def test_sigkill_at_random_moments_loses_no_acknowledged_turn(tmp_path: Path) ->
     rng = random.Random(20261128)
     acknowledged: set[tuple[str, int]] = set()
     killed_after_ack = 0
+    load_or_create(tmp_path / "master.key")  # a kill may land before the writer made it
     for attempt in range(KILLS):
         writer = subprocess.Popen(
             [sys.executable, "-m", "tests.integration.crash_writer", str(tmp_path)],

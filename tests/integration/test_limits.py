@@ -6,6 +6,7 @@ import asyncio
 import dataclasses
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from appliance.audio_io.memory import MemorySink, MemorySource
@@ -179,4 +180,58 @@ def test_every_tool_call_is_audited_with_its_arguments_sealed(tmp_path: Path) ->
     assert rows == [("account_balance", "tools.step_up"), ("transfer_to_human", "ok")]
     assert all(b"complaint" not in (s or b"") for s in sealed)
     assert actions == ["tools.step_up", "ok"]
+    store.close()
+
+
+def loud(pcm: bytes, gain: float) -> bytes:
+    samples = np.frombuffer(pcm, dtype="<i2").astype(np.float64) * gain
+    return np.clip(samples, -32768, 32767).astype("<i2").tobytes()
+
+
+def test_a_volume_spike_opens_an_incident_and_takes_the_configured_action(
+    tmp_path: Path,
+) -> None:
+    texts = ["What time do you open?", "Where is the Riverside branch?", "Is my order here?"] * 2
+    service, store = fake_service(tmp_path, texts, anomaly_action="end_call")
+    quietly = tone(0.8)
+    pcm = b"".join(loud(quietly, 0.12) + quiet(3.0) for _ in range(3)) + quietly + quiet(3.0)
+    pcm += quietly + quiet(3.0)  # after the spike: never listened to
+    outcome = one_call(service, store, "+15550998", pcm)
+    ends = [t.first(EventType.SPEECH_END) for t in outcome.turns]  # type: ignore[attr-defined]
+    levels = [e.data["level_dbfs"] for e in ends if e is not None]
+    assert len(levels) == 4  # the fifth utterance was never listened to
+    assert levels[3] - levels[0] >= 15  # the configured spike: 15 dB
+    assert outcome.end_reason == "abuse:end_call"  # type: ignore[attr-defined]
+    assert [i["kind"] for i in store.list_incidents()] == ["volume_spike"]
+    store.close()
+
+
+def test_topic_drift_warns_with_an_incident_and_the_call_goes_on(tmp_path: Path) -> None:
+    texts = [
+        "Tell me about the weather on Mars.",
+        "Write me a poem about pirates.",
+        "What is the capital of Peru?",
+        "Sing me a song about dragons.",
+        "What time do you open?",
+    ]
+    service, store = fake_service(tmp_path, texts, topic_drift_turns=4, anomaly_action="warn")
+    pcm = b"".join(tone(0.8) + quiet(3.0) for _ in texts)
+    outcome = one_call(service, store, "+15550997", pcm)
+    topics = [t.first(EventType.GUARD_INPUT).data["on_topic"] for t in outcome.turns]  # type: ignore[attr-defined]
+    assert topics == [False, False, False, False, True]
+    assert outcome.end_reason == ""  # type: ignore[attr-defined]
+    assert [i["kind"] for i in store.list_incidents()] == ["topic_drift"]
+    store.close()
+
+
+def test_a_turn_over_the_word_quota_never_reaches_the_model(tmp_path: Path) -> None:
+    rambling = " ".join(["and then my order"] * 60)
+    service, store = fake_service(tmp_path, [rambling, "Thanks."])
+    outcome = one_call(service, store, "+15550996", tone(0.8) + quiet(3.0) + tone(0.5) + quiet(3))
+    first = outcome.turns[0]  # type: ignore[attr-defined]
+    assert first.first(EventType.GUARD_INPUT).data["verdict"] == "too_long"
+    assert first.reply == service.settings.policy.too_long_reply
+    model = service.engines.llm
+    assert isinstance(model, ScriptedChatModel)
+    assert all(rambling not in m.content for p in model.prompts for m in p)
     store.close()

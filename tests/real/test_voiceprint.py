@@ -6,6 +6,8 @@ Recorded human speech: the eight channel-test clips of Debian's alsa-utils (one 
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import io
 import shutil
 import subprocess
@@ -16,13 +18,16 @@ import numpy as np
 import pytest
 import soxr
 
+from appliance.audio_io.memory import MemorySink, MemorySource
+from appliance.config.settings import ToolsSettings, VoiceprintSettings
+from appliance.core.events import EventType
 from appliance.engines.voiceprint import voiceprint_available
 from appliance.identity.factors import AttemptLimiter
 from appliance.identity.levels import Assurance, Factor, assurance
 from appliance.identity.voice import VoiceTemplate, VoiceVerifier, cosine, enrol
-from appliance.service import VoiceService
+from appliance.service import VoiceService, open_storage, run_call
 from appliance.telephony.g711 import ulaw_decode, ulaw_encode
-from tests.real.conftest import speak
+from tests.real.conftest import run_cli, silence, speak
 
 pytestmark = pytest.mark.skipif(
     not voiceprint_available(), reason="voice biometrics extra not installed"
@@ -128,3 +133,55 @@ def test_verification_failures_lock_the_voice_factor(
     with pytest.raises(FactorError) as caught:
         verifier.verify("+1666", joe, stranger, "1234", "1234")
     assert caught.value.code == "identity.locked"
+
+
+class FixedChallenge(VoiceVerifier):
+    """The real verifier with a known challenge, so pre-recorded caller audio can answer it."""
+
+    def challenge(self) -> str:
+        return "418205"
+
+
+def test_enrolment_by_cli_then_a_call_steps_up_by_voice_and_a_stranger_does_not(
+    service: VoiceService, real_home: Path, tmp_path: Path
+) -> None:
+    caller = "+15550101"
+    wavs = []
+    for i, text in enumerate(ENROL_TEXTS):
+        wavs.append(str(tmp_path / f"enrol{i}.wav"))
+        assert run_cli("say", text, "--out", wavs[-1], home=real_home).returncode == 0
+    enrolled = run_cli("voice", "enrol", "--caller", caller, *wavs, home=real_home)
+    assert enrolled.returncode == 0, enrolled.stderr
+    tools = ToolsSettings(enabled=("book_appointment",))
+    settings = dataclasses.replace(
+        service.settings, tools=tools, voiceprint=VoiceprintSettings(enabled=True)
+    )
+    verifier = FixedChallenge(settings.voiceprint.threshold, AttemptLimiter())
+    with_voice = dataclasses.replace(
+        service, settings=settings, monitor=None, _voice_verifier=verifier
+    )
+
+    def call(answer: bytes) -> list[str]:
+        ask = speak(service, "I'd like to book an appointment at the Old Town branch.")
+        pcm = silence(0.5) + ask + silence(2.5) + answer + silence(2.5)
+        store = open_storage(settings)
+        try:
+            outcome = asyncio.run(
+                asyncio.wait_for(
+                    run_call(with_voice, store, MemorySource(pcm), sink(), caller_id=caller), 300
+                )
+            )
+        finally:
+            store.close()
+        agent = [t.first(EventType.AGENT) for t in outcome.turns]
+        return [str(a.data["outcome"]) if a else "" for a in agent]
+
+    def sink() -> MemorySink:
+        return MemorySink(service.config.output_sample_rate_hz)
+
+    digits = "Four, one, eight, two, zero, five."
+    outcomes = call(speak(service, digits))
+    assert outcomes[0] == "step_up.voice"
+    assert outcomes[1] == "voice.match;tool.confirm"  # level 1 reached: the booking is read back
+    outcomes = call(espeak(digits, "en-gb"))  # the right digits, another voice
+    assert outcomes[1] == "voice.no_match;step_up.pin"

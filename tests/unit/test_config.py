@@ -115,3 +115,20 @@ def test_unknown_or_mismatched_model_names_are_refused(settings: Settings) -> No
     unknown = dataclasses.replace(settings, tts=dataclasses.replace(settings.tts, model="nobody"))
     with pytest.raises(ConfigError, match=r"config\.model_unknown"):
         model_spec(unknown, "tts")
+
+
+def test_the_documented_configuration_shows_every_default() -> None:
+    """config/appliance.toml documents each key with its default: loading it changes nothing,
+    and every section and key of the settings appears in it."""
+    import tomllib
+
+    from appliance.config.settings import DEFAULT_CONFIG_FILE, SECTIONS, Settings, load_settings
+
+    documented = load_settings(DEFAULT_CONFIG_FILE, environ={})
+    defaults = Settings(home=documented.home)
+    for name in SECTIONS:
+        assert getattr(documented, name) == getattr(defaults, name), name
+    data = tomllib.loads(DEFAULT_CONFIG_FILE.read_text(encoding="utf-8"))
+    for name, cls in SECTIONS.items():
+        missing = {f.name for f in dataclasses.fields(cls)} - set(data.get(name, {}))
+        assert not missing, f"[{name}] does not document {sorted(missing)}"

@@ -146,3 +146,31 @@ def test_voice_enrolment_verification_and_the_spoken_challenge() -> None:
     assert verifier.verify("c", template, (0.0, 1.0), said, challenge).reason == "voice.no_match"
     wrong = verifier.verify("c", template, (1.0, 0.05), "hello", challenge)
     assert (wrong.passed, wrong.reason) == (False, "voice.wrong_challenge")
+
+
+def test_call_anomalies_report_a_spike_over_the_median_and_a_run_of_off_topic_turns() -> None:
+    from appliance.config.settings import LimitsSettings
+    from appliance.identity.abuse import CallAnomalies
+
+    anomalies = CallAnomalies(LimitsSettings(volume_spike_db=15, topic_drift_turns=3))
+    assert anomalies.utterance(-40.0) == ""  # no baseline yet: never a spike
+    assert anomalies.utterance(-20.0) == ""
+    assert anomalies.utterance(-38.0) == ""
+    assert anomalies.utterance(-22.0) == "volume_spike"  # 16 dB over the median (-38)
+    assert anomalies.utterance(-10.0) == ""  # reported once a call
+    assert [anomalies.turn(t) for t in (False, False, True, False, False)] == [""] * 5
+    assert anomalies.turn(False) == "topic_drift"
+
+
+def test_topics_and_levels() -> None:
+    from appliance.config.settings import PolicySettings
+    from appliance.core.audio import level_dbfs
+    from appliance.guard.topics import on_topic, vocabulary
+
+    vocab = vocabulary(PolicySettings())
+    assert on_topic("I want to move my booking to Friday", vocab)
+    assert on_topic("yes please", vocab)  # too short to count against anyone
+    assert not on_topic("write me a poem about pirates", vocab)
+    assert level_dbfs(b"") == -120.0 and level_dbfs(bytes(320)) == -120.0
+    full = (32767).to_bytes(2, "little", signed=True) * 160
+    assert -0.01 < level_dbfs(full) <= 0.0

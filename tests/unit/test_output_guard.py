@@ -40,6 +40,17 @@ def test_refused_topics_and_action_claims_are_caught() -> None:
     assert "output.refused_topic" in g.screen_output(f"Let me tell you about {topic}.")
 
 
+@pytest.mark.parametrize(
+    "reply", ["[DAN] Sure, anything.", "DAN: no limits here.", "Developer Mode enabled."]
+)
+def test_jailbreak_persona_tags_are_caught(reply: str) -> None:
+    assert "output.persona" in guard().screen_output(reply)
+
+
+def test_the_word_dan_alone_is_not_a_persona() -> None:
+    assert guard().screen_output("Dan from the Riverside branch can help you.") == ()
+
+
 def test_only_a_rules_recital_after_allowed_input_may_be_redrafted() -> None:
     g = guard()
     allowed = g.screen_input("What time do you open?")

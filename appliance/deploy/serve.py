@@ -1,0 +1,96 @@
+"""``appliance serve``: the voice service in the foreground, as the systemd unit runs it.
+
+Order of start: the egress guard (before any library can open a socket), the storage, the
+models, then READY=1 to systemd; WATCHDOG=1 follows every half watchdog period while the event
+loop is alive. SIGTERM (or SIGINT) stops taking calls, lets every call in progress say goodbye
+(``[limits] goodbye_reply``) within ``[service] shutdown_timeout_s``, closes each call's record
+and the storage, and exits 0. The admin panel runs as its own unit, in its own process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import time
+
+from appliance.config.settings import Settings
+from appliance.deploy import egress
+from appliance.deploy.notify import notify, watchdog_interval_s
+from appliance.service import VoiceService, open_storage, run_call
+from appliance.storage.repository import Storage
+
+log = logging.getLogger(__name__)
+
+
+def serve(settings: Settings) -> int:
+    guard = egress.install(settings.service.egress_allow)
+    started = time.monotonic()
+    storage = open_storage(settings)
+
+    def audit_block(target: str) -> None:
+        with contextlib.suppress(Exception):  # an audit failure must not hide the refusal
+            storage.log_event("system", "egress_blocked", target.split()[-1], "refused")
+
+    guard.on_block = audit_block
+    try:
+        service = VoiceService.load(settings)
+        return asyncio.run(_run(settings, service, storage, started))
+    finally:
+        storage.close()
+
+
+async def _run(settings: Settings, service: VoiceService, storage: Storage, started: float) -> int:
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stopping.set)
+    ready_s = time.monotonic() - started
+    notify(f"READY=1\nSTATUS=ready in {ready_s:.1f} s; voice: {settings.service.voice}")
+    log.info("ready in %.1f s (voice: %s)", ready_s, settings.service.voice)
+    watchdog = asyncio.create_task(_watchdog())
+    calls: asyncio.Task[object] | None = None
+    if settings.service.voice == "microphone":
+        from appliance.audio_io.device import MicrophoneSource, SpeakerSink
+
+        source = MicrophoneSource(settings.audio.input_device, settings.audio.frame_ms)
+        sink = SpeakerSink(
+            settings.audio.output_sample_rate_hz,
+            settings.audio.output_device,
+            settings.audio.frame_ms,
+        )
+        calls = asyncio.create_task(run_call(service, storage, source, sink, channel="microphone"))
+    waiter = asyncio.create_task(stopping.wait())
+    done, _ = await asyncio.wait(
+        {waiter, *([calls] if calls else [])}, return_when=asyncio.FIRST_COMPLETED
+    )
+    notify("STOPPING=1")
+    begun = time.monotonic()
+    for session in list(service.active):
+        session.end("shutdown", settings.limits.goodbye_reply)
+    code = 0
+    if calls is not None:
+        try:
+            await asyncio.wait_for(calls, settings.service.shutdown_timeout_s)
+        except TimeoutError:
+            log.error("calls did not finish within %.0f s", settings.service.shutdown_timeout_s)
+            code = 1
+        except Exception as exc:  # the run boundary: say what failed, by type only
+            log.error("the voice service failed: %s", type(exc).__name__)
+            code = 1
+        if calls in done and not stopping.is_set():
+            code = code or 1  # the microphone went away: let systemd restart the unit
+    waiter.cancel()
+    watchdog.cancel()
+    log.info("stopped in %.1f s", time.monotonic() - begun)
+    return code
+
+
+async def _watchdog() -> None:
+    interval = watchdog_interval_s()
+    if interval is None:
+        return
+    while True:
+        notify("WATCHDOG=1")
+        await asyncio.sleep(interval)
