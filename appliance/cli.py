@@ -52,6 +52,8 @@ def _parser() -> argparse.ArgumentParser:
     commands.add_parser(
         "serve", help="the voice service in the foreground (systemd notify, clean SIGTERM)"
     )
+    doctor = commands.add_parser("doctor", help="self-checks: PASS/FAIL/SKIP each, exit 1 on FAIL")
+    doctor.add_argument("--json", action="store_true")
 
     say = commands.add_parser("say", help="speak text with the configured voice into a WAV")
     say.add_argument("text", help="what to say")
@@ -181,6 +183,10 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
         return _call(args, settings)
     if args.command == "listen":
         return _listen(settings)
+    if args.command == "doctor":
+        from appliance.deploy import doctor
+
+        return doctor.run(settings, as_json=args.json)
     if args.command == "serve":
         from appliance.deploy.serve import serve
 

@@ -15,6 +15,7 @@ import logging
 import signal
 import time
 
+from appliance.audio_io.device import MicrophoneSource, SpeakerSink
 from appliance.config.settings import Settings
 from appliance.deploy import egress
 from appliance.deploy.notify import notify, watchdog_interval_s
@@ -51,9 +52,8 @@ async def _run(settings: Settings, service: VoiceService, storage: Storage, star
     log.info("ready in %.1f s (voice: %s)", ready_s, settings.service.voice)
     watchdog = asyncio.create_task(_watchdog())
     calls: asyncio.Task[object] | None = None
+    source: MicrophoneSource | None = None
     if settings.service.voice == "microphone":
-        from appliance.audio_io.device import MicrophoneSource, SpeakerSink
-
         source = MicrophoneSource(settings.audio.input_device, settings.audio.frame_ms)
         sink = SpeakerSink(
             settings.audio.output_sample_rate_hz,
@@ -67,18 +67,25 @@ async def _run(settings: Settings, service: VoiceService, storage: Storage, star
     )
     notify("STOPPING=1")
     begun = time.monotonic()
-    for session in list(service.active):
-        session.end("shutdown", settings.limits.goodbye_reply)
     code = 0
-    if calls is not None:
-        try:
-            await asyncio.wait_for(calls, settings.service.shutdown_timeout_s)
-        except TimeoutError:
+    if calls is not None and source is not None:
+        deadline = begun + settings.service.shutdown_timeout_s
+        while not calls.done() and time.monotonic() < deadline:
+            for session in list(service.active):  # also a call that was just starting
+                session.end("shutdown", settings.limits.goodbye_reply)
+            await asyncio.wait({calls}, timeout=0.2)
+        if not calls.done():
             log.error("calls did not finish within %.0f s", settings.service.shutdown_timeout_s)
+            source.close()  # unblock the device read, then give up on the call
+            calls.cancel()
             code = 1
-        except Exception as exc:  # the run boundary: say what failed, by type only
-            log.error("the voice service failed: %s", type(exc).__name__)
-            code = 1
+        with contextlib.suppress(asyncio.CancelledError):
+            try:
+                await calls
+            except Exception as exc:  # the run boundary: say what failed, by type only
+                log.error("the voice service failed: %s", type(exc).__name__)
+                code = 1
+        source.close()
         if calls in done and not stopping.is_set():
             code = code or 1  # the microphone went away: let systemd restart the unit
     waiter.cancel()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -63,3 +64,36 @@ def run_cli(
         timeout=300,
         check=False,
     )
+
+
+@pytest.fixture
+def pulse(tmp_path: Path) -> Iterator[dict[str, str]]:
+    """A private PulseAudio server with two null sinks: 'caller' (its monitor is the default
+    microphone) and 'agent' (the default speaker)."""
+    if shutil.which("pulseaudio") is None:
+        pytest.fail("pulseaudio is not installed: run scripts/setup as root")
+    runtime = tmp_path / "runtime"
+    runtime.mkdir(mode=0o700)
+    env = {**os.environ, "XDG_RUNTIME_DIR": str(runtime), "HOME": str(tmp_path)}
+    subprocess.run(
+        [
+            "pulseaudio",
+            "--daemonize=yes",
+            "--exit-idle-time=-1",
+            "--disallow-exit",
+            "-n",
+            "--load=module-native-protocol-unix",
+            "--load=module-null-sink sink_name=caller",
+            "--load=module-null-sink sink_name=agent",
+        ],
+        env=env,
+        check=True,
+        capture_output=True,
+        timeout=30,
+    )
+    try:
+        subprocess.run(["pactl", "set-default-source", "caller.monitor"], env=env, check=True)
+        subprocess.run(["pactl", "set-default-sink", "agent"], env=env, check=True)
+        yield env
+    finally:
+        subprocess.run(["pulseaudio", "--kill"], env=env, check=False, timeout=30)

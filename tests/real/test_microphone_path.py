@@ -4,16 +4,11 @@ caller's microphone and the agent's speaker (PortAudio -> ALSA -> PulseAudio).""
 from __future__ import annotations
 
 import difflib
-import os
 import re
 import selectors
-import shutil
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
-
-import pytest
 
 from appliance.audio_io.wav import read_wav, to_pipeline_pcm
 from appliance.config.settings import Settings
@@ -21,39 +16,6 @@ from appliance.service import VoiceService
 from tests.real.conftest import APPLIANCE, run_cli, wer
 
 QUESTION = "What time do you open on Saturday?"
-
-
-@pytest.fixture
-def pulse(tmp_path: Path) -> Iterator[dict[str, str]]:
-    """A private PulseAudio server with two null sinks: 'caller' (its monitor is the default
-    microphone) and 'agent' (the default speaker)."""
-    if shutil.which("pulseaudio") is None:
-        pytest.fail("pulseaudio is not installed: run scripts/setup as root")
-    runtime = tmp_path / "runtime"
-    runtime.mkdir(mode=0o700)
-    env = {**os.environ, "XDG_RUNTIME_DIR": str(runtime), "HOME": str(tmp_path)}
-    subprocess.run(
-        [
-            "pulseaudio",
-            "--daemonize=yes",
-            "--exit-idle-time=-1",
-            "--disallow-exit",
-            "-n",
-            "--load=module-native-protocol-unix",
-            "--load=module-null-sink sink_name=caller",
-            "--load=module-null-sink sink_name=agent",
-        ],
-        env=env,
-        check=True,
-        capture_output=True,
-        timeout=30,
-    )
-    try:
-        subprocess.run(["pactl", "set-default-source", "caller.monitor"], env=env, check=True)
-        subprocess.run(["pactl", "set-default-sink", "agent"], env=env, check=True)
-        yield env
-    finally:
-        subprocess.run(["pulseaudio", "--kill"], env=env, check=False, timeout=30)
 
 
 def read_until(process: subprocess.Popen[str], stream: str, needle: str, timeout_s: float) -> str:

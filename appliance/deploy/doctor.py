@@ -1,0 +1,201 @@
+"""``appliance doctor``: self-checks, each PASS, FAIL or SKIP (with why), exit 1 on any FAIL.
+
+Checks: the configuration, the master key file (mode and owner), the database (encrypted, and
+sound under the key), every configured model against its pins, the egress guard, the retention
+timer, free disk space and the clock. A check that cannot apply here (no systemd as PID 1, no
+admin panel yet) says SKIP and why, never PASS.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import sqlite3
+import stat
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from appliance.config.manifest import model_spec
+from appliance.config.settings import Settings
+from appliance.core.errors import ApplianceError
+from appliance.core.models import FileStatus, check_model
+from appliance.deploy import egress
+from appliance.storage.keys import default_key_path
+
+MIN_FREE_BYTES = 1 << 30
+EARLIEST_SANE_YEAR = 2025
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    status: str  # "PASS", "FAIL" or "SKIP"
+    detail: str
+
+
+def _pass(name: str, detail: str) -> Check:
+    return Check(name, "PASS", detail)
+
+
+def _fail(name: str, detail: str) -> Check:
+    return Check(name, "FAIL", detail)
+
+
+def _skip(name: str, detail: str) -> Check:
+    return Check(name, "SKIP", detail)
+
+
+def key_file(settings: Settings) -> Check:
+    path = default_key_path(settings.home, settings.storage.master_key_file)
+    try:
+        info = path.stat()
+    except FileNotFoundError:
+        return _fail("master key", f"{path} does not exist (it is created on first start)")
+    mode = stat.S_IMODE(info.st_mode)
+    if mode & 0o077:
+        return _fail("master key", f"{path} has mode {mode:04o}: group or others can read it")
+    if info.st_uid not in (os.getuid(), 0):
+        return _fail("master key", f"{path} belongs to uid {info.st_uid}, not this user or root")
+    return _pass("master key", f"{path} mode {mode:04o}, owner uid {info.st_uid}")
+
+
+def database(settings: Settings) -> Check:
+    if settings.storage.url:
+        return _skip("database", "an external database: encrypt its disk (values stay sealed)")
+    from appliance.service import database_path, open_storage
+    from appliance.storage import sqlite as sqlcipher
+
+    path = database_path(settings)
+    if not path.exists():
+        return _skip("database", f"{path} does not exist yet (created on first start)")
+    try:  # without the key, SQLite must see noise
+        with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as plain:
+            plain.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        return _fail("database", f"{path} opens without a key: it is NOT encrypted")
+    except sqlite3.DatabaseError:
+        pass
+    try:
+        storage = open_storage(settings, create_key=False)
+        try:
+            result = sqlcipher.integrity_check(storage.engine)
+        finally:
+            storage.close()
+    except ApplianceError as exc:
+        return _fail("database", f"does not open under the master key: {exc}")
+    if result != ["ok"]:
+        return _fail("database", f"integrity check: {'; '.join(result[:3])}")
+    return _pass("database", f"{path} encrypted (SQLCipher), integrity ok")
+
+
+def models(settings: Settings) -> Check:
+    roles = ["stt", "llm", "tts"] + (["voiceprint"] if settings.voiceprint.enabled else [])
+    bad = []
+    for role in roles:
+        try:
+            spec = model_spec(settings, role)
+        except ApplianceError as exc:
+            bad.append(f"{role}: {exc}")
+            continue
+        for file in check_model(spec):
+            if file.status is not FileStatus.OK:
+                bad.append(f"{spec.name}: {file.path} {file.status.value}")
+    if bad:
+        return _fail("models", "; ".join(bad))
+    return _pass("models", f"{', '.join(roles)} match their SHA-256 pins")
+
+
+def egress_guard(settings: Settings) -> Check:
+    """Install the guard as the service does, then try to leave: it must refuse."""
+    guard = egress.install(settings.service.egress_allow)
+    probe = ("192.0.2.1", 9)  # TEST-NET-1 (RFC 5737): never a real peer
+    if guard.allowed_host(probe[0]):
+        return _fail("egress guard", f"{probe[0]} is inside [service] egress_allow")
+    try:
+        with socket.create_connection(probe, timeout=0.2):
+            pass
+    except PermissionError:
+        allowed = ", ".join(settings.service.egress_allow) or "none"
+        return _pass("egress guard", f"outside connections refused; allowed peers: {allowed}")
+    except OSError:
+        pass
+    return _fail("egress guard", "a connection off the premises was not refused in-process")
+
+
+def _systemd_running() -> bool:
+    return Path("/run/systemd/system").is_dir() and shutil.which("systemctl") is not None
+
+
+def retention_timer(settings: Settings) -> Check:
+    if not _systemd_running():
+        return _skip("retention timer", "systemd is not PID 1 here; run `appliance retention run`")
+    state = subprocess.run(
+        ["systemctl", "is-active", "appliance-retention.timer"],
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout.strip()
+    if state != "active":
+        return _fail("retention timer", f"appliance-retention.timer is {state or 'unknown'}")
+    return _pass("retention timer", "appliance-retention.timer is active")
+
+
+def disk_space(settings: Settings) -> Check:
+    folder = settings.home if settings.home.exists() else settings.home.parent
+    free = shutil.disk_usage(folder).free
+    detail = f"{free / 2**30:.1f} GiB free under {folder}"
+    return _pass("disk space", detail) if free >= MIN_FREE_BYTES else _fail("disk space", detail)
+
+
+def clock(settings: Settings) -> Check:
+    year = time.gmtime().tm_year
+    if year < EARLIEST_SANE_YEAR:
+        return _fail("clock", f"the year is {year}: audit timestamps and TOTP codes would be wrong")
+    if not (_systemd_running() and shutil.which("timedatectl")):
+        return _pass(
+            "clock", f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())} (sync unknown)"
+        )
+    synced = subprocess.run(
+        ["timedatectl", "show", "-p", "NTPSynchronized", "--value"],
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout.strip()
+    if synced != "yes":
+        return _fail("clock", "not synchronized (NTP): TOTP codes and audit times drift")
+    return _pass("clock", "synchronized (NTP)")
+
+
+def tls(settings: Settings) -> Check:
+    return _skip("TLS and certificate", "the admin panel (its TLS) is not part of this build yet")
+
+
+CHECKS: tuple[Callable[[Settings], Check], ...] = (
+    key_file,
+    database,
+    models,
+    egress_guard,
+    retention_timer,
+    tls,
+    disk_space,
+    clock,
+)
+
+
+def run(settings: Settings, *, as_json: bool = False) -> int:
+    results = [_pass("configuration", f"valid ({settings.source})")]
+    for check in CHECKS:
+        try:
+            results.append(check(settings))
+        except Exception as exc:  # a check that breaks is a failed check, with its type
+            results.append(_fail(check.__name__, f"the check itself failed: {exc!r}"))
+    if as_json:
+        print(json.dumps([asdict(r) for r in results], indent=2))
+    else:
+        for r in results:
+            print(f"{r.status:4}  {r.name:20} {r.detail}")
+    return 1 if any(r.status == "FAIL" for r in results) else 0

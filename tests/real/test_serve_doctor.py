@@ -1,0 +1,110 @@
+"""`appliance serve` as systemd runs it (notify, watchdog, SIGTERM with a goodbye) and
+`appliance doctor` passing, then failing on a world-readable key and on a tampered model."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+from pathlib import Path
+
+from appliance.config.manifest import model_spec
+from appliance.config.settings import Settings
+from tests.real.conftest import APPLIANCE, run_cli
+
+
+def notifications(listener: socket.socket, until: str, timeout_s: float) -> list[str]:
+    listener.settimeout(timeout_s)
+    seen: list[str] = []
+    while until not in seen:
+        seen += listener.recv(4096).decode().split("\n")
+    return seen
+
+
+def serve(env: dict[str, str], tmp_path: Path) -> tuple[subprocess.Popen[str], socket.socket]:
+    path = tmp_path / "notify.sock"
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    listener.bind(str(path))
+    process = subprocess.Popen(
+        [str(APPLIANCE), "serve"],
+        env={**env, "NOTIFY_SOCKET": str(path), "WATCHDOG_USEC": "1000000"},
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    return process, listener
+
+
+def test_serve_notifies_systemd_and_stops_cleanly_on_sigterm(
+    real_home: Path, real_settings: Settings, tmp_path: Path
+) -> None:
+    env = {**os.environ, "APPLIANCE_HOME": str(real_home), "APPLIANCE_SERVICE__VOICE": "none"}
+    process, listener = serve(env, tmp_path)
+    with listener:
+        try:
+            seen = notifications(listener, "READY=1", timeout_s=120)
+            assert any(s.startswith("STATUS=ready in") for s in seen)
+            assert "WATCHDOG=1" in notifications(listener, "WATCHDOG=1", timeout_s=10)
+            process.send_signal(signal.SIGTERM)
+            assert "STOPPING=1" in notifications(listener, "STOPPING=1", timeout_s=30)
+        finally:
+            process.send_signal(signal.SIGTERM)
+            _, errors = process.communicate(timeout=60)
+    assert process.returncode == 0, errors
+
+
+def test_sigterm_during_a_microphone_call_says_goodbye_and_closes_the_record(
+    pulse: dict[str, str], real_home: Path, real_settings: Settings, tmp_path: Path
+) -> None:
+    env = {**pulse, "APPLIANCE_HOME": str(real_home)}
+    process, listener = serve(env, tmp_path)
+    with listener:
+        try:
+            notifications(listener, "READY=1", timeout_s=120)
+            process.send_signal(signal.SIGTERM)
+            notifications(listener, "STOPPING=1", timeout_s=30)
+        finally:
+            _, errors = process.communicate(timeout=120)
+    assert process.returncode == 0, errors
+    calls = json.loads(run_cli("calls", "list", "--json", home=real_home).stdout)
+    last = calls[0]
+    assert (last["channel"], last["status"]) == ("microphone", "ended:shutdown")
+    shown = run_cli("calls", "show", last["id"], "--reason", "test", "--json", home=real_home)
+    turns = json.loads(shown.stdout)["turns"]
+    assert turns[-1]["reply"] == real_settings.limits.goodbye_reply
+
+
+def test_doctor_passes_then_fails_on_a_readable_key_and_a_tampered_model(
+    real_home: Path, real_settings: Settings, tmp_path: Path
+) -> None:
+    home = tmp_path / "home"
+    shutil.copytree(real_home / "models", home / "models")  # the assembled Whisper base
+    assert run_cli("calls", "list", home=home).returncode == 0  # creates the key and database
+    ok = run_cli("doctor", "--json", home=home)
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    checks = {c["name"]: c["status"] for c in json.loads(ok.stdout)}
+    assert checks["master key"] == checks["database"] == checks["models"] == "PASS"
+    assert checks["egress guard"] == "PASS"
+
+    key = home / "keys" / "master.key"
+    key.chmod(0o644)
+    bad = run_cli("doctor", home=home)
+    assert bad.returncode == 1 and "FAIL  master key" in bad.stdout
+    key.chmod(0o600)
+
+    spec = model_spec(real_settings, "tts")
+    copy = tmp_path / "voice" / spec.path.name
+    copy.parent.mkdir()
+    shutil.copy(spec.path, copy)
+    shutil.copy(f"{spec.path}.json", f"{copy}.json")
+    with copy.open("r+b") as handle:  # one byte changed
+        handle.seek(4096)
+        byte = handle.read(1)
+        handle.seek(4096)
+        handle.write(bytes([byte[0] ^ 0xFF]))
+    tampered = run_cli("doctor", home=home, env={"APPLIANCE_TTS__PATH": str(copy)})
+    assert tampered.returncode == 1
+    assert "FAIL  models" in tampered.stdout and "altered" in tampered.stdout
