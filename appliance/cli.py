@@ -155,6 +155,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     storage_bench.add_argument("--json", action="store_true")
     storage_bench.add_argument("--turns", type=int, default=10_000)
+    startup = bench_cmd.add_parser(
+        "startup", help="appliance serve: start to READY=1, and SIGTERM to exit"
+    )
+    startup.add_argument("--json", action="store_true")
+    startup.add_argument("--runs", type=int, default=3)
     return parser
 
 
@@ -199,6 +204,10 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
         print(json.dumps(_settings_dict(settings), indent=2, default=str))
         return 0
     if args.command == "bench":
+        if args.bench_command == "startup":
+            from appliance.bench import run_startup_bench
+
+            return run_startup_bench(settings, runs=max(1, args.runs), as_json=args.json)
         if args.bench_command == "storage":
             from appliance.bench import run_storage_bench
 

@@ -108,3 +108,14 @@ def test_doctor_passes_then_fails_on_a_readable_key_and_a_tampered_model(
     tampered = run_cli("doctor", home=home, env={"APPLIANCE_TTS__PATH": str(copy)})
     assert tampered.returncode == 1
     assert "FAIL  models" in tampered.stdout and "altered" in tampered.stdout
+
+
+def test_bench_startup_reports_ready_and_shutdown_times(
+    real_home: Path, real_settings: Settings
+) -> None:
+    result = run_cli("bench", "startup", "--json", "--runs", "1", home=real_home)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["runs"] == 1
+    for key in ("start_to_ready", "sigterm_to_exit"):
+        assert report[key]["n"] == 1 and report[key]["median_ms"] > 0
