@@ -172,6 +172,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         settings = load_settings(args.config)
+        # Every command of the appliance stays on the premises: an in-process egress guard
+        # (deploy/egress.py) refuses connections outside loopback and [service] egress_allow.
+        from appliance.deploy import egress
+
+        egress.install(settings.service.egress_allow)
         return int(_dispatch(args, settings))
     except ConfigError as exc:
         print(f"appliance: configuration error {exc}", file=sys.stderr)
