@@ -52,6 +52,8 @@ def _parser() -> argparse.ArgumentParser:
     commands.add_parser(
         "serve", help="the voice service in the foreground (systemd notify, clean SIGTERM)"
     )
+    sip = commands.add_parser("sip", help="answer phone calls over SIP (UDP) in the foreground")
+    sip.add_argument("--listen", help="HOST:PORT (default: [sip] listen)")
     doctor = commands.add_parser("doctor", help="self-checks: PASS/FAIL/SKIP each, exit 1 on FAIL")
     doctor.add_argument("--json", action="store_true")
 
@@ -193,6 +195,15 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
         return _call(args, settings)
     if args.command == "listen":
         return _listen(settings)
+    if args.command == "sip":
+        import dataclasses
+
+        from appliance.deploy.line import run_sip
+
+        if args.listen:
+            sip = dataclasses.replace(settings.sip, listen=args.listen)
+            settings = dataclasses.replace(settings, sip=sip)
+        return run_sip(settings)
     if args.command == "doctor":
         from appliance.deploy import doctor
 

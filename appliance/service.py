@@ -245,6 +245,13 @@ class VoiceService:
         return CallGuard(self.settings.policy, self.settings.llm.system_prompt)
 
 
+@dataclass(frozen=True)
+class Consent:
+    decision: str  # "granted", "not_required"
+    disclosure_version: str
+    method: str  # "spoken", "dtmf", "configuration"
+
+
 @dataclass
 class CallOutcome:
     call_id: str | None
@@ -264,6 +271,7 @@ async def run_call(
     address: str | None = None,
     channel: str = "wav",
     on_event: EventHandler | None = None,
+    consent: Consent | None = None,
 ) -> CallOutcome:
     """One call, start to end, with admission, abuse handling, storage and guardrails.
 
@@ -291,6 +299,14 @@ async def run_call(
         return CallOutcome(None, [], refused=admission.reason)
     try:
         record = await asyncio.to_thread(storage.start_call, caller_id, channel)
+        if consent is not None:  # what the caller agreed to, before any turn is stored
+            await asyncio.to_thread(
+                storage.record_consent,
+                record.call_id,
+                consent.decision,
+                consent.disclosure_version,
+                consent.method,
+            )
         probes = 0
         session: CallSession | None = None
         loop = asyncio.get_running_loop()
@@ -334,7 +350,14 @@ async def run_call(
                 act("probing", "medium", f"{probes} blocked turns", action)
 
         agent = service.tool_agent(storage, record.call_id, caller_id)
-        session = service.session(source, sink, on_event=watch, recorder=record, agent=agent)
+        session = service.session(
+            source,
+            sink,
+            on_event=watch,
+            recorder=record,
+            agent=agent,
+            output_sample_rate_hz=sink.sample_rate_hz,  # 8 kHz on a phone line
+        )
         service.active.add(session)
         try:
             turns = await session.run()

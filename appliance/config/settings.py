@@ -440,6 +440,57 @@ class ServiceSettings:
 
 
 @dataclass(frozen=True)
+class SipSettings:
+    """The SIP phone line (``appliance sip``): UDP, G.711, RFC 4733 DTMF."""
+
+    listen: str = "127.0.0.1:5060"
+    """HOST:PORT the user agent listens on (UDP)."""
+    advertise: str = ""
+    """The address put in Contact and SDP; empty means the listen host."""
+    allowed_peers: tuple[str, ...] = ("127.0.0.0/8",)
+    """Trunks and peers (addresses or CIDR) whose INVITEs are taken; others get 403."""
+    rtp_port_min: int = 40000
+    rtp_port_max: int = 40999
+    """Media ports are taken from this range (open it in the host firewall for the peers)."""
+    media_timeout_s: float = 10.0
+    """A call whose caller sends no media for this long is ended (BYE)."""
+    ring_ms: int = 0
+    """How long the line rings (180) before it answers; a CANCEL in that time gets 487."""
+    disclosure: str = (
+        "Hello. You are speaking with an automated assistant. This call is transcribed and "
+        "stored to help you and to improve our service."
+    )
+    """Spoken first, before anything is recorded or transcribed."""
+    disclosure_version: str = "2026-11-en-1"
+    consent_required: bool = False
+    consent_prompt: str = "To continue, please say yes or press 1. To stop, say no or press 2."
+    consent_timeout_s: float = 8.0
+    no_consent_reply: str = (
+        "No problem. Nothing from this call will be kept. Please call our branch team instead. "
+        "Goodbye."
+    )
+
+    def __post_init__(self) -> None:
+        host, _, port = self.listen.rpartition(":")
+        _check(bool(host) and port.isdigit() and 0 < int(port) < 65536, "sip.listen", "HOST:PORT")
+        _check(
+            1024 <= self.rtp_port_min < self.rtp_port_max <= 65535,
+            "sip.rtp_port_max",
+            "above rtp_port_min, both 1024 to 65535",
+        )
+        _check(1 <= self.media_timeout_s <= 300, "sip.media_timeout_s", "1 to 300")
+        _check(0 <= self.ring_ms <= 60_000, "sip.ring_ms", "0 to 60000")
+        _check(bool(self.disclosure.strip()), "sip.disclosure", "must not be empty")
+        for value in self.allowed_peers:
+            try:
+                ipaddress.ip_network(value, strict=False)
+            except ValueError as exc:
+                raise ConfigError(
+                    "config.invalid", f"sip.allowed_peers: {value!r} is not an address or CIDR"
+                ) from exc
+
+
+@dataclass(frozen=True)
 class ModelsSettings:
     manifest: str = ""
 
@@ -464,6 +515,7 @@ class Settings:
     storage: StorageSettings = field(default_factory=StorageSettings)
     retention: RetentionSettings = field(default_factory=RetentionSettings)
     service: ServiceSettings = field(default_factory=ServiceSettings)
+    sip: SipSettings = field(default_factory=SipSettings)
     source: str = "defaults"
     """Where the settings came from (the file path, or 'defaults'), for messages."""
 
@@ -482,6 +534,7 @@ SECTIONS: dict[str, type[Any]] = {
     "storage": StorageSettings,
     "retention": RetentionSettings,
     "service": ServiceSettings,
+    "sip": SipSettings,
 }
 
 

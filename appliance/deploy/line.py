@@ -1,0 +1,119 @@
+"""The SIP phone line: each answered call hears the disclosure first, gives consent where the
+configuration asks for it, then runs through the voice pipeline (``run_call``).
+
+Nothing of a call is recorded or transcribed before its disclosure has been played. Without
+consent only the minimal call record (with the decision and the disclosure version) is kept,
+the caller hears the configured alternative, and the appliance hangs up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import signal
+import time
+
+from appliance.config.settings import Settings
+from appliance.core.audio import PIPELINE_SAMPLE_RATE_HZ
+from appliance.deploy.notify import notify
+from appliance.service import Consent, VoiceService, open_storage, run_call
+from appliance.storage.repository import Storage
+from appliance.telephony.rtp import RATE_HZ, RtpSink
+from appliance.telephony.ua import SipCall, SipUserAgent
+
+log = logging.getLogger(__name__)
+_YES = re.compile(r"\b(?:yes|yeah|yep|okay|ok|sure|continue|agree)\b", re.I)
+_NO = re.compile(r"\b(?:no|nope|stop|don't|do not)\b", re.I)
+
+
+class SipLine:
+    def __init__(self, settings: Settings, service: VoiceService, storage: Storage) -> None:
+        self.settings = settings
+        self.service = service
+        self.storage = storage
+        self.ua = SipUserAgent(settings.sip, self.handle)
+        self.calls = 0
+
+    def say(self, text: str) -> bytes:
+        return b"".join(c.pcm for c in self.service.engines.tts.synthesize(text, RATE_HZ))
+
+    async def handle(self, call: SipCall) -> None:
+        sip = self.settings.sip
+        self.calls += 1
+        media = call.media
+        await media.play(await asyncio.to_thread(self.say, sip.disclosure))
+        consent = Consent("not_required", sip.disclosure_version, "configuration")
+        if sip.consent_required:
+            consent = await self._ask_consent(call)
+        if consent.decision != "granted" and consent.decision != "not_required":
+            await asyncio.to_thread(self._minimal_record, call, consent)
+            await media.play(await asyncio.to_thread(self.say, sip.no_consent_reply))
+            return
+        await run_call(
+            self.service,
+            self.storage,
+            media,
+            RtpSink(media),
+            caller_id=call.caller or None,
+            address=call.peer[0],
+            channel="sip",
+            consent=consent,
+        )
+
+    async def _ask_consent(self, call: SipCall) -> Consent:
+        sip, media = self.settings.sip, call.media
+        media.digits.clear()
+        await media.play(await asyncio.to_thread(self.say, sip.consent_prompt))
+        heard = bytearray()
+        deadline = time.monotonic() + sip.consent_timeout_s
+        while time.monotonic() < deadline and not media.digits:
+            frame = await media.read_frame()
+            if frame is None:
+                break
+            heard += frame
+        version = sip.disclosure_version
+        if media.digits:
+            granted = media.digits[0] == "1"
+            return Consent("granted" if granted else "refused", version, "dtmf")
+        stt = self.service.engines.stt
+        text = (await asyncio.to_thread(stt.transcribe, bytes(heard), PIPELINE_SAMPLE_RATE_HZ)).text
+        granted = bool(_YES.search(text)) and not _NO.search(text)
+        return Consent("granted" if granted else "refused", version, "spoken")
+
+    def _minimal_record(self, call: SipCall, consent: Consent) -> None:
+        record = self.storage.start_call(call.caller or None, "sip")
+        self.storage.record_consent(
+            record.call_id, consent.decision, consent.disclosure_version, consent.method
+        )
+        self.storage.end_call(record.call_id, "ended:no_consent")
+
+
+def run_sip(settings: Settings) -> int:
+    """``appliance sip``: the line in the foreground until SIGTERM or Ctrl-C."""
+    storage = open_storage(settings)
+    try:
+        service = VoiceService.load(settings)
+        return asyncio.run(_serve(settings, service, storage))
+    finally:
+        storage.close()
+
+
+async def _serve(settings: Settings, service: VoiceService, storage: Storage) -> int:
+    line = SipLine(settings, service, storage)
+    await line.ua.start()
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stopping.set)
+    print(f"sip: listening on udp {line.ua.host}:{line.ua.port}", flush=True)
+    notify("READY=1")
+    await stopping.wait()
+    notify("STOPPING=1")
+    for session in list(service.active):
+        session.end("shutdown", settings.limits.goodbye_reply)
+    deadline = time.monotonic() + settings.service.shutdown_timeout_s
+    while service.active and time.monotonic() < deadline:
+        await asyncio.sleep(0.2)
+    line.ua.close()
+    return 0

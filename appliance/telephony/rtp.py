@@ -1,0 +1,305 @@
+"""RTP (RFC 3550) for one G.711 call: packets, a jitter buffer, RFC 4733 DTMF events, and the
+call's media as an audio source and sink for the pipeline.
+
+Receiving: packets are checked (version 2, the negotiated payload types, the first SSRC seen;
+anything else is dropped and counted), reordered by sequence number in a small jitter buffer,
+and played out every 20 ms on the monotonic clock; a packet that arrives after its slot was
+played is dropped as late; a gap plays as silence. Telephone events (RFC 4733) become digits,
+each once, in order. Sending: every frame the pipeline writes becomes one packet, with its own
+SSRC, sequence and timestamp.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+import struct
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import cast
+
+import numpy as np
+
+from appliance.core.errors import ApplianceError
+from appliance.telephony.g711 import alaw_decode, alaw_encode, ulaw_decode, ulaw_encode
+from appliance.telephony.sdp import PCMU
+
+log = logging.getLogger(__name__)
+
+RATE_HZ = 8_000
+FRAME_MS = 20
+SAMPLES = RATE_HZ * FRAME_MS // 1000
+PIPELINE_RATE_HZ = 16_000
+DTMF_EVENTS = "0123456789*#ABCD"
+
+
+class RtpError(ApplianceError):
+    def __init__(self, message: str) -> None:
+        super().__init__("rtp.invalid", message)
+
+
+@dataclass(frozen=True)
+class RtpPacket:
+    payload_type: int
+    sequence: int
+    timestamp: int
+    ssrc: int
+    payload: bytes
+    marker: bool = False
+
+    def encode(self) -> bytes:
+        first = 0x80
+        second = (0x80 if self.marker else 0) | (self.payload_type & 0x7F)
+        header = struct.pack("!BBHII", first, second, self.sequence, self.timestamp, self.ssrc)
+        return header + self.payload
+
+
+def parse_packet(data: bytes) -> RtpPacket:
+    """One RTP packet; RtpError when it is not one (never any other exception)."""
+    if len(data) < 12:
+        raise RtpError("shorter than an RTP header")
+    first, second, sequence, timestamp, ssrc = struct.unpack("!BBHII", data[:12])
+    if first >> 6 != 2:
+        raise RtpError("not RTP version 2")
+    offset = 12 + 4 * (first & 0x0F)  # CSRC list
+    if first & 0x10:  # header extension
+        if len(data) < offset + 4:
+            raise RtpError("truncated header extension")
+        words = struct.unpack("!H", data[offset + 2 : offset + 4])[0]
+        offset += 4 + 4 * words
+    end = len(data)
+    if first & 0x20:  # padding
+        if end <= offset or data[-1] == 0 or data[-1] > end - offset:
+            raise RtpError("bad padding")
+        end -= data[-1]
+    if offset > end:
+        raise RtpError("truncated packet")
+    marker = bool(second & 0x80)
+    return RtpPacket(second & 0x7F, sequence, timestamp, ssrc, data[offset:end], marker)
+
+
+@dataclass(frozen=True)
+class DtmfEvent:
+    digit: str
+    end: bool
+    duration: int
+
+
+def parse_event(payload: bytes) -> DtmfEvent:
+    if len(payload) < 4:
+        raise RtpError("short telephone-event payload")
+    event, flags, duration = struct.unpack("!BBH", payload[:4])
+    if event >= len(DTMF_EVENTS):
+        raise RtpError("telephone event out of the DTMF range")
+    return DtmfEvent(DTMF_EVENTS[event], bool(flags & 0x80), duration)
+
+
+def event_payload(digit: str, end: bool, duration: int, volume: int = 10) -> bytes:
+    return struct.pack("!BBH", DTMF_EVENTS.index(digit), (0x80 if end else 0) | volume, duration)
+
+
+def _newer(a: int, b: int) -> bool:
+    """Sequence number ``a`` comes after ``b`` (16-bit wrap-around)."""
+    return 0 < (a - b) & 0xFFFF < 0x8000
+
+
+class JitterBuffer:
+    """Reorders packets by sequence; gives one payload (or None: a gap) per 20 ms slot."""
+
+    def __init__(self, depth: int = 3, capacity: int = 50) -> None:
+        self.depth = depth
+        self.capacity = capacity
+        self._packets: dict[int, bytes] = {}
+        self._next: int | None = None
+        self.late = 0
+        self.lost = 0
+
+    def push(self, sequence: int, payload: bytes) -> None:
+        if self._next is None:
+            self._next = sequence
+        elif sequence != self._next and not _newer(sequence, self._next):
+            self.late += 1  # its slot was already played
+            return
+        if len(self._packets) >= self.capacity:
+            self.late += 1
+            return
+        self._packets[sequence] = payload
+
+    def pop(self) -> bytes | None:
+        """The next slot's payload; None when it is missing or the buffer is still filling."""
+        if self._next is None:
+            return None
+        if len(self._packets) < self.depth and self._next not in self._packets:
+            return None
+        payload = self._packets.pop(self._next, None)
+        if payload is None:
+            self.lost += 1
+        self._next = (self._next + 1) & 0xFFFF
+        return payload
+
+
+class RtpMedia(asyncio.DatagramProtocol):
+    """The media of one call: an AudioSource (16 kHz frames for the pipeline, realtime) and an
+    AudioSink (8 kHz frames from the pipeline, sent as G.711)."""
+
+    sample_rate_hz = PIPELINE_RATE_HZ
+    frame_ms = FRAME_MS
+    realtime = True
+
+    def __init__(
+        self,
+        codec: int,
+        event_payload_type: int | None,
+        remote: tuple[str, int],
+        media_timeout_s: float,
+        on_digit: Callable[[str], None] | None = None,
+    ) -> None:
+        self.codec = codec
+        self.event_type = event_payload_type
+        self.remote = remote
+        self.media_timeout_s = media_timeout_s
+        self.on_digit = on_digit
+        self.transport: asyncio.DatagramTransport | None = None
+        self.buffer = JitterBuffer()
+        self.digits: list[str] = []
+        self.dropped = 0
+        self.ended = asyncio.Event()
+        self.end_reason = ""
+        self._ssrc_in: int | None = None
+        self._last_event_ts: int | None = None
+        self._ssrc_out = secrets.randbits(32)
+        self._seq_out = secrets.randbits(16)
+        self._ts_out = secrets.randbits(32)
+        self._last_packet = time.monotonic()
+        self._clock_start = 0.0
+        self._frames_read = 0
+        self._carry = 0  # the last sample of the previous frame (for interpolation)
+
+    # -- network ---------------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.DatagramTransport, transport)
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        try:
+            packet = parse_packet(data)
+        except RtpError:
+            self.dropped += 1
+            return
+        if self._ssrc_in is None:
+            self._ssrc_in = packet.ssrc
+        if packet.ssrc != self._ssrc_in:
+            self.dropped += 1  # another stream (or a spoofed one) on our port
+            return
+        self._last_packet = time.monotonic()
+        if packet.payload_type == self.event_type:
+            self._event(packet)
+        elif packet.payload_type == self.codec:
+            self.buffer.push(packet.sequence, packet.payload)
+        else:
+            self.dropped += 1
+
+    def _event(self, packet: RtpPacket) -> None:
+        try:
+            event = parse_event(packet.payload)
+        except RtpError:
+            self.dropped += 1
+            return
+        if packet.timestamp == self._last_event_ts:
+            return  # the same key press, repeated (RFC 4733 2.5.1)
+        self._last_event_ts = packet.timestamp
+        self.digits.append(event.digit)
+        if self.on_digit is not None:
+            self.on_digit(event.digit)
+
+    def end(self, reason: str) -> None:
+        if not self.ended.is_set():
+            self.end_reason = reason
+            self.ended.set()
+
+    def close(self) -> None:
+        self.end(self.end_reason or "closed")
+        if self.transport is not None:
+            self.transport.close()
+
+    # -- AudioSource -----------------------------------------------------------------------
+
+    async def read_frame(self) -> bytes | None:
+        if self._frames_read == 0:
+            self._clock_start = time.monotonic()
+        due = self._clock_start + (self._frames_read + 1) * FRAME_MS / 1000
+        delay = due - time.monotonic()
+        if delay > 0:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.ended.wait(), delay)
+        if self.ended.is_set():
+            return None
+        if time.monotonic() - self._last_packet > self.media_timeout_s:
+            self.end("media_timeout")
+            return None
+        self._frames_read += 1
+        payload = self.buffer.pop()
+        samples = self.decode(payload) if payload else np.zeros(SAMPLES, dtype=np.int16)
+        return self._upsample(samples)
+
+    def _upsample(self, samples: np.ndarray) -> bytes:
+        """8 to 16 kHz, 160 samples in, 320 out, continuous across frames: each new sample is
+        preceded by the midpoint from the one before (the telephone band ends at 4 kHz)."""
+        x = samples.astype(np.int32)
+        previous = np.concatenate(([self._carry], x[:-1]))
+        self._carry = int(x[-1])
+        wide = np.empty(2 * len(x), dtype=np.int32)
+        wide[0::2] = (previous + x) // 2
+        wide[1::2] = x
+        return bytes(wide.astype("<i2").tobytes())
+
+    def decode(self, payload: bytes) -> np.ndarray:
+        codes = np.frombuffer(payload, dtype=np.uint8)
+        return ulaw_decode(codes) if self.codec == PCMU else alaw_decode(codes)
+
+    # -- sending (8 kHz) ---------------------------------------------------------------------
+
+    async def play(self, pcm: bytes) -> None:
+        """Send 8 kHz PCM16 paced at one packet per 20 ms (a prompt outside the pipeline)."""
+        frame = SAMPLES * 2
+        started = time.monotonic()
+        for index, start in enumerate(range(0, len(pcm), frame)):
+            if self.ended.is_set():
+                return
+            self.send_pcm(pcm[start : start + frame])
+            await asyncio.sleep(
+                max(0.0, started + (index + 1) * FRAME_MS / 1000 - time.monotonic())
+            )
+
+    def send_pcm(self, pcm: bytes) -> None:
+        """Send 8 kHz PCM16 as packets of 20 ms."""
+        if self.transport is None or self.ended.is_set():
+            return
+        samples = np.frombuffer(pcm, dtype="<i2")
+        for start in range(0, len(samples), SAMPLES):
+            chunk = samples[start : start + SAMPLES]
+            chunk = np.pad(chunk, (0, SAMPLES - len(chunk)))
+            codes = ulaw_encode(chunk) if self.codec == PCMU else alaw_encode(chunk)
+            packet = RtpPacket(
+                self.codec, self._seq_out, self._ts_out, self._ssrc_out, codes.tobytes()
+            )
+            self.transport.sendto(packet.encode(), self.remote)
+            self._seq_out = (self._seq_out + 1) & 0xFFFF
+            self._ts_out = (self._ts_out + SAMPLES) & 0xFFFFFFFF
+
+
+class RtpSink:
+    """The AudioSink face of RtpMedia (the pipeline closes its sink; the call owns the media)."""
+
+    def __init__(self, media: RtpMedia) -> None:
+        self.media = media
+        self.sample_rate_hz = RATE_HZ
+
+    async def write_frame(self, pcm: bytes) -> None:
+        self.media.send_pcm(pcm)
+
+    async def close(self) -> None:
+        return None

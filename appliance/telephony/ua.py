@@ -1,0 +1,395 @@
+"""A SIP user agent server on asyncio (UDP): it answers calls and hands each to a handler.
+
+What it does, per RFC 3261:
+- INVITE from an allowed peer: 100 Trying, 180 Ringing, then 200 OK with the SDP answer
+  (first G.711 codec of the offer, RFC 4733 events when offered), retransmitted on Timer G
+  (T1 doubling to T2) until the ACK, given up at Timer H (64*T1); a retransmitted INVITE gets
+  the last response again. Not allowed: 403 (and counted). No usable codec: 488.
+- ACK starts the call: the handler gets a ``SipCall`` (its media is an audio source and sink).
+- CANCEL before the 200: 200 to the CANCEL, 487 to the INVITE.
+- BYE in a dialog: 200, and the call's media ends; a BYE for no dialog: 481.
+  ``SipCall.hang_up`` sends our BYE, retransmitted on Timer E (T1 doubling to T2) until a
+  final response or Timer F (64*T1).
+- OPTIONS: 200 with Allow. Other methods: 405. A malformed request: 400; a malformed
+  response: dropped. Responses to requests we did not send are dropped.
+
+The SIP ``From`` and P-Asserted-Identity only seed the caller record; they authenticate
+nobody (the agent's factors do).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import ipaddress
+import logging
+import secrets
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import cast
+
+from appliance.config.settings import SipSettings
+from appliance.telephony import sdp
+from appliance.telephony.rtp import RtpMedia
+from appliance.telephony.sip import (
+    SipMessage,
+    SipParseError,
+    parse,
+    response,
+    uri_of,
+    user_of,
+)
+
+log = logging.getLogger(__name__)
+
+T1 = 0.5
+T2 = 4.0
+ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS"
+
+
+@dataclass
+class SipCall:
+    """One answered call: who it seems to be from (unauthenticated), and its media."""
+
+    call_id: str
+    caller: str
+    """The user part of From (or P-Asserted-Identity): seeds the record, proves nothing."""
+    peer: tuple[str, int]
+    media: RtpMedia
+    codec: int
+    hang_up: Callable[[], None]
+    ended: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+@dataclass
+class _Dialog:
+    invite: SipMessage
+    peer: tuple[str, int]
+    local_tag: str
+    media: RtpMedia | None = None
+    call: SipCall | None = None
+    last_response: bytes = b""
+    answered: bool = False
+    acked: bool = False
+    cancelled: bool = False
+    closed: bool = False
+    retransmit: asyncio.Task[None] | None = None
+    local_cseq: int = 1
+
+
+Handler = Callable[[SipCall], Awaitable[None]]
+
+
+class SipUserAgent(asyncio.DatagramProtocol):
+    def __init__(self, settings: SipSettings, handler: Handler) -> None:
+        self.settings = settings
+        self.handler = handler
+        host, _, port = settings.listen.rpartition(":")
+        self.host, self.port = host, int(port)
+        self.advertise = settings.advertise or host
+        self.allowed = tuple(ipaddress.ip_network(p, strict=False) for p in settings.allowed_peers)
+        self.transport: asyncio.DatagramTransport | None = None
+        self.dialogs: dict[str, _Dialog] = {}
+        self.forbidden = 0
+        self.malformed = 0
+        self._next_port = settings.rtp_port_min
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._pending_bye: dict[str, asyncio.Future[int]] = {}
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        await loop.create_datagram_endpoint(lambda: self, local_addr=(self.host, self.port))
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.DatagramTransport, transport)
+        self.port = transport.get_extra_info("sockname")[1]
+
+    def close(self) -> None:
+        for dialog in list(self.dialogs.values()):
+            self._finish(dialog, "shutdown")
+        if self.transport is not None:
+            self.transport.close()
+
+    # -- receiving -------------------------------------------------------------------------
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        if not data.strip():
+            return  # keep-alive (RFC 5626 CRLF)
+        try:
+            message = parse(data)
+        except SipParseError as exc:
+            self.malformed += 1
+            self._bad_request(data, addr, str(exc))
+            return
+        if not message.is_request:
+            self._on_response(message)
+            return
+        if not self._allowed(addr[0]):
+            self.forbidden += 1
+            self._send(response(message, 403).encode(), addr)
+            return
+        handlers = {
+            "INVITE": self._on_invite,
+            "ACK": self._on_ack,
+            "CANCEL": self._on_cancel,
+            "BYE": self._on_bye,
+            "OPTIONS": self._on_options,
+        }
+        handler = handlers.get(message.method)
+        if handler is None:
+            reply = response(message, 405)
+            reply.set("allow", ALLOW)
+            self._send(reply.encode(), addr)
+            return
+        handler(message, addr)
+
+    def _allowed(self, host: str) -> bool:
+        try:
+            address = ipaddress.ip_address(host)
+        except ValueError:
+            return False
+        return any(address in network for network in self.allowed)
+
+    def _bad_request(self, data: bytes, addr: tuple[str, int], why: str) -> None:
+        """400 to a malformed request when enough of it can be read to answer; else drop."""
+        head = data.split(b"\r\n\r\n", 1)[0].decode("utf-8", "replace")
+        lines = head.split("\r\n")
+        if not lines or lines[0].startswith("SIP/2.0"):
+            return
+        keep = [ln for ln in lines[1:] if ln.split(":", 1)[0].strip().lower() in _ECHOED]
+        if not any(ln.lower().startswith(("via", "v:")) for ln in keep):
+            return
+        reason = "Bad Request"
+        text = "\r\n".join([f"SIP/2.0 400 {reason}", *keep, "Content-Length: 0"]) + "\r\n\r\n"
+        self._send(text.encode("utf-8", "replace"), addr)
+        log.info("400 to a malformed request: %s", why)
+
+    # -- INVITE ----------------------------------------------------------------------------
+
+    def _on_invite(self, invite: SipMessage, addr: tuple[str, int]) -> None:
+        dialog = self.dialogs.get(invite.call_id)
+        if dialog is not None:
+            if (dialog.last_response and not dialog.answered) or not dialog.acked:
+                self._send(dialog.last_response, addr)  # a retransmission
+            else:
+                self._send(response(invite, 488).encode(), addr)  # no re-INVITE support yet
+            return
+        dialog = _Dialog(invite, addr, secrets.token_hex(6))
+        self.dialogs[invite.call_id] = dialog
+        self._respond(dialog, response(invite, 100))
+        try:
+            offer = sdp.parse_offer(invite.body)
+        except sdp.SdpError:
+            self._reject(dialog, 400 if invite.body else 488)
+            return
+        codec = sdp.choose_codec(offer)
+        if codec is None:
+            self._reject(dialog, 488)
+            return
+        self._respond(dialog, response(invite, 180, to_tag=dialog.local_tag))
+        self._spawn(self._answer(dialog, offer, codec))
+
+    async def _answer(self, dialog: _Dialog, offer: sdp.Offer, codec: int) -> None:
+        invite = dialog.invite
+        if self.settings.ring_ms:
+            await asyncio.sleep(self.settings.ring_ms / 1000)
+            if dialog.cancelled or dialog.closed:
+                return
+        try:
+            media, port = await self._open_media(offer, codec)
+        except OSError:
+            self._reject(dialog, 503)
+            return
+        if dialog.cancelled or dialog.closed:
+            media.close()
+            return
+        dialog.media = media
+        ok = response(invite, 200, to_tag=dialog.local_tag)
+        ok.set("contact", f"<sip:appliance@{self.advertise}:{self.port}>")
+        ok.set("allow", ALLOW)
+        ok.set("content-type", "application/sdp")
+        ok.body = sdp.answer(offer, codec, self.advertise, port, secrets.randbelow(2**31))
+        dialog.answered = True
+        self._respond(dialog, ok)
+        caller = user_of(invite.get("p-asserted-identity") or invite.get("from"))
+        dialog.call = SipCall(
+            invite.call_id, caller, dialog.peer, media, codec,
+            lambda: self.hang_up(invite.call_id),
+        )  # fmt: skip
+        await self._retransmit_ok(dialog)
+
+    async def _open_media(self, offer: sdp.Offer, codec: int) -> tuple[RtpMedia, int]:
+        """A media endpoint on the next free port of the configured range."""
+        loop = asyncio.get_running_loop()
+        low, high = self.settings.rtp_port_min, self.settings.rtp_port_max
+        for _ in range(high - low + 1):
+            port = self._next_port
+            self._next_port = low + (port + 1 - low) % (high - low + 1)
+            media = RtpMedia(
+                codec, offer.telephone_event, (offer.address, offer.port),
+                self.settings.media_timeout_s,
+            )  # fmt: skip
+            try:
+                await loop.create_datagram_endpoint(
+                    functools.partial(_same, media), local_addr=(self.host, port)
+                )
+            except OSError:
+                continue
+            return media, port
+        raise OSError("no free media port in [sip] rtp_port_min..rtp_port_max")
+
+    async def _retransmit_ok(self, dialog: _Dialog) -> None:
+        """Timer G until the ACK; Timer H gives up (the call never starts)."""
+        interval, waited = T1, 0.0
+        while not dialog.acked and not dialog.closed:
+            await asyncio.sleep(interval)
+            waited += interval
+            if dialog.acked or dialog.closed:
+                return
+            if waited >= 64 * T1:
+                log.info("no ACK for a 200 OK: call dropped")
+                self.hang_up(dialog.invite.call_id)
+                return
+            self._send(dialog.last_response, dialog.peer)
+            interval = min(2 * interval, T2)
+
+    def _on_ack(self, ack: SipMessage, addr: tuple[str, int]) -> None:
+        dialog = self.dialogs.get(ack.call_id)
+        if dialog is None or dialog.acked:
+            return
+        dialog.acked = True
+        if dialog.cancelled or dialog.call is None:
+            self._finish(dialog, "cancelled")
+            return
+        self._spawn(self._run_call(dialog))
+
+    async def _run_call(self, dialog: _Dialog) -> None:
+        call = dialog.call
+        assert call is not None
+        try:
+            await self.handler(call)
+        except Exception as exc:  # the run boundary of one call: say what, by type only
+            log.error("call handler failed: %s", type(exc).__name__)
+        finally:
+            if not dialog.closed:
+                self.hang_up(call.call_id)
+
+    def _reject(self, dialog: _Dialog, status: int) -> None:
+        self._respond(dialog, response(dialog.invite, status, to_tag=dialog.local_tag))
+        dialog.closed = True
+        self._spawn(self._forget_later(dialog.invite.call_id))
+
+    # -- CANCEL, BYE, OPTIONS --------------------------------------------------------------
+
+    def _on_cancel(self, cancel: SipMessage, addr: tuple[str, int]) -> None:
+        dialog = self.dialogs.get(cancel.call_id)
+        # The CANCEL names the INVITE by its branch (RFC 3261 9.2), or by Call-ID and CSeq
+        # number from an RFC 2543 peer.
+        if dialog is None or (
+            dialog.invite.branch != cancel.branch and dialog.invite.cseq[0] != cancel.cseq[0]
+        ):
+            self._send(response(cancel, 481).encode(), addr)
+            return
+        self._send(response(cancel, 200).encode(), addr)
+        if dialog.answered:
+            return  # too late: the call was answered (a BYE will end it)
+        dialog.cancelled = True
+        self._reject(dialog, 487)
+
+    def _on_bye(self, bye: SipMessage, addr: tuple[str, int]) -> None:
+        dialog = self.dialogs.get(bye.call_id)
+        if dialog is None or dialog.closed:
+            self._send(response(bye, 481).encode(), addr)
+            return
+        self._send(response(bye, 200).encode(), addr)
+        self._finish(dialog, "caller_hung_up")
+
+    def _on_options(self, options: SipMessage, addr: tuple[str, int]) -> None:
+        reply = response(options, 200)
+        reply.set("allow", ALLOW)
+        reply.set("accept", "application/sdp")
+        self._send(reply.encode(), addr)
+
+    # -- our BYE ---------------------------------------------------------------------------
+
+    def hang_up(self, call_id: str) -> None:
+        dialog = self.dialogs.get(call_id)
+        if dialog is None or dialog.closed:
+            return
+        if dialog.acked:
+            self._spawn(self._send_bye(dialog))
+        self._finish(dialog, "appliance_hung_up")
+
+    async def _send_bye(self, dialog: _Dialog) -> None:
+        """Timer E until a final response; Timer F gives up."""
+        invite = dialog.invite
+        dialog.local_cseq += 1
+        branch = f"z9hG4bK{secrets.token_hex(8)}"
+        remote_target = invite.get("contact") or invite.get("from")
+        target = uri_of(remote_target)
+        bye = SipMessage(f"BYE {target} SIP/2.0")
+        bye.set("via", f"SIP/2.0/UDP {self.advertise}:{self.port};branch={branch};rport")
+        bye.headers.append(("max-forwards", "70"))
+        bye.headers.append(("from", f"{invite.get('to')};tag={dialog.local_tag}"))
+        bye.headers.append(("to", invite.get("from")))
+        bye.headers.append(("call-id", invite.call_id))
+        bye.headers.append(("cseq", f"{dialog.local_cseq} BYE"))
+        data = bye.encode()
+        done = asyncio.get_running_loop().create_future()
+        self._pending_bye[branch] = done
+        interval, waited = T1, 0.0
+        try:
+            while waited < 64 * T1:
+                self._send(data, dialog.peer)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(done), interval)
+                    return
+                waited += interval
+                interval = min(2 * interval, T2)
+            log.info("no answer to our BYE")
+        finally:
+            self._pending_bye.pop(branch, None)
+
+    def _on_response(self, message: SipMessage) -> None:
+        future = self._pending_bye.get(message.branch)
+        if future is not None and message.status >= 200 and not future.done():
+            future.set_result(message.status)
+
+    # -- plumbing --------------------------------------------------------------------------
+
+    def _finish(self, dialog: _Dialog, reason: str) -> None:
+        if dialog.closed and dialog.media is None:
+            return
+        dialog.closed = True
+        if dialog.media is not None:
+            dialog.media.end(reason)
+            dialog.media.close()
+        if dialog.call is not None:
+            dialog.call.ended.set()
+        self._spawn(self._forget_later(dialog.invite.call_id))
+
+    async def _forget_later(self, call_id: str) -> None:
+        await asyncio.sleep(64 * T1)  # Timer J/I: absorb retransmissions, then forget
+        self.dialogs.pop(call_id, None)
+
+    def _respond(self, dialog: _Dialog, message: SipMessage) -> None:
+        dialog.last_response = message.encode()
+        self._send(dialog.last_response, dialog.peer)
+
+    def _send(self, data: bytes, addr: tuple[str, int]) -> None:
+        if self.transport is not None:
+            self.transport.sendto(data, addr)
+
+    def _spawn(self, coro: Awaitable[None]) -> asyncio.Task[None]:
+        task: asyncio.Task[None] = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+
+_ECHOED = {"via", "v", "from", "f", "to", "t", "call-id", "i", "cseq"}
+
+
+def _same(media: RtpMedia) -> RtpMedia:
+    return media

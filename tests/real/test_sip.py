@@ -1,0 +1,264 @@
+"""The SIP line end to end, with Debian's SIPp as the caller on 127.0.0.1 and the real models.
+
+Each test starts `appliance sip` on a free port, writes the caller's audio (Piper speech, DTMF)
+as a pcap of our own RTP, runs a SIPp scenario from tests/data/sipp, captures the appliance's
+RTP on the port the scenario's SDP names, and checks what came back and what was stored.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soxr
+
+from appliance.config.settings import Settings
+from appliance.service import VoiceService, open_storage
+from appliance.storage.schema import Consent
+from appliance.telephony.g711 import alaw_decode, ulaw_decode
+from appliance.telephony.rtp import RtpError, parse_packet
+from appliance.telephony.sdp import PCMA, PCMU
+from appliance.testing.pcap import Stream, write_pcap
+from tests.real.conftest import APPLIANCE, wer
+
+SCENARIOS = Path(__file__).resolve().parents[1] / "data" / "sipp"
+QUESTION = "What time do you open on Saturday?"
+DISCLOSURE = "This call is with an automated assistant and is transcribed."
+
+
+def free_port(kind: int = socket.SOCK_DGRAM) -> int:
+    with socket.socket(socket.AF_INET, kind) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Line:
+    port: int
+    process: subprocess.Popen[str]
+    home: Path
+
+
+@pytest.fixture
+def line_env(real_home: Path) -> dict[str, str]:
+    if shutil.which("sipp") is None:
+        pytest.fail("sipp is missing: scripts/setup installs Debian's sip-tester")
+    low = 20000 + (os.getpid() % 200) * 100
+    return {
+        **os.environ,
+        "APPLIANCE_HOME": str(real_home),
+        "APPLIANCE_SIP__DISCLOSURE": DISCLOSURE,
+        "APPLIANCE_SIP__RTP_PORT_MIN": str(low),
+        "APPLIANCE_SIP__RTP_PORT_MAX": str(low + 99),
+    }
+
+
+def start_line(env: dict[str, str], **settings: str) -> Line:
+    port = free_port()
+    extra = {f"APPLIANCE_SIP__{k.upper()}": v for k, v in settings.items()}
+    process = subprocess.Popen(
+        [str(APPLIANCE), "sip", "--listen", f"127.0.0.1:{port}"],
+        env={**env, **extra},
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert process.stdout is not None
+    line = process.stdout.readline()  # after the models have loaded
+    assert "listening" in line, process.stderr.read() if process.stderr else ""
+    return Line(port, process, Path(env["APPLIANCE_HOME"]))
+
+
+@pytest.fixture
+def lines(line_env: dict[str, str]) -> Iterator[list[Line]]:
+    started: list[Line] = []
+    yield started
+    for line in started:
+        line.process.terminate()
+        line.process.communicate(timeout=60)
+
+
+@dataclass
+class Capture:
+    sock: socket.socket
+    packets: list[bytes] = field(default_factory=list)
+    running: bool = True
+
+    @property
+    def port(self) -> int:
+        return int(self.sock.getsockname()[1])
+
+    def run(self) -> None:
+        self.sock.settimeout(0.5)
+        while self.running:
+            try:
+                self.packets.append(self.sock.recv(4096))
+            except TimeoutError:
+                continue
+
+    def audio(self, codec: int) -> bytes:
+        """What the appliance said, as 16 kHz PCM16 (packets in sequence order)."""
+        packets = []
+        for data in self.packets:
+            try:
+                packets.append(parse_packet(data))
+            except RtpError:
+                continue
+        packets.sort(key=lambda p: p.sequence)
+        assert packets and all(p.payload_type == codec for p in packets)
+        decode = ulaw_decode if codec == PCMU else alaw_decode
+        pcm = np.concatenate([decode(np.frombuffer(p.payload, dtype=np.uint8)) for p in packets])
+        return soxr.resample(pcm, 8_000, 16_000).astype("<i2").tobytes()
+
+
+def sipp(
+    line: Line,
+    scenario: str,
+    tmp_path: Path,
+    *,
+    codec: int = PCMU,
+    stream: Stream | None = None,
+    wait_ms: int = 5000,
+    talk_ms: int = 15000,
+) -> tuple[subprocess.CompletedProcess[str], Capture]:
+    capture = Capture(socket.socket(socket.AF_INET, socket.SOCK_DGRAM))
+    capture.sock.bind(("127.0.0.1", 0))
+    pcap = tmp_path / "caller.pcap"
+    if stream is not None:
+        write_pcap(pcap, stream.packets)
+    text = (SCENARIOS / scenario).read_text()
+    for key, value in {
+        "@CODEC@": str(codec),
+        "@CAPTURE_PORT@": str(capture.port),
+        "@PCAP@": str(pcap),
+        "@WAIT_MS@": str(wait_ms),
+        "@TALK_MS@": str(talk_ms),
+    }.items():
+        text = text.replace(key, value)
+    xml = tmp_path / scenario
+    xml.write_text(text)
+    thread = threading.Thread(target=capture.run, daemon=True)
+    thread.start()
+    try:
+        result = subprocess.run(
+            ["sipp", f"127.0.0.1:{line.port}", "-sf", str(xml), "-m", "1", "-i", "127.0.0.1",
+             "-p", str(free_port()), "-mp", str(free_port()), "-timeout", "120s", "-nostdin",
+             "-trace_err", "-error_file", str(tmp_path / "sipp_errors.log")],
+            capture_output=True, text=True, timeout=180, cwd=tmp_path,
+        )  # fmt: skip
+    finally:
+        time.sleep(0.5)
+        capture.running = False
+        thread.join(timeout=5)
+        capture.sock.close()
+    return result, capture
+
+
+def spoken(service: VoiceService, text: str, codec: int, digits: str = "") -> Stream:
+    stream = Stream(codec=codec)
+    stream.silence(0.5)
+    for digit in digits:
+        stream.digit(digit)
+        stream.silence(0.3)
+    if text:
+        pcm = b"".join(c.pcm for c in service.engines.tts.synthesize(text, 8_000))
+        stream.audio(pcm)
+    stream.silence(10.0)  # a phone keeps sending (silence) until it hangs up
+    return stream
+
+
+def last_call(settings: Settings) -> tuple[str, str, list[str | None], list[Consent]]:
+    from sqlalchemy import select
+
+    store = open_storage(settings)
+    try:
+        deadline = time.monotonic() + 60
+        call = store.list_calls(limit=1)[0]
+        while call.status == "active" and time.monotonic() < deadline:  # still closing
+            time.sleep(0.5)
+            call = store.list_calls(limit=1)[0]
+        view = store.read_call(call.id, "test", "check")
+        with store.session("consent") as db:
+            consents = list(db.scalars(select(Consent).where(Consent.call_id == call.id)))
+        return call.channel, call.status, [t.transcript for t in view.turns], consents
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize("codec", [PCMU, PCMA], ids=["ulaw", "alaw"])
+def test_a_call_is_answered_with_the_disclosure_first_then_transcribed_and_replied(
+    service: VoiceService,
+    real_settings: Settings,
+    line_env: dict[str, str],
+    lines: list[Line],
+    tmp_path: Path,
+    codec: int,
+) -> None:
+    lines.append(line := start_line(line_env))
+    result, capture = sipp(
+        line, "uac_call.xml", tmp_path, codec=codec, stream=spoken(service, QUESTION, codec)
+    )
+    assert result.returncode == 0, result.stdout[-3000:]
+    heard = service.engines.stt.transcribe(capture.audio(codec), 16_000).text
+    assert heard.lower().startswith("this call is with an automated assistant"), heard
+    channel, status, transcripts, consents = last_call(real_settings)
+    assert (channel, status) == ("sip", "ended")
+    assert transcripts and wer(QUESTION, transcripts[0] or "") <= 0.25, transcripts
+    assert len(heard.split()) > len(DISCLOSURE.split()) + 1, heard  # the reply came after it
+    assert [(c.decision, c.method) for c in consents] == [("not_required", "configuration")]
+
+
+def test_consent_by_dtmf_and_without_consent_only_a_minimal_record_and_our_bye(
+    service: VoiceService,
+    real_settings: Settings,
+    line_env: dict[str, str],
+    lines: list[Line],
+    tmp_path: Path,
+) -> None:
+    lines.append(line := start_line(line_env, consent_required="true", consent_timeout_s="4"))
+    result, _ = sipp(
+        line, "uac_call.xml", tmp_path, stream=spoken(service, QUESTION, PCMU, digits="1"),
+        wait_ms=3500, talk_ms=20000,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-3000:]
+    _, _, transcripts, consents = last_call(real_settings)
+    assert [(c.decision, c.method) for c in consents] == [("granted", "dtmf")]
+    assert transcripts and "1" not in (transcripts[0] or "")  # a key press is no transcript
+    # Refused: the caller hears the alternative, the appliance hangs up (its BYE), and only
+    # the minimal record stays.
+    result, capture = sipp(
+        line, "uac_wait_bye.xml", tmp_path, stream=spoken(service, "", PCMU, digits="2"),
+        wait_ms=3500, talk_ms=30000,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-3000:]
+    _, status, transcripts, consents = last_call(real_settings)
+    assert status == "ended:no_consent" and transcripts == []
+    assert [(c.decision, c.method) for c in consents] == [("refused", "dtmf")]
+    heard = service.engines.stt.transcribe(capture.audio(PCMU), 16_000).text.lower()
+    assert "nothing from this call will be kept" in heard, heard
+
+
+def test_cancel_while_ringing_gets_487(
+    line_env: dict[str, str], lines: list[Line], tmp_path: Path
+) -> None:
+    lines.append(line := start_line(line_env, ring_ms="3000"))
+    result, capture = sipp(line, "uac_cancel.xml", tmp_path)
+    assert result.returncode == 0, result.stdout[-3000:]
+    assert capture.packets == []  # never answered: no media
+
+
+def test_a_caller_from_an_address_that_is_not_allowed_gets_403(
+    line_env: dict[str, str], lines: list[Line], tmp_path: Path
+) -> None:
+    lines.append(line := start_line(line_env, allowed_peers="10.0.0.0/8"))
+    result, _ = sipp(line, "uac_forbidden.xml", tmp_path)
+    assert result.returncode == 0, result.stdout[-3000:]
