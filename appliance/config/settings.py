@@ -456,6 +456,11 @@ class SipSettings:
     """A call whose caller sends no media for this long is ended (BYE)."""
     ring_ms: int = 0
     """How long the line rings (180) before it answers; a CANCEL in that time gets 487."""
+    invites_per_address_per_10s: int = 10
+    """New INVITEs one source address may send in 10 s; more get 503 (a flood is shed before
+    any media or model work)."""
+    max_dialogs: int = 16
+    """Calls being set up or in progress at once; more get 486 Busy Here."""
     disclosure: str = (
         "Hello. You are speaking with an automated assistant. This call is transcribed and "
         "stored to help you and to improve our service."
@@ -472,7 +477,11 @@ class SipSettings:
 
     def __post_init__(self) -> None:
         host, _, port = self.listen.rpartition(":")
-        _check(bool(host) and port.isdigit() and 0 < int(port) < 65536, "sip.listen", "HOST:PORT")
+        _check(
+            bool(host) and port.isdigit() and int(port) < 65536,
+            "sip.listen",
+            "HOST:PORT (port 0: any free port)",
+        )
         _check(
             1024 <= self.rtp_port_min < self.rtp_port_max <= 65535,
             "sip.rtp_port_max",
@@ -480,6 +489,8 @@ class SipSettings:
         )
         _check(1 <= self.media_timeout_s <= 300, "sip.media_timeout_s", "1 to 300")
         _check(0 <= self.ring_ms <= 60_000, "sip.ring_ms", "0 to 60000")
+        _check(self.invites_per_address_per_10s >= 1, "sip.invites_per_address_per_10s", ">= 1")
+        _check(self.max_dialogs >= 1, "sip.max_dialogs", "at least 1")
         _check(bool(self.disclosure.strip()), "sip.disclosure", "must not be empty")
         for value in self.allowed_peers:
             try:

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from typing import cast
 
 from appliance.config.settings import SipSettings
+from appliance.identity.limits import SlidingWindow
 from appliance.telephony import sdp
 from appliance.telephony.rtp import RtpMedia
 from appliance.telephony.sip import (
@@ -93,6 +94,8 @@ class SipUserAgent(asyncio.DatagramProtocol):
         self.dialogs: dict[str, _Dialog] = {}
         self.forbidden = 0
         self.malformed = 0
+        self.shed = 0
+        self._invites = SlidingWindow(settings.invites_per_address_per_10s, 10.0)
         self._next_port = settings.rtp_port_min
         self._tasks: set[asyncio.Task[None]] = set()
         self._pending_bye: dict[str, asyncio.Future[int]] = {}
@@ -170,10 +173,19 @@ class SipUserAgent(asyncio.DatagramProtocol):
     def _on_invite(self, invite: SipMessage, addr: tuple[str, int]) -> None:
         dialog = self.dialogs.get(invite.call_id)
         if dialog is not None:
-            if (dialog.last_response and not dialog.answered) or not dialog.acked:
+            if not dialog.acked:
                 self._send(dialog.last_response, addr)  # a retransmission
             else:
                 self._send(response(invite, 488).encode(), addr)  # no re-INVITE support yet
+            return
+        if not self._invites.allow(addr[0]):
+            self.shed += 1
+            reply = response(invite, 503)
+            reply.set("retry-after", "10")
+            self._send(reply.encode(), addr)
+            return
+        if sum(not d.closed for d in self.dialogs.values()) >= self.settings.max_dialogs:
+            self._send(response(invite, 486).encode(), addr)
             return
         dialog = _Dialog(invite, addr, secrets.token_hex(6))
         self.dialogs[invite.call_id] = dialog

@@ -1,0 +1,186 @@
+"""The SIP user agent in-process, driven over real UDP sockets on 127.0.0.1: responses,
+retransmissions, DTMF order, BYE, refusals, fuzzed input and a flood (no models)."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import random
+import socket
+from collections.abc import Awaitable, Callable
+
+from appliance.config.settings import SipSettings
+from appliance.telephony.rtp import RtpPacket, event_payload
+from appliance.telephony.sip import SipMessage, parse
+from appliance.telephony.ua import SipCall, SipUserAgent
+from tests.unit.test_sip_messages import INVITE
+
+OPEN: list[socket.socket] = []
+
+
+class Peer:
+    """A raw UDP socket playing the caller (closed when the test's run ends)."""
+
+    def __init__(self, host: str = "127.0.0.1") -> None:
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        OPEN.append(self.sock)
+        self.sock.bind((host, 0))
+        self.sock.setblocking(False)
+
+    async def send(self, data: bytes, port: int) -> None:
+        self.sock.sendto(data, ("127.0.0.1", port))
+
+    async def recv_raw(self, timeout: float = 2.0) -> bytes | None:
+        loop = asyncio.get_running_loop()
+        try:
+            return await asyncio.wait_for(loop.sock_recv(self.sock, 65535), timeout)
+        except TimeoutError:
+            return None
+
+    async def recv(self, timeout: float = 2.0) -> SipMessage | None:
+        data = await self.recv_raw(timeout)
+        return None if data is None else parse(data)
+
+    async def statuses(self, until: int, timeout: float = 3.0) -> list[int]:
+        seen: list[int] = []
+        while until not in seen:
+            message = await self.recv(timeout)
+            if message is None:
+                break
+            seen.append(message.status)
+        return seen
+
+
+def invite(call_id: str, media_port: int, cseq: int = 1, branch: str = "z9hG4bKa") -> bytes:
+    return (
+        INVITE.replace(b"a84b4c76e66710@127.0.0.1", call_id.encode())
+        .replace(b"314159 INVITE", f"{cseq} INVITE".encode())
+        .replace(b"z9hG4bK776asdhds", branch.encode())
+        .replace(b"49170", str(media_port).encode())
+    )
+
+
+def request(method: str, call_id: str, cseq: int = 2, to_tag: str = "") -> bytes:
+    to = f"<sip:appliance@127.0.0.1>{';tag=' + to_tag if to_tag else ''}"
+    return (
+        f"{method} sip:appliance@127.0.0.1 SIP/2.0\r\n"
+        f"Via: SIP/2.0/UDP 127.0.0.1:5061;branch=z9hG4bK{method}{cseq}\r\n"
+        f"From: <sip:+15550100@127.0.0.1>;tag=1928301774\r\nTo: {to}\r\n"
+        f"Call-ID: {call_id}\r\nCSeq: {cseq} {method}\r\nContent-Length: 0\r\n\r\n"
+    ).encode()
+
+
+def run(test: Callable[[SipUserAgent, list[SipCall]], Awaitable[None]], **settings: object) -> None:
+    async def main() -> None:
+        calls: list[SipCall] = []
+
+        async def handler(call: SipCall) -> None:
+            calls.append(call)
+            await call.media.ended.wait()
+
+        options = SipSettings(listen="127.0.0.1:0", rtp_port_min=41000, rtp_port_max=41999)
+        ua = SipUserAgent(dataclasses.replace(options, **settings), handler)  # type: ignore[arg-type]
+        await ua.start()
+        try:
+            await asyncio.wait_for(test(ua, calls), 60)
+        finally:
+            ua.close()
+            await asyncio.sleep(0)
+            while OPEN:
+                OPEN.pop().close()
+
+    asyncio.run(main())
+
+
+def test_options_405_481_and_403() -> None:
+    async def test(ua: SipUserAgent, calls: list[SipCall]) -> None:
+        peer = Peer()
+        await peer.send(request("OPTIONS", "o1", 1), ua.port)
+        reply = await peer.recv()
+        assert reply is not None and reply.status == 200 and "INVITE" in reply.get("allow")
+        await peer.send(request("MESSAGE", "m1", 1), ua.port)
+        assert (reply := await peer.recv()) is not None and reply.status == 405
+        await peer.send(request("BYE", "nobody", 2), ua.port)
+        assert (reply := await peer.recv()) is not None and reply.status == 481
+        ua.allowed = ()  # now nobody is an allowed peer
+        await peer.send(invite("x1", 50000), ua.port)
+        assert (reply := await peer.recv()) is not None and reply.status == 403
+        assert ua.forbidden == 1 and calls == []
+
+    run(test)
+
+
+def test_a_call_is_answered_retransmissions_get_the_same_answer_and_dtmf_arrives_in_order() -> None:
+    async def test(ua: SipUserAgent, calls: list[SipCall]) -> None:
+        peer, media = Peer(), Peer()
+        media_port = media.sock.getsockname()[1]
+        await peer.send(invite("c1", media_port), ua.port)
+        assert await peer.statuses(until=200) == [100, 180, 200]
+        await peer.send(invite("c1", media_port), ua.port)  # our 200 got lost, say
+        again = await peer.recv()
+        assert again is not None and again.status == 200
+        answer = again.body.decode()
+        rtp_port = int(answer.split("m=audio ")[1].split()[0])
+        await peer.send(request("ACK", "c1", 1, again.tag("to")), ua.port)
+        await asyncio.sleep(0.2)
+        assert [c.caller for c in calls] == ["+15550100"]
+        # Digits 4, 2, # with the end packets repeated and the second press sent out of order.
+        packets = []
+        for i, digit in enumerate("42#"):
+            timestamp = 1000 + 800 * i
+            for end in (False, True, True, True):
+                payload = event_payload(digit, end, 400)
+                packets.append(RtpPacket(101, 10 + len(packets), timestamp, 77, payload))
+        packets[4:8] = packets[6:8] + packets[4:6]
+        packets.append(RtpPacket(101, 99, 5000, 12345, event_payload("9", True, 400)))  # SSRC
+        for packet in packets:
+            media.sock.sendto(packet.encode(), ("127.0.0.1", rtp_port))
+        await asyncio.sleep(0.3)
+        call = calls[0]
+        assert call.media.digits == ["4", "2", "#"]  # once each, in order; the stranger dropped
+        await peer.send(request("BYE", "c1", 2, again.tag("to")), ua.port)
+        bye = await peer.recv()
+        assert bye is not None and bye.status == 200
+        await asyncio.wait_for(call.media.ended.wait(), 2)
+        assert call.media.end_reason == "caller_hung_up"
+
+    run(test)
+
+
+def test_fuzzed_datagrams_get_400_or_silence_and_the_agent_keeps_serving() -> None:
+    async def test(ua: SipUserAgent, calls: list[SipCall]) -> None:
+        peer = Peer()
+        rng = random.Random(4475)
+        base = invite("f1", 50000)
+        answered_400 = 0
+        for _ in range(300):
+            data = bytearray(base)
+            for _ in range(rng.randint(1, 6)):
+                data[rng.randrange(len(data))] = rng.randrange(256)
+            await peer.send(bytes(data), ua.port)
+            while (raw := await peer.recv_raw(0.02)) is not None:
+                answered_400 += raw.startswith(b"SIP/2.0 400 ")
+        await peer.send(b"\x00" * 40, ua.port)
+        await asyncio.sleep(0.3)
+        while await peer.recv_raw(0.05) is not None:  # late answers to the fuzz
+            pass
+        await peer.send(request("OPTIONS", "after", 1), ua.port)
+        reply = await peer.recv()
+        assert reply is not None and reply.status == 200  # still alive and answering
+        assert answered_400 > 0 and ua.malformed > 0
+
+    run(test)
+
+
+def test_a_flood_of_invites_is_shed_with_503_and_another_caller_still_gets_through() -> None:
+    async def test(ua: SipUserAgent, calls: list[SipCall]) -> None:
+        flooder = Peer("127.0.0.1")
+        for i in range(30):
+            await flooder.send(invite(f"flood{i}", 50000, branch=f"z9hG4bKf{i}"), ua.port)
+        await asyncio.sleep(0.5)
+        assert ua.shed == 20  # 10 per 10 s from one address
+        caller = Peer("127.0.0.2")
+        await caller.send(invite("legit", 50002), ua.port)
+        assert 200 in await caller.statuses(until=200)
+
+    run(test, invites_per_address_per_10s=10, max_dialogs=64)

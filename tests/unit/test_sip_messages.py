@@ -1,0 +1,136 @@
+"""The SIP parser, SDP and the RTP depacketizer: well-formed input, torture cases in the
+spirit of RFC 4475, and hypothesis fuzzing (only the module's own error, never a crash)."""
+
+from __future__ import annotations
+
+import contextlib
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from appliance.telephony import sdp
+from appliance.telephony.rtp import (
+    JitterBuffer,
+    RtpError,
+    RtpPacket,
+    event_payload,
+    parse_event,
+    parse_packet,
+)
+from appliance.telephony.sip import SipParseError, parse, response, user_of
+
+INVITE = (
+    b"INVITE sip:appliance@127.0.0.1 SIP/2.0\r\n"
+    b"Via: SIP/2.0/UDP 127.0.0.1:5061;branch=z9hG4bK776asdhds\r\n"
+    b"Max-Forwards: 70\r\n"
+    b'From: "Alice" <sip:+15550100@127.0.0.1>;tag=1928301774\r\n'
+    b"To: <sip:appliance@127.0.0.1>\r\n"
+    b"Call-ID: a84b4c76e66710@127.0.0.1\r\n"
+    b"CSeq: 314159 INVITE\r\n"
+    b"Contact: <sip:alice@127.0.0.1:5061>\r\n"
+    b"Content-Type: application/sdp\r\n"
+    b"Content-Length: 129\r\n\r\n"
+    b"v=0\r\no=a 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"
+    b"m=audio 49170 RTP/AVP 8 0 101\r\na=rtpmap:101 telephone-event/8000\r\n"
+)
+
+
+def test_a_well_formed_invite_and_its_response() -> None:
+    message = parse(INVITE)
+    assert (message.method, message.call_id, message.cseq) == (
+        "INVITE",
+        "a84b4c76e66710@127.0.0.1",
+        (314159, "INVITE"),
+    )
+    assert message.branch == "z9hG4bK776asdhds" and message.tag("from") == "1928301774"
+    assert user_of(message.get("from")) == "+15550100"
+    reply = parse(response(message, 180, to_tag="abc").encode())
+    assert reply.status == 180 and reply.tag("to") == "abc" and reply.call_id == message.call_id
+    offer = sdp.parse_offer(message.body)
+    assert (offer.port, offer.payloads, offer.telephone_event) == (49170, (8, 0, 101), 101)
+    assert sdp.choose_codec(offer) == sdp.PCMA  # the offer's order wins
+
+
+def test_compact_headers_folding_and_case_are_understood() -> None:
+    message = parse(
+        b"OPTIONS sip:a@b SIP/2.0\r\nv: SIP/2.0/UDP h;branch=z9hG4bKx\r\n"
+        b"f: <sip:x@y>;tag=1\r\nT: <sip:a@b>\r\ni: abc\r\nCSEQ: 1\r\n OPTIONS\r\nl: 0\r\n\r\n"
+    )
+    assert message.call_id == "abc" and message.cseq == (1, "OPTIONS")
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"",
+        b"INVITE sip:a@b SIP/2.0\r\n",  # no end of headers
+        b"INVITE sip:a@b SIP/3.0\r\nVia: x\r\n\r\n",  # unknown version
+        b"INVITE  sip:a@b SIP/2.0\r\n\r\n",  # two spaces in the request line
+        b"SIP/2.0 999 Huh\r\n\r\n",  # status out of range
+        INVITE.replace(b"Call-ID: a84b4c76e66710@127.0.0.1\r\n", b""),  # missing Call-ID
+        INVITE.replace(b"CSeq: 314159 INVITE", b"CSeq: -1 INVITE"),  # negative CSeq
+        INVITE.replace(b"CSeq: 314159 INVITE", b"CSeq: 9999999999 INVITE"),  # over 2**31
+        INVITE.replace(b"CSeq: 314159 INVITE", b"CSeq: 314159 BYE"),  # method mismatch
+        INVITE.replace(b"Content-Length: 129", b"Content-Length: 9999"),  # body too short
+        INVITE.replace(b"Content-Length: 129", b"Content-Length: -5"),
+        INVITE.replace(b"Max-Forwards: 70", b"Max Forwards: 70"),  # space in a header name
+        INVITE.replace(b"From:", b"From\xff:"),  # not UTF-8
+        b"INVITE sip:a@b SIP/2.0\r\n lead: continuation\r\n\r\n",
+        b"X" * 70_000,
+    ],
+)
+def test_torture_messages_are_refused_with_the_parse_error(data: bytes) -> None:
+    with pytest.raises(SipParseError):
+        parse(data)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.binary(max_size=600))
+def test_random_bytes_never_crash_the_parser(data: bytes) -> None:
+    with contextlib.suppress(SipParseError):
+        parse(data)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.integers(0, len(INVITE) - 1), st.binary(min_size=1, max_size=8))
+def test_mutated_invites_never_crash_the_parser_or_sdp(at: int, noise: bytes) -> None:
+    data = INVITE[:at] + noise + INVITE[at + len(noise) :]
+    try:
+        message = parse(data)
+        sdp.parse_offer(message.body)
+    except (SipParseError, sdp.SdpError):
+        pass
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.binary(max_size=300))
+def test_random_bytes_never_crash_the_rtp_depacketizer(data: bytes) -> None:
+    try:
+        packet = parse_packet(data)
+        parse_event(packet.payload)
+    except RtpError:
+        pass
+
+
+def test_rtp_round_trip_and_telephone_events() -> None:
+    packet = RtpPacket(0, 65535, 160, 0xDEADBEEF, b"\xff" * 160, marker=True)
+    assert parse_packet(packet.encode()) == packet
+    event = parse_event(event_payload("#", end=True, duration=800))
+    assert (event.digit, event.end, event.duration) == ("#", True, 800)
+    with pytest.raises(RtpError):
+        parse_packet(b"\x40" + bytes(20))  # version 1
+
+
+def test_the_jitter_buffer_reorders_waits_for_a_gap_then_skips_it_and_drops_late_packets() -> None:
+    buffer = JitterBuffer(depth=3)
+    for sequence in (65534, 0, 65535, 2):  # out of order, across the wrap; 1 is missing
+        buffer.push(sequence, bytes([sequence % 256]))
+    assert [buffer.pop() for _ in range(3)] == [b"\xfe", b"\xff", b"\x00"]
+    assert buffer.pop() is None  # 1 may still come: wait while fewer than 3 wait behind it
+    buffer.push(3, b"\x03")
+    buffer.push(4, b"\x04")
+    assert buffer.pop() is None and buffer.lost == 1  # now the gap is played as silence
+    buffer.push(1, b"late")  # its slot was played
+    assert buffer.late == 1
+    assert [buffer.pop() for _ in range(3)] == [b"\x02", b"\x03", b"\x04"]
