@@ -366,3 +366,162 @@ def _ready(listener: Any) -> bool:
         return b"READY=1" in listener.recv(4096)
     except TimeoutError:
         return False
+
+
+def run_calls_bench(settings: Settings, *, counts: list[int], as_json: bool) -> int:
+    """N simultaneous SIPp calls (N in ``counts``) against ``appliance sip`` on 127.0.0.1: the
+    voice-to-voice latency of each call's turn (median, p95), gaps in the reply's RTP stream
+    as the caller received it, and the line's CPU time and peak RSS."""
+    import os
+    import shutil
+    import socket
+    import subprocess
+    import sys
+
+    import psutil
+
+    from appliance.service import open_storage
+    from appliance.telephony.sdp import PCMU
+    from appliance.testing.pcap import Stream, write_pcap
+
+    if shutil.which("sipp") is None:
+        raise ApplianceError("bench.sipp", "sipp is not installed (Debian: sip-tester)")
+    scenario_text = (Path(__file__).parent / "testing" / "sipp" / "uac_call.xml").read_text()
+
+    def free_port() -> int:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.bind(("127.0.0.1", 0))
+            return int(s.getsockname()[1])
+
+    results: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory() as folder:
+        work = Path(folder)
+        service = VoiceService.load(settings)
+        question = b"".join(
+            c.pcm
+            for c in service.engines.tts.synthesize("What time do you open on Saturday?", 8000)
+        )
+        stream = Stream(codec=PCMU)
+        stream.silence(0.5)
+        stream.audio(question)
+        stream.silence(12.0)
+        write_pcap(work / "caller.pcap", stream.packets)
+        port = free_port()
+        env = {
+            **os.environ,
+            "APPLIANCE_HOME": str(settings.home),
+            "APPLIANCE_SIP__DISCLOSURE": "Automated assistant.",
+            "APPLIANCE_SIP__MAX_DIALOGS": str(max(counts) * 2),
+            "APPLIANCE_SIP__INVITES_PER_ADDRESS_PER_10S": str(max(counts) * 4),
+            "APPLIANCE_LIMITS__MAX_CONCURRENT_CALLS": str(max(counts)),
+        }
+        if settings.source != "defaults":
+            env["APPLIANCE_CONFIG"] = settings.source
+        line = subprocess.Popen(
+            [sys.executable, "-m", "appliance", "sip", "--listen", f"127.0.0.1:{port}"],
+            env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+        )  # fmt: skip
+        try:
+            assert line.stdout is not None
+            if "listening" not in line.stdout.readline():
+                raise ApplianceError("bench.sip", "appliance sip did not start")
+            process = psutil.Process(line.pid)
+            for count in counts:
+                results.append(_calls_round(count, port, work, scenario_text, process, free_port))
+        finally:
+            line.terminate()
+            line.wait(timeout=60)
+        storage = open_storage(settings)
+        try:
+            calls = storage.list_calls(limit=sum(counts))
+            latencies: list[float] = []
+            for call in calls:
+                view = storage.read_call(call.id, "bench", "latency benchmark")
+                latencies += [t.voice_to_voice_ms for t in view.turns if t.voice_to_voice_ms]
+        finally:
+            storage.close()
+    # Calls are listed newest first: split the latencies back into rounds (one turn a call).
+    by_round = list(reversed(latencies))
+    for result in results:
+        mine, by_round = by_round[: result["calls"]], by_round[result["calls"] :]
+        result["voice_to_voice"] = _summary(mine) if mine else {}
+    if as_json:
+        print(json.dumps({"rounds": results}, indent=2))
+    else:
+        for r in results:
+            v = r["voice_to_voice"]
+            print(
+                f"{r['calls']} calls: voice-to-voice median {v.get('median_ms', 0):.0f} ms, "
+                f"p95 {v.get('p95_ms', 0):.0f} ms; reply RTP gaps {r['rtp_gaps']}; "
+                f"CPU {r['cpu_s']:.1f} s; RSS {r['rss_mib']:.0f} MiB; failed {r['failed']}"
+            )
+    return 0
+
+
+def _calls_round(
+    count: int, port: int, work: Path, scenario: str, process: Any, free_port: Any
+) -> dict[str, Any]:
+    import socket
+    import subprocess
+    import threading
+
+    cpu_before = sum(process.cpu_times()[:2])
+    gaps = [0] * count
+    captures, threads, runs = [], [], []
+    stop = threading.Event()
+
+    def capture(index: int, sock: socket.socket) -> None:
+        sock.settimeout(0.2)
+        last = None
+        while not stop.is_set():
+            try:
+                sock.recv(4096)
+            except TimeoutError:
+                continue
+            now = time.monotonic()
+            if last is not None and now - last > 0.1:  # 5 packets missing in a row
+                gaps[index] += 1
+            last = now
+
+    peak = 0.0
+    for index in range(count):
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock.bind(("127.0.0.1", 0))
+        captures.append(sock)
+        text = (
+            scenario.replace("@CODEC@", "0")
+            .replace("@CAPTURE_PORT@", str(sock.getsockname()[1]))
+            .replace("@PCAP@", str(work / "caller.pcap"))
+            .replace("@WAIT_MS@", "2500")
+            .replace("@TALK_MS@", "14000")
+        )
+        xml = work / f"call{index}.xml"
+        xml.write_text(text)
+        threads.append(threading.Thread(target=capture, args=(index, sock), daemon=True))
+        threads[-1].start()
+        command = ["sipp", f"127.0.0.1:{port}", "-sf", str(xml), "-m", "1", "-i", "127.0.0.1"]
+        command += ["-p", str(free_port()), "-mp", str(free_port()), "-timeout", "90s"]
+        runs.append(
+            subprocess.Popen(
+                [*command, "-nostdin"],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                cwd=work,
+            )
+        )
+    while any(r.poll() is None for r in runs):
+        peak = max(peak, process.memory_info().rss / 2**20)
+        time.sleep(0.2)
+    time.sleep(1.0)
+    stop.set()
+    for thread in threads:
+        thread.join(timeout=5)
+    for sock in captures:
+        sock.close()
+    return {
+        "calls": count,
+        "failed": sum(r.returncode != 0 for r in runs),
+        "rtp_gaps": sum(gaps),
+        "cpu_s": round(sum(process.cpu_times()[:2]) - cpu_before, 1),
+        "rss_mib": round(peak, 1),
+    }

@@ -157,6 +157,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     storage_bench.add_argument("--json", action="store_true")
     storage_bench.add_argument("--turns", type=int, default=10_000)
+    calls_bench = bench_cmd.add_parser(
+        "calls", help="N simultaneous SIPp calls: voice-to-voice latency, RTP gaps, CPU, RSS"
+    )
+    calls_bench.add_argument("--json", action="store_true")
+    calls_bench.add_argument("--calls", default="1,2,4,8", help="the Ns, comma separated")
     startup = bench_cmd.add_parser(
         "startup", help="appliance serve: start to READY=1, and SIGTERM to exit"
     )
@@ -220,6 +225,11 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
         print(json.dumps(_settings_dict(settings), indent=2, default=str))
         return 0
     if args.command == "bench":
+        if args.bench_command == "calls":
+            from appliance.bench import run_calls_bench
+
+            counts = [int(n) for n in args.calls.split(",") if n.strip()]
+            return run_calls_bench(settings, counts=counts, as_json=args.json)
         if args.bench_command == "startup":
             from appliance.bench import run_startup_bench
 

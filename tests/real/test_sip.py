@@ -7,6 +7,7 @@ RTP on the port the scenario's SDP names, and checks what came back and what was
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -21,6 +22,7 @@ import numpy as np
 import pytest
 import soxr
 
+import appliance.testing
 from appliance.config.settings import Settings
 from appliance.service import VoiceService, open_storage
 from appliance.storage.schema import Consent
@@ -30,7 +32,7 @@ from appliance.telephony.sdp import PCMA, PCMU
 from appliance.testing.pcap import Stream, write_pcap
 from tests.real.conftest import APPLIANCE, wer
 
-SCENARIOS = Path(__file__).resolve().parents[1] / "data" / "sipp"
+SCENARIOS = Path(appliance.testing.__file__).parent / "sipp"
 QUESTION = "What time do you open on Saturday?"
 DISCLOSURE = "This call is with an automated assistant and is transcribed."
 
@@ -262,3 +264,20 @@ def test_a_caller_from_an_address_that_is_not_allowed_gets_403(
     lines.append(line := start_line(line_env, allowed_peers="10.0.0.0/8"))
     result, _ = sipp(line, "uac_forbidden.xml", tmp_path)
     assert result.returncode == 0, result.stdout[-3000:]
+
+
+def test_bench_calls_reports_latency_gaps_cpu_and_memory_per_round(
+    real_home: Path, real_settings: Settings, line_env: dict[str, str]
+) -> None:
+    result = subprocess.run(
+        [str(APPLIANCE), "bench", "calls", "--calls", "1", "--json"],
+        env=line_env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    (round_,) = json.loads(result.stdout)["rounds"]
+    assert round_["calls"] == 1 and round_["failed"] == 0
+    assert round_["voice_to_voice"]["n"] == 1 and round_["voice_to_voice"]["median_ms"] > 0
+    assert round_["rss_mib"] > 0 and round_["rtp_gaps"] >= 0
