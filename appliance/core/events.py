@@ -3,9 +3,11 @@
 A turn emits its events in a fixed order (Home Assistant's assist pipeline does the same):
 SPEECH_START, SPEECH_END, TRANSCRIPT, GUARD_INPUT (when guardrails are on), FIRST_TOKEN,
 FIRST_SENTENCE, FIRST_AUDIO, TURN_END; a turn the tool agent answers has AGENT (with its
-outcome) after GUARD_INPUT and no model events. GUARD_OUTPUT (a reply stopped before it was spoken),
-BARGE_IN and ERROR may appear before TURN_END; a turn whose transcript is empty, that got a
-fixed reply (no model), or that was interrupted or failed, skips the stages it never reached.
+outcome) after GUARD_INPUT and no model events; a turn of key presses (DTMF) has KEYPAD (with
+how many keys, never which), AGENT, FIRST_AUDIO and TURN_END. GUARD_OUTPUT (a reply stopped
+before it was spoken), BARGE_IN and ERROR may appear before TURN_END; a turn whose transcript
+is empty, that got a fixed reply (no model), or that was interrupted or failed, skips the
+stages it never reached.
 Work done speculatively (before the end of speech was confirmed) keeps the timestamp at which
 it really happened, so ``t_ms`` of TRANSCRIPT may be earlier than that of SPEECH_END.
 """
@@ -35,6 +37,7 @@ class EventType(enum.StrEnum):
     TRANSCRIPT = "transcript"
     GUARD_INPUT = "guard_input"
     AGENT = "agent"
+    KEYPAD = "keypad"
     FIRST_TOKEN = "first_token"
     FIRST_SENTENCE = "first_sentence"
     FIRST_AUDIO = "first_audio"

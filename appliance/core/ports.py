@@ -124,6 +124,10 @@ class TurnAgent(Protocol):
         the model may see; ``audio`` the utterance (16 kHz PCM16), for a voice factor."""
         ...
 
+    def handle_keys(self, keys: str) -> AgentTurn | None:
+        """Key presses (DTMF) answering the open dialogue: a PIN, a code, 1 (yes) or 2 (no)."""
+        ...
+
 
 @runtime_checkable
 class CallRecorder(Protocol):

@@ -19,7 +19,7 @@ from appliance.core.audio import PIPELINE_SAMPLE_RATE_HZ
 from appliance.deploy.notify import notify
 from appliance.service import Consent, VoiceService, open_storage, run_call
 from appliance.storage.repository import Storage
-from appliance.telephony.rtp import RATE_HZ, RtpSink
+from appliance.telephony.rtp import RATE_HZ, RtpMedia, RtpSink
 from appliance.telephony.ua import SipCall, SipUserAgent
 
 log = logging.getLogger(__name__)
@@ -50,6 +50,7 @@ class SipLine:
             await asyncio.to_thread(self._minimal_record, call, consent)
             await media.play(await asyncio.to_thread(self.say, sip.no_consent_reply))
             return
+        media.on_digit = Keypad(self.service, media).press
         await run_call(
             self.service,
             self.storage,
@@ -87,6 +88,35 @@ class SipLine:
             record.call_id, consent.decision, consent.disclosure_version, consent.method
         )
         self.storage.end_call(record.call_id, "ended:no_consent")
+
+
+class Keypad:
+    """Collects a call's key presses and hands them to its session at '#' or after a pause
+    (for the tool dialogue: a PIN, a code, 1 for yes). Before the call's session starts (the
+    consent question) the line reads the digits itself."""
+
+    PAUSE_S = 2.0
+
+    def __init__(self, service: VoiceService, media: RtpMedia) -> None:
+        self.service = service
+        self.media = media
+        self.keys = ""
+        self._timer: asyncio.TimerHandle | None = None
+
+    def press(self, digit: str) -> None:
+        self.keys += digit
+        if self._timer is not None:
+            self._timer.cancel()
+        if digit == "#":
+            self.flush()
+        else:
+            self._timer = asyncio.get_running_loop().call_later(self.PAUSE_S, self.flush)
+
+    def flush(self) -> None:
+        keys, self.keys = self.keys, ""
+        for session in list(self.service.active):
+            if session.source is self.media and keys:
+                session.keys(keys)
 
 
 def run_sip(settings: Settings) -> int:

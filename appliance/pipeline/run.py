@@ -52,6 +52,7 @@ from appliance.pipeline.endpointing import Decision, Endpointer
 
 log = logging.getLogger(__name__)
 SECRET_NOT_RECORDED = "[authentication answer: not recorded]"
+KEYPAD_NOT_RECORDED = "[keypad: not recorded]"
 
 # One worker thread per stage, shared by every call of the process: a model is never run by two
 # threads at once, and each library keeps its thread pools (OpenMP, ONNX Runtime, ggml) bound to
@@ -195,6 +196,7 @@ class CallSession:
         self.end_reason = ""
         self._goodbye: str | None = None
         self._turn_ticks: list[int] = []
+        self._keys = ""
         self.frames_written = 0
         self.underruns = 0
 
@@ -260,6 +262,51 @@ class CallSession:
         self._turn = TurnResult(index=len(self.turns) + 1)
         self.turns.append(self._turn)
         self._start_response(b"", speculative=False, fixed_reply=goodbye)
+
+    @property
+    def source(self) -> AudioSource:
+        return self._source
+
+    def keys(self, keys: str) -> None:
+        """Key presses (DTMF) from the caller, for the tool dialogue only: a PIN, a code, 1 for
+        yes. They are never a transcript and never reach the model; while the agent talks they
+        wait for it to finish."""
+        if self._agent is None or self.end_reason:
+            return
+        self._keys += keys
+        self._maybe_keys()
+
+    def _maybe_keys(self) -> None:
+        busy = self._response is not None or self._speaking is not None
+        if not self._keys or busy or self._endpointer.in_speech:
+            return
+        keys, self._keys = self._keys, ""
+        self._turn = TurnResult(index=len(self.turns) + 1)
+        self.turns.append(self._turn)
+        self._emit(self._turn, EventType.KEYPAD, frame_index=self._tick, keys=len(keys))
+        response = _Response(self._turn, speculative=False)
+        response.task = asyncio.create_task(self._keypad(response, keys))
+        self._response = response
+
+    async def _keypad(self, response: _Response, keys: str) -> None:
+        assert self._agent is not None
+        try:
+            handled = await _in_worker(Stage.LLM, self._agent.handle_keys, keys)
+            reply = handled.reply if handled is not None else ""
+            response.decision = InputDecision(
+                "keypad", "", KEYPAD_NOT_RECORDED, fixed_reply=reply, record_audio=False
+            )
+            if handled is not None:
+                self._hold_or_emit(response, EventType.AGENT, outcome=handled.outcome)
+                response.agent_outcome = handled.outcome
+                response.reply = reply
+                response.audio.extend(await _in_worker(Stage.TTS, self._synthesize, reply))
+        except ApplianceError as exc:
+            log.warning("keypad turn failed: %s", exc.code)
+            response.turn.error_code = exc.code
+        finally:
+            response.finished = True
+            response.changed.set()
 
     def _now_ms(self) -> float:
         return (self._clock() - self._t0) * 1000.0
@@ -393,6 +440,7 @@ class CallSession:
         if self._response is response:
             self._response = None
         self._maybe_goodbye()
+        self._maybe_keys()
         if self._recorder is None:
             self._emit(
                 turn,

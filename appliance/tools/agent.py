@@ -130,6 +130,19 @@ class ToolAgent:
         self._pending = _Pending(*request)
         return self._advance()
 
+    def handle_keys(self, keys: str) -> AgentTurn | None:
+        """Key presses answer the open dialogue: digits for a PIN or a code, 1 (yes) or 2 (no)
+        to a confirmation; with no dialogue open they mean nothing."""
+        pending = self._pending
+        digits = keys.rstrip("#")
+        if pending is None or not digits:
+            return None
+        if pending.awaiting == "confirm":
+            return self._answer_confirmation(pending, "yes" if digits == "1" else "no")
+        if pending.awaiting in ("pin", "totp"):
+            return self._answer_factor(pending, digits)
+        return None  # a voice check needs the voice
+
     # -- steps ---------------------------------------------------------------------------------
 
     def _candidates(self, text: str) -> frozenset[str]:

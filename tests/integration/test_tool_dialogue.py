@@ -14,11 +14,16 @@ from sqlalchemy import select
 
 from appliance.audio_io.memory import MemorySink, MemorySource
 from appliance.config.settings import PolicySettings, ToolsSettings
-from appliance.core.events import EventType
+from appliance.core.events import EventType, TurnEvent
 from appliance.core.ports import ChatMessage
 from appliance.guard.call import CallGuard
 from appliance.identity.factors import totp
-from appliance.pipeline.run import SECRET_NOT_RECORDED, CallSession, Engines
+from appliance.pipeline.run import (
+    KEYPAD_NOT_RECORDED,
+    SECRET_NOT_RECORDED,
+    CallSession,
+    Engines,
+)
 from appliance.storage.keys import load_or_create
 from appliance.storage.repository import Storage
 from appliance.storage.schema import Recording, ToolCall, Turn
@@ -183,4 +188,54 @@ def test_requests_that_trigger_no_tool_never_ask_the_model_for_one(tmp_path: Pat
     model = ToolModel([], ["We open at nine."])
     _, tts, store, _ = run(tmp_path, ["What time do you open?"], model, DemoBank())
     assert model.request_prompts == [] and tts.spoken == ["We open at nine."]
+    store.close()
+
+
+def test_the_pin_and_the_code_can_be_keyed_in_and_never_become_a_transcript(
+    tmp_path: Path,
+) -> None:
+    model = ToolModel([{"tool": "account_balance", "arguments": {}}], [])
+    bank = DemoBank()
+    store = Storage.open_sqlite(tmp_path / "a.db", load_or_create(tmp_path / "k"))
+    record = store.start_call(CALLER, "test")
+    agent = ToolAgent(
+        ToolBox(demo_tools(bank), ALL_TOOLS),
+        caller=CALLER,
+        credentials=bank,
+        model=model,
+        settings=ToolsSettings(enabled=tuple(ALL_TOOLS)),
+        factors=CallerFactors.from_settings(ToolsSettings()),
+    )
+    tts = ToneSynthesizer(ms_per_char=2)
+    keyed = iter(["4921#", current_code().replace(" ", "") + "#"])
+
+    def on_event(event: TurnEvent) -> None:
+        if event.type is EventType.AGENT:  # the caller keys in while the prompt plays
+            keys = next(keyed, None)
+            if keys is not None:
+                session.keys(keys)
+
+    session = CallSession(
+        Engines(EnergyVad(), FakeTranscriber(["What's my account balance?"]), model, tts),
+        make_config(record_audio=True),
+        MemorySource(tone(0.8) + quiet(10.0)),
+        MemorySink(16_000),
+        on_event=on_event,
+        recorder=record,
+        guard=CallGuard(PolicySettings(), "Be brief."),
+        agent=agent,
+    )
+    asyncio.run(asyncio.wait_for(session.run(), timeout=60))
+    settings = ToolsSettings()
+    assert tts.spoken == [
+        settings.pin_prompt,
+        settings.totp_prompt,
+        "Your current account balance is 1250.40 pounds.",
+    ]
+    keypad = [t.first(EventType.KEYPAD) for t in session.turns]
+    assert [k.data["keys"] if k else None for k in keypad] == [None, 5, 7]  # counts, not keys
+    view = store.read_call(record.call_id, "test", "check")
+    assert [t.transcript for t in view.turns][1:] == [KEYPAD_NOT_RECORDED] * 2
+    stored = json.dumps([t.transcript for t in view.turns])
+    assert "4921" not in stored
     store.close()
