@@ -183,7 +183,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # (deploy/egress.py) refuses connections outside loopback and [service] egress_allow.
         from appliance.deploy import egress
 
-        egress.install(settings.service.egress_allow)
+        egress.install(egress.allowlist(settings))
         return int(_dispatch(args, settings))
     except ConfigError as exc:
         print(f"appliance: configuration error {exc}", file=sys.stderr)
@@ -203,12 +203,11 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
     if args.command == "sip":
         import dataclasses
 
-        from appliance.deploy.line import run_sip
+        from appliance.deploy.serve import serve
 
-        if args.listen:
-            sip = dataclasses.replace(settings.sip, listen=args.listen)
-            settings = dataclasses.replace(settings, sip=sip)
-        return run_sip(settings)
+        sip = dataclasses.replace(settings.sip, listen=args.listen or settings.sip.listen)
+        service = dataclasses.replace(settings.service, voice="sip")
+        return serve(dataclasses.replace(settings, sip=sip, service=service))
     if args.command == "doctor":
         from appliance.deploy import doctor
 

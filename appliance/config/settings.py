@@ -412,9 +412,10 @@ class VoiceprintSettings:
 class ServiceSettings:
     """How ``appliance serve`` runs (the systemd units run it)."""
 
-    voice: str = "microphone"
-    """Where calls come from: "microphone" (the local sound device) or "none" (the voice
-    service idles; for a box that only hosts the other parts)."""
+    voice: str = "sip"
+    """Where calls come from: "sip" (the phone line of [sip]), "microphone" (the local sound
+    device; the unit's PrivateDevices= hides it, so give the unit DeviceAllow= for it) or
+    "none" (the voice service idles; for a box that only hosts the other parts)."""
     egress_allow: tuple[str, ...] = ()
     """Addresses or networks (CIDR) outside loopback the process may connect to: the SIP
     trunks and peers. Everything else is refused inside the process (deploy/egress.py)."""
@@ -426,7 +427,9 @@ class ServiceSettings:
     """How long calls in progress get to say goodbye on SIGTERM."""
 
     def __post_init__(self) -> None:
-        _check(self.voice in ("microphone", "none"), "service.voice", "microphone or none")
+        _check(
+            self.voice in ("sip", "microphone", "none"), "service.voice", "sip, microphone or none"
+        )
         for key in ("egress_allow", "admin_allow"):
             for value in getattr(self, key):
                 try:

@@ -111,15 +111,15 @@ def models(settings: Settings) -> Check:
 
 def egress_guard(settings: Settings) -> Check:
     """Install the guard as the service does, then try to leave: it must refuse."""
-    guard = egress.install(settings.service.egress_allow)
+    guard = egress.install(egress.allowlist(settings))
     probe = ("192.0.2.1", 9)  # TEST-NET-1 (RFC 5737): never a real peer
     if guard.allowed_host(probe[0]):
-        return _fail("egress guard", f"{probe[0]} is inside [service] egress_allow")
+        return _fail("egress guard", f"{probe[0]} is inside the allowed peers")
     try:
         with socket.create_connection(probe, timeout=0.2):
             pass
     except PermissionError:
-        allowed = ", ".join(settings.service.egress_allow) or "none"
+        allowed = ", ".join(egress.allowlist(settings)) or "none"
         return _pass("egress guard", f"outside connections refused; allowed peers: {allowed}")
     except OSError:
         pass

@@ -18,6 +18,8 @@ import threading
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from appliance.config.settings import Settings
+
 log = logging.getLogger(__name__)
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -73,6 +75,12 @@ class EgressGuard:
             finally:
                 self._local.busy = False
         raise PermissionError(f"egress to {host} is not allowed from this appliance")
+
+
+def allowlist(settings: Settings) -> tuple[str, ...]:
+    """Where this appliance may connect outside loopback: ``[service] egress_allow`` and the
+    SIP peers of ``[sip] allowed_peers`` (answers and media go back to them)."""
+    return tuple(dict.fromkeys((*settings.service.egress_allow, *settings.sip.allowed_peers)))
 
 
 _installed: EgressGuard | None = None

@@ -11,13 +11,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-import signal
 import time
 
 from appliance.config.settings import Settings
 from appliance.core.audio import PIPELINE_SAMPLE_RATE_HZ
-from appliance.deploy.notify import notify
-from appliance.service import Consent, VoiceService, open_storage, run_call
+from appliance.service import Consent, VoiceService, run_call
 from appliance.storage.repository import Storage
 from appliance.telephony.rtp import RATE_HZ, RtpMedia, RtpSink
 from appliance.telephony.ua import SipCall, SipUserAgent
@@ -117,33 +115,3 @@ class Keypad:
         for session in list(self.service.active):
             if session.source is self.media and keys:
                 session.keys(keys)
-
-
-def run_sip(settings: Settings) -> int:
-    """``appliance sip``: the line in the foreground until SIGTERM or Ctrl-C."""
-    storage = open_storage(settings)
-    try:
-        service = VoiceService.load(settings)
-        return asyncio.run(_serve(settings, service, storage))
-    finally:
-        storage.close()
-
-
-async def _serve(settings: Settings, service: VoiceService, storage: Storage) -> int:
-    line = SipLine(settings, service, storage)
-    await line.ua.start()
-    stopping = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stopping.set)
-    print(f"sip: listening on udp {line.ua.host}:{line.ua.port}", flush=True)
-    notify("READY=1")
-    await stopping.wait()
-    notify("STOPPING=1")
-    for session in list(service.active):
-        session.end("shutdown", settings.limits.goodbye_reply)
-    deadline = time.monotonic() + settings.service.shutdown_timeout_s
-    while service.active and time.monotonic() < deadline:
-        await asyncio.sleep(0.2)
-    line.ua.close()
-    return 0

@@ -1,4 +1,6 @@
-"""``appliance serve``: the voice service in the foreground, as the systemd unit runs it.
+"""``appliance serve``: the voice service in the foreground, as the systemd unit runs it, with
+calls from the SIP line or the local microphone (``[service] voice``); ``appliance sip`` is the
+same with the SIP line.
 
 Order of start: the egress guard (before any library can open a socket), the storage, the
 models, then READY=1 to systemd; WATCHDOG=1 follows every half watchdog period while the event
@@ -18,6 +20,7 @@ import time
 from appliance.audio_io.device import MicrophoneSource, SpeakerSink
 from appliance.config.settings import Settings
 from appliance.deploy import egress
+from appliance.deploy.line import SipLine
 from appliance.deploy.notify import notify, watchdog_interval_s
 from appliance.service import VoiceService, open_storage, run_call
 from appliance.storage.repository import Storage
@@ -26,7 +29,7 @@ log = logging.getLogger(__name__)
 
 
 def serve(settings: Settings) -> int:
-    guard = egress.install(settings.service.egress_allow)
+    guard = egress.install(egress.allowlist(settings))
     started = time.monotonic()
     storage = open_storage(settings)
 
@@ -47,12 +50,14 @@ async def _run(settings: Settings, service: VoiceService, storage: Storage, star
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stopping.set)
-    ready_s = time.monotonic() - started
-    notify(f"READY=1\nSTATUS=ready in {ready_s:.1f} s; voice: {settings.service.voice}")
-    log.info("ready in %.1f s (voice: %s)", ready_s, settings.service.voice)
     watchdog = asyncio.create_task(_watchdog())
     calls: asyncio.Task[object] | None = None
     source: MicrophoneSource | None = None
+    line: SipLine | None = None
+    if settings.service.voice == "sip":
+        line = SipLine(settings, service, storage)
+        await line.ua.start()
+        print(f"sip: listening on udp {line.ua.host}:{line.ua.port}", flush=True)
     if settings.service.voice == "microphone":
         source = MicrophoneSource(settings.audio.input_device, settings.audio.frame_ms)
         sink = SpeakerSink(
@@ -61,6 +66,9 @@ async def _run(settings: Settings, service: VoiceService, storage: Storage, star
             settings.audio.frame_ms,
         )
         calls = asyncio.create_task(run_call(service, storage, source, sink, channel="microphone"))
+    ready_s = time.monotonic() - started
+    notify(f"READY=1\nSTATUS=ready in {ready_s:.1f} s; voice: {settings.service.voice}")
+    log.info("ready in %.1f s (voice: %s)", ready_s, settings.service.voice)
     waiter = asyncio.create_task(stopping.wait())
     done, _ = await asyncio.wait(
         {waiter, *([calls] if calls else [])}, return_when=asyncio.FIRST_COMPLETED
@@ -88,6 +96,15 @@ async def _run(settings: Settings, service: VoiceService, storage: Storage, star
         source.close()
         if calls in done and not stopping.is_set():
             code = code or 1  # the microphone went away: let systemd restart the unit
+    if line is not None:
+        line.ua.refuse_new = True  # no new calls; those in progress say goodbye
+        deadline = begun + settings.service.shutdown_timeout_s
+        while service.active and time.monotonic() < deadline:
+            for session in list(service.active):
+                session.end("shutdown", settings.limits.goodbye_reply)
+            await asyncio.sleep(0.2)
+        await asyncio.sleep(0.5)  # let the BYEs go out
+        line.ua.close()
     waiter.cancel()
     watchdog.cancel()
     log.info("stopped in %.1f s", time.monotonic() - begun)

@@ -95,6 +95,7 @@ class SipUserAgent(asyncio.DatagramProtocol):
         self.forbidden = 0
         self.malformed = 0
         self.shed = 0
+        self.refuse_new = False
         self._invites = SlidingWindow(settings.invites_per_address_per_10s, 10.0)
         self._next_port = settings.rtp_port_min
         self._tasks: set[asyncio.Task[None]] = set()
@@ -177,6 +178,9 @@ class SipUserAgent(asyncio.DatagramProtocol):
                 self._send(dialog.last_response, addr)  # a retransmission
             else:
                 self._send(response(invite, 488).encode(), addr)  # no re-INVITE support yet
+            return
+        if self.refuse_new:  # shutting down
+            self._send(response(invite, 503).encode(), addr)
             return
         if not self._invites.allow(addr[0]):
             self.shed += 1

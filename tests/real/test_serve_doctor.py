@@ -59,7 +59,7 @@ def test_serve_notifies_systemd_and_stops_cleanly_on_sigterm(
 def test_sigterm_during_a_microphone_call_says_goodbye_and_closes_the_record(
     pulse: dict[str, str], real_home: Path, real_settings: Settings, tmp_path: Path
 ) -> None:
-    env = {**pulse, "APPLIANCE_HOME": str(real_home)}
+    env = {**pulse, "APPLIANCE_HOME": str(real_home), "APPLIANCE_SERVICE__VOICE": "microphone"}
     process, listener = serve(env, tmp_path)
     with listener:
         try:
