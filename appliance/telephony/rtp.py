@@ -163,6 +163,7 @@ class RtpMedia(asyncio.DatagramProtocol):
         self.media_timeout_s = media_timeout_s
         self.on_digit = on_digit
         self.transport: asyncio.DatagramTransport | None = None
+        self.local_port = 0
         self.buffer = JitterBuffer()
         self.digits: list[str] = []
         self.dropped = 0
@@ -177,11 +178,14 @@ class RtpMedia(asyncio.DatagramProtocol):
         self._clock_start = 0.0
         self._frames_read = 0
         self._carry = 0  # the last sample of the previous frame (for interpolation)
+        self.on_hold = False
+        """The caller put the call on hold (re-INVITE, sendonly/inactive): no media timeout."""
 
     # -- network ---------------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.DatagramTransport, transport)
+        self.local_port = int(self.transport.get_extra_info("sockname")[1])
 
     def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
         try:
@@ -237,7 +241,9 @@ class RtpMedia(asyncio.DatagramProtocol):
                 await asyncio.wait_for(self.ended.wait(), delay)
         if self.ended.is_set():
             return None
-        if time.monotonic() - self._last_packet > self.media_timeout_s:
+        if self.on_hold:
+            self._last_packet = time.monotonic()
+        elif time.monotonic() - self._last_packet > self.media_timeout_s:
             self.end("media_timeout")
             return None
         self._frames_read += 1

@@ -69,11 +69,26 @@ def choose_codec(offer: Offer, preferred: tuple[int, ...] = (PCMU, PCMA)) -> int
     return None
 
 
-def answer(offer: Offer, codec: int, local_address: str, local_port: int, session_id: int) -> bytes:
+_ANSWER_DIRECTION = {
+    "sendrecv": "sendrecv",
+    "sendonly": "recvonly",  # the peer holds the call: we only listen
+    "recvonly": "sendonly",
+    "inactive": "inactive",
+}
+
+
+def answer(
+    offer: Offer,
+    codec: int,
+    local_address: str,
+    local_port: int,
+    session_id: int,
+    version: int = 0,
+) -> bytes:
     payloads = [str(codec)]
     lines = [
         "v=0",
-        f"o=appliance {session_id} {session_id} IN IP4 {local_address}",
+        f"o=appliance {session_id} {session_id + version} IN IP4 {local_address}",
         "s=Voice Appliance",
         f"c=IN IP4 {local_address}",
         "t=0 0",
@@ -85,5 +100,5 @@ def answer(offer: Offer, codec: int, local_address: str, local_port: int, sessio
     if offer.telephone_event is not None:
         lines.append(f"a=rtpmap:{offer.telephone_event} telephone-event/8000")
         lines.append(f"a=fmtp:{offer.telephone_event} 0-15")
-    lines += ["a=ptime:20", "a=sendrecv"]
+    lines += ["a=ptime:20", f"a={_ANSWER_DIRECTION[offer.direction]}"]
     return ("\r\n".join(lines) + "\r\n").encode()

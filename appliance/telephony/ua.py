@@ -77,6 +77,8 @@ class _Dialog:
     closed: bool = False
     retransmit: asyncio.Task[None] | None = None
     local_cseq: int = 1
+    session_id: int = field(default_factory=lambda: secrets.randbelow(2**30))
+    sdp_version: int = 0
 
 
 Handler = Callable[[SipCall], Awaitable[None]]
@@ -174,10 +176,10 @@ class SipUserAgent(asyncio.DatagramProtocol):
     def _on_invite(self, invite: SipMessage, addr: tuple[str, int]) -> None:
         dialog = self.dialogs.get(invite.call_id)
         if dialog is not None:
-            if not dialog.acked:
+            if invite.branch == dialog.invite.branch or not dialog.acked:
                 self._send(dialog.last_response, addr)  # a retransmission
             else:
-                self._send(response(invite, 488).encode(), addr)  # no re-INVITE support yet
+                self._reinvite(dialog, invite, addr)
             return
         if self.refuse_new:  # shutting down
             self._send(response(invite, 503).encode(), addr)
@@ -225,7 +227,7 @@ class SipUserAgent(asyncio.DatagramProtocol):
         ok.set("contact", f"<sip:appliance@{self.advertise}:{self.port}>")
         ok.set("allow", ALLOW)
         ok.set("content-type", "application/sdp")
-        ok.body = sdp.answer(offer, codec, self.advertise, port, secrets.randbelow(2**31))
+        ok.body = sdp.answer(offer, codec, self.advertise, port, dialog.session_id)
         dialog.answered = True
         self._respond(dialog, ok)
         caller = user_of(invite.get("p-asserted-identity") or invite.get("from"))
@@ -234,6 +236,29 @@ class SipUserAgent(asyncio.DatagramProtocol):
             lambda: self.hang_up(invite.call_id),
         )  # fmt: skip
         await self._retransmit_ok(dialog)
+
+    def _reinvite(self, dialog: _Dialog, invite: SipMessage, addr: tuple[str, int]) -> None:
+        """A new offer in the dialog (RFC 3264 8): hold (sendonly/inactive), resume, or a new
+        media address. The codec and our port stay; the answer mirrors the direction."""
+        media = dialog.media
+        try:
+            offer = sdp.parse_offer(invite.body)
+        except sdp.SdpError:
+            offer = None
+        if offer is None or media is None or dialog.closed or media.codec not in offer.payloads:
+            self._send(response(invite, 488, to_tag=dialog.local_tag).encode(), addr)
+            return
+        media.remote = (offer.address, offer.port)
+        media.on_hold = offer.direction in ("sendonly", "inactive")
+        dialog.sdp_version += 1
+        ok = response(invite, 200, to_tag=dialog.local_tag)
+        ok.set("contact", f"<sip:appliance@{self.advertise}:{self.port}>")
+        ok.set("content-type", "application/sdp")
+        ok.body = sdp.answer(
+            offer, media.codec, self.advertise, media.local_port, dialog.session_id,
+            dialog.sdp_version,
+        )  # fmt: skip
+        self._send(ok.encode(), addr)
 
     async def _open_media(self, offer: sdp.Offer, codec: int) -> tuple[RtpMedia, int]:
         """A media endpoint on the next free port of the configured range."""

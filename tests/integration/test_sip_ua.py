@@ -138,7 +138,21 @@ def test_a_call_is_answered_retransmissions_get_the_same_answer_and_dtmf_arrives
         await asyncio.sleep(0.3)
         call = calls[0]
         assert call.media.digits == ["4", "2", "#"]  # once each, in order; the stranger dropped
-        await peer.send(request("BYE", "c1", 2, again.tag("to")), ua.port)
+        # Hold and resume (re-INVITE with a new branch and CSeq): the answer mirrors it.
+        for cseq, (offered, answered) in enumerate(
+            [("sendonly", "recvonly"), ("sendrecv", "sendrecv")], start=2
+        ):
+            hold = invite("c1", media_port, cseq=cseq, branch=f"z9hG4bKre{cseq}")
+            hold = hold.replace(b"a=rtpmap:101", f"a={offered}\r\na=rtpmap:101".encode())
+            hold = hold.replace(
+                b"Content-Length: 129", f"Content-Length: {129 + len(offered) + 4}".encode()
+            )
+            await peer.send(hold, ua.port)
+            reply = await peer.recv()
+            assert reply is not None and reply.status == 200, reply
+            assert f"a={answered}" in reply.body.decode()
+            assert call.media.on_hold is (offered == "sendonly")
+        await peer.send(request("BYE", "c1", 4, again.tag("to")), ua.port)
         bye = await peer.recv()
         assert bye is not None and bye.status == 200
         await asyncio.wait_for(call.media.ended.wait(), 2)
