@@ -450,6 +450,8 @@ class SipSettings:
     """HOST:PORT the user agent listens on (UDP)."""
     advertise: str = ""
     """The address put in Contact and SDP; empty means the listen host."""
+    tcp: bool = True
+    """Listen on TCP as well as UDP, at the same port."""
     allowed_peers: tuple[str, ...] = ("127.0.0.0/8",)
     """Trunks and peers (addresses or CIDR) whose INVITEs are taken; others get 403."""
     rtp_port_min: int = 40000

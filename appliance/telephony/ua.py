@@ -24,6 +24,7 @@ import contextlib
 import functools
 import ipaddress
 import logging
+import re
 import secrets
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -34,6 +35,7 @@ from appliance.identity.limits import SlidingWindow
 from appliance.telephony import sdp
 from appliance.telephony.rtp import RtpMedia
 from appliance.telephony.sip import (
+    MAX_MESSAGE_BYTES,
     SipMessage,
     SipParseError,
     parse,
@@ -98,14 +100,19 @@ class SipUserAgent(asyncio.DatagramProtocol):
         self.malformed = 0
         self.shed = 0
         self.refuse_new = False
+        self.streams: dict[tuple[str, int], asyncio.WriteTransport] = {}
+        self._server: asyncio.Server | None = None
         self._invites = SlidingWindow(settings.invites_per_address_per_10s, 10.0)
         self._next_port = settings.rtp_port_min
         self._tasks: set[asyncio.Task[None]] = set()
         self._pending_bye: dict[str, asyncio.Future[int]] = {}
 
     async def start(self) -> None:
+        """Listen on UDP, and on TCP at the same port when ``[sip] tcp`` is on."""
         loop = asyncio.get_running_loop()
         await loop.create_datagram_endpoint(lambda: self, local_addr=(self.host, self.port))
+        if self.settings.tcp:
+            self._server = await loop.create_server(lambda: _SipStream(self), self.host, self.port)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.DatagramTransport, transport)
@@ -116,6 +123,10 @@ class SipUserAgent(asyncio.DatagramProtocol):
             self._finish(dialog, "shutdown")
         if self.transport is not None:
             self.transport.close()
+        if self._server is not None:
+            self._server.close()
+        for stream in list(self.streams.values()):
+            stream.close()
 
     # -- receiving -------------------------------------------------------------------------
 
@@ -370,7 +381,8 @@ class SipUserAgent(asyncio.DatagramProtocol):
         remote_target = invite.get("contact") or invite.get("from")
         target = uri_of(remote_target)
         bye = SipMessage(f"BYE {target} SIP/2.0")
-        bye.set("via", f"SIP/2.0/UDP {self.advertise}:{self.port};branch={branch};rport")
+        transport = "TCP" if dialog.peer in self.streams else "UDP"
+        bye.set("via", f"SIP/2.0/{transport} {self.advertise}:{self.port};branch={branch};rport")
         bye.headers.append(("max-forwards", "70"))
         bye.headers.append(("from", f"{invite.get('to')};tag={dialog.local_tag}"))
         bye.headers.append(("to", invite.get("from")))
@@ -419,7 +431,10 @@ class SipUserAgent(asyncio.DatagramProtocol):
         self._send(dialog.last_response, dialog.peer)
 
     def _send(self, data: bytes, addr: tuple[str, int]) -> None:
-        if self.transport is not None:
+        stream = self.streams.get(addr)  # a TCP peer is answered on its connection
+        if stream is not None:
+            stream.write(data)
+        elif self.transport is not None:
             self.transport.sendto(data, addr)
 
     def _spawn(self, coro: Awaitable[None]) -> asyncio.Task[None]:
@@ -434,3 +449,53 @@ _ECHOED = {"via", "v", "from", "f", "to", "t", "call-id", "i", "cseq"}
 
 def _same(media: RtpMedia) -> RtpMedia:
     return media
+
+
+class _SipStream(asyncio.Protocol):
+    """SIP over one TCP connection (RFC 3261 18.3): messages framed by Content-Length, which
+    a stream must carry; a message that cannot be framed closes the connection."""
+
+    def __init__(self, ua: SipUserAgent) -> None:
+        self.ua = ua
+        self.buffer = bytearray()
+        self.transport: asyncio.Transport | None = None
+        self.peer: tuple[str, int] = ("", 0)
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+        host, port = self.transport.get_extra_info("peername")[:2]
+        self.peer = (str(host), int(port))
+        self.ua.streams[self.peer] = self.transport
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        while self.buffer:
+            if self.buffer.startswith(b"\r\n"):  # keep-alive
+                del self.buffer[:2]
+                continue
+            end = self.buffer.find(b"\r\n\r\n")
+            if end < 0:
+                if len(self.buffer) > MAX_MESSAGE_BYTES:
+                    self._drop()
+                return
+            length = _FRAME_LENGTH.search(bytes(self.buffer[:end]))
+            if length is None or int(length.group(1)) > MAX_MESSAGE_BYTES:
+                self._drop()
+                return
+            total = end + 4 + int(length.group(1))
+            if len(self.buffer) < total:
+                return
+            message = bytes(self.buffer[:total])
+            del self.buffer[:total]
+            self.ua.datagram_received(message, self.peer)
+
+    def _drop(self) -> None:
+        self.ua.malformed += 1
+        if self.transport is not None:
+            self.transport.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.ua.streams.pop(self.peer, None)
+
+
+_FRAME_LENGTH = re.compile(rb"(?im)^(?:content-length|l)[ \t]*:[ \t]*(\d{1,6})[ \t]*$")

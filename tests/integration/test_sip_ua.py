@@ -198,3 +198,21 @@ def test_a_flood_of_invites_is_shed_with_503_and_another_caller_still_gets_throu
         assert 200 in await caller.statuses(until=200)
 
     run(test, invites_per_address_per_10s=10, max_dialogs=64)
+
+
+def test_tcp_frames_by_content_length_and_drops_a_stream_it_cannot_frame() -> None:
+    async def test(ua: SipUserAgent, calls: list[SipCall]) -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", ua.port)
+        two = request("OPTIONS", "t1", 1) + b"\r\n" + request("OPTIONS", "t2", 2)
+        writer.write(two[:50])  # split anywhere: the stream reassembles it
+        await writer.drain()
+        writer.write(two[50:])
+        for expected in ("t1", "t2"):
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 3)
+            reply = parse(head)
+            assert reply.status == 200 and reply.call_id == expected
+        writer.write(b"OPTIONS sip:a@b SIP/2.0\r\nVia: x\r\n\r\n")  # no Content-Length
+        assert await asyncio.wait_for(reader.read(), 3) == b""  # closed
+        writer.close()
+
+    run(test)

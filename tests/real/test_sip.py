@@ -131,6 +131,7 @@ def sipp(
     stream: Stream | None = None,
     wait_ms: int = 5000,
     talk_ms: int = 15000,
+    transport: str = "u1",
 ) -> tuple[subprocess.CompletedProcess[str], Capture]:
     capture = Capture(socket.socket(socket.AF_INET, socket.SOCK_DGRAM))
     capture.sock.bind(("127.0.0.1", 0))
@@ -154,7 +155,7 @@ def sipp(
         result = subprocess.run(
             ["sipp", f"127.0.0.1:{line.port}", "-sf", str(xml), "-m", "1", "-i", "127.0.0.1",
              "-p", str(free_port()), "-mp", str(free_port()), "-timeout", "120s", "-nostdin",
-             "-trace_err", "-error_file", str(tmp_path / "sipp_errors.log")],
+             "-trace_err", "-error_file", str(tmp_path / "sipp_errors.log"), "-t", transport],
             capture_output=True, text=True, timeout=180, cwd=tmp_path,
         )  # fmt: skip
     finally:
@@ -196,7 +197,11 @@ def last_call(settings: Settings) -> tuple[str, str, list[str | None], list[Cons
         store.close()
 
 
-@pytest.mark.parametrize("codec", [PCMU, PCMA], ids=["ulaw", "alaw"])
+@pytest.mark.parametrize(
+    ("codec", "transport"),
+    [(PCMU, "u1"), (PCMA, "u1"), (PCMU, "t1")],
+    ids=["ulaw-udp", "alaw-udp", "ulaw-tcp"],
+)
 def test_a_call_is_answered_with_the_disclosure_first_then_transcribed_and_replied(
     service: VoiceService,
     real_settings: Settings,
@@ -204,10 +209,12 @@ def test_a_call_is_answered_with_the_disclosure_first_then_transcribed_and_repli
     lines: list[Line],
     tmp_path: Path,
     codec: int,
+    transport: str,
 ) -> None:
     lines.append(line := start_line(line_env))
+    stream = spoken(service, QUESTION, codec)
     result, capture = sipp(
-        line, "uac_call.xml", tmp_path, codec=codec, stream=spoken(service, QUESTION, codec)
+        line, "uac_call.xml", tmp_path, codec=codec, stream=stream, transport=transport
     )
     assert result.returncode == 0, result.stdout[-3000:]
     heard = service.engines.stt.transcribe(capture.audio(codec), 16_000).text
