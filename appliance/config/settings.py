@@ -452,6 +452,9 @@ class SipSettings:
     """The address put in Contact and SDP; empty means the listen host."""
     tcp: bool = True
     """Listen on TCP as well as UDP, at the same port."""
+    srtp: str = "optional"
+    """SRTP (AES_CM_128_HMAC_SHA1_80, SDES keys): "optional" (used when the peer offers it),
+    "required" (a call without it gets 488) or "off"."""
     allowed_peers: tuple[str, ...] = ("127.0.0.0/8",)
     """Trunks and peers (addresses or CIDR) whose INVITEs are taken; others get 403."""
     rtp_port_min: int = 40000
@@ -494,6 +497,7 @@ class SipSettings:
         )
         _check(1 <= self.media_timeout_s <= 300, "sip.media_timeout_s", "1 to 300")
         _check(0 <= self.ring_ms <= 60_000, "sip.ring_ms", "0 to 60000")
+        _check(self.srtp in ("optional", "required", "off"), "sip.srtp", "optional, required, off")
         _check(self.invites_per_address_per_10s >= 1, "sip.invites_per_address_per_10s", ">= 1")
         _check(self.max_dialogs >= 1, "sip.max_dialogs", "at least 1")
         _check(bool(self.disclosure.strip()), "sip.disclosure", "must not be empty")

@@ -26,6 +26,7 @@ import numpy as np
 from appliance.core.errors import ApplianceError
 from appliance.telephony.g711 import alaw_decode, alaw_encode, ulaw_decode, ulaw_encode
 from appliance.telephony.sdp import PCMU
+from appliance.telephony.srtp import SrtpContext, SrtpError
 
 log = logging.getLogger(__name__)
 
@@ -164,6 +165,10 @@ class RtpMedia(asyncio.DatagramProtocol):
         self.on_digit = on_digit
         self.transport: asyncio.DatagramTransport | None = None
         self.local_port = 0
+        self.srtp_in: SrtpContext | None = None
+        """The peer's keys (SDES): what arrives is checked and decrypted with them."""
+        self.srtp_out: SrtpContext | None = None
+        """Our keys, sent in the SDP answer: what we send is encrypted with them."""
         self.buffer = JitterBuffer()
         self.digits: list[str] = []
         self.dropped = 0
@@ -188,6 +193,12 @@ class RtpMedia(asyncio.DatagramProtocol):
         self.local_port = int(self.transport.get_extra_info("sockname")[1])
 
     def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        if self.srtp_in is not None:
+            try:
+                data = self.srtp_in.unprotect(data)
+            except SrtpError:
+                self.dropped += 1  # forged, altered, replayed or not SRTP at all
+                return
         try:
             packet = parse_packet(data)
         except RtpError:
@@ -292,7 +303,10 @@ class RtpMedia(asyncio.DatagramProtocol):
             packet = RtpPacket(
                 self.codec, self._seq_out, self._ts_out, self._ssrc_out, codes.tobytes()
             )
-            self.transport.sendto(packet.encode(), self.remote)
+            data = packet.encode()
+            if self.srtp_out is not None:
+                data = self.srtp_out.protect(data)
+            self.transport.sendto(data, self.remote)
             self._seq_out = (self._seq_out + 1) & 0xFFFF
             self._ts_out = (self._ts_out + SAMPLES) & 0xFFFFFFFF
 

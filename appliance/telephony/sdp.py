@@ -6,6 +6,7 @@ import re
 from dataclasses import dataclass
 
 from appliance.core.errors import ApplianceError
+from appliance.telephony.srtp import SUITE, SrtpContext, SrtpError, parse_crypto
 
 PCMU, PCMA = 0, 8
 CODECS = {PCMU: "PCMU", PCMA: "PCMA"}
@@ -23,6 +24,10 @@ class Offer:
     payloads: tuple[int, ...]
     telephone_event: int | None
     direction: str = "sendrecv"
+    secure: bool = False
+    """RTP/SAVP: the peer wants SRTP."""
+    crypto: tuple[str, SrtpContext] | None = None
+    """The peer's SDES offer (its tag, and its keys for what it sends)."""
 
 
 def parse_offer(body: bytes) -> Offer:
@@ -31,6 +36,7 @@ def parse_offer(body: bytes) -> Offer:
     except UnicodeDecodeError as exc:
         raise SdpError("SDP is not UTF-8") from exc
     address = ""
+    secure = False
     media: tuple[int, tuple[int, ...]] | None = None
     event: int | None = None
     direction = "sendrecv"
@@ -47,6 +53,7 @@ def parse_offer(body: bytes) -> Offer:
             if not all(p.isdigit() for p in parts[3:]):
                 raise SdpError("bad payload types")
             media = (int(parts[1]), tuple(int(p) for p in parts[3:]))
+            secure = parts[2] == "RTP/SAVP"
         elif line.startswith("a=rtpmap:"):
             found = re.match(r"a=rtpmap:(\d+) telephone-event/8000", line, re.I)
             if found:
@@ -58,7 +65,11 @@ def parse_offer(body: bytes) -> Offer:
     port, payloads = media
     if not 0 < port < 65536:
         raise SdpError("bad media port")
-    return Offer(address, port, payloads, event, direction)
+    try:
+        crypto = parse_crypto(text)
+    except (ValueError, SrtpError) as exc:
+        raise SdpError("bad crypto attribute") from exc
+    return Offer(address, port, payloads, event, direction, secure, crypto)
 
 
 def choose_codec(offer: Offer, preferred: tuple[int, ...] = (PCMU, PCMA)) -> int | None:
@@ -84,7 +95,9 @@ def answer(
     local_port: int,
     session_id: int,
     version: int = 0,
+    crypto: tuple[str, SrtpContext] | None = None,
 ) -> bytes:
+    """Our answer; with ``crypto`` (the offer's tag and our keys) an SRTP one (RTP/SAVP)."""
     payloads = [str(codec)]
     lines = [
         "v=0",
@@ -95,7 +108,10 @@ def answer(
     ]
     if offer.telephone_event is not None:
         payloads.append(str(offer.telephone_event))
-    lines.append(f"m=audio {local_port} RTP/AVP {' '.join(payloads)}")
+    profile = "RTP/SAVP" if crypto else "RTP/AVP"
+    lines.append(f"m=audio {local_port} {profile} {' '.join(payloads)}")
+    if crypto is not None:
+        lines.append(f"a=crypto:{crypto[0]} {SUITE} inline:{crypto[1].inline}")
     lines.append(f"a=rtpmap:{codec} {CODECS[codec]}/8000")
     if offer.telephone_event is not None:
         lines.append(f"a=rtpmap:{offer.telephone_event} telephone-event/8000")

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import ipaddress
 import logging
@@ -43,6 +44,7 @@ from appliance.telephony.sip import (
     uri_of,
     user_of,
 )
+from appliance.telephony.srtp import SrtpContext
 
 log = logging.getLogger(__name__)
 
@@ -213,9 +215,18 @@ class SipUserAgent(asyncio.DatagramProtocol):
             self._reject(dialog, 400 if invite.body else 488)
             return
         codec = sdp.choose_codec(offer)
-        if codec is None:
-            self._reject(dialog, 488)
+        policy = self.settings.srtp
+        wants_srtp = offer.secure or offer.crypto is not None
+        if (
+            codec is None
+            or (policy == "required" and offer.crypto is None)
+            or (policy == "off" and offer.secure)
+            or (offer.secure and offer.crypto is None)
+        ):
+            self._reject(dialog, 488)  # no codec, or not the media security we need
             return
+        if policy == "off" or not wants_srtp:
+            offer = dataclasses.replace(offer, crypto=None)
         self._respond(dialog, response(invite, 180, to_tag=dialog.local_tag))
         self._spawn(self._answer(dialog, offer, codec))
 
@@ -234,11 +245,15 @@ class SipUserAgent(asyncio.DatagramProtocol):
             media.close()
             return
         dialog.media = media
+        crypto = None
+        if offer.crypto is not None:  # SRTP: their keys in, ours out (SDES)
+            media.srtp_in, media.srtp_out = offer.crypto[1], SrtpContext.new()
+            crypto = (offer.crypto[0], media.srtp_out)
         ok = response(invite, 200, to_tag=dialog.local_tag)
         ok.set("contact", f"<sip:appliance@{self.advertise}:{self.port}>")
         ok.set("allow", ALLOW)
         ok.set("content-type", "application/sdp")
-        ok.body = sdp.answer(offer, codec, self.advertise, port, dialog.session_id)
+        ok.body = sdp.answer(offer, codec, self.advertise, port, dialog.session_id, crypto=crypto)
         dialog.answered = True
         self._respond(dialog, ok)
         caller = user_of(invite.get("p-asserted-identity") or invite.get("from"))

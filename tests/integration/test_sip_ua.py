@@ -216,3 +216,47 @@ def test_tcp_frames_by_content_length_and_drops_a_stream_it_cannot_frame() -> No
         writer.close()
 
     run(test)
+
+
+def test_srtp_when_offered_and_488_when_required_but_missing() -> None:
+    from appliance.telephony.srtp import SrtpContext, parse_crypto
+
+    async def test(ua: SipUserAgent, calls: list[SipCall]) -> None:
+        peer, media = Peer(), Peer()
+        media_port = media.sock.getsockname()[1]
+        ours = SrtpContext.new()
+        crypto = f"a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:{ours.inline}\r\n"
+        body = (
+            "v=0\r\no=a 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"
+            f"m=audio {media_port} RTP/SAVP 0 101\r\na=rtpmap:101 telephone-event/8000\r\n{crypto}"
+        ).encode()
+        head = invite("s1", media_port).split(b"\r\n\r\n")[0]
+        head = head.replace(b"Content-Length: 129", f"Content-Length: {len(body)}".encode())
+        await peer.send(head + b"\r\n\r\n" + body, ua.port)
+        assert await peer.statuses(until=200) == [100, 180, 200]
+        ok = await peer.recv()  # the retransmitted 200 (no ACK yet)
+        assert ok is not None and "RTP/SAVP" in ok.body.decode()
+        theirs = parse_crypto(ok.body.decode())
+        assert theirs is not None and theirs[1].master_key != ours.master_key
+        rtp_port = int(ok.body.decode().split("m=audio ")[1].split()[0])
+        await peer.send(request("ACK", "s1", 1, ok.tag("to")), ua.port)
+        await asyncio.sleep(0.2)
+        plain = RtpPacket(101, 1, 100, 5, event_payload("7", True, 400)).encode()
+        media.sock.sendto(plain, ("127.0.0.1", rtp_port))  # not SRTP: dropped
+        media.sock.sendto(
+            ours.protect(RtpPacket(101, 2, 900, 5, event_payload("5", True, 400)).encode()),
+            ("127.0.0.1", rtp_port),
+        )
+        await asyncio.sleep(0.2)
+        call = calls[0]
+        assert call.media.digits == ["5"] and call.media.dropped == 1
+        call.media.send_pcm(bytes(320))
+        data = await asyncio.wait_for(asyncio.get_running_loop().sock_recv(media.sock, 2048), 2)
+        decrypted = theirs[1].unprotect(data)  # what we sent opens with the keys we offered
+        assert decrypted[12:] == b"\xff" * 160  # u-law silence
+        # A peer without SRTP, when it is required: 488.
+        ua.settings = dataclasses.replace(ua.settings, srtp="required")
+        await peer.send(invite("s2", media_port, branch="z9hG4bKs2"), ua.port)
+        assert (await peer.statuses(until=488))[-1] == 488
+
+    run(test)

@@ -134,3 +134,34 @@ def test_the_jitter_buffer_reorders_waits_for_a_gap_then_skips_it_and_drops_late
     buffer.push(1, b"late")  # its slot was played
     assert buffer.late == 1
     assert [buffer.pop() for _ in range(3)] == [b"\x02", b"\x03", b"\x04"]
+
+
+def test_srtp_key_derivation_matches_rfc_3711_b3() -> None:
+    from appliance.telephony.srtp import derive
+
+    key = bytes.fromhex("E1F97A0D3E018BE0D64FA32C06DE4139")
+    salt = bytes.fromhex("0EC675AD498AFEEBB6960B3AABE6")
+    assert derive(key, salt, 0x00, 16).hex().upper() == "C61E7A93744F39EE10734AFE3FF7A087"
+    assert derive(key, salt, 0x02, 14).hex().upper() == "30CBBC08863D8C85D49DB34A9AE1"
+    assert derive(key, salt, 0x01, 20).hex().upper() == ("CEBE321F6FF7716B6FD4AB49AF256A156D38BAA4")
+
+
+def test_srtp_round_trip_rejects_tampering_and_replay_and_survives_the_wrap() -> None:
+    from appliance.telephony.srtp import SrtpContext, SrtpError, parse_crypto
+
+    sender = SrtpContext.new()
+    receiver = SrtpContext(sender.master_key, sender.master_salt)
+    for sequence in (65534, 65535, 0, 1):  # across the roll-over
+        packet = RtpPacket(0, sequence, 160 * sequence, 7, bytes(range(160))).encode()
+        protected = sender.protect(packet)
+        assert protected[12:172] != packet[12:]  # the payload is encrypted
+        assert receiver.unprotect(protected) == packet
+    with pytest.raises(SrtpError, match="replayed"):
+        receiver.unprotect(protected)
+    forged = bytearray(sender.protect(RtpPacket(0, 2, 320, 7, bytes(160)).encode()))
+    forged[20] ^= 1
+    with pytest.raises(SrtpError, match="authentication"):
+        receiver.unprotect(bytes(forged))
+    offer = f"m=audio 1 RTP/SAVP 0\r\na=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:{sender.inline}\r\n"
+    parsed = parse_crypto(offer)
+    assert parsed is not None and parsed[0] == "1" and parsed[1].master_key == sender.master_key
