@@ -452,6 +452,11 @@ class SipSettings:
     """The address put in Contact and SDP; empty means the listen host."""
     tcp: bool = True
     """Listen on TCP as well as UDP, at the same port."""
+    tls_listen: str = ""
+    """HOST:PORT for SIP over TLS (SIPS, usually port 5061); empty means no TLS listener."""
+    tls_cert: str = ""
+    """The certificate chain (PEM) and its key for the TLS listener."""
+    tls_key: str = ""
     srtp: str = "optional"
     """SRTP (AES_CM_128_HMAC_SHA1_80, SDES keys): "optional" (used when the peer offers it),
     "required" (a call without it gets 488) or "off"."""
@@ -497,6 +502,10 @@ class SipSettings:
         )
         _check(1 <= self.media_timeout_s <= 300, "sip.media_timeout_s", "1 to 300")
         _check(0 <= self.ring_ms <= 60_000, "sip.ring_ms", "0 to 60000")
+        if self.tls_listen:
+            tls_host, _, tls_port = self.tls_listen.rpartition(":")
+            _check(bool(tls_host) and tls_port.isdigit(), "sip.tls_listen", "HOST:PORT")
+            _check(bool(self.tls_cert and self.tls_key), "sip.tls_cert", "and tls_key are needed")
         _check(self.srtp in ("optional", "required", "off"), "sip.srtp", "optional, required, off")
         _check(self.invites_per_address_per_10s >= 1, "sip.invites_per_address_per_10s", ">= 1")
         _check(self.max_dialogs >= 1, "sip.max_dialogs", "at least 1")

@@ -27,11 +27,13 @@ import ipaddress
 import logging
 import re
 import secrets
+import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import cast
 
 from appliance.config.settings import SipSettings
+from appliance.core.errors import ApplianceError
 from appliance.identity.limits import SlidingWindow
 from appliance.telephony import sdp
 from appliance.telephony.rtp import RtpMedia
@@ -88,6 +90,11 @@ class _Dialog:
 Handler = Callable[[SipCall], Awaitable[None]]
 
 
+class SipConfigError(ApplianceError):
+    def __init__(self, message: str) -> None:
+        super().__init__("sip.config", message)
+
+
 class SipUserAgent(asyncio.DatagramProtocol):
     def __init__(self, settings: SipSettings, handler: Handler) -> None:
         self.settings = settings
@@ -104,6 +111,8 @@ class SipUserAgent(asyncio.DatagramProtocol):
         self.refuse_new = False
         self.streams: dict[tuple[str, int], asyncio.WriteTransport] = {}
         self._server: asyncio.Server | None = None
+        self._tls_server: asyncio.Server | None = None
+        self.tls_port = 0
         self._invites = SlidingWindow(settings.invites_per_address_per_10s, 10.0)
         self._next_port = settings.rtp_port_min
         self._tasks: set[asyncio.Task[None]] = set()
@@ -115,6 +124,22 @@ class SipUserAgent(asyncio.DatagramProtocol):
         await loop.create_datagram_endpoint(lambda: self, local_addr=(self.host, self.port))
         if self.settings.tcp:
             self._server = await loop.create_server(lambda: _SipStream(self), self.host, self.port)
+        if self.settings.tls_listen:
+            host, _, port = self.settings.tls_listen.rpartition(":")
+            self._tls_server = await loop.create_server(
+                lambda: _SipStream(self), host, int(port), ssl=self._tls_context()
+            )
+            self.tls_port = int(self._tls_server.sockets[0].getsockname()[1])
+
+    def _tls_context(self) -> ssl.SSLContext:
+        """TLS 1.2 at least; the certificate and key from ``[sip] tls_cert``/``tls_key``."""
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        try:
+            context.load_cert_chain(self.settings.tls_cert, self.settings.tls_key)
+        except (OSError, ssl.SSLError) as exc:
+            raise SipConfigError(f"cannot load the SIP TLS certificate: {exc}") from exc
+        return context
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.DatagramTransport, transport)
@@ -125,8 +150,9 @@ class SipUserAgent(asyncio.DatagramProtocol):
             self._finish(dialog, "shutdown")
         if self.transport is not None:
             self.transport.close()
-        if self._server is not None:
-            self._server.close()
+        for server in (self._server, self._tls_server):
+            if server is not None:
+                server.close()
         for stream in list(self.streams.values()):
             stream.close()
 
@@ -396,7 +422,9 @@ class SipUserAgent(asyncio.DatagramProtocol):
         remote_target = invite.get("contact") or invite.get("from")
         target = uri_of(remote_target)
         bye = SipMessage(f"BYE {target} SIP/2.0")
-        transport = "TCP" if dialog.peer in self.streams else "UDP"
+        stream = self.streams.get(dialog.peer)
+        secure = stream is not None and stream.get_extra_info("ssl_object") is not None
+        transport = "TLS" if secure else "TCP" if stream is not None else "UDP"
         bye.set("via", f"SIP/2.0/{transport} {self.advertise}:{self.port};branch={branch};rport")
         bye.headers.append(("max-forwards", "70"))
         bye.headers.append(("from", f"{invite.get('to')};tag={dialog.local_tag}"))

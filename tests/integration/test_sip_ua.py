@@ -4,10 +4,16 @@ retransmissions, DTMF order, BYE, refusals, fuzzed input and a flood (no models)
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import random
 import socket
+import ssl
+import warnings
 from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import pytest
 
 from appliance.config.settings import SipSettings
 from appliance.telephony.rtp import RtpPacket, event_payload
@@ -260,3 +266,62 @@ def test_srtp_when_offered_and_488_when_required_but_missing() -> None:
         assert (await peer.statuses(until=488))[-1] == 488
 
     run(test)
+
+
+def self_signed(folder: Path) -> tuple[Path, Path]:
+    import datetime as dt
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "appliance.test")])
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=1))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = folder / "sip.crt", folder / "sip.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return cert_path, key_path
+
+
+def test_sips_answers_over_tls_12_or_later_and_refuses_older(tmp_path: Path) -> None:
+    cert, key = self_signed(tmp_path)
+
+    async def test(ua: SipUserAgent, calls: list[SipCall]) -> None:
+        client = ssl.create_default_context(cafile=str(cert))
+        client.check_hostname = False
+        reader, writer = await asyncio.open_connection("127.0.0.1", ua.tls_port, ssl=client)
+        assert writer.get_extra_info("ssl_object").version() in ("TLSv1.2", "TLSv1.3")
+        writer.write(request("OPTIONS", "tls1", 1))
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 3)
+        assert parse(head).status == 200
+        writer.close()
+        with warnings.catch_warnings():  # a TLS 1.1 client, on purpose
+            warnings.simplefilter("ignore", DeprecationWarning)
+            old = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+            old.check_hostname, old.verify_mode = False, ssl.CERT_NONE
+            old.minimum_version = ssl.TLSVersion.TLSv1
+            old.maximum_version = ssl.TLSVersion.TLSv1_1
+        with contextlib.suppress(ssl.SSLError):
+            old.set_ciphers("ALL:@SECLEVEL=0")
+        with pytest.raises((ssl.SSLError, ConnectionError)):
+            await asyncio.open_connection("127.0.0.1", ua.tls_port, ssl=old)
+
+    run(test, tls_listen="127.0.0.1:0", tls_cert=str(cert), tls_key=str(key))
