@@ -457,6 +457,15 @@ class SipSettings:
     tls_cert: str = ""
     """The certificate chain (PEM) and its key for the TLS listener."""
     tls_key: str = ""
+    registrar: str = ""
+    """HOST:PORT of the PBX or trunk to register with (REGISTER, digest authentication);
+    empty means the appliance does not register (peers send calls to it directly)."""
+    register_user: str = ""
+    register_domain: str = ""
+    """The domain of the address of record; empty means the registrar's host."""
+    register_password_file: str = ""
+    """A file (mode 0600) holding the digest password: secrets stay out of the configuration."""
+    register_expires_s: int = 3600
     srtp: str = "optional"
     """SRTP (AES_CM_128_HMAC_SHA1_80, SDES keys): "optional" (used when the peer offers it),
     "required" (a call without it gets 488) or "off"."""
@@ -502,6 +511,17 @@ class SipSettings:
         )
         _check(1 <= self.media_timeout_s <= 300, "sip.media_timeout_s", "1 to 300")
         _check(0 <= self.ring_ms <= 60_000, "sip.ring_ms", "0 to 60000")
+        if self.registrar:
+            reg_host, _, reg_port = self.registrar.rpartition(":")
+            _check(bool(reg_host) and reg_port.isdigit(), "sip.registrar", "HOST:PORT")
+            try:  # an address: the appliance looks up no outside names (deploy/egress.py)
+                ipaddress.ip_address(reg_host.strip("[]"))
+            except ValueError as exc:
+                raise ConfigError(
+                    "config.invalid", "sip.registrar: give the PBX's address, not a name"
+                ) from exc
+            _check(bool(self.register_user), "sip.register_user", "is needed with a registrar")
+        _check(60 <= self.register_expires_s <= 86_400, "sip.register_expires_s", "60 to 86400")
         if self.tls_listen:
             tls_host, _, tls_port = self.tls_listen.rpartition(":")
             _check(bool(tls_host) and tls_port.isdigit(), "sip.tls_listen", "HOST:PORT")

@@ -78,9 +78,11 @@ class EgressGuard:
 
 
 def allowlist(settings: Settings) -> tuple[str, ...]:
-    """Where this appliance may connect outside loopback: ``[service] egress_allow`` and the
-    SIP peers of ``[sip] allowed_peers`` (answers and media go back to them)."""
-    return tuple(dict.fromkeys((*settings.service.egress_allow, *settings.sip.allowed_peers)))
+    """Where this appliance may connect outside loopback: ``[service] egress_allow``, the SIP
+    peers of ``[sip] allowed_peers`` (answers and media go back to them) and the registrar."""
+    registrar = settings.sip.registrar.rpartition(":")[0].strip("[]")
+    peers = (*settings.service.egress_allow, *settings.sip.allowed_peers)
+    return tuple(dict.fromkeys((*peers, registrar) if registrar else peers))
 
 
 _installed: EgressGuard | None = None

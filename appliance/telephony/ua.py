@@ -30,12 +30,14 @@ import secrets
 import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import cast
 
 from appliance.config.settings import SipSettings
 from appliance.core.errors import ApplianceError
 from appliance.identity.limits import SlidingWindow
 from appliance.telephony import sdp
+from appliance.telephony.register import RegisterError, authorization, parse_challenge
 from appliance.telephony.rtp import RtpMedia
 from appliance.telephony.sip import (
     MAX_MESSAGE_BYTES,
@@ -116,12 +118,17 @@ class SipUserAgent(asyncio.DatagramProtocol):
         self._invites = SlidingWindow(settings.invites_per_address_per_10s, 10.0)
         self._next_port = settings.rtp_port_min
         self._tasks: set[asyncio.Task[None]] = set()
-        self._pending_bye: dict[str, asyncio.Future[int]] = {}
+        self._pending: dict[str, asyncio.Future[SipMessage]] = {}
+        self.registered = False
+        self._register_tag = secrets.token_hex(6)
 
     async def start(self) -> None:
-        """Listen on UDP, and on TCP at the same port when ``[sip] tcp`` is on."""
+        """Listen on UDP, and on TCP at the same port when ``[sip] tcp`` is on; register with
+        the PBX when ``[sip] registrar`` is set."""
         loop = asyncio.get_running_loop()
         await loop.create_datagram_endpoint(lambda: self, local_addr=(self.host, self.port))
+        if self.settings.registrar:
+            self._spawn(self._register_loop())
         if self.settings.tcp:
             self._server = await loop.create_server(lambda: _SipStream(self), self.host, self.port)
         if self.settings.tls_listen:
@@ -415,42 +422,118 @@ class SipUserAgent(asyncio.DatagramProtocol):
         self._finish(dialog, "appliance_hung_up")
 
     async def _send_bye(self, dialog: _Dialog) -> None:
-        """Timer E until a final response; Timer F gives up."""
         invite = dialog.invite
         dialog.local_cseq += 1
-        branch = f"z9hG4bK{secrets.token_hex(8)}"
-        remote_target = invite.get("contact") or invite.get("from")
-        target = uri_of(remote_target)
-        bye = SipMessage(f"BYE {target} SIP/2.0")
-        stream = self.streams.get(dialog.peer)
+        bye = SipMessage(f"BYE {uri_of(invite.get('contact') or invite.get('from'))} SIP/2.0")
+        bye.headers += [
+            ("via", self._via(dialog.peer)),
+            ("max-forwards", "70"),
+            ("from", f"{invite.get('to')};tag={dialog.local_tag}"),
+            ("to", invite.get("from")),
+            ("call-id", invite.call_id),
+            ("cseq", f"{dialog.local_cseq} BYE"),
+        ]
+        if await self._transaction(bye, dialog.peer) is None:
+            log.info("no answer to our BYE")
+
+    def _via(self, peer: tuple[str, int]) -> str:
+        stream = self.streams.get(peer)
         secure = stream is not None and stream.get_extra_info("ssl_object") is not None
         transport = "TLS" if secure else "TCP" if stream is not None else "UDP"
-        bye.set("via", f"SIP/2.0/{transport} {self.advertise}:{self.port};branch={branch};rport")
-        bye.headers.append(("max-forwards", "70"))
-        bye.headers.append(("from", f"{invite.get('to')};tag={dialog.local_tag}"))
-        bye.headers.append(("to", invite.get("from")))
-        bye.headers.append(("call-id", invite.call_id))
-        bye.headers.append(("cseq", f"{dialog.local_cseq} BYE"))
-        data = bye.encode()
-        done = asyncio.get_running_loop().create_future()
-        self._pending_bye[branch] = done
+        branch = f"z9hG4bK{secrets.token_hex(8)}"
+        return f"SIP/2.0/{transport} {self.advertise}:{self.port};branch={branch};rport"
+
+    async def _transaction(self, request: SipMessage, peer: tuple[str, int]) -> SipMessage | None:
+        """A client transaction: sent, retransmitted on Timer E (T1 doubling to T2) until a
+        final response, given up at Timer F (64*T1): the response, or None."""
+        data = request.encode()
+        done: asyncio.Future[SipMessage] = asyncio.get_running_loop().create_future()
+        self._pending[request.branch] = done
         interval, waited = T1, 0.0
         try:
             while waited < 64 * T1:
-                self._send(data, dialog.peer)
+                self._send(data, peer)
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(asyncio.shield(done), interval)
-                    return
+                    return await asyncio.wait_for(asyncio.shield(done), interval)
                 waited += interval
                 interval = min(2 * interval, T2)
-            log.info("no answer to our BYE")
+            return None
         finally:
-            self._pending_bye.pop(branch, None)
+            self._pending.pop(request.branch, None)
 
     def _on_response(self, message: SipMessage) -> None:
-        future = self._pending_bye.get(message.branch)
+        future = self._pending.get(message.branch)
         if future is not None and message.status >= 200 and not future.done():
-            future.set_result(message.status)
+            future.set_result(message)
+
+    # -- REGISTER ----------------------------------------------------------------------------
+
+    async def _register_loop(self) -> None:
+        """Keep the appliance registered with ``[sip] registrar``; refresh at 4/5 of the
+        granted time, retry failures with a doubling delay."""
+        sip = self.settings
+        host, _, port = sip.registrar.rpartition(":")
+        peer = (host, int(port))
+        domain = sip.register_domain or host
+        password = ""
+        if sip.register_password_file:
+            password = Path(sip.register_password_file).read_text(encoding="utf-8").strip()
+        call_id, cseq, retry = secrets.token_hex(12), 0, 5.0
+        while True:
+            cseq += 1
+            reply = await self._transaction(self._register(domain, call_id, cseq), peer)
+            if reply is not None and reply.status in (401, 407):
+                try:
+                    header = reply.get("www-authenticate") or reply.get("proxy-authenticate")
+                    challenge = parse_challenge(header)
+                except RegisterError as exc:
+                    log.error("registration refused: %s", exc.code)
+                    reply = None
+                else:
+                    name = "authorization" if reply.status == 401 else "proxy-authorization"
+                    answer = authorization(
+                        challenge, "REGISTER", f"sip:{domain}", sip.register_user, password
+                    )
+                    cseq += 1
+                    auth = self._register(domain, call_id, cseq, (name, answer))
+                    reply = await self._transaction(auth, peer)
+            if reply is not None and reply.status == 200:
+                self.registered, retry = True, 5.0
+                granted = re.search(r"expires=(\d+)", reply.get("contact"), re.I)
+                expires = int(
+                    granted.group(1) if granted else reply.get("expires") or sip.register_expires_s
+                )
+                await asyncio.sleep(max(1.0, 0.8 * expires))
+                continue
+            self.registered = False
+            log.warning(
+                "registration failed (%s); retry in %.0f s",
+                reply.status if reply else "no answer",
+                retry,
+            )
+            await asyncio.sleep(retry)
+            retry = min(2 * retry, 300.0)
+
+    def _register(
+        self, domain: str, call_id: str, cseq: int, auth: tuple[str, str] | None = None
+    ) -> SipMessage:
+        sip = self.settings
+        host, _, port = sip.registrar.rpartition(":")
+        aor = f"<sip:{sip.register_user}@{domain}>"
+        message = SipMessage(f"REGISTER sip:{domain} SIP/2.0")
+        message.headers += [
+            ("via", self._via((host, int(port)))),
+            ("max-forwards", "70"),
+            ("from", f"{aor};tag={self._register_tag}"),
+            ("to", aor),
+            ("call-id", call_id),
+            ("cseq", f"{cseq} REGISTER"),
+            ("contact", f"<sip:{sip.register_user}@{self.advertise}:{self.port}>"),
+            ("expires", str(sip.register_expires_s)),
+        ]
+        if auth is not None:
+            message.headers.append(auth)
+        return message
 
     # -- plumbing --------------------------------------------------------------------------
 

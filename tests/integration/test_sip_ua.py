@@ -17,7 +17,7 @@ import pytest
 
 from appliance.config.settings import SipSettings
 from appliance.telephony.rtp import RtpPacket, event_payload
-from appliance.telephony.sip import SipMessage, parse
+from appliance.telephony.sip import SipMessage, parse, response
 from appliance.telephony.ua import SipCall, SipUserAgent
 from tests.unit.test_sip_messages import INVITE
 
@@ -325,3 +325,48 @@ def test_sips_answers_over_tls_12_or_later_and_refuses_older(tmp_path: Path) -> 
             await asyncio.open_connection("127.0.0.1", ua.tls_port, ssl=old)
 
     run(test, tls_listen="127.0.0.1:0", tls_cert=str(cert), tls_key=str(key))
+
+
+def test_register_answers_the_digest_challenge_and_refreshes(tmp_path: Path) -> None:
+    import hashlib
+    import re
+
+    password = tmp_path / "sip.password"
+    password.write_text("s3cret-pbx-password\n")
+    password.chmod(0o600)
+    registrar = Peer()
+    port = registrar.sock.getsockname()[1]
+
+    def md5(text: str) -> str:
+        return hashlib.md5(text.encode(), usedforsecurity=False).hexdigest()
+
+    async def test(ua: SipUserAgent, calls: list[SipCall]) -> None:
+        loop = asyncio.get_running_loop()
+        seen: list[SipMessage] = []
+        for _round in range(2):  # the first registration, then its refresh
+            first = parse(await asyncio.wait_for(loop.sock_recv(registrar.sock, 4096), 5))
+            assert first.method == "REGISTER" and not first.get("authorization")
+            challenge = response(first, 401)
+            challenge.set("www-authenticate", 'Digest realm="pbx", nonce="n0nce", qop="auth"')
+            registrar.sock.sendto(challenge.encode(), ("127.0.0.1", ua.port))
+            second = parse(await asyncio.wait_for(loop.sock_recv(registrar.sock, 4096), 5))
+            auth = dict(re.findall(r'(\w+)="?([^",]+)"?', second.get("authorization")))
+            ha1 = md5("appliance:pbx:s3cret-pbx-password")
+            ha2 = md5("REGISTER:sip:127.0.0.1")
+            expected = md5(f"{ha1}:n0nce:{auth['nc']}:{auth['cnonce']}:auth:{ha2}")
+            assert auth["response"] == expected and auth["username"] == "appliance"
+            ok = response(second, 200)
+            ok.set("contact", f"{second.get('contact')};expires=2")
+            registrar.sock.sendto(ok.encode(), ("127.0.0.1", ua.port))
+            seen.append(second)
+            await asyncio.sleep(0.2)
+            assert ua.registered
+        assert seen[0].call_id == seen[1].call_id and seen[1].cseq[0] > seen[0].cseq[0]
+
+    run(
+        test,
+        registrar=f"127.0.0.1:{port}",
+        register_user="appliance",
+        register_password_file=str(password),
+        register_expires_s=60,
+    )
