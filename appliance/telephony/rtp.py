@@ -5,8 +5,9 @@ Receiving: packets are checked (version 2, the negotiated payload types, the fir
 anything else is dropped and counted), reordered by sequence number in a small jitter buffer,
 and played out every 20 ms on the monotonic clock; a packet that arrives after its slot was
 played is dropped as late; a gap plays as silence. Telephone events (RFC 4733) become digits,
-each once, in order. Sending: every frame the pipeline writes becomes one packet, with its own
-SSRC, sequence and timestamp.
+each once, in order; a peer that negotiated none is listened to for in-band tones (dtmf.py).
+Sending: every frame the pipeline writes becomes one packet, with its own SSRC, sequence and
+timestamp.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from typing import cast
 import numpy as np
 
 from appliance.core.errors import ApplianceError
+from appliance.telephony.dtmf import InbandDetector
 from appliance.telephony.g711 import alaw_decode, alaw_encode, ulaw_decode, ulaw_encode
 from appliance.telephony.sdp import PCMU
 from appliance.telephony.srtp import SrtpContext, SrtpError
@@ -183,6 +185,7 @@ class RtpMedia(asyncio.DatagramProtocol):
         self._clock_start = 0.0
         self._frames_read = 0
         self._carry = 0  # the last sample of the previous frame (for interpolation)
+        self._inband = InbandDetector()
         self.on_hold = False
         """The caller put the call on hold (re-INVITE, sendonly/inactive): no media timeout."""
 
@@ -226,9 +229,12 @@ class RtpMedia(asyncio.DatagramProtocol):
         if packet.timestamp == self._last_event_ts:
             return  # the same key press, repeated (RFC 4733 2.5.1)
         self._last_event_ts = packet.timestamp
-        self.digits.append(event.digit)
+        self._digit(event.digit)
+
+    def _digit(self, digit: str) -> None:
+        self.digits.append(digit)
         if self.on_digit is not None:
-            self.on_digit(event.digit)
+            self.on_digit(digit)
 
     def end(self, reason: str) -> None:
         if not self.ended.is_set():
@@ -260,6 +266,10 @@ class RtpMedia(asyncio.DatagramProtocol):
         self._frames_read += 1
         payload = self.buffer.pop()
         samples = self.decode(payload) if payload else np.zeros(SAMPLES, dtype=np.int16)
+        if self.event_type is None and payload:  # no RFC 4733 events: listen for the tones
+            key = self._inband.feed(samples)
+            if key:
+                self._digit(key)
         return self._upsample(samples)
 
     def _upsample(self, samples: np.ndarray) -> bytes:

@@ -370,3 +370,35 @@ def test_register_answers_the_digest_challenge_and_refreshes(tmp_path: Path) -> 
         register_password_file=str(password),
         register_expires_s=60,
     )
+
+
+def test_a_peer_without_telephone_events_is_heard_by_its_tones() -> None:
+    import numpy as np
+
+    from appliance.telephony.g711 import ulaw_encode
+    from appliance.telephony.rtp import RtpMedia
+    from tests.unit.test_sip_messages import dtmf_tone
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        media = RtpMedia(0, None, ("127.0.0.1", 9), media_timeout_s=5)
+        transport, _ = await loop.create_datagram_endpoint(
+            lambda: media, local_addr=("127.0.0.1", 0)
+        )
+        peer = Peer()
+        audio = np.concatenate(
+            [np.zeros(800)] + [np.concatenate([dtmf_tone(k), np.zeros(480)]) for k in "73#"]
+        ).astype(np.int16)
+        for i, start in enumerate(range(0, len(audio) - 159, 160)):
+            payload = ulaw_encode(audio[start : start + 160]).tobytes()
+            packet = RtpPacket(0, 100 + i, 160 * i, 42, payload).encode()
+            peer.sock.sendto(packet, ("127.0.0.1", media.local_port))
+        await asyncio.sleep(0.2)
+        for _ in range(len(audio) // 160 + 5):
+            await media.read_frame()
+        assert media.digits == ["7", "3", "#"]
+        transport.close()
+        while OPEN:
+            OPEN.pop().close()
+
+    asyncio.run(main())

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 
+import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -165,3 +166,42 @@ def test_srtp_round_trip_rejects_tampering_and_replay_and_survives_the_wrap() ->
     offer = f"m=audio 1 RTP/SAVP 0\r\na=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:{sender.inline}\r\n"
     parsed = parse_crypto(offer)
     assert parsed is not None and parsed[0] == "1" and parsed[1].master_key == sender.master_key
+
+
+def dtmf_tone(key: str, ms: int = 80, amplitude: float = 6000.0) -> np.ndarray:
+    from appliance.telephony.dtmf import COLUMNS, KEYS, ROWS
+
+    row = next(r for r, keys in enumerate(KEYS) if key in keys)
+    t = np.arange(8 * ms) / 8000
+    return amplitude * (
+        np.sin(2 * np.pi * ROWS[row] * t) + np.sin(2 * np.pi * COLUMNS[KEYS[row].index(key)] * t)
+    )
+
+
+def detect(signal: np.ndarray) -> list[str]:
+    from appliance.telephony.dtmf import InbandDetector
+
+    detector = InbandDetector()
+    keys = [detector.feed(signal[i : i + 160]) for i in range(0, len(signal) - 159, 160)]
+    return [k for k in keys if k]
+
+
+def test_inband_dtmf_is_heard_in_order_through_noise_and_g711() -> None:
+    from appliance.telephony.g711 import ulaw_decode, ulaw_encode
+
+    rng = np.random.default_rng(4733)
+    gap = np.zeros(480)
+    signal = np.concatenate([gap] + [np.concatenate([dtmf_tone(k), gap]) for k in "159#0*D"])
+    signal += rng.normal(0, 300, len(signal))
+    through = ulaw_decode(ulaw_encode(np.clip(signal, -32768, 32767).astype(np.int16)))
+    assert detect(through) == list("159#0*D")
+
+
+def test_noise_sweeps_and_vowels_are_not_keys() -> None:
+    rng = np.random.default_rng(1)
+    t = np.arange(8000 * 3) / 8000
+    sweep = 8000 * np.sin(2 * np.pi * (300 * t + 400 * t * t))
+    vowel = sum(3000 / h * np.sin(2 * np.pi * 140 * h * t) for h in range(1, 25))
+    for signal in (rng.normal(0, 4000, len(t)), sweep, vowel):
+        assert detect(np.asarray(signal)) == []
+    assert detect(dtmf_tone("5", ms=20)) == []  # one frame is too short for a key press
