@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -132,6 +133,7 @@ def sipp(
     wait_ms: int = 5000,
     talk_ms: int = 15000,
     transport: str = "u1",
+    source: str = "127.0.0.1",
 ) -> tuple[subprocess.CompletedProcess[str], Capture]:
     capture = Capture(socket.socket(socket.AF_INET, socket.SOCK_DGRAM))
     capture.sock.bind(("127.0.0.1", 0))
@@ -153,7 +155,7 @@ def sipp(
     thread.start()
     try:
         result = subprocess.run(
-            ["sipp", f"127.0.0.1:{line.port}", "-sf", str(xml), "-m", "1", "-i", "127.0.0.1",
+            ["sipp", f"127.0.0.1:{line.port}", "-sf", str(xml), "-m", "1", "-i", source,
              "-p", str(free_port()), "-mp", str(free_port()), "-timeout", "120s", "-nostdin",
              "-trace_err", "-error_file", str(tmp_path / "sipp_errors.log"), "-t", transport],
             capture_output=True, text=True, timeout=180, cwd=tmp_path,
@@ -288,3 +290,39 @@ def test_bench_calls_reports_latency_gaps_cpu_and_memory_per_round(
     assert round_["calls"] == 1 and round_["failed"] == 0
     assert round_["voice_to_voice"]["n"] == 1 and round_["voice_to_voice"]["median_ms"] > 0
     assert round_["rss_mib"] > 0 and round_["rtp_gaps"] >= 0
+
+
+def test_a_sipp_flood_is_shed_while_a_call_from_elsewhere_still_completes(
+    service: VoiceService,
+    real_settings: Settings,
+    line_env: dict[str, str],
+    lines: list[Line],
+    tmp_path: Path,
+) -> None:
+    lines.append(line := start_line(line_env))
+    flood_dir = tmp_path / "flood"
+    flood_dir.mkdir()
+    xml = flood_dir / "flood.xml"
+    xml.write_text(
+        (SCENARIOS / "uac_flood.xml").read_text().replace("@CODEC@", "0")
+        .replace("@CAPTURE_PORT@", "9")
+    )  # fmt: skip
+    flood = subprocess.Popen(
+        ["sipp", f"127.0.0.1:{line.port}", "-sf", str(xml), "-i", "127.0.0.1",
+         "-p", str(free_port()), "-r", "200", "-rp", "1000", "-m", "2000", "-l", "2000",
+         "-timeout", "30s", "-nostdin", "-recv_timeout", "5000"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=flood_dir,
+    )  # fmt: skip
+    try:
+        time.sleep(2.0)  # the flood is on
+        result, _ = sipp(
+            line, "uac_call.xml", tmp_path, stream=spoken(service, QUESTION, PCMU),
+            source="127.0.0.2",
+        )  # fmt: skip
+    finally:
+        screen, _ = flood.communicate(timeout=120)
+    assert result.returncode == 0, result.stdout[-3000:]
+    _, status, transcripts, _ = last_call(real_settings)
+    assert status == "ended" and transcripts and wer(QUESTION, transcripts[0] or "") <= 0.25
+    shed = re.search(r"503 <-+\s+(\d+)", screen)
+    assert shed is not None and int(shed.group(1)) >= 1500, screen[-3000:]  # shed, not served
