@@ -54,6 +54,16 @@ def _parser() -> argparse.ArgumentParser:
     )
     sip = commands.add_parser("sip", help="answer phone calls over SIP (UDP) in the foreground")
     sip.add_argument("--listen", help="HOST:PORT (default: [sip] listen)")
+    admin = commands.add_parser("admin", help="the admin web panel: users, serve")
+    admin_cmd = admin.add_subparsers(dest="admin_command", required=True)
+    create_user = admin_cmd.add_parser("create-user", help="a panel account (first admin too)")
+    create_user.add_argument("--username", required=True)
+    create_user.add_argument("--role", choices=["admin", "operator", "auditor"], default="admin")
+    create_user.add_argument(
+        "--password-stdin", action="store_true", help="read the password from standard input"
+    )
+    admin_serve = admin_cmd.add_parser("serve", help="the panel over HTTPS in the foreground")
+    admin_serve.add_argument("--listen", help="HOST:PORT (default: [admin] listen)")
     doctor = commands.add_parser("doctor", help="self-checks: PASS/FAIL/SKIP each, exit 1 on FAIL")
     doctor.add_argument("--json", action="store_true")
 
@@ -208,6 +218,8 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
         sip = dataclasses.replace(settings.sip, listen=args.listen or settings.sip.listen)
         service = dataclasses.replace(settings.service, voice="sip")
         return serve(dataclasses.replace(settings, sip=sip, service=service))
+    if args.command == "admin":
+        return _admin(args, settings)
     if args.command == "doctor":
         from appliance.deploy import doctor
 
@@ -730,6 +742,34 @@ def _tools(args: argparse.Namespace, settings: Settings) -> int:
             f"{r['name']:20} {'yes' if r['enabled'] else 'no':8} {r['assurance_level']:<6} "
             f"{'yes' if r['changes_data'] else 'no':8} {', '.join(r['scopes'])}"
         )
+    return 0
+
+
+def _admin(args: argparse.Namespace, settings: Settings) -> int:
+    import dataclasses
+    import getpass
+
+    if args.admin_command == "serve":
+        from appliance.admin.serve import serve
+
+        listen = args.listen or settings.admin.listen
+        return serve(
+            dataclasses.replace(settings, admin=dataclasses.replace(settings.admin, listen=listen))
+        )
+    from appliance.admin.accounts import check_password, hash_password
+    from appliance.service import open_storage
+
+    if args.password_stdin:
+        password = sys.stdin.readline().rstrip("\n")
+    else:
+        password = getpass.getpass("password (15 characters or more): ")
+    check_password(password, args.username)
+    storage = open_storage(settings)
+    try:
+        storage.create_admin_user(args.username, hash_password(password), args.role, _actor())
+    finally:
+        storage.close()
+    print(f"user {args.username} ({args.role}) created; TOTP is enrolled at the first log-in")
     return 0
 
 

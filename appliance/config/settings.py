@@ -540,6 +540,33 @@ class SipSettings:
 
 
 @dataclass(frozen=True)
+class AdminSettings:
+    """The admin web panel (``appliance admin serve``): TLS only, argon2id + TOTP, roles."""
+
+    listen: str = "127.0.0.1:8443"
+    tls_cert: str = ""
+    """The certificate chain (PEM) and key; empty: a self-signed one is made on first start
+    under APPLIANCE_HOME/admin/."""
+    tls_key: str = ""
+    idle_s: int = 900
+    """A session ends after this long without a request ..."""
+    max_s: int = 28_800
+    """... and after this long in all."""
+    failures_per_account: int = 10
+    """Failed logins (per account, and per address below) in 15 minutes before every login
+    is refused, with the same answer, until old failures age out."""
+    failures_per_address: int = 50
+
+    def __post_init__(self) -> None:
+        host, _, port = self.listen.rpartition(":")
+        _check(bool(host) and port.isdigit() and int(port) < 65536, "admin.listen", "HOST:PORT")
+        _check(60 <= self.idle_s <= self.max_s <= 7 * 86_400, "admin.idle_s", "60 to max_s")
+        _check(bool(self.tls_cert) == bool(self.tls_key), "admin.tls_key", "both or neither")
+        for key in ("failures_per_account", "failures_per_address"):
+            _check(getattr(self, key) >= 1, f"admin.{key}", "at least 1")
+
+
+@dataclass(frozen=True)
 class ModelsSettings:
     manifest: str = ""
 
@@ -565,6 +592,7 @@ class Settings:
     retention: RetentionSettings = field(default_factory=RetentionSettings)
     service: ServiceSettings = field(default_factory=ServiceSettings)
     sip: SipSettings = field(default_factory=SipSettings)
+    admin: AdminSettings = field(default_factory=AdminSettings)
     source: str = "defaults"
     """Where the settings came from (the file path, or 'defaults'), for messages."""
 
@@ -584,6 +612,7 @@ SECTIONS: dict[str, type[Any]] = {
     "retention": RetentionSettings,
     "service": ServiceSettings,
     "sip": SipSettings,
+    "admin": AdminSettings,
 }
 
 

@@ -36,6 +36,7 @@ from appliance.storage.crypto import (
 from appliance.storage.keys import MasterKey
 from appliance.storage.migrations import migrate
 from appliance.storage.schema import (
+    AdminUser,
     Call,
     Caller,
     Consent,
@@ -51,6 +52,7 @@ from appliance.storage.schema import (
 )
 
 PSEUDONYM_KEY = "pseudonym_key_id"
+TOTP_KEY = "admin_totp_key_id"
 SYSTEM_ACTOR = "system"
 
 
@@ -399,6 +401,49 @@ class Storage:
             session.add(caller)
             session.flush()
         return caller
+
+    # -- admin panel accounts ----------------------------------------------------------------
+
+    def create_admin_user(self, username: str, password_hash: str, role: str, actor: str) -> None:
+        with self.session("create admin user") as session:
+            if session.scalars(select(AdminUser).where(AdminUser.username == username)).first():
+                raise StorageError("storage.user_exists", f"user {username!r} already exists")
+            session.add(AdminUser(username=username, password_hash=password_hash, role=role))
+            self.audit_in(session, actor, "create_user", f"user:{username}", "ok", {"role": role})
+
+    def admin_user(self, username: str) -> AdminUser | None:
+        with self.session("read admin user") as session:
+            return session.scalars(select(AdminUser).where(AdminUser.username == username)).first()
+
+    def admin_users(self) -> list[AdminUser]:
+        with self.session("list admin users") as session:
+            return list(session.scalars(select(AdminUser).order_by(AdminUser.username)))
+
+    def set_admin_totp(self, username: str, secret: bytes, actor: str) -> None:
+        """Store a user's TOTP secret, sealed under the system key."""
+        with self.session("enrol totp") as session:
+            user = session.scalars(select(AdminUser).where(AdminUser.username == username)).one()
+            key = self._system_key(session, TOTP_KEY)
+            user.totp_secret = self._seal(key, secret, "admin_users", "totp_secret", user.id)
+            self.audit_in(session, actor, "enrol_totp", f"user:{username}", "ok")
+
+    def admin_totp(self, username: str) -> bytes | None:
+        with self.session("read totp") as session:
+            user = session.scalars(select(AdminUser).where(AdminUser.username == username)).first()
+            if user is None or user.totp_secret is None:
+                return None
+            key = self._system_key(session, TOTP_KEY)
+            return self._open(key, user.totp_secret, "admin_users", "totp_secret", user.id)
+
+    def _system_key(self, session: Session, name: str) -> bytes | None:
+        """A data key for system secrets (created on first use, wrapped by the master key)."""
+        meta = session.get(Meta, name)
+        if meta is None:
+            key_id, key = self._new_data_key(session, "system")
+            session.add(Meta(key=name, value=key_id))
+            session.flush()
+            return key
+        return self._data_key(session, meta.value)
 
     # -- reading (audited) ---------------------------------------------------------------------
 

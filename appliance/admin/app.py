@@ -1,0 +1,310 @@
+"""The admin panel's Flask app: one blueprint per area, every route with its roles.
+
+Sessions live on the server (a random token in a ``__Host-`` cookie: Secure, HttpOnly,
+SameSite=Strict), rotate at login, end after ``idle_s`` of quiet or ``max_s`` in all, and end
+on the server at logout. Every POST carries the session's CSRF token. TOTP enrolment comes
+before any page. Responses carry HSTS, a CSP without inline script, frame denial, nosniff and
+a referrer policy; every asset is served from here.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import hmac
+import re
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from flask import Blueprint, Flask, abort, g, redirect, render_template, request, url_for
+from flask.typing import ResponseReturnValue
+from sqlalchemy import func, select
+
+from appliance.admin.accounts import LoginLimiter, verify_password
+from appliance.config.settings import Settings
+from appliance.identity.factors import totp
+from appliance.storage.repository import Storage
+from appliance.storage.schema import AuditEvent, Call, Incident
+
+COOKIE = "__Host-appliance"
+PUBLIC = ("public",)
+ALL = ("admin", "operator", "auditor")
+View = TypeVar("View", bound=Callable[..., ResponseReturnValue])
+HEADERS = {
+    "Strict-Transport-Security": "max-age=63072000; includeSubDomains",
+    "Content-Security-Policy": (
+        "default-src 'self'; script-src 'none'; style-src 'self'; img-src 'self' data:; "
+        "object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+    ),
+    "X-Frame-Options": "DENY",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-store",
+}
+
+
+@dataclass
+class PanelSession:
+    csrf: str
+    created: float
+    seen: float
+    username: str = ""
+    role: str = ""
+    stage: str = "anonymous"  # anonymous -> enrol|totp -> ready
+    enrol_secret: bytes = b""
+    data: dict[str, str] = field(default_factory=dict)
+
+
+def requires(*roles: str) -> Callable[[View], View]:
+    """Declare who may use a route; the app refuses everyone else (checked for every route)."""
+
+    def mark(view: View) -> View:
+        view.required_roles = roles  # type: ignore[attr-defined]
+        return view
+
+    return mark
+
+
+def mask(text: str | None) -> str:
+    """A transcript as an operator sees it without a reason: digits and e-mail hidden."""
+    if not text:
+        return ""
+    text = re.sub(r"\S+@\S+", "[email]", text)
+    return re.sub(r"\d", "•", text)
+
+
+def create_app(
+    settings: Settings, storage: Storage, clock: Callable[[], float] = time.time
+) -> Flask:
+    options = settings.admin
+    app = Flask(__name__)
+    app.config["SECRET_KEY"] = secrets.token_bytes(32)
+    sessions: dict[str, PanelSession] = {}
+    limiter = LoginLimiter(options.failures_per_account, options.failures_per_address)
+
+    def new_session() -> tuple[str, PanelSession]:
+        token = secrets.token_urlsafe(32)
+        now = clock()
+        sessions[token] = PanelSession(secrets.token_urlsafe(32), now, now)
+        return token, sessions[token]
+
+    def actor() -> str:
+        return f"admin:{g.panel.username}"
+
+    @app.before_request
+    def load_session() -> ResponseReturnValue | None:
+        token = request.cookies.get(COOKIE, "")
+        panel = sessions.get(token)
+        now = clock()
+        if panel is not None and (
+            now - panel.seen > options.idle_s or now - panel.created > options.max_s
+        ):
+            sessions.pop(token, None)
+            panel = None
+        if panel is None:
+            token, panel = new_session()
+        panel.seen = now
+        g.token, g.panel = token, panel
+        view = app.view_functions.get(request.endpoint or "")
+        roles = getattr(view, "required_roles", None)
+        if view is not None and roles is None:
+            abort(500)  # a route without declared roles is a bug, never open
+        if request.method == "POST":
+            sent = request.form.get("csrf", "")
+            if not hmac.compare_digest(sent, panel.csrf):
+                abort(403)
+        if roles is None or roles == PUBLIC:
+            return None
+        if panel.stage != "ready":
+            if request.method == "GET":
+                return redirect(url_for("auth.login"))
+            abort(401)
+        if panel.role not in roles:
+            abort(403)
+        return None
+
+    @app.after_request
+    def headers(response: Any) -> Any:
+        for name, value in HEADERS.items():
+            response.headers[name] = value
+        response.set_cookie(
+            COOKIE, g.get("token", ""), secure=True, httponly=True, samesite="Strict", path="/"
+        )
+        return response
+
+    @app.errorhandler(401)
+    @app.errorhandler(403)
+    @app.errorhandler(404)
+    @app.errorhandler(405)
+    @app.errorhandler(429)
+    def refused(error: Any) -> ResponseReturnValue:
+        return render_template("error.html", code=error.code, name=error.name), error.code
+
+    app.jinja_env.globals["csrf"] = lambda: g.panel.csrf
+    app.register_blueprint(_auth(settings, storage, sessions, new_session, limiter))
+    app.register_blueprint(_pages(storage, actor))
+    app.register_blueprint(_users(storage, actor))
+    static: Any = app.view_functions["static"]
+    static.required_roles = PUBLIC
+    return app
+
+
+def _auth(
+    settings: Settings,
+    storage: Storage,
+    sessions: dict[str, PanelSession],
+    new_session: Callable[[], tuple[str, PanelSession]],
+    limiter: LoginLimiter,
+) -> Blueprint:
+    auth = Blueprint("auth", __name__)
+
+    @auth.route("/login", methods=["GET", "POST"])
+    @requires(*PUBLIC)
+    def login() -> ResponseReturnValue:
+        panel: PanelSession = g.panel
+        if request.method == "GET":
+            return render_template("login.html", stage=panel.stage)
+        if panel.stage == "anonymous":
+            username = request.form.get("username", "")[:64]
+            password = request.form.get("password", "")[:256]
+            address = request.remote_addr or "?"
+            if limiter.blocked(username, address):
+                storage.log_event("admin:anonymous", "login", f"user:{username}", "limited")
+                return render_template("login.html", stage="anonymous", failed=True), 429
+            user = storage.admin_user(username)
+            ok = verify_password(user.password_hash if user else None, password)
+            if not ok or user is None or user.disabled:
+                limiter.failed(username, address)
+                storage.log_event("admin:anonymous", "login", f"user:{username}", "failed")
+                return render_template("login.html", stage="anonymous", failed=True), 401
+            sessions.pop(g.token, None)  # rotate: a fresh token once the password is right
+            g.token, panel = new_session()
+            g.panel = panel
+            panel.username, panel.role = user.username, user.role
+            if storage.admin_totp(user.username) is None:
+                panel.stage, panel.enrol_secret = "enrol", secrets.token_bytes(20)
+            else:
+                panel.stage = "totp"
+            return render_template(
+                "login.html", stage=panel.stage, secret=_b32(panel.enrol_secret), user=username
+            )
+        code = re.sub(r"\D", "", request.form.get("code", ""))
+        secret = (
+            panel.enrol_secret if panel.stage == "enrol" else storage.admin_totp(panel.username)
+        )
+        if secret is None or not _totp_ok(secret, code, panel):
+            limiter.failed(panel.username, request.remote_addr or "?")
+            storage.log_event(f"admin:{panel.username}", "login_totp", "panel", "failed")
+            return render_template(
+                "login.html", stage=panel.stage, secret=_b32(panel.enrol_secret), failed=True
+            ), 401
+        if panel.stage == "enrol":
+            storage.set_admin_totp(panel.username, panel.enrol_secret, f"admin:{panel.username}")
+            panel.enrol_secret = b""
+        panel.stage = "ready"
+        storage.log_event(f"admin:{panel.username}", "login", "panel", "ok")
+        return redirect(url_for("pages.dashboard"))
+
+    @auth.route("/logout", methods=["POST"])
+    @requires(*ALL)
+    def logout() -> ResponseReturnValue:
+        storage.log_event(f"admin:{g.panel.username}", "logout", "panel", "ok")
+        sessions.pop(g.token, None)  # ended on the server, whatever the browser keeps
+        g.token, g.panel = new_session()
+        return redirect(url_for("auth.login"))
+
+    return auth
+
+
+def _b32(secret: bytes) -> str:
+    return base64.b32encode(secret).decode().rstrip("=") if secret else ""
+
+
+def _totp_ok(secret: bytes, code: str, panel: PanelSession) -> bool:
+    """One step of tolerance each way; a code is good once per session's user."""
+    now = int(time.time() // 30)
+    for step in (now - 1, now, now + 1):
+        if hmac.compare_digest(totp(secret, step), code.zfill(6)[-6:]):
+            if panel.data.get("last_step") == str(step):
+                return False
+            panel.data["last_step"] = str(step)
+            return True
+    return False
+
+
+def _pages(storage: Storage, actor: Callable[[], str]) -> Blueprint:
+    pages = Blueprint("pages", __name__)
+
+    @pages.route("/")
+    @requires(*ALL)
+    def dashboard() -> ResponseReturnValue:
+        since = dt.datetime.now(dt.UTC).replace(tzinfo=None) - dt.timedelta(days=14)
+        with storage.session("dashboard") as session:
+            per_day = session.execute(
+                select(func.date(Call.started_at), func.count())
+                .where(Call.started_at >= since)
+                .group_by(func.date(Call.started_at))
+                .order_by(func.date(Call.started_at))
+            ).all()
+            incidents = session.scalar(select(func.count()).select_from(Incident)) or 0
+            calls = session.scalar(select(func.count()).select_from(Call)) or 0
+        peak = max((n for _, n in per_day), default=1)
+        bars = [(str(day), n, int(100 * n / peak)) for day, n in per_day]
+        return render_template("dashboard.html", bars=bars, calls=calls, incidents=incidents)
+
+    @pages.route("/calls")
+    @requires("admin", "operator")
+    def calls() -> ResponseReturnValue:
+        return render_template("calls.html", calls=storage.list_calls(limit=200))
+
+    @pages.route("/calls/<call_id>")
+    @requires("admin", "operator")
+    def call(call_id: str) -> ResponseReturnValue:
+        reason = request.args.get("reason", "").strip()[:200]
+        view = storage.read_call(call_id, actor(), reason or "masked view")
+        show = (lambda t: t or "") if reason else mask
+        turns = [(t.index, show(t.transcript), show(t.reply)) for t in view.turns]
+        return render_template("call.html", call=view, turns=turns, reason=reason)
+
+    @pages.route("/audit")
+    @requires("admin", "auditor")
+    def audit() -> ResponseReturnValue:
+        report = storage.verify_audit()
+        with storage.session("audit page") as session:
+            events = list(
+                session.scalars(select(AuditEvent).order_by(AuditEvent.seq.desc()).limit(200))
+            )
+        storage.log_event(actor(), "view", "audit_trail", "ok")
+        return render_template("audit.html", report=report, events=events)
+
+    return pages
+
+
+def _users(storage: Storage, actor: Callable[[], str]) -> Blueprint:
+    from appliance.admin.accounts import ROLES, AccountError, check_password, hash_password
+
+    users = Blueprint("users", __name__)
+
+    @users.route("/users", methods=["GET", "POST"])
+    @requires("admin")
+    def manage() -> ResponseReturnValue:
+        error = ""
+        if request.method == "POST":
+            username = request.form.get("username", "").strip()[:64]
+            role = request.form.get("role", "")
+            password = request.form.get("password", "")
+            try:
+                if not re.fullmatch(r"[a-z][a-z0-9._-]{2,63}", username) or role not in ROLES:
+                    raise AccountError("account.invalid", "a lower-case name and a known role")
+                check_password(password, username)
+                storage.create_admin_user(username, hash_password(password), role, actor())
+            except AccountError as exc:
+                error = exc.message
+            except Exception as exc:  # the request boundary: say what, never the password
+                error = getattr(exc, "message", type(exc).__name__)
+        return render_template("users.html", users=storage.admin_users(), error=error)
+
+    return users

@@ -1,0 +1,96 @@
+"""``appliance admin serve``: the panel on cheroot (a production WSGI server) over TLS only,
+TLS 1.2 at least; a self-signed certificate is made on first start unless one is configured."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+import ssl
+from pathlib import Path
+
+from cheroot import wsgi
+from cheroot.ssl.builtin import BuiltinSSLAdapter
+
+from appliance.admin.app import create_app
+from appliance.config.settings import Settings
+from appliance.storage.repository import Storage
+
+log = logging.getLogger(__name__)
+
+
+def certificate(settings: Settings) -> tuple[Path, Path]:
+    """The configured certificate and key, or a self-signed pair under APPLIANCE_HOME/admin."""
+    if settings.admin.tls_cert:
+        return Path(settings.admin.tls_cert), Path(settings.admin.tls_key)
+    folder = settings.home / "admin"
+    cert, key = folder / "tls.crt", folder / "tls.key"
+    if cert.is_file() and key.is_file():
+        return cert, key
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    private = ec.generate_private_key(ec.SECP256R1())
+    host = settings.admin.listen.rpartition(":")[0]
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"appliance {host}")])
+    now = dt.datetime.now(dt.UTC)
+    import ipaddress
+
+    try:
+        alt: x509.GeneralName = x509.IPAddress(ipaddress.ip_address(host))
+    except ValueError:
+        alt = x509.DNSName(host)
+    built = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(private.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=825))
+        .add_extension(x509.SubjectAlternativeName([alt]), critical=False)
+        .sign(private, hashes.SHA256())
+    )
+    fd = os.open(key, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(
+            private.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            )
+        )
+    cert.write_bytes(built.public_bytes(serialization.Encoding.PEM))
+    log.info("made a self-signed certificate for the admin panel: %s", cert)
+    return cert, key
+
+
+def server(settings: Settings, storage: Storage) -> wsgi.Server:
+    host, _, port = settings.admin.listen.rpartition(":")
+    cert, key = certificate(settings)
+    app = create_app(settings, storage)
+    httpd = wsgi.Server((host, int(port)), app, numthreads=8, server_name="appliance-admin")
+    adapter = BuiltinSSLAdapter(str(cert), str(key))
+    adapter.context.minimum_version = ssl.TLSVersion.TLSv1_2
+    httpd.ssl_adapter = adapter
+    return httpd
+
+
+def serve(settings: Settings) -> int:
+    from appliance.service import open_storage
+
+    storage = open_storage(settings)
+    httpd = server(settings, storage)
+    try:
+        httpd.prepare()
+        print(f"admin: https://{settings.admin.listen}/", flush=True)
+        httpd.serve()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        httpd.stop()
+        storage.close()
+    return 0

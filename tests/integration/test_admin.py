@@ -1,0 +1,250 @@
+"""The admin panel: accounts, TOTP at first log-in, roles on every route, CSRF, escaping,
+audited views, the login limit, security headers; and TLS 1.2+ only, checked with curl and
+openssl against the real server."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+from sqlalchemy import select
+
+from appliance.admin.accounts import AccountError, check_password, hash_password
+from appliance.admin.app import COOKIE, PUBLIC, create_app
+from appliance.config.settings import load_settings
+from appliance.core.ports import TurnRecord
+from appliance.identity.factors import totp
+from appliance.storage.keys import load_or_create
+from appliance.storage.repository import Storage
+from appliance.storage.schema import AuditEvent
+
+PASSWORDS = {
+    "root": "an admin passphrase, long",
+    "olga": "operator passphrase here",
+    "audrey": "auditor passphrase here!",
+}
+
+
+@pytest.fixture
+def world(tmp_path: Path) -> Iterator[tuple[Flask, Storage]]:
+    settings = load_settings(environ={"APPLIANCE_HOME": str(tmp_path)})
+    storage = Storage.open_sqlite(tmp_path / "a.db", load_or_create(tmp_path / "k"))
+    for name, role in (("root", "admin"), ("olga", "operator"), ("audrey", "auditor")):
+        storage.create_admin_user(name, hash_password(PASSWORDS[name]), role, "test")
+    handle = storage.start_call("+15550100", "test")
+    handle.record_turn(TurnRecord(1, "my number is 555 0100 <script>alert(1)</script>", "Sure."))
+    app = create_app(settings, storage)
+    app.testing = True
+    yield app, storage
+    storage.close()
+
+
+def client(app: Flask) -> FlaskClient:
+    c = app.test_client()
+    c.environ_base["wsgi.url_scheme"] = "https"  # the panel is HTTPS only: Secure cookies
+    return c
+
+
+def csrf_of(page: str) -> str:
+    found = re.search(r'name="csrf" value="([^"]+)"', page)
+    assert found, page
+    return found.group(1)
+
+
+def log_in(c: FlaskClient, storage: Storage, name: str) -> None:
+    page = c.get("/login").get_data(as_text=True)
+    answer = c.post(
+        "/login", data={"csrf": csrf_of(page), "username": name, "password": PASSWORDS[name]}
+    )
+    assert answer.status_code == 200, answer.get_data(as_text=True)
+    text = answer.get_data(as_text=True)
+    secret = storage.admin_totp(name)
+    if secret is None:  # first log-in: enrol the authenticator
+        key = re.search(r'id="totp-secret">([A-Z2-7]+)<', text)
+        assert key, text
+        import base64
+
+        secret = base64.b32decode(key.group(1) + "=" * (-len(key.group(1)) % 8))
+    code = totp(secret, int(time.time() // 30))
+    done = c.post("/login", data={"csrf": csrf_of(text), "code": code})
+    assert done.status_code == 302, done.get_data(as_text=True)
+
+
+def test_passwords_follow_nist_800_63b() -> None:
+    for weak in ("short", "passwordpassword", "olga-is-my-name-ok"):
+        with pytest.raises(AccountError):
+            check_password(weak, "olga")
+    check_password("correct horse battery staple 7")
+
+
+def test_every_route_declares_roles_and_refuses_anyone_without_a_session(
+    world: tuple[Flask, Storage],
+) -> None:
+    app, _ = world
+    c = client(app)
+    for rule in app.url_map.iter_rules():
+        view = app.view_functions[rule.endpoint]
+        assert getattr(view, "required_roles", None), rule.rule
+        if view.required_roles == PUBLIC:
+            continue
+        url = rule.rule.replace("<call_id>", "x")
+        for method in sorted(rule.methods - {"HEAD", "OPTIONS"}):
+            answer = c.open(url, method=method)
+            assert answer.status_code in (302, 401, 403), (method, url, answer.status_code)
+            if method == "GET":
+                assert answer.headers["Location"].endswith("/login")
+
+
+def test_first_log_in_enrols_totp_and_the_session_cookie_is_strict(
+    world: tuple[Flask, Storage],
+) -> None:
+    app, storage = world
+    c = client(app)
+    before = c.get("/login").headers["Set-Cookie"]
+    log_in(c, storage, "root")
+    after = c.get("/").headers["Set-Cookie"]
+    assert storage.admin_totp("root") is not None
+    assert COOKIE in after and "Secure" in after and "HttpOnly" in after
+    assert "SameSite=Strict" in after and before.split(";")[0] != after.split(";")[0]  # rotated
+    page = c.get("/")
+    assert page.status_code == 200 and "Calls per day" in page.get_data(as_text=True)
+    headers = page.headers
+    assert "max-age" in headers["Strict-Transport-Security"]
+    assert "script-src 'none'" in headers["Content-Security-Policy"]
+    assert headers["X-Frame-Options"] == "DENY" and headers["X-Content-Type-Options"] == "nosniff"
+
+
+def test_roles_an_operator_cannot_reach_admin_pages(world: tuple[Flask, Storage]) -> None:
+    app, storage = world
+    c = client(app)
+    log_in(c, storage, "olga")
+    assert c.get("/users").status_code == 403
+    assert c.get("/audit").status_code == 403
+    assert c.get("/calls").status_code == 200
+    auditor = client(app)
+    log_in(auditor, storage, "audrey")
+    assert auditor.get("/calls").status_code == 403
+    assert auditor.get("/audit").status_code == 200
+
+
+def test_transcripts_are_masked_escaped_and_every_view_is_audited(
+    world: tuple[Flask, Storage],
+) -> None:
+    app, storage = world
+    c = client(app)
+    log_in(c, storage, "olga")
+    call_id = storage.list_calls(limit=1)[0].id
+    masked = c.get(f"/calls/{call_id}").get_data(as_text=True)
+    assert "555" not in masked and "<script>" not in masked and "&lt;script&gt;" in masked
+    shown = c.get(f"/calls/{call_id}?reason=caller+complaint+42").get_data(as_text=True)
+    assert "555 0100" in shown and "<script>alert" not in shown
+    with storage.session("check") as db:
+        reads = db.scalars(select(AuditEvent).where(AuditEvent.action == "read")).all()
+    assert [(e.actor, e.object) for e in reads][-2:] == [("admin:olga", f"call:{call_id}")] * 2
+    assert "caller complaint 42" in reads[-1].details
+
+
+def test_posts_without_the_csrf_token_are_refused(world: tuple[Flask, Storage]) -> None:
+    app, storage = world
+    c = client(app)
+    log_in(c, storage, "root")
+    data = {"username": "mallory", "role": "admin", "password": "x" * 20 + " long enough"}
+    assert c.post("/users", data=data).status_code == 403
+    assert storage.admin_user("mallory") is None
+    page = c.get("/users").get_data(as_text=True)
+    assert c.post("/users", data={**data, "csrf": csrf_of(page)}).status_code == 200
+    assert storage.admin_user("mallory") is not None
+    assert c.post("/logout", data={}).status_code == 403
+
+
+def test_wrong_passwords_hit_the_limit_with_the_same_answer_for_unknown_users(
+    world: tuple[Flask, Storage],
+) -> None:
+    app, _ = world
+    c = client(app)
+    wrong = "wrong password number one"
+    codes = []
+    for i in range(100):
+        page = c.get("/login").get_data(as_text=True)
+        name = "root" if i % 2 else "nobody"
+        answer = c.post(
+            "/login",
+            data={"csrf": csrf_of(page), "username": name, "password": wrong},
+        )
+        codes.append(answer.status_code)
+        if i < 2:
+            assert "That did not work" in answer.get_data(as_text=True)
+    assert codes[:2] == [401, 401] and codes[-1] == 429
+    page = c.get("/login").get_data(as_text=True)  # even the right password, now
+    right = c.post(
+        "/login", data={"csrf": csrf_of(page), "username": "root", "password": PASSWORDS["root"]}
+    )
+    assert right.status_code == 429
+
+
+def test_logout_ends_the_session_on_the_server(world: tuple[Flask, Storage]) -> None:
+    app, storage = world
+    c = client(app)
+    log_in(c, storage, "root")
+    cookie = c.get_cookie(COOKIE)
+    assert cookie is not None
+    page = c.get("/").get_data(as_text=True)
+    c.post("/logout", data={"csrf": csrf_of(page)})
+    replay = client(app)
+    replay.set_cookie(COOKIE, cookie.value, domain="localhost")
+    assert replay.get("/").status_code == 302  # the old token means nothing now
+
+
+@pytest.fixture
+def https(tmp_path: Path) -> Iterator[str]:
+    from appliance.admin.serve import server
+
+    settings = load_settings(
+        environ={"APPLIANCE_HOME": str(tmp_path), "APPLIANCE_ADMIN__LISTEN": "127.0.0.1:0"}
+    )
+    storage = Storage.open_sqlite(tmp_path / "a.db", load_or_create(tmp_path / "k"))
+    httpd = server(settings, storage)
+    httpd.prepare()
+    port = httpd.bind_addr[1]
+    thread = threading.Thread(target=httpd.serve, daemon=True)
+    thread.start()
+    yield f"127.0.0.1:{port}"
+    httpd.stop()
+    storage.close()
+
+
+def run(*command: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(command, capture_output=True, text=True, timeout=30, check=False)
+
+
+def test_tls_12_works_and_tls_10_and_11_are_refused(https: str) -> None:
+    assert shutil.which("curl") and shutil.which("openssl")
+    ok = run(
+        "curl",
+        "-sk",
+        "--tlsv1.2",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        f"https://{https}/login",
+    )
+    assert ok.returncode == 0 and ok.stdout == "200", ok.stderr
+    for flag in ("-tls1", "-tls1_1"):
+        old = subprocess.run(
+            ["openssl", "s_client", flag, "-connect", https, "-cipher", "DEFAULT@SECLEVEL=0"],
+            input="", capture_output=True, text=True, timeout=30, check=False,
+        )  # fmt: skip
+        assert (old.returncode != 0 and "Cipher is (NONE)" in old.stdout + old.stderr) or (
+            "no protocols available" in old.stderr or "alert" in old.stderr
+        ), old.stdout + old.stderr
+    plain = run("curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", f"http://{https}/login")
+    assert plain.stdout != "200"  # no plain HTTP
