@@ -171,7 +171,26 @@ def clock(settings: Settings) -> Check:
 
 
 def tls(settings: Settings) -> Check:
-    return _skip("TLS and certificate", "the admin panel (its TLS) is not part of this build yet")
+    """The admin panel's certificate: present, not expiring within 30 days (TLS 1.2 minimum
+    is fixed in the server)."""
+    import datetime as dt
+
+    from cryptography import x509
+
+    cert = Path(settings.admin.tls_cert) if settings.admin.tls_cert else None
+    cert = cert or settings.home / "admin" / "tls.crt"
+    if not cert.is_file():
+        if settings.admin.tls_cert:
+            return _fail("TLS and certificate", f"{cert} does not exist")
+        return _skip("TLS and certificate", "self-signed on the panel's first start")
+    try:
+        parsed = x509.load_pem_x509_certificate(cert.read_bytes())
+    except ValueError:
+        return _fail("TLS and certificate", f"{cert} is not a PEM certificate")
+    left = parsed.not_valid_after_utc - dt.datetime.now(dt.UTC)
+    if left < dt.timedelta(days=30):
+        return _fail("TLS and certificate", f"{cert} expires in {left.days} days")
+    return _pass("TLS and certificate", f"TLS 1.2 minimum; {cert} valid {left.days} more days")
 
 
 CHECKS: tuple[Callable[[Settings], Check], ...] = (

@@ -18,7 +18,7 @@ from appliance.deploy.notify import notify, watchdog_interval_s
 
 ROOT = Path(__file__).resolve().parents[2]
 VENV = Path(sys.executable).parent.parent
-SERVICES = ("appliance-voice.service", "appliance-retention.service")
+SERVICES = ("appliance-voice.service", "appliance-admin.service", "appliance-retention.service")
 
 
 def analyze(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
