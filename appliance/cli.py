@@ -62,6 +62,9 @@ def _parser() -> argparse.ArgumentParser:
     create_user.add_argument(
         "--password-stdin", action="store_true", help="read the password from standard input"
     )
+    create_token = admin_cmd.add_parser("create-token", help="a bearer token of the JSON API")
+    create_token.add_argument("--name", required=True)
+    create_token.add_argument("--role", choices=["admin", "operator", "auditor"], required=True)
     admin_serve = admin_cmd.add_parser("serve", help="the panel over HTTPS in the foreground")
     admin_serve.add_argument("--listen", help="HOST:PORT (default: [admin] listen)")
     doctor = commands.add_parser("doctor", help="self-checks: PASS/FAIL/SKIP each, exit 1 on FAIL")
@@ -758,6 +761,15 @@ def _admin(args: argparse.Namespace, settings: Settings) -> int:
         )
     from appliance.admin.accounts import check_password, hash_password
     from appliance.service import open_storage
+
+    if args.admin_command == "create-token":
+        storage = open_storage(settings)
+        try:
+            token = storage.create_api_token(args.name, args.role, _actor())
+        finally:
+            storage.close()
+        print(token)  # shown once: only its hash is kept
+        return 0
 
     if args.password_stdin:
         password = sys.stdin.readline().rstrip("\n")

@@ -112,6 +112,17 @@ def create_app(
         roles = getattr(view, "required_roles", None)
         if view is not None and roles is None:
             abort(500)  # a route without declared roles is a bug, never open
+        if request.path.startswith("/api/"):  # bearer tokens, not the session
+            header = request.headers.get("Authorization", "")
+            role = storage.api_token_role(header[7:]) if header.startswith("Bearer ") else None
+            g.api_role = role or ""
+            if roles is None or roles == PUBLIC:
+                return None
+            if role is None:
+                abort(401)
+            if role not in roles:
+                abort(403)
+            return None
         if request.method == "POST":
             sent = request.form.get("csrf", "")
             if not hmac.compare_digest(sent, panel.csrf):
@@ -140,13 +151,19 @@ def create_app(
     @app.errorhandler(404)
     @app.errorhandler(405)
     @app.errorhandler(429)
+    @app.errorhandler(400)
     def refused(error: Any) -> ResponseReturnValue:
+        if request.path.startswith("/api/"):
+            return {"error": error.code, "name": error.name}, error.code
         return render_template("error.html", code=error.code, name=error.name), error.code
 
     app.jinja_env.globals["csrf"] = lambda: g.panel.csrf
     app.register_blueprint(_auth(settings, storage, sessions, new_session, limiter))
     app.register_blueprint(_pages(storage, actor))
     app.register_blueprint(_users(storage, actor))
+    from appliance.admin.api import api_blueprint
+
+    app.register_blueprint(api_blueprint(storage))
     static: Any = app.view_functions["static"]
     static.required_roles = PUBLIC
     return app

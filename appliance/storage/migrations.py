@@ -14,7 +14,7 @@ from typing import cast
 from sqlalchemy import Connection, Engine, Table, inspect, select
 
 from appliance.core.errors import StorageError
-from appliance.storage.schema import Base, SchemaMigration, Voiceprint
+from appliance.storage.schema import ApiToken, Base, SchemaMigration, Voiceprint
 
 
 @dataclass(frozen=True)
@@ -32,11 +32,16 @@ def _voiceprints(connection: Connection) -> None:
     cast(Table, Voiceprint.__table__).create(connection, checkfirst=True)
 
 
+def _api_tokens(connection: Connection) -> None:
+    cast(Table, ApiToken.__table__).create(connection, checkfirst=True)
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(
         1, "calls, turns, keys, consents, recordings, tools, incidents, users, audit", _initial
     ),
     Migration(2, "voiceprints (sealed voice templates)", _voiceprints),
+    Migration(3, "api_tokens (hashed bearer tokens of the admin API)", _api_tokens),
 )
 LATEST = MIGRATIONS[-1].version
 

@@ -11,6 +11,7 @@ import contextlib
 import hashlib
 import hmac
 import json
+import secrets
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -37,6 +38,7 @@ from appliance.storage.keys import MasterKey
 from appliance.storage.migrations import migrate
 from appliance.storage.schema import (
     AdminUser,
+    ApiToken,
     Call,
     Caller,
     Consent,
@@ -434,6 +436,21 @@ class Storage:
                 return None
             key = self._system_key(session, TOTP_KEY)
             return self._open(key, user.totp_secret, "admin_users", "totp_secret", user.id)
+
+    def create_api_token(self, name: str, role: str, actor: str) -> str:
+        """A new bearer token for the admin API (shown once; only its hash is kept)."""
+        token = secrets.token_urlsafe(32)
+        digest = hashlib.sha256(token.encode()).hexdigest()
+        with self.session("create api token") as session:
+            session.add(ApiToken(name=name, role=role, token_hash=digest))
+            self.audit_in(session, actor, "create_token", f"token:{name}", "ok", {"role": role})
+        return token
+
+    def api_token_role(self, token: str) -> str | None:
+        digest = hashlib.sha256(token.encode()).hexdigest()
+        with self.session("check api token") as session:
+            row = session.scalars(select(ApiToken).where(ApiToken.token_hash == digest)).first()
+            return None if row is None or row.revoked else row.role
 
     def _system_key(self, session: Session, name: str) -> bytes | None:
         """A data key for system secrets (created on first use, wrapped by the master key)."""

@@ -167,6 +167,18 @@ class AdminUser(Base):
     disabled: Mapped[bool] = mapped_column(Boolean, default=False)
 
 
+class ApiToken(Base):
+    """A bearer token of the admin API, scoped to one role; only its SHA-256 is kept."""
+
+    __tablename__ = "api_tokens"
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    name: Mapped[str] = mapped_column(String(64))
+    role: Mapped[str] = mapped_column(String(16))
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utc_now)
+    revoked: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
 class AuditEvent(Base):
     """One link of the hash chain: ``hash`` covers this event's fields and ``prev_hash``."""
 

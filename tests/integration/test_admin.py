@@ -4,6 +4,7 @@ openssl against the real server."""
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
@@ -11,10 +12,14 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
+from urllib.parse import quote
 
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from sqlalchemy import select
 
 from appliance.admin.accounts import AccountError, check_password, hash_password
@@ -24,7 +29,7 @@ from appliance.core.ports import TurnRecord
 from appliance.identity.factors import totp
 from appliance.storage.keys import load_or_create
 from appliance.storage.repository import Storage
-from appliance.storage.schema import AuditEvent
+from appliance.storage.schema import ApiToken, AuditEvent
 
 PASSWORDS = {
     "root": "an admin passphrase, long",
@@ -99,7 +104,9 @@ def test_every_route_declares_roles_and_refuses_anyone_without_a_session(
         for method in sorted(rule.methods - {"HEAD", "OPTIONS"}):
             answer = c.open(url, method=method)
             assert answer.status_code in (302, 401, 403), (method, url, answer.status_code)
-            if method == "GET":
+            if url.startswith("/api/"):
+                assert answer.status_code == 401 and answer.is_json  # a token is needed
+            elif method == "GET":
                 assert answer.headers["Location"].endswith("/login")
 
 
@@ -248,3 +255,70 @@ def test_tls_12_works_and_tls_10_and_11_are_refused(https: str) -> None:
         ), old.stdout + old.stderr
     plain = run("curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", f"http://{https}/login")
     assert plain.stdout != "200"  # no plain HTTP
+
+
+def test_the_api_needs_a_token_of_the_right_role_and_audits_reads(
+    world: tuple[Flask, Storage],
+) -> None:
+    app, storage = world
+    c = client(app)
+    operator = storage.create_api_token("ops-script", "operator", "test")
+    auditor = storage.create_api_token("audit-script", "auditor", "test")
+    with storage.session("check") as db:
+        stored = [t.token_hash for t in db.scalars(select(ApiToken))]
+    assert operator not in stored and len(stored) == 2  # only hashes at rest
+    assert c.get("/api/v1/calls").status_code == 401
+    assert c.get("/api/v1/calls", headers=bearer("nonsense")).status_code == 401
+    assert c.get("/api/v1/calls", headers=bearer(auditor)).status_code == 403
+    calls = c.get("/api/v1/calls", headers=bearer(operator)).get_json()
+    call_id = calls[0]["id"]
+    masked = c.get(f"/api/v1/calls/{call_id}", headers=bearer(operator)).get_json()
+    assert masked["masked"] and "555" not in json.dumps(masked)
+    audit = c.get("/api/v1/audit", headers=bearer(auditor)).get_json()
+    assert audit["chain"]["ok"] and audit["events"][0]["actor"] == "token:operator"
+    spec = c.get("/api/v1/openapi.json").get_json()
+    assert set(spec["paths"]) == {"/calls", "/calls/{call_id}", "/incidents", "/audit"}
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+@pytest.fixture
+def api(world: tuple[Flask, Storage]) -> tuple[FlaskClient, dict[str, str], dict[str, Any]]:
+    app, storage = world
+    tokens = {role: storage.create_api_token(role, role, "test") for role in ("admin", "auditor")}
+    c = client(app)
+    spec = c.get("/api/v1/openapi.json").get_json()
+    return c, tokens, spec
+
+
+text = st.text(st.characters(blacklist_categories=("Cs",)), max_size=40)
+
+
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    path=st.sampled_from(["/calls", "/calls/{call_id}", "/incidents", "/audit"]),
+    call_id=text,
+    limit=st.one_of(st.none(), st.integers(-5, 900).map(str), text),
+    reason=st.one_of(st.none(), text),
+    who=st.sampled_from(["admin", "auditor", "none", "garbage"]),
+)
+def test_the_api_never_answers_500_whatever_the_input(
+    api: tuple[FlaskClient, dict[str, str], dict[str, Any]],
+    path: str,
+    call_id: str,
+    limit: str | None,
+    reason: str | None,
+    who: str,
+) -> None:
+    c, tokens, spec = api
+    url = "/api/v1" + path.replace("{call_id}", quote(call_id, safe="") or "x")
+    query = {k: v for k, v in (("limit", limit), ("reason", reason)) if v is not None}
+    headers = bearer(tokens.get(who, "garbage")) if who != "none" else {}
+    answer = c.get(url, query_string=query, headers=headers)
+    declared = {int(code) for code in spec["paths"][path]["get"]["responses"]}
+    assert answer.status_code in declared | {404}, (url, query, answer.status_code)
+    assert answer.is_json
