@@ -162,8 +162,10 @@ def create_app(
     app.register_blueprint(_pages(storage, actor))
     app.register_blueprint(_users(storage, actor))
     from appliance.admin.api import api_blueprint
+    from appliance.admin.compliance import compliance_blueprint
 
     app.register_blueprint(api_blueprint(storage))
+    app.register_blueprint(compliance_blueprint(settings, storage, actor))
     static: Any = app.view_functions["static"]
     static.required_roles = PUBLIC
     return app

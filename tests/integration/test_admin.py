@@ -322,3 +322,41 @@ def test_the_api_never_answers_500_whatever_the_input(
     declared = {int(code) for code in spec["paths"][path]["get"]["responses"]}
     assert answer.status_code in declared | {404}, (url, query, answer.status_code)
     assert answer.is_json
+
+
+def test_every_page_renders_for_the_roles_that_may_see_it(
+    world: tuple[Flask, Storage], tmp_path: Path
+) -> None:
+    app, storage = world
+    storage.open_incident("probing", "medium", "3 blocked turns; action end_call")
+    report = tmp_path / "redteam" / "spoken-2026-11" / "report.json"
+    report.parent.mkdir(parents=True)
+    report.write_text(
+        json.dumps(
+            {"mode": "spoken", "attack_block_rate": 1.0, "n_attack": 255,
+             "benign_refusal_rate": 0.012, "n_benign": 255,
+             "leaks": {"canary_leak": 0, "card_number_leak": 0}}
+        )
+    )  # fmt: skip
+    pages = {
+        "/incidents": "probing",
+        "/retention": "30 days",
+        "/consent": "automated assistant",
+        "/tools": "account_balance",
+        "/access-review": "Access review",
+        "/redteam": "spoken-2026-11",
+        "/data-flow": "SQLCipher",
+        "/compliance": "164.312(b)",
+    }
+    c = client(app)
+    log_in(c, storage, "audrey")
+    for url, expected in pages.items():
+        answer = c.get(url)
+        assert answer.status_code == 200, url
+        assert expected in answer.get_data(as_text=True), url
+    download = c.get("/compliance?download=html")
+    assert "attachment" in download.headers["Content-Disposition"]
+    operator = client(app)
+    log_in(operator, storage, "olga")
+    assert operator.get("/compliance").status_code == 403
+    assert operator.get("/incidents").status_code == 200
