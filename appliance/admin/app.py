@@ -27,7 +27,7 @@ from appliance.admin.accounts import LoginLimiter, verify_password
 from appliance.config.settings import Settings
 from appliance.identity.factors import totp
 from appliance.storage.repository import Storage
-from appliance.storage.schema import AuditEvent, Call, Incident
+from appliance.storage.schema import AuditEvent, Call, Incident, Turn
 
 COOKIE = "__Host-appliance"
 PUBLIC = ("public",)
@@ -254,25 +254,66 @@ def _totp_ok(secret: bytes, code: str, panel: PanelSession) -> bool:
     return False
 
 
+def _pct(values: list[float] | None, q: int) -> int:
+    if not values:
+        return 0
+    ordered = sorted(values)
+    return int(ordered[min(len(ordered) - 1, max(0, round(q / 100 * len(ordered)) - 1))])
+
+
+def _chart(title: str, labels: list[str], values: list[int]) -> dict[str, Any]:
+    """Bars drawn on the server (an SVG in the page: no script, nothing fetched)."""
+    peak = max(values, default=0) or 1
+    pairs = zip(labels, values, strict=True)
+    return {"title": title, "bars": [(day, n, int(100 * n / peak)) for day, n in pairs]}
+
+
 def _pages(storage: Storage, actor: Callable[[], str]) -> Blueprint:
     pages = Blueprint("pages", __name__)
 
     @pages.route("/")
     @requires(*ALL)
     def dashboard() -> ResponseReturnValue:
-        since = dt.datetime.now(dt.UTC).replace(tzinfo=None) - dt.timedelta(days=14)
+        days = [dt.date.today() - dt.timedelta(days=n) for n in range(13, -1, -1)]
+        since = dt.datetime.combine(days[0], dt.time())
         with storage.session("dashboard") as session:
-            per_day = session.execute(
-                select(func.date(Call.started_at), func.count())
-                .where(Call.started_at >= since)
-                .group_by(func.date(Call.started_at))
-                .order_by(func.date(Call.started_at))
+            calls_by_day: dict[str, int] = dict(
+                session.execute(
+                    select(func.date(Call.started_at), func.count())
+                    .where(Call.started_at >= since)
+                    .group_by(func.date(Call.started_at))
+                ).all()
+            )
+            turns = session.execute(
+                select(func.date(Turn.created_at), Turn.voice_to_voice_ms, Turn.guard).where(
+                    Turn.created_at >= since
+                )
             ).all()
-            incidents = session.scalar(select(func.count()).select_from(Incident)) or 0
+            incidents_by_day: dict[str, int] = dict(
+                session.execute(
+                    select(func.date(Incident.opened_at), func.count())
+                    .where(Incident.opened_at >= since)
+                    .group_by(func.date(Incident.opened_at))
+                ).all()
+            )
             calls = session.scalar(select(func.count()).select_from(Call)) or 0
-        peak = max((n for _, n in per_day), default=1)
-        bars = [(str(day), n, int(100 * n / peak)) for day, n in per_day]
-        return render_template("dashboard.html", bars=bars, calls=calls, incidents=incidents)
+        latency: dict[str, list[float]] = {}
+        blocks: dict[str, int] = {}
+        for day, v2v, guard in turns:
+            if v2v:
+                latency.setdefault(str(day), []).append(float(v2v))
+            if guard and '"input": "block"' in guard:
+                blocks[str(day)] = blocks.get(str(day), 0) + 1
+        labels = [d.isoformat() for d in days]
+        series = {
+            "Calls per day": [calls_by_day.get(d, 0) for d in labels],
+            "Voice-to-voice p50, ms": [_pct(latency.get(d), 50) for d in labels],
+            "Voice-to-voice p95, ms": [_pct(latency.get(d), 95) for d in labels],
+            "Turns blocked by the guard": [blocks.get(d, 0) for d in labels],
+            "Incidents opened": [incidents_by_day.get(d, 0) for d in labels],
+        }
+        charts = [_chart(title, labels, values) for title, values in series.items()]
+        return render_template("dashboard.html", charts=charts, calls=calls)
 
     @pages.route("/calls")
     @requires("admin", "operator")

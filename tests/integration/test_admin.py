@@ -31,6 +31,7 @@ from appliance.storage.keys import load_or_create
 from appliance.storage.repository import Storage
 from appliance.storage.schema import ApiToken, AuditEvent
 
+NOW = [1_000_000.0]  # the panel's clock in these tests (sessions' idle and absolute limits)
 PASSWORDS = {
     "root": "an admin passphrase, long",
     "olga": "operator passphrase here",
@@ -46,7 +47,10 @@ def world(tmp_path: Path) -> Iterator[tuple[Flask, Storage]]:
         storage.create_admin_user(name, hash_password(PASSWORDS[name]), role, "test")
     handle = storage.start_call("+15550100", "test")
     handle.record_turn(TurnRecord(1, "my number is 555 0100 <script>alert(1)</script>", "Sure."))
-    app = create_app(settings, storage)
+    for index, v2v in enumerate((900.0, 1100.0, 2400.0), start=2):
+        handle.record_turn(TurnRecord(index, "hello", "hi", voice_to_voice_ms=v2v))
+    handle.record_turn(TurnRecord(5, "[blocked]", "no", guard={"input": "block"}))
+    app = create_app(settings, storage, clock=lambda: NOW[0])
     app.testing = True
     yield app, storage
     storage.close()
@@ -360,3 +364,31 @@ def test_every_page_renders_for_the_roles_that_may_see_it(
     log_in(operator, storage, "olga")
     assert operator.get("/compliance").status_code == 403
     assert operator.get("/incidents").status_code == 200
+
+
+def test_the_dashboard_charts_latency_blocks_and_incidents(world: tuple[Flask, Storage]) -> None:
+    app, storage = world
+    c = client(app)
+    log_in(c, storage, "root")
+    page = c.get("/").get_data(as_text=True)
+    for title in ("Calls per day", "Voice-to-voice p50, ms", "Voice-to-voice p95, ms",
+                  "Turns blocked by the guard", "Incidents opened"):  # fmt: skip
+        assert title in page
+    today = time.strftime("%Y-%m-%d", time.gmtime())
+    assert f"<title>{today}: 1100</title>" in page  # the median of 900, 1100, 2400
+    assert f"<title>{today}: 2400</title>" in page and f"<title>{today}: 1</title>" in page
+
+
+def test_sessions_end_after_idle_time_and_absolute_lifetime(world: tuple[Flask, Storage]) -> None:
+    app, storage = world
+    c = client(app)
+    log_in(c, storage, "root")
+    assert c.get("/").status_code == 200
+    NOW[0] += 901  # idle longer than [admin] idle_s
+    assert c.get("/").status_code == 302
+    log_in(c, storage, "root")
+    for _ in range(40):  # active, but past max_s in all
+        NOW[0] += 800
+        c.get("/")
+    assert c.get("/").status_code == 302
+    NOW[0] = 1_000_000.0

@@ -4,8 +4,11 @@ HTTPS against the real server. Screenshots of each page go to test-artifacts/scr
 from __future__ import annotations
 
 import base64
+import os
 import re
 import shutil
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -18,11 +21,12 @@ from appliance.admin.serve import server
 from appliance.config.settings import load_settings
 from appliance.core.ports import TurnRecord
 from appliance.identity.factors import totp
-from appliance.storage.keys import load_or_create
+from appliance.service import open_storage
 from appliance.storage.repository import Storage
 
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "screenshots"
 CHROMIUM = shutil.which("chromium")
+APPLIANCE = Path(sys.executable).parent / "appliance"
 ADMIN_PAGES = ["/", "/calls", "/audit", "/users", "/incidents", "/tools", "/retention",
                "/consent", "/access-review", "/redteam", "/data-flow", "/compliance"]  # fmt: skip
 
@@ -32,8 +36,17 @@ def panel(tmp_path: Path) -> Iterator[tuple[str, Storage]]:
     settings = load_settings(
         environ={"APPLIANCE_HOME": str(tmp_path), "APPLIANCE_ADMIN__LISTEN": "127.0.0.1:0"}
     )
-    storage = Storage.open_sqlite(tmp_path / "a.db", load_or_create(tmp_path / "k"))
-    storage.create_admin_user("root", hash_password("an admin passphrase, long"), "admin", "t")
+    # The first admin, as an operator of the appliance makes it: on the command line.
+    first = subprocess.run(
+        [str(APPLIANCE), "admin", "create-user", "--username", "root", "--password-stdin"],
+        input="an admin passphrase, long\n",
+        env={**os.environ, "APPLIANCE_HOME": str(tmp_path)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert first.returncode == 0, first.stderr
+    storage = open_storage(settings)
     storage.create_admin_user("olga", hash_password("operator passphrase here"), "operator", "t")
     handle = storage.start_call("+15550100", "test")
     handle.record_turn(TurnRecord(1, "when do you open on saturday", "At ten."))
