@@ -318,7 +318,16 @@ def _pages(storage: Storage, actor: Callable[[], str]) -> Blueprint:
     @pages.route("/calls")
     @requires("admin", "operator")
     def calls() -> ResponseReturnValue:
-        return render_template("calls.html", calls=storage.list_calls(limit=200))
+        """Call metadata (no content: not audited), searchable by id, date, channel, status."""
+        query = request.args.get("q", "").strip().lower()[:64]
+        rows = storage.list_calls(limit=1000)
+        if query:
+            rows = [
+                c
+                for c in rows
+                if query in f"{c.id} {c.started_at.isoformat()} {c.channel} {c.status}".lower()
+            ]
+        return render_template("calls.html", calls=rows[:200], query=query)
 
     @pages.route("/calls/<call_id>")
     @requires("admin", "operator")

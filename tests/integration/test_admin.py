@@ -392,3 +392,12 @@ def test_sessions_end_after_idle_time_and_absolute_lifetime(world: tuple[Flask, 
         c.get("/")
     assert c.get("/").status_code == 302
     NOW[0] = 1_000_000.0
+
+
+def test_calls_can_be_searched(world: tuple[Flask, Storage]) -> None:
+    app, storage = world
+    c = client(app)
+    log_in(c, storage, "olga")
+    call_id = storage.list_calls(limit=1)[0].id
+    assert call_id in c.get("/calls?q=test").get_data(as_text=True)  # the channel
+    assert call_id not in c.get("/calls?q=sip").get_data(as_text=True)
