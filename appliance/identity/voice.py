@@ -63,9 +63,25 @@ def enrol(embeddings: Sequence[Sequence[float]], min_utterances: int = 3) -> Voi
     return VoiceTemplate(_unit(mean), len(units))
 
 
+# What speech recognition writes for a spoken digit when it guesses a word instead.
+_SOUNDS_LIKE = {"for": "4", "fore": "4", "to": "2", "too": "2", "won": "1", "ate": "8"}
+
+
 def digits_heard(text: str) -> str:
-    """The digits in a transcript, spoken as words ("four one oh") or written as figures."""
-    return re.sub(r"\D", "", normalize(text))
+    """The digits in a transcript, spoken as words ("four one oh") or written as figures. A
+    word that sounds like a digit ("for", "to") counts only beside other digits, so "I'd like
+    to give you my PIN" adds nothing."""
+    tokens = re.findall(r"\d+|[a-z]+", normalize(text).lower())
+    is_digit = [t.isdigit() for t in tokens]
+    out = []
+    for i, token in enumerate(tokens):
+        if is_digit[i]:
+            out.append(token)
+        elif token in _SOUNDS_LIKE and (
+            (i > 0 and is_digit[i - 1]) or (i + 1 < len(tokens) and is_digit[i + 1])
+        ):
+            out.append(_SOUNDS_LIKE[token])
+    return "".join(out)
 
 
 @dataclass(frozen=True)
@@ -100,10 +116,10 @@ class VoiceVerifier:
         key = f"voice:{caller}"
         self.limiter.check(key)
         score = cosine(template.centroid, embedding)
-        if not secrets.compare_digest(digits_heard(heard), challenge):
-            match = VoiceMatch(score, False, "voice.wrong_challenge")
-        elif score < self.threshold:
+        if score < self.threshold:  # another voice, whatever it said
             match = VoiceMatch(score, False, "voice.no_match")
+        elif not secrets.compare_digest(digits_heard(heard), challenge):
+            match = VoiceMatch(score, False, "voice.wrong_challenge")  # the voice, not live
         else:
             match = VoiceMatch(score, True, "voice.match")
         if match.passed:
