@@ -92,7 +92,7 @@ class VoiceService:
     config: PipelineConfig
     load_seconds: dict[str, float] = field(default_factory=dict)
     monitor: AbuseMonitor | None = None
-    _busy: dict[int, bytes] = field(default_factory=dict)
+    _prompts: dict[tuple[str, int], bytes] = field(default_factory=dict)
     _voice_embedder: VoiceEmbedder | None = None
     _factors: CallerFactors | None = None
     _voice_verifier: VoiceVerifier | None = None
@@ -202,13 +202,13 @@ class VoiceService:
             today=datetime.date.today().isoformat(),
         )
 
-    def busy_audio(self, sample_rate_hz: int) -> bytes:
-        """The busy reply, synthesized once per rate: a flood must not cost a synthesis a call."""
-        cached = self._busy.get(sample_rate_hz)
+    def prompt_audio(self, text: str, sample_rate_hz: int) -> bytes:
+        """A fixed prompt (the busy reply, the disclosure), synthesized once per text and rate:
+        a flood, or every call's opening, must not cost a synthesis each."""
+        cached = self._prompts.get((text, sample_rate_hz))
         if cached is None:
-            text = self.settings.limits.busy_reply
             cached = b"".join(c.pcm for c in self.engines.tts.synthesize(text, sample_rate_hz))
-            self._busy[sample_rate_hz] = cached
+            self._prompts[(text, sample_rate_hz)] = cached
         return cached
 
     def voice_embedder(self) -> VoiceEmbedder:
@@ -291,7 +291,9 @@ async def run_call(
             _refuse, storage, who, admission.reason, admission.incident, caller_key
         )
         rate = sink.sample_rate_hz
-        pcm = await asyncio.to_thread(service.busy_audio, rate)
+        pcm = await asyncio.to_thread(
+            service.prompt_audio, service.settings.limits.busy_reply, rate
+        )
         frame = frame_bytes(rate, service.settings.audio.frame_ms)
         for start in range(0, len(pcm), frame):
             await sink.write_frame(pcm[start : start + frame].ljust(frame, b"\0"))

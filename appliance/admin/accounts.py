@@ -5,13 +5,13 @@ unknown users and wrong passwords the same answer in the same time."""
 from __future__ import annotations
 
 import time
-from collections import OrderedDict, deque
 from collections.abc import Callable
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
 from appliance.core.errors import ApplianceError
+from appliance.identity.limits import SlidingWindow
 
 ROLES = ("admin", "operator", "auditor")
 MIN_PASSWORD = 15
@@ -57,8 +57,7 @@ def verify_password(stored: str | None, password: str) -> bool:
 
 class LoginLimiter:
     """Failed logins per account and per address within ``window_s``: past either limit every
-    attempt is refused with the same answer, right or wrong, until old failures age out.
-    Memory is bounded (``max_keys`` keys, each at most its limit of timestamps)."""
+    attempt is refused with the same answer, right or wrong, until old failures age out."""
 
     def __init__(
         self,
@@ -66,31 +65,13 @@ class LoginLimiter:
         per_address: int,
         window_s: float = 900.0,
         clock: Callable[[], float] = time.monotonic,
-        max_keys: int = 10_000,
     ) -> None:
-        self.limits = {"user": per_account, "addr": per_address}
-        self.window_s = window_s
-        self.clock = clock
-        self.max_keys = max_keys
-        self._failures: OrderedDict[str, deque[float]] = OrderedDict()
-
-    def _recent(self, key: str) -> int:
-        events = self._failures.get(key)
-        if events is None:
-            return 0
-        while events and events[0] <= self.clock() - self.window_s:
-            events.popleft()
-        return len(events)
+        self.accounts = SlidingWindow(per_account, window_s, clock=clock)
+        self.addresses = SlidingWindow(per_address, window_s, clock=clock)
 
     def blocked(self, username: str, address: str) -> bool:
-        return self._recent(f"user:{username.lower()}") >= self.limits["user"] or (
-            self._recent(f"addr:{address}") >= self.limits["addr"]
-        )
+        return self.accounts.full(username.lower()) or self.addresses.full(address)
 
     def failed(self, username: str, address: str) -> None:
-        for kind, key in (("user", f"user:{username.lower()}"), ("addr", f"addr:{address}")):
-            events = self._failures.pop(key, None) or deque(maxlen=self.limits[kind])
-            events.append(self.clock())
-            self._failures[key] = events
-        while len(self._failures) > self.max_keys:
-            self._failures.popitem(last=False)
+        self.accounts.record(username.lower())
+        self.addresses.record(address)

@@ -34,7 +34,7 @@ class SipLine:
         self.calls = 0
 
     def say(self, text: str) -> bytes:
-        return b"".join(c.pcm for c in self.service.engines.tts.synthesize(text, RATE_HZ))
+        return self.service.prompt_audio(text, RATE_HZ)
 
     async def handle(self, call: SipCall) -> None:
         sip = self.settings.sip

@@ -75,13 +75,18 @@ async def _run(settings: Settings, service: VoiceService, storage: Storage, star
     )
     notify("STOPPING=1")
     begun = time.monotonic()
+    deadline = begun + settings.service.shutdown_timeout_s
+    if line is not None:
+        line.ua.refuse_new = True  # no new calls; those in progress say goodbye
+    # One loop for every call in progress, also one that was just starting: each says goodbye.
+    while (service.active or (calls is not None and not calls.done())) and (
+        time.monotonic() < deadline
+    ):
+        for session in list(service.active):
+            session.end("shutdown", settings.limits.goodbye_reply)
+        await asyncio.sleep(0.2)
     code = 0
     if calls is not None and source is not None:
-        deadline = begun + settings.service.shutdown_timeout_s
-        while not calls.done() and time.monotonic() < deadline:
-            for session in list(service.active):  # also a call that was just starting
-                session.end("shutdown", settings.limits.goodbye_reply)
-            await asyncio.wait({calls}, timeout=0.2)
         if not calls.done():
             log.error("calls did not finish within %.0f s", settings.service.shutdown_timeout_s)
             source.close()  # unblock the device read, then give up on the call
@@ -97,12 +102,6 @@ async def _run(settings: Settings, service: VoiceService, storage: Storage, star
         if calls in done and not stopping.is_set():
             code = code or 1  # the microphone went away: let systemd restart the unit
     if line is not None:
-        line.ua.refuse_new = True  # no new calls; those in progress say goodbye
-        deadline = begun + settings.service.shutdown_timeout_s
-        while service.active and time.monotonic() < deadline:
-            for session in list(service.active):
-                session.end("shutdown", settings.limits.goodbye_reply)
-            await asyncio.sleep(0.2)
         await asyncio.sleep(0.5)  # let the BYEs go out
         line.ua.close()
     waiter.cancel()

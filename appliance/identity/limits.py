@@ -26,13 +26,28 @@ class SlidingWindow:
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def allow(self, key: str) -> bool:
+        """Count an event for ``key`` if the window has room; False (not counted) if not."""
+        return self._update(key, record=False)
+
+    def full(self, key: str) -> bool:
+        """Whether ``key`` has used its window (nothing is counted)."""
+        with self._lock:
+            events = self._events.get(key)
+            now = self.clock()
+            return events is not None and sum(t > now - self.window_s for t in events) >= self.limit
+
+    def record(self, key: str) -> None:
+        """Count an event for ``key`` even when the window is full (the oldest drops out)."""
+        self._update(key, record=True)
+
+    def _update(self, key: str, *, record: bool) -> bool:
         now = self.clock()
         with self._lock:
             events = self._events.pop(key, None) or deque(maxlen=self.limit)
             while events and events[0] <= now - self.window_s:
                 events.popleft()
             allowed = len(events) < self.limit
-            if allowed:
+            if allowed or record:
                 events.append(now)
             self._events[key] = events
             while len(self._events) > self.max_keys:

@@ -362,11 +362,7 @@ class Storage:
         """The caller's voice template, or None when they have not enrolled."""
         hashed = self.caller_hash(caller_id)
         with self.session("read voiceprint") as session:
-            row = session.scalars(
-                select(Voiceprint)
-                .join(Caller, Caller.id == Voiceprint.caller_id)
-                .where(Caller.caller_hash == hashed)
-            ).first()
+            row = next(iter(self._voiceprints_of(session, hashed)), None)
             if row is None:
                 return None
             key = self._data_key(session, row.data_key_id)
@@ -376,17 +372,22 @@ class Storage:
         """Erase a caller's voice template (crypto-shred its key); True if there was one."""
         hashed = self.caller_hash(caller_id)
         with self.session("forget voiceprint") as session:
-            rows = session.scalars(
-                select(Voiceprint)
-                .join(Caller, Caller.id == Voiceprint.caller_id)
-                .where(Caller.caller_hash == hashed)
-            ).all()
+            rows = self._voiceprints_of(session, hashed)
             for row in rows:
                 self._delete_voiceprint(session, row)
             outcome = "ok" if rows else "not_found"
             self.audit_in(session, actor, "voice_forget", f"caller:{hashed[:16]}", outcome)
         self.after_erasure()
         return bool(rows)
+
+    @staticmethod
+    def _voiceprints_of(session: Session, hashed: str) -> list[Voiceprint]:
+        query = (
+            select(Voiceprint)
+            .join(Caller, Caller.id == Voiceprint.caller_id)
+            .where(Caller.caller_hash == hashed)
+        )
+        return list(session.scalars(query))
 
     def _delete_voiceprint(self, session: Session, row: Voiceprint) -> None:
         key_id = row.data_key_id
