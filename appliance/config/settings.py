@@ -470,7 +470,12 @@ class SipSettings:
     """SRTP (AES_CM_128_HMAC_SHA1_80, SDES keys): "optional" (used when the peer offers it),
     "required" (a call without it gets 488) or "off"."""
     allowed_peers: tuple[str, ...] = ("127.0.0.0/8",)
-    """Trunks and peers (addresses or CIDR) whose INVITEs are taken; others get 403."""
+    """Trunks and peers (addresses or CIDR) whose INVITEs are taken without a password."""
+    accounts_file: str = ""
+    """Peers outside ``allowed_peers`` may call with SIP digest credentials from this file
+    (htdigest format, ``user:realm:HA1``, mode 0600); empty means they get 403."""
+    auth_realm: str = "appliance"
+    """The digest realm of ``accounts_file`` (its lines for other realms are ignored)."""
     rtp_port_min: int = 40000
     rtp_port_max: int = 40999
     """Media ports are taken from this range (open it in the host firewall for the peers)."""

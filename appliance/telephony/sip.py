@@ -35,6 +35,7 @@ _REASONS = {
     180: "Ringing",
     200: "OK",
     400: "Bad Request",
+    401: "Unauthorized",
     403: "Forbidden",
     404: "Not Found",
     405: "Method Not Allowed",

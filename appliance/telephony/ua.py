@@ -4,7 +4,12 @@ What it does, per RFC 3261:
 - INVITE from an allowed peer: 100 Trying, 180 Ringing, then 200 OK with the SDP answer
   (first G.711 codec of the offer, RFC 4733 events when offered), retransmitted on Timer G
   (T1 doubling to T2) until the ACK, given up at Timer H (64*T1); a retransmitted INVITE gets
-  the last response again. Not allowed: 403 (and counted). No usable codec: 488.
+  the last response again. No usable codec: 488.
+- Admission: a request from an address in ``[sip] allowed_peers`` is taken. From elsewhere,
+  an INVITE is challenged (401, digest) when ``[sip] accounts_file`` is set and taken with
+  valid credentials; requests in a dialog so opened are taken from the same address. All
+  else gets 403 (counted; an ACK is never answered). New INVITEs are rate limited per
+  address before any of that work (503).
 - ACK starts the call: the handler gets a ``SipCall`` (its media is an audio source and sink).
 - CANCEL before the 200: 200 to the CANCEL, 487 to the INVITE.
 - BYE in a dialog: 200, and the call's media ends; a BYE for no dialog: 481.
@@ -37,7 +42,13 @@ from appliance.config.settings import SipSettings
 from appliance.core.errors import ApplianceError
 from appliance.identity.limits import SlidingWindow
 from appliance.telephony import sdp
-from appliance.telephony.register import RegisterError, authorization, parse_challenge
+from appliance.telephony.digest import (
+    DigestAuthority,
+    DigestError,
+    authorization,
+    parse_challenge,
+    read_accounts,
+)
 from appliance.telephony.rtp import RtpMedia
 from appliance.telephony.sip import (
     MAX_MESSAGE_BYTES,
@@ -76,6 +87,8 @@ class _Dialog:
     invite: SipMessage
     peer: tuple[str, int]
     local_tag: str
+    account: str = ""
+    """The digest account that opened it (empty: an allowlisted address)."""
     media: RtpMedia | None = None
     call: SipCall | None = None
     last_response: bytes = b""
@@ -105,6 +118,13 @@ class SipUserAgent(asyncio.DatagramProtocol):
         self.host, self.port = host, int(port)
         self.advertise = settings.advertise or host
         self.allowed = tuple(ipaddress.ip_network(p, strict=False) for p in settings.allowed_peers)
+        self.digest: DigestAuthority | None = None
+        if settings.accounts_file:
+            try:
+                accounts = read_accounts(settings.accounts_file, settings.auth_realm)
+            except DigestError as exc:
+                raise SipConfigError(exc.message) from exc
+            self.digest = DigestAuthority(settings.auth_realm, accounts)
         self.transport: asyncio.DatagramTransport | None = None
         self.dialogs: dict[str, _Dialog] = {}
         self.forbidden = 0
@@ -177,9 +197,10 @@ class SipUserAgent(asyncio.DatagramProtocol):
         if not message.is_request:
             self._on_response(message)
             return
-        if not self._allowed(addr[0]):
-            self.forbidden += 1
-            self._send(response(message, 403).encode(), addr)
+        if not self._allowed(addr[0]) and not self._may_ask(message, addr[0]):
+            if message.method != "ACK":
+                self.forbidden += 1
+                self._send(response(message, 403).encode(), addr)
             return
         handlers = {
             "INVITE": self._on_invite,
@@ -202,6 +223,15 @@ class SipUserAgent(asyncio.DatagramProtocol):
         except ValueError:
             return False
         return any(address in network for network in self.allowed)
+
+    def _may_ask(self, message: SipMessage, host: str) -> bool:
+        """From outside the allowlist: a new INVITE when digest accounts exist (it is
+        challenged in ``_on_invite``), or a request in a dialog opened with credentials
+        from this address."""
+        dialog = self.dialogs.get(message.call_id)
+        if dialog is None:
+            return message.method == "INVITE" and self.digest is not None
+        return bool(dialog.account) and dialog.peer[0] == host
 
     def _bad_request(self, data: bytes, addr: tuple[str, int], why: str) -> None:
         """400 to a malformed request when enough of it can be read to answer; else drop."""
@@ -236,10 +266,26 @@ class SipUserAgent(asyncio.DatagramProtocol):
             reply.set("retry-after", "10")
             self._send(reply.encode(), addr)
             return
+        account = ""
+        if not self._allowed(addr[0]):
+            assert self.digest is not None  # else _may_ask refused it
+            verdict = self.digest.verify(
+                invite.get("authorization"), invite.method, invite.uri, addr[0]
+            )
+            if not verdict.user:
+                if verdict.challenge:
+                    reply = response(invite, 401, to_tag=secrets.token_hex(6))
+                    reply.set("www-authenticate", self.digest.challenge(addr[0], verdict.stale))
+                else:
+                    self.forbidden += 1
+                    reply = response(invite, 403)
+                self._send(reply.encode(), addr)
+                return
+            account = verdict.user
         if sum(not d.closed for d in self.dialogs.values()) >= self.settings.max_dialogs:
             self._send(response(invite, 486).encode(), addr)
             return
-        dialog = _Dialog(invite, addr, secrets.token_hex(6))
+        dialog = _Dialog(invite, addr, secrets.token_hex(6), account)
         self.dialogs[invite.call_id] = dialog
         self._respond(dialog, response(invite, 100))
         try:
@@ -486,7 +532,7 @@ class SipUserAgent(asyncio.DatagramProtocol):
                 try:
                     header = reply.get("www-authenticate") or reply.get("proxy-authenticate")
                     challenge = parse_challenge(header)
-                except RegisterError as exc:
+                except DigestError as exc:
                     log.error("registration refused: %s", exc.code)
                     reply = None
                 else:

@@ -27,6 +27,7 @@ import appliance.testing
 from appliance.config.settings import Settings
 from appliance.service import VoiceService, open_storage
 from appliance.storage.schema import Consent
+from appliance.telephony.digest import ha1
 from appliance.telephony.g711 import alaw_decode, ulaw_decode
 from appliance.telephony.rtp import RtpError, parse_packet
 from appliance.telephony.sdp import PCMA, PCMU
@@ -52,7 +53,8 @@ class Line:
 
 
 @pytest.fixture
-def line_env(real_home: Path) -> dict[str, str]:
+def line_env(real_home: Path, real_settings: Settings) -> dict[str, str]:
+    """The environment of `appliance sip` (real_settings: the models are in place)."""
     if shutil.which("sipp") is None:
         pytest.fail("sipp is missing: scripts/setup installs Debian's sip-tester")
     low = 20000 + (os.getpid() % 200) * 100
@@ -109,14 +111,17 @@ class Capture:
                 continue
 
     def audio(self, codec: int) -> bytes:
-        """What the appliance said, as 16 kHz PCM16 (packets in sequence order)."""
+        """What the appliance said, as 16 kHz PCM16 (packets in sequence order; the 16-bit
+        sequence number wraps past 65535 in about 1% of calls, so it is counted on from the
+        first packet)."""
         packets = []
         for data in self.packets:
             try:
                 packets.append(parse_packet(data))
             except RtpError:
                 continue
-        packets.sort(key=lambda p: p.sequence)
+        first = packets[0].sequence if packets else 0
+        packets.sort(key=lambda p: (p.sequence - first) & 0xFFFF)
         assert packets and all(p.payload_type == codec for p in packets)
         decode = ulaw_decode if codec == PCMU else alaw_decode
         pcm = np.concatenate([decode(np.frombuffer(p.payload, dtype=np.uint8)) for p in packets])
@@ -134,6 +139,8 @@ def sipp(
     talk_ms: int = 15000,
     transport: str = "u1",
     source: str = "127.0.0.1",
+    extra: tuple[str, ...] = (),
+    refusal: int = 403,
 ) -> tuple[subprocess.CompletedProcess[str], Capture]:
     capture = Capture(socket.socket(socket.AF_INET, socket.SOCK_DGRAM))
     capture.sock.bind(("127.0.0.1", 0))
@@ -147,6 +154,7 @@ def sipp(
         "@PCAP@": str(pcap),
         "@WAIT_MS@": str(wait_ms),
         "@TALK_MS@": str(talk_ms),
+        "@REFUSAL@": str(refusal),
     }.items():
         text = text.replace(key, value)
     xml = tmp_path / scenario
@@ -157,7 +165,8 @@ def sipp(
         result = subprocess.run(
             ["sipp", f"127.0.0.1:{line.port}", "-sf", str(xml), "-m", "1", "-i", source,
              "-p", str(free_port()), "-mp", str(free_port()), "-timeout", "120s", "-nostdin",
-             "-trace_err", "-error_file", str(tmp_path / "sipp_errors.log"), "-t", transport],
+             "-trace_err", "-error_file", str(tmp_path / "sipp_errors.log"), "-t", transport,
+             *extra],
             capture_output=True, text=True, timeout=180, cwd=tmp_path,
         )  # fmt: skip
     finally:
@@ -179,6 +188,14 @@ def spoken(service: VoiceService, text: str, codec: int, digits: str = "") -> St
         stream.audio(pcm)
     stream.silence(10.0)  # a phone keeps sending (silence) until it hangs up
     return stream
+
+
+def call_count(settings: Settings) -> int:
+    store = open_storage(settings)
+    try:
+        return len(store.list_calls(limit=10_000))
+    finally:
+        store.close()
 
 
 def last_call(settings: Settings) -> tuple[str, str, list[str | None], list[Consent]]:
@@ -273,6 +290,37 @@ def test_a_caller_from_an_address_that_is_not_allowed_gets_403(
     lines.append(line := start_line(line_env, allowed_peers="10.0.0.0/8"))
     result, _ = sipp(line, "uac_forbidden.xml", tmp_path)
     assert result.returncode == 0, result.stdout[-3000:]
+
+
+def test_a_peer_outside_the_allowlist_is_challenged_and_taken_only_with_right_credentials(
+    service: VoiceService,
+    real_settings: Settings,
+    line_env: dict[str, str],
+    lines: list[Line],
+    tmp_path: Path,
+) -> None:
+    accounts = tmp_path / "sip-accounts"
+    accounts.write_text(f"trunk1:appliance:{ha1('trunk1', 'appliance', 'pa55-w0rd')}\n")
+    accounts.chmod(0o600)
+    lines.append(
+        line := start_line(line_env, allowed_peers="10.0.0.0/8", accounts_file=str(accounts))
+    )
+    before = call_count(real_settings)
+    # SIPp answers the 401 with MD5 qop=auth digest credentials; the call is set up and ended.
+    result, _ = sipp(
+        line, "uac_auth.xml", tmp_path, wait_ms=2000, extra=("-au", "trunk1", "-ap", "pa55-w0rd")
+    )
+    assert result.returncode == 0, result.stdout[-3000:]
+    assert call_count(real_settings) == before + 1
+    # A wrong password: 401, then 403, and no call.
+    result, _ = sipp(
+        line, "uac_auth_refused.xml", tmp_path, extra=("-au", "trunk1", "-ap", "guess")
+    )
+    assert result.returncode == 0, result.stdout[-3000:]
+    # No credentials at all: challenged (401), not answered.
+    result, _ = sipp(line, "uac_forbidden.xml", tmp_path, refusal=401)
+    assert result.returncode == 0, result.stdout[-3000:]
+    assert call_count(real_settings) == before + 1
 
 
 def test_bench_calls_reports_latency_gaps_cpu_and_memory_per_round(

@@ -4,6 +4,7 @@ spirit of RFC 4475, and hypothesis fuzzing (only the module's own error, never a
 from __future__ import annotations
 
 import contextlib
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -205,3 +206,61 @@ def test_noise_sweeps_and_vowels_are_not_keys() -> None:
     for signal in (rng.normal(0, 4000, len(t)), sweep, vowel):
         assert detect(np.asarray(signal)) == []
     assert detect(dtmf_tone("5", ms=20)) == []  # one frame is too short for a key press
+
+
+def test_digest_answers_made_by_the_client_side_pass_the_server_side_once_and_only_there() -> None:
+    from appliance.telephony.digest import (
+        DigestAuthority,
+        Verdict,
+        authorization,
+        ha1,
+        parse_challenge,
+    )
+
+    now = [1000.0]
+    authority = DigestAuthority("appliance", {"trunk1": ha1("trunk1", "appliance", "s3cret")},
+                                lifetime_s=300, clock=lambda: now[0])  # fmt: skip
+    uri = "sip:appliance@192.0.2.1:5060"
+
+    def answer(password: str, host: str = "198.51.100.7", nc: int = 1) -> str:
+        challenge = parse_challenge(authority.challenge(host))
+        return authorization(challenge, "INVITE", uri, "trunk1", password, nc)
+
+    assert authority.verify("", "INVITE", uri, "198.51.100.7").challenge  # no credentials yet
+    good = answer("s3cret")
+    assert authority.verify(good, "INVITE", uri, "198.51.100.7").user == "trunk1"
+    assert not authority.verify(good, "INVITE", uri, "198.51.100.7").user  # replayed
+    # A wrong password: refused, not challenged again.
+    assert authority.verify(answer("guess"), "INVITE", uri, "198.51.100.7") == Verdict()
+    # A nonce issued to another address is not honoured here: challenged afresh.
+    elsewhere = answer("s3cret", host="203.0.113.9")
+    assert authority.verify(elsewhere, "INVITE", uri, "198.51.100.7") == Verdict(challenge=True)
+    # Signed for another method or another server: refused.
+    assert not authority.verify(answer("s3cret"), "BYE", uri, "198.51.100.7").user
+    assert not authority.verify(answer("s3cret"), "INVITE", "sip:x@192.0.2.2", "198.51.100.7").user
+    # A right answer on an expired nonce: stale, so the peer retries without asking anyone.
+    late = answer("s3cret")
+    now[0] += 301
+    verdict = authority.verify(late, "INVITE", uri, "198.51.100.7")
+    assert verdict.challenge and verdict.stale and not verdict.user
+    assert "stale=true" in authority.challenge("198.51.100.7", stale=True)
+
+
+def test_the_accounts_file_is_htdigest_owner_only_and_checked(tmp_path: Path) -> None:
+    from appliance.telephony.digest import DigestError, ha1, read_accounts
+
+    file = tmp_path / "accounts"
+    file.write_text(
+        f"# trunks\ntrunk1:appliance:{ha1('trunk1', 'appliance', 'a')}\n"
+        f"other:elsewhere:{ha1('other', 'elsewhere', 'b')}\n"
+    )
+    file.chmod(0o644)
+    with pytest.raises(DigestError, match="chmod 600"):
+        read_accounts(str(file), "appliance")
+    file.chmod(0o600)
+    assert read_accounts(str(file), "appliance") == {"trunk1": ha1("trunk1", "appliance", "a")}
+    file.write_text("trunk1:appliance:plaintext-password\n")
+    with pytest.raises(DigestError, match="line 1"):
+        read_accounts(str(file), "appliance")
+    with pytest.raises(DigestError, match="cannot read"):
+        read_accounts(str(tmp_path / "missing"), "appliance")
