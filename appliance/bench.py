@@ -16,6 +16,7 @@ import resource
 import statistics
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -368,10 +369,17 @@ def _ready(listener: Any) -> bool:
         return False
 
 
-def run_calls_bench(settings: Settings, *, counts: list[int], as_json: bool) -> int:
+TARGET_CALLS, TARGET_P95_MS = 4, 3000.0
+"""The line's target on 2 cores: 4 simultaneous calls, p95 voice-to-voice <= 3 s, no RTP gaps."""
+
+
+def run_calls_bench(
+    settings: Settings, *, counts: list[int], as_json: bool, stt_models: Sequence[str] = ()
+) -> int:
     """N simultaneous SIPp calls (N in ``counts``) against ``appliance sip`` on 127.0.0.1: the
     voice-to-voice latency of each call's turn (median, p95), gaps in the reply's RTP stream
-    as the caller received it, and the line's CPU time and peak RSS."""
+    as the caller received it, and the line's CPU time and peak RSS. With several
+    ``stt_models`` the rounds run once per speech-recognition model, side by side."""
     import os
     import shutil
     import socket
@@ -380,7 +388,6 @@ def run_calls_bench(settings: Settings, *, counts: list[int], as_json: bool) -> 
 
     import psutil
 
-    from appliance.service import open_storage
     from appliance.telephony.sdp import PCMU
     from appliance.testing.pcap import Stream, write_pcap
 
@@ -406,56 +413,97 @@ def run_calls_bench(settings: Settings, *, counts: list[int], as_json: bool) -> 
         stream.audio(question)
         stream.silence(12.0)
         write_pcap(work / "caller.pcap", stream.packets)
-        port = free_port()
-        env = {
-            **os.environ,
-            "APPLIANCE_HOME": str(settings.home),
-            "APPLIANCE_SIP__DISCLOSURE": "Automated assistant.",
-            "APPLIANCE_SIP__MAX_DIALOGS": str(max(counts) * 2),
-            "APPLIANCE_SIP__INVITES_PER_ADDRESS_PER_10S": str(max(counts) * 4),
-            "APPLIANCE_LIMITS__MAX_CONCURRENT_CALLS": str(max(counts)),
+        for model in stt_models or (settings.stt.model,):
+            port = free_port()
+            env = {
+                **os.environ,
+                "APPLIANCE_HOME": str(settings.home),
+                "APPLIANCE_STT__MODEL": model,
+                "APPLIANCE_SIP__DISCLOSURE": "Automated assistant.",
+                "APPLIANCE_SIP__MAX_DIALOGS": str(max(counts) * 2),
+                "APPLIANCE_SIP__INVITES_PER_ADDRESS_PER_10S": str(max(counts) * 4),
+                "APPLIANCE_LIMITS__MAX_CONCURRENT_CALLS": str(max(counts)),
+            }
+            if settings.source != "defaults":
+                env["APPLIANCE_CONFIG"] = settings.source
+            line = subprocess.Popen(
+                [sys.executable, "-m", "appliance", "sip", "--listen", f"127.0.0.1:{port}"],
+                env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+            )  # fmt: skip
+            try:
+                assert line.stdout is not None
+                if "listening" not in line.stdout.readline():
+                    raise ApplianceError("bench.sip", f"appliance sip did not start ({model})")
+                process = psutil.Process(line.pid)
+                for count in counts:
+                    result = _calls_round(count, port, work, scenario_text, process, free_port)
+                    _wait_until_idle(settings)  # the line finishes turns after the callers' BYEs
+                    latencies = _latest_latencies(settings, count)
+                    result["voice_to_voice"] = _summary(latencies) if latencies else {}
+                    results.append({"stt_model": model, **result})
+            finally:
+                line.terminate()
+                line.wait(timeout=60)
+    targets = [
+        {
+            "stt_model": r["stt_model"],
+            "calls": TARGET_CALLS,
+            "p95_ms_at_most": TARGET_P95_MS,
+            "met": r["failed"] == 0
+            and r["rtp_gaps"] == 0
+            and 0 < r["voice_to_voice"].get("p95_ms", 0) <= TARGET_P95_MS,
         }
-        if settings.source != "defaults":
-            env["APPLIANCE_CONFIG"] = settings.source
-        line = subprocess.Popen(
-            [sys.executable, "-m", "appliance", "sip", "--listen", f"127.0.0.1:{port}"],
-            env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-        )  # fmt: skip
-        try:
-            assert line.stdout is not None
-            if "listening" not in line.stdout.readline():
-                raise ApplianceError("bench.sip", "appliance sip did not start")
-            process = psutil.Process(line.pid)
-            for count in counts:
-                results.append(_calls_round(count, port, work, scenario_text, process, free_port))
-        finally:
-            line.terminate()
-            line.wait(timeout=60)
-        storage = open_storage(settings)
-        try:
-            calls = storage.list_calls(limit=sum(counts))
-            latencies: list[float] = []
-            for call in calls:
-                view = storage.read_call(call.id, "bench", "latency benchmark")
-                latencies += [t.voice_to_voice_ms for t in view.turns if t.voice_to_voice_ms]
-        finally:
-            storage.close()
-    # Calls are listed newest first: split the latencies back into rounds (one turn a call).
-    by_round = list(reversed(latencies))
-    for result in results:
-        mine, by_round = by_round[: result["calls"]], by_round[result["calls"] :]
-        result["voice_to_voice"] = _summary(mine) if mine else {}
+        for r in results
+        if r["calls"] == TARGET_CALLS
+    ]
     if as_json:
-        print(json.dumps({"rounds": results}, indent=2))
+        print(json.dumps({"rounds": results, "targets": targets}, indent=2))
     else:
         for r in results:
             v = r["voice_to_voice"]
             print(
-                f"{r['calls']} calls: voice-to-voice median {v.get('median_ms', 0):.0f} ms, "
-                f"p95 {v.get('p95_ms', 0):.0f} ms; reply RTP gaps {r['rtp_gaps']}; "
-                f"CPU {r['cpu_s']:.1f} s; RSS {r['rss_mib']:.0f} MiB; failed {r['failed']}"
+                f"{r['stt_model']}, {r['calls']} calls: voice-to-voice median "
+                f"{v.get('median_ms', 0):.0f} ms, p95 {v.get('p95_ms', 0):.0f} ms; reply RTP gaps "
+                f"{r['rtp_gaps']}; CPU {r['cpu_s']:.1f} s; RSS {r['rss_mib']:.0f} MiB; "
+                f"failed {r['failed']}"
+            )
+        for t in targets:
+            verdict = "met" if t["met"] else "missed"
+            print(
+                f"target ({t['calls']} calls, p95 <= {t['p95_ms_at_most']:.0f} ms, no RTP gaps) "
+                f"with {t['stt_model']}: {verdict}"
             )
     return 0
+
+
+def _latest_latencies(settings: Settings, count: int) -> list[float]:
+    """Voice-to-voice of the turns of the ``count`` newest calls (one round's)."""
+    from appliance.service import open_storage
+
+    storage = open_storage(settings)
+    try:
+        latencies: list[float] = []
+        for call in storage.list_calls(limit=count):
+            view = storage.read_call(call.id, "bench", "latency benchmark")
+            latencies += [t.voice_to_voice_ms for t in view.turns if t.voice_to_voice_ms]
+        return latencies
+    finally:
+        storage.close()
+
+
+def _wait_until_idle(settings: Settings, timeout_s: float = 120.0) -> None:
+    """Until no stored call is active: a round starts only once the last one has ended."""
+    from appliance.service import open_storage
+
+    storage = open_storage(settings)
+    try:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if all(c.status != "active" for c in storage.list_calls(limit=50)):
+                return
+            time.sleep(0.5)
+    finally:
+        storage.close()
 
 
 def _calls_round(
@@ -501,6 +549,7 @@ def _calls_round(
         threads[-1].start()
         command = ["sipp", f"127.0.0.1:{port}", "-sf", str(xml), "-m", "1", "-i", "127.0.0.1"]
         command += ["-p", str(free_port()), "-mp", str(free_port()), "-timeout", "90s"]
+        command += ["-trace_err", "-error_file", str(work / f"call{index}.errors")]
         runs.append(
             subprocess.Popen(
                 [*command, "-nostdin"],
@@ -518,9 +567,15 @@ def _calls_round(
         thread.join(timeout=5)
     for sock in captures:
         sock.close()
+    failures = []
+    for index, run in enumerate(runs):
+        errors = work / f"call{index}.errors"
+        if run.returncode != 0 and errors.exists():  # SIPp's own account of what went wrong
+            failures.append(errors.read_text(errors="replace").strip().splitlines()[-1][:300])
     return {
         "calls": count,
         "failed": sum(r.returncode != 0 for r in runs),
+        "failures": failures,
         "rtp_gaps": sum(gaps),
         "cpu_s": round(sum(process.cpu_times()[:2]) - cpu_before, 1),
         "rss_mib": round(peak, 1),

@@ -175,6 +175,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     calls_bench.add_argument("--json", action="store_true")
     calls_bench.add_argument("--calls", default="1,2,4,8", help="the Ns, comma separated")
+    calls_bench.add_argument(
+        "--stt",
+        default="",
+        help="speech-recognition models to compare, comma separated (default: [stt] model)",
+    )
     startup = bench_cmd.add_parser(
         "startup", help="appliance serve: start to READY=1, and SIGTERM to exit"
     )
@@ -243,7 +248,8 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
             from appliance.bench import run_calls_bench
 
             counts = [int(n) for n in args.calls.split(",") if n.strip()]
-            return run_calls_bench(settings, counts=counts, as_json=args.json)
+            models = [m.strip() for m in args.stt.split(",") if m.strip()]
+            return run_calls_bench(settings, counts=counts, as_json=args.json, stt_models=models)
         if args.bench_command == "startup":
             from appliance.bench import run_startup_bench
 

@@ -133,6 +133,7 @@ class VoiceService:
             repeat_penalty=settings.llm.repeat_penalty,
             threads=settings.llm.threads,
             seed=settings.llm.seed,
+            contexts=settings.llm.contexts,
         )
         # Warm the prompt cache with the guarded system prompt's shape (the canary differs
         # per call, so only the text before it is shared).

@@ -113,6 +113,10 @@ class LlmSettings:
     history_turns: int = 6
     threads: int = 2
     seed: int = 7
+    contexts: int = 4
+    """Replies generated at once, each in its own llama.cpp context (a KV cache of
+    ``context_tokens``, about 150 MiB with the default model); their tokens interleave, a reply
+    still owed its first sentence first. More wait for a context."""
     fallback_reply: str = "Sorry, something went wrong on my side. Could you say that again?"
 
     def __post_init__(self) -> None:
@@ -124,6 +128,7 @@ class LlmSettings:
         _check(1 <= self.repeat_penalty <= 2, "llm.repeat_penalty", "1 to 2")
         _check(self.history_turns >= 0, "llm.history_turns", "not negative")
         _check(self.threads >= 1, "llm.threads", "at least 1")
+        _check(1 <= self.contexts <= 64, "llm.contexts", "1 to 64")
         _check(bool(self.fallback_reply.strip()), "llm.fallback_reply", "must not be empty")
 
 

@@ -23,10 +23,9 @@ import dataclasses
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from appliance.config.settings import EndpointingSettings
 from appliance.core.audio import PIPELINE_SAMPLE_RATE_HZ, frame_bytes, level_dbfs
@@ -49,23 +48,11 @@ from appliance.core.ports import (
 from appliance.pipeline.chunking import SentenceChunker
 from appliance.pipeline.dialogue import Dialogue
 from appliance.pipeline.endpointing import Decision, Endpointer
+from appliance.pipeline.scheduling import SCHEDULER
 
 log = logging.getLogger(__name__)
 SECRET_NOT_RECORDED = "[authentication answer: not recorded]"
 KEYPAD_NOT_RECORDED = "[keypad: not recorded]"
-
-# One worker thread per stage, shared by every call of the process: a model is never run by two
-# threads at once, and each library keeps its thread pools (OpenMP, ONNX Runtime, ggml) bound to
-# one calling thread instead of spawning a new team of spinning threads per caller.
-_WORKERS = {
-    stage: ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"appliance-{stage.value}")
-    for stage in (Stage.STT, Stage.LLM, Stage.TTS, Stage.STORAGE)
-}
-
-
-async def _in_worker(stage: Stage, fn: Callable[..., T], *args: Any) -> T:
-    return await asyncio.get_running_loop().run_in_executor(_WORKERS[stage], fn, *args)
-
 
 EventHandler = Callable[[TurnEvent], None]
 T = TypeVar("T")
@@ -228,7 +215,7 @@ class CallSession:
             return
         try:
             status = f"ended:{self.end_reason}" if self.end_reason else "ended"
-            await _in_worker(Stage.STORAGE, self._recorder.finish, status)
+            await SCHEDULER.run(Stage.STORAGE, self._recorder.finish, status)
         except ApplianceError as exc:
             log.error("call record could not be closed: %s", exc.code)
 
@@ -291,7 +278,7 @@ class CallSession:
     async def _keypad(self, response: _Response, keys: str) -> None:
         assert self._agent is not None
         try:
-            handled = await _in_worker(Stage.LLM, self._agent.handle_keys, keys)
+            handled = await SCHEDULER.run(Stage.LLM, self._agent.handle_keys, keys)
             reply = handled.reply if handled is not None else ""
             response.decision = InputDecision(
                 "keypad", "", KEYPAD_NOT_RECORDED, fixed_reply=reply, record_audio=False
@@ -300,7 +287,7 @@ class CallSession:
                 self._hold_or_emit(response, EventType.AGENT, outcome=handled.outcome)
                 response.agent_outcome = handled.outcome
                 response.reply = reply
-                response.audio.extend(await _in_worker(Stage.TTS, self._synthesize, reply))
+                response.audio.extend(await SCHEDULER.run(Stage.TTS, self._synthesize, reply))
         except ApplianceError as exc:
             log.warning("keypad turn failed: %s", exc.code)
             response.turn.error_code = exc.code
@@ -483,7 +470,7 @@ class CallSession:
         storage fails the call goes on, degraded, and the turn says so."""
         assert self._recorder is not None
         try:
-            await _in_worker(Stage.STORAGE, self._recorder.record_turn, record)
+            await SCHEDULER.run(Stage.STORAGE, self._recorder.record_turn, record)
             turn.stored = True
         except ApplianceError as exc:
             log.error("turn %d could not be stored: %s", turn.index, exc.code)
@@ -510,7 +497,7 @@ class CallSession:
         try:
             if fixed_reply is not None:  # a limit or the call's end speaks, not the model
                 response.reply = fixed_reply
-                response.audio.extend(await _in_worker(Stage.TTS, self._synthesize, fixed_reply))
+                response.audio.extend(await SCHEDULER.run(Stage.TTS, self._synthesize, fixed_reply))
             else:
                 await self._compute_reply(response, audio)
         except asyncio.CancelledError:
@@ -529,7 +516,7 @@ class CallSession:
             response.changed.set()
 
     async def _compute_reply(self, response: _Response, audio: bytes) -> None:
-        transcript = await _in_worker(
+        transcript = await SCHEDULER.run(
             Stage.STT, self._engines.stt.transcribe, audio, PIPELINE_SAMPLE_RATE_HZ
         )
         response.transcript = transcript.text
@@ -557,7 +544,7 @@ class CallSession:
             )
             if decision.fixed_reply is not None:
                 response.reply = decision.fixed_reply
-                pcm = await _in_worker(Stage.TTS, self._synthesize, decision.fixed_reply)
+                pcm = await SCHEDULER.run(Stage.TTS, self._synthesize, decision.fixed_reply)
                 response.audio.extend(pcm)
                 return
             llm_text = decision.llm_text
@@ -591,16 +578,18 @@ class CallSession:
             for _draft in range(2):
                 response.output_reasons = ()
                 chunker = SentenceChunker()
-                async for piece in self._stream_tokens(response, messages):
-                    if not response.reply:
-                        self._hold_or_emit(response, EventType.FIRST_TOKEN)
-                    response.reply += piece
-                    if not all(offer(sentence) for sentence in chunker.feed(piece)):
-                        break
-                else:
-                    for sentence in chunker.flush():
-                        if not offer(sentence):
+                tokens = self._stream_tokens(response, messages, lambda: first_sentence)
+                async with contextlib.aclosing(tokens):  # a break stops the model at once
+                    async for piece in tokens:
+                        if not response.reply:
+                            self._hold_or_emit(response, EventType.FIRST_TOKEN)
+                        response.reply += piece
+                        if not all(offer(sentence) for sentence in chunker.feed(piece)):
                             break
+                    else:
+                        for sentence in chunker.flush():
+                            if not offer(sentence):
+                                break
                 reasons = response.output_reasons
                 if not (reasons and first_sentence and response.decision is not None):
                     break
@@ -632,7 +621,10 @@ class CallSession:
         while not response.released:
             response.changed.clear()
             await response.changed.wait()
-        handled = await _in_worker(Stage.LLM, self._agent.handle, heard, decision.llm_text, audio)
+        async with SCHEDULER.context(self._engines.llm):  # the agent may ask the model
+            handled = await SCHEDULER.run(
+                Stage.LLM, self._agent.handle, heard, decision.llm_text, audio
+            )
         if handled is None:
             return
         self._hold_or_emit(response, EventType.AGENT, outcome=handled.outcome)
@@ -644,13 +636,15 @@ class CallSession:
             record_audio=decision.record_audio and not handled.secret,
         )
         response.reply = handled.reply
-        response.audio.extend(await _in_worker(Stage.TTS, self._synthesize, handled.reply))
+        response.audio.extend(await SCHEDULER.run(Stage.TTS, self._synthesize, handled.reply))
 
     async def _speak(self, response: _Response, sentences: asyncio.Queue[str | None]) -> None:
+        first = True  # the caller waits in silence for it; the rest is heard after it
         while (sentence := await sentences.get()) is not None:
             if response.cancel.is_set():
                 return
-            pcm = await _in_worker(Stage.TTS, self._synthesize, sentence)
+            pcm = await SCHEDULER.run(Stage.TTS, self._synthesize, sentence, urgent=first)
+            first = False
             if response.cancel.is_set():
                 return
             response.audio.extend(pcm)
@@ -662,54 +656,25 @@ class CallSession:
 
     async def _speak_fallback(self, response: _Response) -> None:
         try:
-            pcm = await _in_worker(Stage.TTS, self._synthesize, self._config.fallback_reply)
+            pcm = await SCHEDULER.run(Stage.TTS, self._synthesize, self._config.fallback_reply)
             response.audio.extend(pcm)
         except ApplianceError as exc:
             log.error("fallback reply could not be spoken: %s", exc.code)
 
     async def _stream_tokens(
-        self, response: _Response, messages: list[ChatMessage]
-    ) -> AsyncIterator[str]:
-        """The model's pieces, produced in a worker thread and handed to the loop."""
-        loop = asyncio.get_running_loop()
-        queue: asyncio.Queue[tuple[str, str | BaseException | None]] = asyncio.Queue()
-        stop = threading.Event()
-
-        def hand(kind: str, value: str | BaseException | None) -> None:
-            with contextlib.suppress(RuntimeError):  # the loop is gone: nobody listens
-                loop.call_soon_threadsafe(queue.put_nowait, (kind, value))
-
-        def produce() -> None:
-            pieces = self._engines.llm.stream_chat(messages, self._config.max_reply_tokens)
-            try:
-                for piece in pieces:
-                    if stop.is_set() or response.cancel.is_set():
-                        break
-                    hand("piece", piece)
-            except BaseException as exc:
-                hand("error", exc)
-                return
-            finally:
-                close = getattr(pieces, "close", None)
-                if close is not None:
-                    close()
-            hand("done", None)
-
-        worker = loop.run_in_executor(_WORKERS[Stage.LLM], produce)
-        try:
-            while True:
-                kind, value = await queue.get()
-                if kind == "piece":
-                    assert isinstance(value, str)
-                    yield value
-                elif kind == "error":
-                    assert isinstance(value, BaseException)
-                    raise value
-                else:
-                    break
-            await worker
-        finally:
-            stop.set()
+        self, response: _Response, messages: list[ChatMessage], urgent: Callable[[], bool]
+    ) -> AsyncGenerator[str, None]:
+        """The model's pieces, a token at a time on the LLM thread (``urgent()`` until the first
+        sentence), until the reply ends or the response is cancelled."""
+        llm = self._engines.llm
+        pieces = SCHEDULER.generate(
+            llm, lambda: llm.stream_chat(messages, self._config.max_reply_tokens), urgent
+        )
+        async with contextlib.aclosing(pieces):
+            async for piece in pieces:
+                if response.cancel.is_set():
+                    return
+                yield piece
 
     # -- events --------------------------------------------------------------------------------
 

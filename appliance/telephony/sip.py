@@ -28,9 +28,12 @@ _COMPACT = {
     "e": "content-encoding",
 }
 _TOKEN = re.compile(r"^[A-Za-z0-9.!%*_+`'~-]+$")
-_REQUEST_LINE = re.compile(r"^([A-Za-z0-9.!%*_+`'~-]+) (\S+) SIP/2\.0$")
+_REQUEST_LINE = re.compile(r"^([A-Za-z0-9.!%*_+`'~-]+) (\S+) SIP/(\d+\.\d+)$")
+_ABSOLUTE_URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:\S")
+_SINGLE = ("call-id", "cseq", "from", "to", "max-forwards", "content-length", "content-type")
+"""Headers that may appear once (RFC 3261 7.3.1, RFC 4475 3.3.8/3.3.9)."""
 _STATUS_LINE = re.compile(r"^SIP/2\.0 ([1-6]\d\d) (.*)$")
-_REASONS = {
+REASONS = {
     100: "Trying",
     180: "Ringing",
     200: "OK",
@@ -40,7 +43,9 @@ _REASONS = {
     404: "Not Found",
     405: "Method Not Allowed",
     408: "Request Timeout",
+    406: "Not Acceptable",
     415: "Unsupported Media Type",
+    416: "Unsupported URI Scheme",
     420: "Bad Extension",
     481: "Call/Transaction Does Not Exist",
     486: "Busy Here",
@@ -48,13 +53,18 @@ _REASONS = {
     488: "Not Acceptable Here",
     500: "Server Internal Error",
     503: "Service Unavailable",
+    505: "Version Not Supported",
     513: "Message Too Large",
 }
 
 
 class SipParseError(ApplianceError):
-    def __init__(self, message: str) -> None:
+    """``status``: what a malformed request is answered with (400, or 505 for another SIP
+    version)."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
         super().__init__("sip.parse", message)
+        self.status = status
 
 
 @dataclass
@@ -142,8 +152,13 @@ def parse(data: bytes) -> SipMessage:
         raise SipParseError("headers are not UTF-8") from exc
     lines = text.split("\r\n")
     start = lines[0]
-    if not (_REQUEST_LINE.match(start) or _STATUS_LINE.match(start)):
+    request = _REQUEST_LINE.match(start)
+    if not (request or _STATUS_LINE.match(start)):
         raise SipParseError("bad start line")
+    if request and request.group(3) != "2.0":
+        raise SipParseError(f"SIP/{request.group(3)} is not supported", 505)
+    if request and not _ABSOLUTE_URI.match(request.group(2)):
+        raise SipParseError("the Request-URI is not an absolute URI")  # e.g. <sip:a@b>
     headers: list[tuple[str, str]] = []
     for line in lines[1:]:
         if line[:1] in (" ", "\t"):  # folded continuation (RFC 3261 7.3.1)
@@ -164,6 +179,15 @@ def parse(data: bytes) -> SipMessage:
     for required in ("via", "call-id", "cseq", "from", "to"):
         if not message.get(required):
             raise SipParseError(f"missing {required} header")
+    for single in _SINGLE:
+        if len(message.get_all(single)) > 1:
+            raise SipParseError(f"more than one {single} header")
+    for named in ("from", "to", "contact"):
+        if any(re.sub(r"\\.", "", v).count('"') % 2 for v in message.get_all(named)):
+            raise SipParseError(f"unterminated quoted string in {named}")
+    hops = message.get("max-forwards")
+    if hops and not (hops.isdigit() and int(hops) <= 255):
+        raise SipParseError("malformed Max-Forwards")
     cseq = re.fullmatch(r"(\d{1,10}) ([A-Za-z]+)", message.get("cseq"))
     if cseq is None or int(cseq.group(1)) >= 2**31:
         raise SipParseError("malformed CSeq")
@@ -182,7 +206,7 @@ def parse(data: bytes) -> SipMessage:
 def response(request: SipMessage, status: int, *, to_tag: str = "", reason: str = "") -> SipMessage:
     """A response to ``request`` (RFC 3261 8.2.6): Via, From, Call-ID, CSeq copied; To with
     our tag once a dialog exists."""
-    start = f"SIP/2.0 {status} {reason or _REASONS.get(status, 'Unknown')}"
+    start = f"SIP/2.0 {status} {reason or REASONS.get(status, 'Unknown')}"
     headers = [(h, v) for h, v in request.headers if h == "via"]
     to = request.get("to")
     if to_tag and ";tag=" not in to.lower():

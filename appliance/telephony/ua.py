@@ -52,6 +52,7 @@ from appliance.telephony.digest import (
 from appliance.telephony.rtp import RtpMedia
 from appliance.telephony.sip import (
     MAX_MESSAGE_BYTES,
+    REASONS,
     SipMessage,
     SipParseError,
     parse,
@@ -103,6 +104,34 @@ class _Dialog:
 
 
 Handler = Callable[[SipCall], Awaitable[None]]
+
+
+def _refusal(request: SipMessage) -> SipMessage | None:
+    """What RFC 3261 8.2 has a UAS refuse before it acts on a request (RFC 4475 3.3): a URI
+    scheme it does not serve (416), an extension it is required to support (420), a body it
+    cannot read (415), or an answer it is not allowed to send (406)."""
+    scheme = request.uri.split(":", 1)[0].lower()
+    if scheme not in ("sip", "sips", "tel"):
+        return response(request, 416)
+    required = [o.strip() for v in request.get_all("require") for o in v.split(",") if o.strip()]
+    if required:
+        reply = response(request, 420)
+        reply.set("unsupported", ", ".join(required))  # we support no extension
+        return reply
+    if request.body:
+        kind = request.get("content-type").split(";", 1)[0].strip().lower()
+        encoding = request.get("content-encoding").strip().lower()
+        if kind != "application/sdp" or encoding not in ("", "identity"):
+            reply = response(request, 415)
+            reply.set("accept", "application/sdp")
+            reply.set("accept-encoding", "identity")
+            return reply
+    accept = request.get("accept")
+    if request.method in ("INVITE", "OPTIONS") and accept:
+        kinds = {a.split(";", 1)[0].strip().lower() for a in accept.split(",")}
+        if kinds.isdisjoint({"application/sdp", "application/*", "*/*"}):
+            return response(request, 406)
+    return None
 
 
 class SipConfigError(ApplianceError):
@@ -192,7 +221,7 @@ class SipUserAgent(asyncio.DatagramProtocol):
             message = parse(data)
         except SipParseError as exc:
             self.malformed += 1
-            self._bad_request(data, addr, str(exc))
+            self._bad_request(data, addr, exc)
             return
         if not message.is_request:
             self._on_response(message)
@@ -215,6 +244,9 @@ class SipUserAgent(asyncio.DatagramProtocol):
             reply.set("allow", ALLOW)
             self._send(reply.encode(), addr)
             return
+        if message.method != "ACK" and (refusal := _refusal(message)) is not None:
+            self._send(refusal.encode(), addr)
+            return
         handler(message, addr)
 
     def _allowed(self, host: str) -> bool:
@@ -233,19 +265,25 @@ class SipUserAgent(asyncio.DatagramProtocol):
             return message.method == "INVITE" and self.digest is not None
         return bool(dialog.account) and dialog.peer[0] == host
 
-    def _bad_request(self, data: bytes, addr: tuple[str, int], why: str) -> None:
-        """400 to a malformed request when enough of it can be read to answer; else drop."""
+    def _bad_request(self, data: bytes, addr: tuple[str, int], exc: SipParseError) -> None:
+        """400 (505 for another SIP version) to a malformed request when enough of it can be
+        read to answer; else drop."""
         head = data.split(b"\r\n\r\n", 1)[0].decode("utf-8", "replace")
         lines = head.split("\r\n")
         if not lines or lines[0].startswith("SIP/2.0"):
             return
-        keep = [ln for ln in lines[1:] if ln.split(":", 1)[0].strip().lower() in _ECHOED]
+        keep, seen = [], set()
+        for line in lines[1:]:
+            name = line.split(":", 1)[0].strip().lower()
+            if name in _ECHOED and (name in ("via", "v") or _ECHOED[name] not in seen):
+                keep.append(line)  # every Via; the first of the others (a twin is malformed)
+                seen.add(_ECHOED[name])
         if not any(ln.lower().startswith(("via", "v:")) for ln in keep):
             return
-        reason = "Bad Request"
-        text = "\r\n".join([f"SIP/2.0 400 {reason}", *keep, "Content-Length: 0"]) + "\r\n\r\n"
+        start = f"SIP/2.0 {exc.status} {REASONS[exc.status]}"
+        text = "\r\n".join([start, *keep, "Content-Length: 0"]) + "\r\n\r\n"
         self._send(text.encode("utf-8", "replace"), addr)
-        log.info("400 to a malformed request: %s", why)
+        log.info("%d to a malformed request: %s", exc.status, exc.message)
 
     # -- INVITE ----------------------------------------------------------------------------
 
@@ -616,7 +654,11 @@ class SipUserAgent(asyncio.DatagramProtocol):
         return task
 
 
-_ECHOED = {"via", "v", "from", "f", "to", "t", "call-id", "i", "cseq"}
+_ECHOED = {
+    "via": "via", "v": "via", "from": "from", "f": "from", "to": "to", "t": "to",
+    "call-id": "call-id", "i": "call-id", "cseq": "cseq",
+}  # fmt: skip
+"""The headers a 400 copies from the request it could not parse (name -> long form)."""
 
 
 def _same(media: RtpMedia) -> RtpMedia:

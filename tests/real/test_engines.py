@@ -85,3 +85,32 @@ def test_the_default_model_answers_a_tool_request_with_valid_json(service: Voice
                 box.tools[chosen["tool"]].validate(chosen["arguments"])
             except ToolError as exc:
                 assert exc.code == "tools.invalid_args"
+
+
+def test_the_model_generates_replies_in_several_contexts_at_once(real_settings: Settings) -> None:
+    """Two replies stepped in turn, a token each, on two contexts of the default model, come
+    out as each does alone (greedy decoding): the contexts keep apart."""
+    from appliance.core.ports import ChatMessage
+    from appliance.engines.llm import LlamaChat
+
+    llm = LlamaChat(model_spec(real_settings, "llm"), temperature=0.0, contexts=2)
+
+    def messages(question: str) -> list[ChatMessage]:
+        return [
+            ChatMessage("system", "Answer in one short sentence."),
+            ChatMessage("user", question),
+        ]
+
+    questions = ("What colour is the sky?", "Name a large animal.")
+    alone = ["".join(llm.stream_chat(messages(q), 24)) for q in questions]
+    streams = [llm.stream_chat(messages(q), 24) for q in questions]
+    together = ["", ""]
+    live = [0, 1]
+    while live:
+        for i in list(live):
+            piece = next(streams[i], None)
+            if piece is None:
+                live.remove(i)
+            else:
+                together[i] += piece
+    assert together == alone and all(alone)
