@@ -481,6 +481,8 @@ class SipSettings:
     (htdigest format, ``user:realm:HA1``, mode 0600); empty means they get 403."""
     auth_realm: str = "appliance"
     """The digest realm of ``accounts_file`` (its lines for other realms are ignored)."""
+    require_credentials: bool = False
+    """Ask for digest credentials from allowed peers too (address and password both)."""
     rtp_port_min: int = 40000
     rtp_port_max: int = 40999
     """Media ports are taken from this range (open it in the host firewall for the peers)."""
@@ -508,6 +510,11 @@ class SipSettings:
     )
 
     def __post_init__(self) -> None:
+        _check(
+            bool(self.accounts_file) or not self.require_credentials,
+            "sip.require_credentials",
+            "needs sip.accounts_file",
+        )
         host, _, port = self.listen.rpartition(":")
         _check(
             bool(host) and port.isdigit() and int(port) < 65536,

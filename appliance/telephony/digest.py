@@ -120,11 +120,16 @@ def read_accounts(path: str, realm: str) -> dict[str, str]:
     return accounts
 
 
-def _host(uri: str) -> str:
-    """``host[:port]`` of a SIP URI: the digest ``uri`` must name this server, though some
-    peers (SIPp among them) send ``sip:host`` rather than the whole Request-URI."""
-    rest = uri.split(":", 1)[1] if uri.lower().startswith(("sip:", "sips:")) else ""
-    return rest.rpartition("@")[2].split(";", 1)[0].split("?", 1)[0].lower()
+def _names_this_server(digest_uri: str, request_uri: str) -> bool:
+    """The digest ``uri`` is the Request-URI, or a SIP URI of the same host and port (some
+    peers, SIPp among them, send ``sip:host`` rather than the whole Request-URI)."""
+
+    def host(uri: str) -> str:
+        rest = uri.split(":", 1)[1] if uri.lower().startswith(("sip:", "sips:")) else ""
+        return rest.rpartition("@")[2].split(";", 1)[0].split("?", 1)[0].lower()
+
+    named = host(digest_uri)
+    return digest_uri == request_uri or (bool(named) and named == host(request_uri))
 
 
 @dataclass(frozen=True)
@@ -167,13 +172,13 @@ class DigestAuthority:
             return Verdict(challenge=True)  # no credentials yet
         fields = _fields(header)
         issued, _, mac = fields.get("nonce", "").partition(".")
-        if not hmac.compare_digest(mac, self._mac(issued, host)):
+        if not hmac.compare_digest(mac.encode(), self._mac(issued, host).encode()):
             return Verdict(challenge=True)  # not our nonce, or issued to another address
         known = self.accounts.get(fields.get("username", ""))
         if (
             known is None
             or fields.get("realm") != self.realm
-            or _host(fields.get("uri", "")) != _host(uri)
+            or not _names_this_server(fields.get("uri", ""), uri)
             or fields.get("qop") != "auth"
             or fields.get("algorithm", "MD5").upper() != "MD5"
             or not re.fullmatch(r"[0-9a-fA-F]{8}", fields.get("nc", ""))
@@ -182,7 +187,7 @@ class DigestAuthority:
         nonce, count, cnonce = fields["nonce"], fields["nc"], fields.get("cnonce", "")
         digest_uri = fields["uri"]
         expected = _md5(f"{known}:{nonce}:{count}:{cnonce}:auth:{_md5(f'{method}:{digest_uri}')}")
-        if not hmac.compare_digest(fields.get("response", "").lower(), expected):
+        if not hmac.compare_digest(fields.get("response", "").lower().encode(), expected.encode()):
             return Verdict()
         now = self._clock()
         if now - int(issued, 16) / 1000 > self.lifetime_s:

@@ -7,8 +7,9 @@ What it does, per RFC 3261:
   the last response again. No usable codec: 488.
 - Admission: a request from an address in ``[sip] allowed_peers`` is taken. From elsewhere,
   an INVITE is challenged (401, digest) when ``[sip] accounts_file`` is set and taken with
-  valid credentials; requests in a dialog so opened are taken from the same address. All
-  else gets 403 (counted; an ACK is never answered). New INVITEs are rate limited per
+  valid credentials (``require_credentials``: from allowed peers too); requests in a dialog
+  so opened are taken from the same address. All else gets 403 (counted; an ACK is never
+  answered). New INVITEs are rate limited per
   address before any of that work (503).
 - ACK starts the call: the handler gets a ``SipCall`` (its media is an audio source and sink).
 - CANCEL before the 200: 200 to the CANCEL, 487 to the INVITE.
@@ -127,7 +128,7 @@ def _refusal(request: SipMessage) -> SipMessage | None:
             reply.set("accept-encoding", "identity")
             return reply
     accept = request.get("accept")
-    if request.method in ("INVITE", "OPTIONS") and accept:
+    if request.method == "INVITE" and accept:  # our 200 carries SDP
         kinds = {a.split(";", 1)[0].strip().lower() for a in accept.split(",")}
         if kinds.isdisjoint({"application/sdp", "application/*", "*/*"}):
             return response(request, 406)
@@ -305,8 +306,8 @@ class SipUserAgent(asyncio.DatagramProtocol):
             self._send(reply.encode(), addr)
             return
         account = ""
-        if not self._allowed(addr[0]):
-            assert self.digest is not None  # else _may_ask refused it
+        if self.settings.require_credentials or not self._allowed(addr[0]):
+            assert self.digest is not None  # else _may_ask (or the settings) refused it
             verdict = self.digest.verify(
                 invite.get("authorization"), invite.method, invite.uri, addr[0]
             )
@@ -317,6 +318,7 @@ class SipUserAgent(asyncio.DatagramProtocol):
                 else:
                     self.forbidden += 1
                     reply = response(invite, 403)
+                    log.warning("an INVITE with wrong digest credentials got 403")
                 self._send(reply.encode(), addr)
                 return
             account = verdict.user

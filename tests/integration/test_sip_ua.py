@@ -172,8 +172,10 @@ TORTUOUS_OPTIONS = (
          OPTIONS_BASE.replace(b"Content-Length: 0", b"Content-Length: 0\r\nl: 0"), 400),
         ("3.3.11 Max-Forwards of zero (answered by the UAS)",
          OPTIONS_BASE.replace(b"CSeq: 1", b"Max-Forwards: 0\r\nCSeq: 1"), 200),
-        ("3.3.15 an unacceptable Accept",
-         OPTIONS_BASE.replace(b"CSeq: 1", b"Accept: text/nobodyKnowsThis\r\nCSeq: 1"), 406),
+        ("3.3.15 an INVITE whose Accept rules out the SDP answer",
+         invite("t15", 50000).replace(b"CSeq:", b"Accept: text/nobodyKnowsThis\r\nCSeq:"), 406),
+        ("3.3.15 the same Accept on an OPTIONS (its 200 has no body)",
+         OPTIONS_BASE.replace(b"CSeq: 1", b"Accept: text/nobodyKnowsThis\r\nCSeq: 1"), 200),
         ("3.4.1 RFC 2543 syntax (no branch)",
          OPTIONS_BASE.replace(b";branch=z9hG4bKOPTIONS1", b""), 200),
     ],
@@ -483,3 +485,33 @@ def test_a_peer_without_telephone_events_is_heard_by_its_tones() -> None:
             OPEN.pop().close()
 
     asyncio.run(main())
+
+
+def test_with_require_credentials_an_allowed_address_must_answer_the_challenge_too(
+    tmp_path: Path,
+) -> None:
+    from appliance.telephony.digest import authorization, ha1, parse_challenge
+
+    accounts = tmp_path / "accounts"
+    accounts.write_text(f"pbx:appliance:{ha1('pbx', 'appliance', 'correct horse')}\n")
+    accounts.chmod(0o600)
+
+    async def test(ua: SipUserAgent, calls: list[SipCall]) -> None:
+        peer = Peer()
+        await peer.send(invite("rc1", 50000), ua.port)
+        challenge = await peer.recv()
+        assert challenge is not None and challenge.status == 401
+        await peer.send(request("ACK", "rc1", 1), ua.port)  # the ACK of the 401: no answer
+        assert await peer.recv(timeout=0.5) is None
+        answer = authorization(
+            parse_challenge(challenge.get("www-authenticate")),
+            "INVITE", "sip:appliance@127.0.0.1", "pbx", "correct horse",
+        )  # fmt: skip
+        signed = invite("rc1", 50000, cseq=2, branch="z9hG4bKb").replace(
+            b"Contact:", f"Authorization: {answer}\r\nContact:".encode()
+        )
+        await peer.send(signed, ua.port)
+        assert 200 in await peer.statuses(until=200)
+        assert ua.dialogs["rc1"].account == "pbx"
+
+    run(test, accounts_file=str(accounts), require_credentials=True)

@@ -244,6 +244,9 @@ def test_digest_answers_made_by_the_client_side_pass_the_server_side_once_and_on
     verdict = authority.verify(late, "INVITE", uri, "198.51.100.7")
     assert verdict.challenge and verdict.stale and not verdict.user
     assert "stale=true" in authority.challenge("198.51.100.7", stale=True)
+    # Garbage is a fresh challenge, never an exception.
+    odd = 'Digest username="trunk1", nonce="\u00e9.\u00e9", response="\u00e9"'
+    assert authority.verify(odd, "INVITE", uri, "198.51.100.7") == Verdict(challenge=True)
 
 
 def test_the_accounts_file_is_htdigest_owner_only_and_checked(tmp_path: Path) -> None:
