@@ -2,8 +2,8 @@
 
 Checks: the configuration, the master key file (mode and owner), the database (encrypted, and
 sound under the key), every configured model against its pins, the egress guard, the retention
-timer, free disk space and the clock. A check that cannot apply here (no systemd as PID 1, no
-admin panel yet) says SKIP and why, never PASS.
+timer, the SIP line's secret files, free disk space and the clock. A check that cannot apply
+here (no systemd as PID 1, no admin panel yet) says SKIP and why, never PASS.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from appliance.core.errors import ApplianceError
 from appliance.core.models import FileStatus, check_model
 from appliance.deploy import egress
 from appliance.storage.keys import default_key_path
+from appliance.telephony.digest import DigestError, read_accounts
 
 MIN_FREE_BYTES = 1 << 30
 EARLIEST_SANE_YEAR = 2025
@@ -193,12 +194,39 @@ def tls(settings: Settings) -> Check:
     return _pass("TLS and certificate", f"TLS 1.2 minimum; {cert} valid {left.days} more days")
 
 
+def sip_secrets(settings: Settings) -> Check:
+    """The SIP line's secret files: the peers' digest accounts (htdigest, with an account for
+    the realm) and the registrar password, each readable by its owner only."""
+    sip, found = settings.sip, []
+    if sip.accounts_file:
+        try:
+            accounts = read_accounts(sip.accounts_file, sip.auth_realm)
+        except DigestError as exc:
+            return _fail("SIP secrets", exc.message)
+        if not accounts:
+            return _fail("SIP secrets", f"{sip.accounts_file} has no account for {sip.auth_realm}")
+        found.append(f"{len(accounts)} digest account(s) for realm {sip.auth_realm}")
+    if sip.register_password_file:
+        path = Path(sip.register_password_file)
+        try:
+            mode = stat.S_IMODE(path.stat().st_mode)
+        except OSError as exc:
+            return _fail("SIP secrets", f"cannot read {path}: {exc.strerror}")
+        if mode & 0o077:
+            return _fail("SIP secrets", f"{path} has mode {mode:04o}: group or others can read it")
+        found.append(f"registrar password {path} mode {mode:04o}")
+    if not found:
+        return _skip("SIP secrets", "no digest accounts file and no registrar password set")
+    return _pass("SIP secrets", "; ".join(found))
+
+
 CHECKS: tuple[Callable[[Settings], Check], ...] = (
     key_file,
     database,
     models,
     egress_guard,
     retention_timer,
+    sip_secrets,
     tls,
     disk_space,
     clock,

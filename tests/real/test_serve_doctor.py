@@ -119,3 +119,34 @@ def test_bench_startup_reports_ready_and_shutdown_times(
     assert report["runs"] == 1
     for key in ("start_to_ready", "sigterm_to_exit"):
         assert report[key]["n"] == 1 and report[key]["median_ms"] > 0
+
+
+def test_doctor_checks_the_sip_secret_files(real_settings: Settings, tmp_path: Path) -> None:
+    import dataclasses
+
+    from appliance.deploy.doctor import sip_secrets
+    from appliance.telephony.digest import ha1
+
+    def check(**sip: str) -> tuple[str, str]:
+        settings = dataclasses.replace(
+            real_settings, sip=dataclasses.replace(real_settings.sip, **sip)
+        )
+        result = sip_secrets(settings)
+        return result.status, result.detail
+
+    assert check()[0] == "SKIP"
+    accounts = tmp_path / "accounts"
+    accounts.write_text(f"pbx:appliance:{ha1('pbx', 'appliance', 'pw')}\n")
+    accounts.chmod(0o644)
+    status, detail = check(accounts_file=str(accounts))
+    assert status == "FAIL" and "chmod 600" in detail
+    accounts.chmod(0o600)
+    assert check(accounts_file=str(accounts)) == ("PASS", "1 digest account(s) for realm appliance")
+    assert check(accounts_file=str(accounts), auth_realm="other")[0] == "FAIL"  # none for it
+    password = tmp_path / "registrar-password"
+    password.write_text("secret\n")
+    password.chmod(0o640)
+    status, detail = check(register_password_file=str(password))
+    assert status == "FAIL" and "0640" in detail
+    password.chmod(0o600)
+    assert check(register_password_file=str(password))[0] == "PASS"
