@@ -55,7 +55,7 @@ class Scheduler:
     def __init__(self, patience_s: float = 1.5) -> None:
         self.patience_s = patience_s
         self._board = threading.Condition()
-        self._urgent = 0  # urgent jobs queued or running, all stages together
+        self._urgent = 0  # urgent jobs queued or running, and replies owed a first sentence
         self._queues: dict[Stage, tuple[list[_Job], collections.deque[_Job]]] = {}
         self._seq = itertools.count()
         self._threads: dict[Stage, threading.Thread] = {}
