@@ -17,8 +17,14 @@ pytestmark = pytest.mark.unit
 
 def test_urgent_jobs_run_first_and_oldest_first() -> None:
     scheduler = Scheduler(patience_s=60)
-    gate, ran = threading.Event(), []
-    blocker = scheduler.submit(Stage.LLM, gate.wait, urgent=True)
+    gate, started, ran = threading.Event(), threading.Event(), []
+
+    def block() -> None:
+        started.set()
+        gate.wait()
+
+    blocker = scheduler.submit(Stage.LLM, block, urgent=True)
+    assert started.wait(10)  # the stage is busy: what follows is queued, then ordered
     jobs = [
         scheduler.submit(Stage.LLM, lambda: ran.append("tail"), urgent=False),
         scheduler.submit(Stage.LLM, lambda: ran.append("newer"), urgent=True, since=2.0),
