@@ -63,8 +63,10 @@ def enrol(embeddings: Sequence[Sequence[float]], min_utterances: int = 3) -> Voi
     return VoiceTemplate(_unit(mean), len(units))
 
 
-# What speech recognition writes for a spoken digit when it guesses a word instead.
+# What speech recognition writes for a spoken digit when it guesses a word instead; the
+# second table only between two digits ("2, A, 3": a clipped "eight").
 _SOUNDS_LIKE = {"for": "4", "fore": "4", "to": "2", "too": "2", "won": "1", "ate": "8"}
+_BETWEEN_DIGITS = {"a": "8"}
 
 
 def digits_heard(text: str) -> str:
@@ -75,12 +77,14 @@ def digits_heard(text: str) -> str:
     is_digit = [t.isdigit() for t in tokens]
     out = []
     for i, token in enumerate(tokens):
+        before = i > 0 and is_digit[i - 1]
+        after = i + 1 < len(tokens) and is_digit[i + 1]
         if is_digit[i]:
             out.append(token)
-        elif token in _SOUNDS_LIKE and (
-            (i > 0 and is_digit[i - 1]) or (i + 1 < len(tokens) and is_digit[i + 1])
-        ):
+        elif token in _SOUNDS_LIKE and (before or after):
             out.append(_SOUNDS_LIKE[token])
+        elif token in _BETWEEN_DIGITS and before and after:
+            out.append(_BETWEEN_DIGITS[token])
     return "".join(out)
 
 

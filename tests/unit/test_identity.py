@@ -142,6 +142,8 @@ def test_voice_enrolment_verification_and_the_spoken_challenge() -> None:
     assert len(challenge) == 6 and challenge.isdigit() and challenge != verifier.challenge()
     assert digits_heard("My code is four one oh seven, 2 9.") == "410729"
     assert digits_heard("For one ate two zero five.") == "418205"  # ASR's homophones
+    assert digits_heard("The code is 2, A, 3, 1, 1, 2.") == "283112"  # a clipped "eight"
+    assert digits_heard("My PIN is a 4 9 2 1") == "4921"  # "a" only between two digits
     assert digits_heard("I'd like to give you my PIN: 4 9 2 1") == "4921"
     said = " ".join(challenge)
     assert verifier.verify("c", template, (1.0, 0.05), said, challenge).passed
