@@ -29,7 +29,7 @@ from appliance.core.events import EventType, TurnEvent
 from appliance.engines.llm import LlamaChat
 from appliance.pipeline.dialogue import Dialogue
 from appliance.pipeline.endpointing import Decision, Endpointer
-from appliance.service import VoiceService
+from appliance.service import VoiceService, load_synthesizer
 
 QUESTIONS = (
     "What time do you open on Saturday?",
@@ -403,10 +403,9 @@ def run_calls_bench(
     results: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as folder:
         work = Path(folder)
-        service = VoiceService.load(settings)
+        tts = load_synthesizer(settings)  # the caller's voice; the line loads the rest
         question = b"".join(
-            c.pcm
-            for c in service.engines.tts.synthesize("What time do you open on Saturday?", 8000)
+            c.pcm for c in tts.synthesize("What time do you open on Saturday?", 8000)
         )
         stream = Stream(codec=PCMU)
         stream.silence(0.5)

@@ -83,6 +83,19 @@ def pipeline_config(settings: Settings) -> PipelineConfig:
     )
 
 
+def load_synthesizer(settings: Settings) -> PiperSynthesizer:
+    """The configured voice alone, verified and warmed (for prompts and test speech without
+    the other models)."""
+    set_offline_environment()
+    tts = PiperSynthesizer(
+        model_spec(settings, "tts"),
+        length_scale=settings.tts.length_scale,
+        threads=settings.tts.threads,
+    )
+    tts.warm_up()
+    return tts
+
+
 @dataclass
 class VoiceService:
     """The loaded models of this process and the pipeline settings; makes call sessions."""
@@ -139,12 +152,7 @@ class VoiceService:
         # per call, so only the text before it is shared).
         llm.warm_up(CallGuard(settings.policy, settings.llm.system_prompt).system_prompt)
         mark = timed("llm", mark)
-        tts = PiperSynthesizer(
-            model_spec(settings, "tts"),
-            length_scale=settings.tts.length_scale,
-            threads=settings.tts.threads,
-        )
-        tts.warm_up()
+        tts = load_synthesizer(settings)
         timed("tts", mark)
         timings["total"] = round(time.perf_counter() - started, 3)
         return cls(settings, Engines(vad, stt, llm, tts), pipeline_config(settings), timings)

@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 from flask import Blueprint, Flask, abort, g, redirect, render_template, request, url_for
 from flask.typing import ResponseReturnValue
 from sqlalchemy import func, select
+from sqlalchemy.orm import Session
 
 from appliance.admin.accounts import LoginLimiter, verify_password
 from appliance.config.settings import Settings
@@ -268,6 +269,13 @@ def _chart(title: str, labels: list[str], values: list[int]) -> dict[str, Any]:
     return {"title": title, "bars": [(day, n, int(100 * n / peak)) for day, n in pairs]}
 
 
+def _per_day(session: Session, column: Any, since: dt.datetime) -> dict[str, int]:
+    """Rows per day of a timestamp column, from ``since`` on."""
+    day = func.date(column)
+    rows = session.execute(select(day, func.count()).where(column >= since).group_by(day))
+    return {str(d): int(n) for d, n in rows.all()}
+
+
 def _pages(storage: Storage, actor: Callable[[], str]) -> Blueprint:
     pages = Blueprint("pages", __name__)
 
@@ -277,25 +285,13 @@ def _pages(storage: Storage, actor: Callable[[], str]) -> Blueprint:
         days = [dt.date.today() - dt.timedelta(days=n) for n in range(13, -1, -1)]
         since = dt.datetime.combine(days[0], dt.time())
         with storage.session("dashboard") as session:
-            calls_by_day: dict[str, int] = dict(
-                session.execute(
-                    select(func.date(Call.started_at), func.count())
-                    .where(Call.started_at >= since)
-                    .group_by(func.date(Call.started_at))
-                ).all()
-            )
+            calls_by_day = _per_day(session, Call.started_at, since)
             turns = session.execute(
                 select(func.date(Turn.created_at), Turn.voice_to_voice_ms, Turn.guard).where(
                     Turn.created_at >= since
                 )
             ).all()
-            incidents_by_day: dict[str, int] = dict(
-                session.execute(
-                    select(func.date(Incident.opened_at), func.count())
-                    .where(Incident.opened_at >= since)
-                    .group_by(func.date(Incident.opened_at))
-                ).all()
-            )
+            incidents_by_day = _per_day(session, Incident.opened_at, since)
             calls = session.scalar(select(func.count()).select_from(Call)) or 0
         latency: dict[str, list[float]] = {}
         blocks: dict[str, int] = {}

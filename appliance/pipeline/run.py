@@ -25,7 +25,6 @@ import threading
 import time
 from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, field
-from typing import TypeVar
 
 from appliance.config.settings import EndpointingSettings
 from appliance.core.audio import PIPELINE_SAMPLE_RATE_HZ, frame_bytes, level_dbfs
@@ -55,7 +54,6 @@ SECRET_NOT_RECORDED = "[authentication answer: not recorded]"
 KEYPAD_NOT_RECORDED = "[keypad: not recorded]"
 
 EventHandler = Callable[[TurnEvent], None]
-T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
