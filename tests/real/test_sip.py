@@ -141,6 +141,7 @@ def sipp(
     source: str = "127.0.0.1",
     extra: tuple[str, ...] = (),
     refusal: int = 403,
+    caller: str = "+15550142",
 ) -> tuple[subprocess.CompletedProcess[str], Capture]:
     capture = Capture(socket.socket(socket.AF_INET, socket.SOCK_DGRAM))
     capture.sock.bind(("127.0.0.1", 0))
@@ -155,6 +156,7 @@ def sipp(
         "@WAIT_MS@": str(wait_ms),
         "@TALK_MS@": str(talk_ms),
         "@REFUSAL@": str(refusal),
+        "+15550142": caller,  # the scenarios' From and Contact user
     }.items():
         text = text.replace(key, value)
     xml = tmp_path / scenario
@@ -177,7 +179,9 @@ def sipp(
     return result, capture
 
 
-def spoken(service: VoiceService, text: str, codec: int, digits: str = "") -> Stream:
+def spoken(
+    service: VoiceService, text: str, codec: int, digits: str = "", tail_s: float = 10.0
+) -> Stream:
     stream = Stream(codec=codec)
     stream.silence(0.5)
     for digit in digits:
@@ -186,7 +190,7 @@ def spoken(service: VoiceService, text: str, codec: int, digits: str = "") -> St
     if text:
         pcm = b"".join(c.pcm for c in service.engines.tts.synthesize(text, 8_000))
         stream.audio(pcm)
-    stream.silence(10.0)  # a phone keeps sending (silence) until it hangs up
+    stream.silence(tail_s)  # a phone keeps sending (silence) until it hangs up
     return stream
 
 
@@ -279,6 +283,48 @@ def test_consent_by_dtmf_and_without_consent_only_a_minimal_record_and_our_bye(
     assert [(c.decision, c.method) for c in consents] == [("refused", "dtmf")]
     heard = service.engines.stt.transcribe(capture.audio(PCMU), 16_000).text.lower()
     assert "nothing from this call will be kept" in heard, heard
+
+
+def test_keypad_digits_over_sip_arrive_in_order_and_step_a_caller_up_to_a_tool(
+    service: VoiceService,
+    real_settings: Settings,
+    line_env: dict[str, str],
+    lines: list[Line],
+    tmp_path: Path,
+) -> None:
+    """The caller asks for their balance, then keys the PIN and the authenticator code as
+    RFC 4733 events: only digits that arrive whole and in order pass both factors, and the
+    level-2 tool runs (its outcome is in the call's tool_calls)."""
+    from sqlalchemy import select
+
+    from appliance.identity.factors import totp
+    from appliance.storage.schema import ToolCall
+    from appliance.tools.demo import DemoBank
+
+    caller = "+15550100"  # demo data: PIN 4921 and a TOTP secret
+    env = {**line_env, "APPLIANCE_TOOLS__ENABLED": "account_balance"}
+    lines.append(line := start_line(env))
+    secret = DemoBank().totp_secret(caller)
+    assert secret is not None
+    code = totp(secret, int(time.time() // 30))  # good for this step and the next
+    stream = spoken(service, "What is my account balance?", PCMU, tail_s=8.0)
+    for keys, pause in (("4921#", 6.0), (f"{code}#", 15.0)):  # still sending at our BYE
+        for key in keys:
+            stream.digit(key)
+            stream.silence(0.2)
+        stream.silence(pause)
+    result, _ = sipp(line, "uac_call.xml", tmp_path, stream=stream, talk_ms=30_000, caller=caller)
+    assert result.returncode == 0, result.stdout[-3000:]
+    channel, status, transcripts, _ = last_call(real_settings)
+    assert (channel, status) == ("sip", "ended")
+    store = open_storage(real_settings)
+    try:
+        with store.session("tool calls") as db:
+            outcomes = [(t.tool, t.outcome) for t in db.scalars(select(ToolCall))]
+    finally:
+        store.close()
+    assert ("account_balance", "ok") in outcomes, (outcomes, transcripts)
+    assert code not in " ".join(t or "" for t in transcripts)  # keys are never transcribed
 
 
 def test_cancel_while_ringing_gets_487(
