@@ -25,6 +25,7 @@ from appliance.core.ports import (
     TurnGuard,
     VoiceEmbedder,
 )
+from appliance.engines.embed import MiniLmEmbedder
 from appliance.engines.llm import LlamaChat
 from appliance.engines.stt import WhisperTranscriber
 from appliance.engines.tts import PiperSynthesizer
@@ -33,7 +34,15 @@ from appliance.guard.call import CallGuard
 from appliance.identity.abuse import AbuseMonitor, Action, CallAnomalies
 from appliance.identity.factors import AttemptLimiter
 from appliance.identity.voice import VoiceTemplate, VoiceVerifier
-from appliance.pipeline.run import CallSession, Engines, EventHandler, PipelineConfig, TurnResult
+from appliance.knowledge.base import KnowledgeBase, KnowledgeChange
+from appliance.pipeline.reply import ReplyPath
+from appliance.pipeline.session import (
+    CallSession,
+    Engines,
+    EventHandler,
+    PipelineConfig,
+    TurnResult,
+)
 from appliance.storage.keys import default_key_path, load_or_create, read_key
 from appliance.storage.repository import Storage
 from appliance.tools.agent import CallerFactors, JsonRequester, ToolAgent, VoiceCheck
@@ -83,6 +92,36 @@ def pipeline_config(settings: Settings) -> PipelineConfig:
     )
 
 
+def load_knowledge(settings: Settings) -> KnowledgeBase | None:
+    """The knowledge base (its index built or loaded), or None when ``[knowledge] enabled``
+    is false. The embedding model is verified against its pins like every model."""
+    if not settings.knowledge.enabled:
+        return None
+    embedder, digest = knowledge_embedder(settings)
+    return KnowledgeBase.open(settings.knowledge, embedder, digest, settings.home)
+
+
+def knowledge_embedder(settings: Settings) -> tuple[MiniLmEmbedder, str]:
+    """The embedding model (verified against its pins) and its identity for the index."""
+    set_offline_environment()
+    spec = model_spec(settings, "embedding")
+    embedder = MiniLmEmbedder(spec, threads=settings.knowledge.threads)
+    return embedder, ",".join(f"{k}={v}" for k, v in sorted(spec.files.items()))
+
+
+def audit_knowledge(knowledge: KnowledgeBase | None, storage: Storage, actor: str) -> None:
+    """Every rebuild of the knowledge index lands in the audit trail: which entries and
+    documents were added, changed (with their versions) or removed."""
+    if knowledge is None:
+        return
+    for change in knowledge.take_changes():
+        _audit_change(storage, change, actor)
+
+
+def _audit_change(storage: Storage, change: KnowledgeChange, actor: str) -> None:
+    storage.log_event(actor, "knowledge_changed", "knowledge", "ok", change.summary)
+
+
 def load_synthesizer(settings: Settings) -> PiperSynthesizer:
     """The configured voice alone, verified and warmed (for prompts and test speech without
     the other models)."""
@@ -109,6 +148,7 @@ class VoiceService:
     _voice_embedder: VoiceEmbedder | None = None
     _factors: CallerFactors | None = None
     _voice_verifier: VoiceVerifier | None = None
+    knowledge: KnowledgeBase | None = None
     active: set[CallSession] = field(default_factory=set)
     """The calls in progress (for a clean shutdown: each gets a goodbye)."""
 
@@ -152,10 +192,18 @@ class VoiceService:
         # per call, so only the text before it is shared).
         llm.warm_up(CallGuard(settings.policy, settings.llm.system_prompt).system_prompt)
         mark = timed("llm", mark)
+        knowledge = load_knowledge(settings)
+        mark = timed("knowledge", mark)
         tts = load_synthesizer(settings)
         timed("tts", mark)
         timings["total"] = round(time.perf_counter() - started, 3)
-        return cls(settings, Engines(vad, stt, llm, tts), pipeline_config(settings), timings)
+        return cls(
+            settings,
+            Engines(vad, stt, llm, tts),
+            pipeline_config(settings),
+            timings,
+            knowledge=knowledge,
+        )
 
     def session(
         self,
@@ -179,20 +227,29 @@ class VoiceService:
             recorder=recorder,
             guard=guard or self.new_guard(),
             agent=agent,
+            knowledge=self.knowledge,
         )
 
-    def toolbox(self, storage: Storage, call_id: str, bank: DemoBank | None = None) -> ToolBox:
+    def toolbox(
+        self, storage: Storage | None, call_id: str, bank: DemoBank | None = None
+    ) -> ToolBox:
         """The deployment's tools for one call; every call of a tool lands in the audit trail
-        (and the tool_calls table, its arguments sealed under the call's key)."""
+        (and the tool_calls table, its arguments sealed under the call's key). Without storage
+        (the red team's text runs) nothing is recorded."""
 
         def audit(caller: str, tool: str, arguments: Mapping[str, Any], outcome: str) -> None:
+            assert storage is not None
             who = f"caller:{storage.caller_hash(caller)[:16]}" if caller else "caller:anonymous"
             storage.record_tool_call(call_id, tool, arguments, outcome, actor=who)
 
         tools = demo_tools(bank or DemoBank())
-        return ToolBox(tools, frozenset(self.settings.tools.enabled), audit=audit)
+        return ToolBox(
+            tools, frozenset(self.settings.tools.enabled), audit=audit if storage else None
+        )
 
-    def tool_agent(self, storage: Storage, call_id: str, caller_id: str | None) -> ToolAgent | None:
+    def tool_agent(
+        self, storage: Storage | None, call_id: str, caller_id: str | None
+    ) -> ToolAgent | None:
         """Tools inside one call (the demo tools and their demo credentials), or None when no
         tool is enabled or the model cannot answer under a grammar."""
         if not self.settings.tools.enabled or not isinstance(self.engines.llm, JsonRequester):
@@ -207,7 +264,7 @@ class VoiceService:
             model=self.engines.llm,
             settings=self.settings.tools,
             factors=self._factors,
-            voice=self.voice_check(storage),
+            voice=self.voice_check(storage) if storage is not None else None,
             today=datetime.date.today().isoformat(),
         )
 
@@ -250,8 +307,21 @@ class VoiceService:
 
         return VoiceCheck(self.voice_embedder(), self._voice_verifier, template)
 
+    def reply_path(
+        self, guard: CallGuard | None = None, agent: TurnAgent | None = None
+    ) -> ReplyPath:
+        """The reply path of one call without its media (the red team runs text through it)."""
+        return ReplyPath.build(
+            self.engines, self.config, guard or self.new_guard(), agent, self.knowledge
+        )
+
     def new_guard(self) -> CallGuard:
-        return CallGuard(self.settings.policy, self.settings.llm.system_prompt)
+        return CallGuard(
+            self.settings.policy,
+            self.settings.llm.system_prompt,
+            honest_reply=self.settings.knowledge.unknown_reply,
+            topic_texts=self.knowledge.topic_texts() if self.knowledge is not None else (),
+        )
 
 
 @dataclass(frozen=True)
@@ -309,6 +379,9 @@ async def run_call(
         await sink.close()
         return CallOutcome(None, [], refused=admission.reason)
     try:
+        if service.knowledge is not None:  # an edited knowledge file takes effect on the next call
+            await asyncio.to_thread(service.knowledge.refresh_if_changed)
+            await asyncio.to_thread(audit_knowledge, service.knowledge, storage, "system:knowledge")
         record = await asyncio.to_thread(storage.start_call, caller_id, channel)
         if consent is not None:  # what the caller agreed to, before any turn is stored
             await asyncio.to_thread(

@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
+import os
 import wave
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from appliance.config.settings import Settings, load_settings
+from appliance.config.settings import ModelsSettings, Settings, load_settings
 from appliance.core.events import EventType
 
 TURN_ORDER = [
     EventType.SPEECH_START,
     EventType.SPEECH_END,
     EventType.TRANSCRIPT,
+    EventType.ROUTE,
     EventType.FIRST_TOKEN,
     EventType.FIRST_SENTENCE,
     EventType.FIRST_AUDIO,
@@ -24,8 +26,13 @@ TURN_ORDER = [
 
 GUARDED_TURN_ORDER = [*TURN_ORDER[:3], EventType.GUARD_INPUT, *TURN_ORDER[3:]]
 """The same, with the guardrails on (as the service always runs)."""
+FIXED_TURN_ORDER = [*GUARDED_TURN_ORDER[:5], EventType.FIRST_AUDIO, EventType.TURN_END]
+"""A guarded turn answered without the model (an approved answer, the honest unknown)."""
 
 TIERS = {"unit": "unit", "integration": "fakes", "real": "real"}
+# The models assembled once (Whisper base, the default LLM) are shared by every test's
+# APPLIANCE_HOME, and by commands a test runs with another HOME (the PulseAudio tests do).
+os.environ.setdefault("APPLIANCE_MODELS__CACHE", str(ModelsSettings().cache_path(Path.home())))
 ROOT = Path(__file__).resolve().parents[1]
 
 

@@ -67,7 +67,13 @@ def api_blueprint(storage: Storage) -> Blueprint:
             raise
         show: Any = (lambda t: t or "") if reason else mask
         turns = [
-            {"index": t.index, "transcript": show(t.transcript), "reply": show(t.reply)}
+            {
+                "index": t.index,
+                "transcript": show(t.transcript),
+                "reply": show(t.reply),
+                "route": t.route or None,
+                "citations": list(t.citations),
+            }
             for t in view.turns
         ]
         return jsonify({"id": view.id, "status": view.status, "masked": not reason, "turns": turns})

@@ -331,7 +331,10 @@ def _pages(storage: Storage, actor: Callable[[], str]) -> Blueprint:
         reason = request.args.get("reason", "").strip()[:200]
         view = storage.read_call(call_id, actor(), reason or "masked view")
         show = (lambda t: t or "") if reason else mask
-        turns = [(t.index, show(t.transcript), show(t.reply)) for t in view.turns]
+        turns = [
+            (t.index, show(t.transcript), show(t.reply), t.route, ", ".join(t.citations))
+            for t in view.turns
+        ]
         return render_template("call.html", call=view, turns=turns, reason=reason)
 
     @pages.route("/audit")

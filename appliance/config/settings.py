@@ -26,6 +26,7 @@ PACKAGE_ROOT = Path(__file__).resolve().parents[2]
 
 DEFAULT_CONFIG_FILE = PACKAGE_ROOT / "config" / "appliance.toml"
 DEFAULT_MANIFEST_FILE = PACKAGE_ROOT / "models" / "manifest.toml"
+DEFAULT_KNOWLEDGE_FOLDER = PACKAGE_ROOT / "config" / "knowledge"
 INSTALLED_HOME = Path("/var/lib/appliance")
 ENV_PREFIX = "APPLIANCE_"
 
@@ -103,7 +104,7 @@ DEFAULT_SYSTEM_PROMPT = (
 
 @dataclass(frozen=True)
 class LlmSettings:
-    model: str = "smollm2-135m"
+    model: str = "qwen2.5-coder-0.5b"
     path: str = ""
     system_prompt: str = DEFAULT_SYSTEM_PROMPT
     context_tokens: int = 2048
@@ -161,13 +162,6 @@ class PolicySettings:
         "I can help with opening hours, appointments, orders and deliveries, account "
         "questions, branch locations, and payments."
     )
-    facts: tuple[str, ...] = (
-        "Opening hours: Monday to Friday 9 am to 5 pm, Saturday 10 am to 2 pm, closed on Sunday.",
-        "Appointments can be booked, moved or cancelled on this line or at any branch.",
-        "Standard delivery takes 3 to 5 working days.",
-        "Branches: Main Street, Riverside and Old Town.",
-    )
-    """What the agent may tell callers: the deployment's own facts, in the system prompt."""
     topic_keywords: tuple[str, ...] = (
         "balance", "card", "bill", "refund", "parcel", "address", "statement", "transfer",
         "close", "time", "when", "where", "help", "hello", "thank", "human", "person", "speak",
@@ -237,6 +231,9 @@ class PolicySettings:
         "Sorry, I can't share that. I can help with opening hours, appointments, orders and "
         "deliveries, account questions, branch locations, and payments."
     )
+    output_close: str = "If you need more detail, I can put you through to a member of our team."
+    """Ends a reply whose later sentence layer 3 stopped: it stands on its own after what was
+    already said (never a withdrawal of it)."""
     redact: tuple[str, ...] = (
         "card",
         "cvv",
@@ -266,10 +263,56 @@ class PolicySettings:
             "blocked_reply",
             "distress_reply",
             "output_fallback",
+            "output_close",
             "too_long_reply",
         ):
             _check(bool(getattr(self, key).strip()), f"policy.{key}", "must not be empty")
         _check(self.max_turn_words >= 10, "policy.max_turn_words", "at least 10")
+
+
+@dataclass(frozen=True)
+class KnowledgeSettings:
+    """The organization's own content (knowledge/): FAQ entries and documents, and the answer
+    policy that decides, in code, how a question is answered."""
+
+    enabled: bool = True
+    """false: no knowledge base; the model answers under the system prompt alone."""
+    folder: str = ""
+    """FAQ files (``faq/*.toml``) and documents (``documents/*.md|txt|html``); empty means
+    ``config/knowledge`` of this installation."""
+    model: str = "minilm-l6-int8"
+    """The sentence-embedding model of models/manifest.toml (role "embedding")."""
+    path: str = ""
+    threads: int = 1
+    confident: float = 0.67
+    """A best FAQ match from this score is answered with its approved answer, as written."""
+    margin: float = 0.06
+    """... when it leads the next other entry by at least this much (else the model answers
+    from both)."""
+    related: float = 0.60
+    """Passages from this score are given to the model; below it nothing is relevant and the
+    caller hears ``unknown_reply``."""
+    passages: int = 3
+    """How many passages (at most) a grounded answer is given."""
+    unknown_reply: str = (
+        "I'm sorry, I don't have that information. Would you like me to put you through to a "
+        "member of our team?"
+    )
+    """The honest answer when nothing relevant is known; it offers a person (a yes transfers
+    the call)."""
+
+    def __post_init__(self) -> None:
+        _check(bool(self.model), "knowledge.model", "must name a model of the manifest")
+        _check(self.threads >= 1, "knowledge.threads", "at least 1")
+        for key in ("confident", "related", "margin"):
+            _check(0 <= getattr(self, key) <= 1, f"knowledge.{key}", "0 to 1")
+        _check(self.related <= self.confident, "knowledge.related", "at most knowledge.confident")
+        _check(1 <= self.passages <= 8, "knowledge.passages", "1 to 8")
+        _check(bool(self.unknown_reply.strip()), "knowledge.unknown_reply", "must not be empty")
+
+    @property
+    def folder_path(self) -> Path:
+        return Path(self.folder) if self.folder else DEFAULT_KNOWLEDGE_FOLDER
 
 
 @dataclass(frozen=True)
@@ -322,8 +365,15 @@ class LimitsSettings:
 
 @dataclass(frozen=True)
 class ToolsSettings:
-    enabled: tuple[str, ...] = ("transfer_to_human",)
-    """The tools this deployment uses; the model is shown only these."""
+    enabled: tuple[str, ...] = (
+        "transfer_to_human",
+        "book_appointment",
+        "move_appointment",
+        "cancel_appointment",
+    )
+    """The tools this deployment uses; the model is shown only these. The appointment tools
+    are on because the knowledge base promises that appointments can be booked, moved or
+    cancelled on this line."""
     max_factor_attempts: int = 3
     """Wrong PINs or codes before that factor locks (for lockout_s, doubled each time)."""
     lockout_s: int = 300
@@ -343,6 +393,7 @@ class ToolsSettings:
         "I can't verify you well enough on this call to do that. A member of staff can help you."
     )
     declined_reply: str = "All right, I haven't done that. Is there anything else?"
+    offer_declined_reply: str = "All right. Is there anything else I can help you with?"
     failed_reply: str = "Sorry, I couldn't do that with those details."
 
     def __post_init__(self) -> None:
@@ -586,10 +637,22 @@ class AdminSettings:
 @dataclass(frozen=True)
 class ModelsSettings:
     manifest: str = ""
+    cache: str = ""
+    """Where models assembled from parts are kept (``cache:`` sources); empty means
+    ``APPLIANCE_HOME/models`` when installed, and ``${XDG_CACHE_HOME:-~/.cache}/appliance/models``
+    in a git checkout, so every clone and test run shares one copy."""
 
     @property
     def manifest_path(self) -> Path:
         return Path(self.manifest) if self.manifest else DEFAULT_MANIFEST_FILE
+
+    def cache_path(self, home: Path) -> Path:
+        if self.cache:
+            return Path(self.cache)
+        if (PACKAGE_ROOT / ".git").exists():
+            base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+            return Path(base) / "appliance" / "models"
+        return home / "models"
 
 
 @dataclass(frozen=True)
@@ -603,6 +666,7 @@ class Settings:
     voiceprint: VoiceprintSettings = field(default_factory=VoiceprintSettings)
     models: ModelsSettings = field(default_factory=ModelsSettings)
     policy: PolicySettings = field(default_factory=PolicySettings)
+    knowledge: KnowledgeSettings = field(default_factory=KnowledgeSettings)
     tools: ToolsSettings = field(default_factory=ToolsSettings)
     limits: LimitsSettings = field(default_factory=LimitsSettings)
     storage: StorageSettings = field(default_factory=StorageSettings)
@@ -623,6 +687,7 @@ SECTIONS: dict[str, type[Any]] = {
     "voiceprint": VoiceprintSettings,
     "models": ModelsSettings,
     "policy": PolicySettings,
+    "knowledge": KnowledgeSettings,
     "tools": ToolsSettings,
     "limits": LimitsSettings,
     "storage": StorageSettings,
@@ -679,9 +744,21 @@ def _coerce(value: Any, kind: Any, key: str) -> Any:
     )
 
 
+REPLACED_KEYS = {
+    "policy.facts": "the knowledge base replaced it: put the facts in FAQ entries or documents "
+    "under [knowledge] folder (config/knowledge/ by default)",
+}
+"""Keys an older configuration may still hold, and what took their place."""
+
+
 def _build_section(name: str, cls: type[Any], values: Mapping[str, Any]) -> Any:
     hints = typing.get_type_hints(cls)
     known = {f.name for f in dataclasses.fields(cls)}
+    for key in values:
+        if f"{name}.{key}" in REPLACED_KEYS:
+            raise ConfigError(
+                "config.replaced_key", f"{name}.{key}: {REPLACED_KEYS[f'{name}.{key}']}"
+            )
     unknown = sorted(set(values) - known)
     if unknown:
         raise ConfigError("config.unknown_key", f"[{name}] has unknown keys: {', '.join(unknown)}")
@@ -742,6 +819,7 @@ def load_settings(
 __all__ = [
     "AudioSettings",
     "EndpointingSettings",
+    "KnowledgeSettings",
     "LlmSettings",
     "ModelsSettings",
     "PolicySettings",

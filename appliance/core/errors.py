@@ -6,9 +6,16 @@ caught once, at the turn or command boundary.
 
 from __future__ import annotations
 
+from typing import ClassVar
+
+from appliance.core.events import Stage
+
 
 class ApplianceError(Exception):
-    """Base of all appliance errors: ``code`` is stable and machine-readable."""
+    """Base of all appliance errors: ``code`` is stable and machine-readable. ``stage`` says
+    where in the data path an error of this class happens (the turn's ERROR event names it)."""
+
+    stage: ClassVar[Stage | None] = None
 
     def __init__(self, code: str, message: str) -> None:
         super().__init__(f"[{code}] {message}")
@@ -27,25 +34,37 @@ class ModelError(ApplianceError):
 class AudioError(ApplianceError):
     """An audio source or sink failed: not audio, truncated, no device."""
 
+    stage = Stage.AUDIO_IN
+
 
 class VadError(ApplianceError):
     """Voice activity detection failed."""
+
+    stage = Stage.ENDPOINTING
 
 
 class SttError(ApplianceError):
     """Speech-to-text failed."""
 
+    stage = Stage.STT
+
 
 class LlmError(ApplianceError):
     """The language model failed."""
+
+    stage = Stage.LLM
 
 
 class TtsError(ApplianceError):
     """Speech synthesis failed."""
 
+    stage = Stage.TTS
+
 
 class StorageError(ApplianceError):
     """The database failed: unavailable, full, or not openable with the key."""
+
+    stage = Stage.STORAGE
 
 
 class IntegrityError(ApplianceError):
@@ -54,3 +73,15 @@ class IntegrityError(ApplianceError):
 
 class KeyringError(ApplianceError):
     """A key is missing, has unsafe permissions, or cannot unwrap what it should."""
+
+
+class GuardError(ApplianceError):
+    """A guardrail could not decide (it failed closed: the turn gets the fallback)."""
+
+    stage = Stage.GUARD
+
+
+class KnowledgeError(ApplianceError):
+    """A knowledge file is malformed or unreadable, or the index cannot be built or read."""
+
+    stage = Stage.KNOWLEDGE

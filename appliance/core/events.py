@@ -1,10 +1,12 @@
 """Turn events: what happened in a turn and when, on the call's monotonic clock.
 
 A turn emits its events in a fixed order (Home Assistant's assist pipeline does the same):
-SPEECH_START, SPEECH_END, TRANSCRIPT, GUARD_INPUT (when guardrails are on), FIRST_TOKEN,
-FIRST_SENTENCE, FIRST_AUDIO, TURN_END; a turn the tool agent answers has AGENT (with its
-outcome) after GUARD_INPUT and no model events; a turn of key presses (DTMF) has KEYPAD (with
-how many keys, never which), AGENT, FIRST_AUDIO and TURN_END. GUARD_OUTPUT (a reply stopped
+SPEECH_START, SPEECH_END, TRANSCRIPT, GUARD_INPUT (when guardrails are on), ROUTE (how the turn
+is answered, with the knowledge entries it cites), FIRST_TOKEN, FIRST_SENTENCE, FIRST_AUDIO,
+TURN_END; a turn answered without the model (an approved answer, the honest unknown, a tool)
+has no FIRST_TOKEN or FIRST_SENTENCE; a turn the tool agent answers has AGENT (with its outcome)
+just before ROUTE; a turn of key presses (DTMF) has KEYPAD (with how many keys, never which),
+AGENT, FIRST_AUDIO and TURN_END. GUARD_OUTPUT (a reply stopped
 before it was spoken), BARGE_IN and ERROR may appear before TURN_END; a turn whose transcript
 is empty, that got a fixed reply (no model), or that was interrupted or failed, skips the
 stages it never reached.
@@ -25,6 +27,7 @@ class Stage(enum.StrEnum):
     ENDPOINTING = "endpointing"
     STT = "stt"
     GUARD = "guard"
+    KNOWLEDGE = "knowledge"
     LLM = "llm"
     TTS = "tts"
     AUDIO_OUT = "audio_out"
@@ -36,6 +39,7 @@ class EventType(enum.StrEnum):
     SPEECH_END = "speech_end"
     TRANSCRIPT = "transcript"
     GUARD_INPUT = "guard_input"
+    ROUTE = "route"
     AGENT = "agent"
     KEYPAD = "keypad"
     FIRST_TOKEN = "first_token"
@@ -45,6 +49,27 @@ class EventType(enum.StrEnum):
     BARGE_IN = "barge_in"
     ERROR = "error"
     TURN_END = "turn_end"
+
+
+class Route(enum.StrEnum):
+    """How a turn was answered: decided in code (pipeline/reply.py), never by the model."""
+
+    GUARD = "guard"
+    """The input guard answered (blocked, refused topic, distress, too long, a limit)."""
+    TOOL = "tool"
+    """A tool's dialogue answered (a request for an action, a step-up, a confirmation)."""
+    FAQ = "faq"
+    """A confident match: the organization's approved answer, spoken as written."""
+    GROUNDED = "grounded"
+    """A partial match: the model answered from the knowledge passages it was given."""
+    UNKNOWN = "unknown"
+    """Nothing relevant: the honest "I don't have that information" and the offer of a person."""
+    MODEL = "model"
+    """No knowledge base is configured: the model answered under the system prompt alone."""
+    KEYPAD = "keypad"
+    """Key presses (DTMF) answered an open tool dialogue."""
+    FIXED = "fixed"
+    """A fixed prompt of the call itself (a goodbye, the slow-down reply)."""
 
 
 @dataclass(frozen=True, slots=True)

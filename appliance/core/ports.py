@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Literal, Protocol, runtime_checkable
 
 from appliance.core.audio import AudioChunk
+from appliance.core.events import Route
 
 Role = Literal["system", "user", "assistant"]
 
@@ -48,6 +49,10 @@ class TurnRecord:
     """Guard verdicts and reasons (codes only, never text)."""
     escalation: str = ""
     """Non-empty when the turn must open an incident (the distress path)."""
+    route: str = ""
+    """How the turn was answered (a ``Route`` value)."""
+    citations: tuple[str, ...] = ()
+    """The knowledge entries and passages the reply rested on (their ids)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +69,8 @@ class InputDecision:
     llm_text: str
     stored_text: str
     fixed_reply: str | None = None
+    query: str = ""
+    """The caller's words normalized and redacted, unfenced: what knowledge is searched with."""
     reasons: tuple[str, ...] = ()
     record_audio: bool = True
     escalation: str = ""
@@ -78,22 +85,32 @@ class TurnGuard(Protocol):
 
     system_prompt: str
     fallback_reply: str
+    honest_reply: str
+    """Said when nothing relevant is known, or a reply cannot be grounded: it offers a person."""
 
     def screen_input(self, transcript: str) -> InputDecision: ...
 
-    def vet(self, spoken: str, sentence: str) -> tuple[str, tuple[str, ...]]:
-        """The next sentence as it may be said (contact details the caller did not give, which
-        a small model invents, replaced by neutral words), and the reasons it must not be said
-        after ``spoken``: empty when it may."""
+    def grounded_turn(self, passages: Sequence[str], decision: InputDecision) -> str:
+        """The user turn of a knowledge-grounded answer: the passages, then the fenced words."""
         ...
 
-    def screen_output(self, reply: str) -> tuple[str, ...]:
-        """The reasons ``reply`` (all that would have been spoken) must not be; empty if fine."""
+    def vet(
+        self, spoken: str, sentence: str, given: Sequence[str] = (), asked: str = ""
+    ) -> tuple[str, tuple[str, ...]]:
+        """The next sentence as it may be said, and the reasons it must not be said after
+        ``spoken``: empty when it may. ``given``: what the reply may rest on (knowledge
+        passages, the caller's words, tool results); a figure or name outside it is stopped.
+        ``asked``: for an answer from passages, the question, which it must not merely echo."""
         ...
 
     def may_redraft(self, decision: InputDecision, reasons: tuple[str, ...]) -> bool:
         """Whether a reply stopped by ``reasons`` before any of it was said may be drafted
         once more (the new draft is vetted like the first)."""
+        ...
+
+    def replacement(self, reasons: tuple[str, ...], *, first: bool) -> str:
+        """What is said instead of a stopped sentence: for the first sentence, the honest
+        answer or the fallback; for a later one, a close that stands on its own."""
         ...
 
     def commit(self, decision: InputDecision) -> None: ...
@@ -127,6 +144,56 @@ class TurnAgent(Protocol):
     def handle_keys(self, keys: str) -> AgentTurn | None:
         """Key presses (DTMF) answering the open dialogue: a PIN, a code, 1 (yes) or 2 (no)."""
         ...
+
+    def offer_person(self) -> bool:
+        """The caller was offered a person: their next yes transfers the call. False when no
+        transfer tool is enabled (then nothing was offered)."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class KnowledgePassage:
+    """A piece of the organization's own content a reply may rest on."""
+
+    id: str
+    """Its citation: an FAQ entry's id, or ``document-id#section``."""
+    text: str
+    title: str = ""
+    score: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class KnowledgeAnswer:
+    """How the knowledge base would answer a question (knowledge/policy.py decides)."""
+
+    route: Route
+    """FAQ (``approved`` is said as written), GROUNDED (the model answers from ``passages``)
+    or UNKNOWN (nothing relevant)."""
+    approved: str = ""
+    passages: tuple[KnowledgePassage, ...] = ()
+    scores: tuple[tuple[str, float], ...] = ()
+    """The best candidates and their scores, for ``appliance knowledge ask`` and the events."""
+
+    @property
+    def citations(self) -> tuple[str, ...]:
+        return tuple(p.id for p in self.passages)
+
+
+@runtime_checkable
+class Knowledge(Protocol):
+    """The organization's knowledge base, searched for each turn (on a stage thread)."""
+
+    def answer(self, question: str, context: str = "") -> KnowledgeAnswer:
+        """``context``: the caller's previous words in this call, for a follow-up question
+        ("and on Sunday?") that alone matches nothing."""
+        ...
+
+
+@runtime_checkable
+class TextEmbedder(Protocol):
+    """Sentence embeddings (unit length), one per text, for retrieval."""
+
+    def embed(self, texts: Sequence[str]) -> list[list[float]]: ...
 
 
 @runtime_checkable

@@ -95,6 +95,7 @@ def database(settings: Settings) -> Check:
 
 def models(settings: Settings) -> Check:
     roles = ["stt", "llm", "tts"] + (["voiceprint"] if settings.voiceprint.enabled else [])
+    roles += ["embedding"] if settings.knowledge.enabled else []
     bad = []
     for role in roles:
         try:
@@ -220,10 +221,31 @@ def sip_secrets(settings: Settings) -> Check:
     return _pass("SIP secrets", "; ".join(found))
 
 
+def knowledge(settings: Settings) -> Check:
+    """The knowledge files read cleanly (a bad one is named with its line) and an index exists."""
+    from appliance.knowledge.base import INDEX_FILE
+    from appliance.knowledge.sources import load_sources
+
+    if not settings.knowledge.enabled:
+        return _skip("knowledge", "[knowledge] enabled is false: the model answers alone")
+    try:
+        sources = load_sources(settings.knowledge.folder_path)
+    except ApplianceError as exc:
+        return _fail("knowledge", exc.message)
+    index = settings.home / INDEX_FILE
+    built = "index built" if index.is_file() else "index not built yet (built at start)"
+    return _pass(
+        "knowledge",
+        f"{len(sources.entries)} entries, {len(sources.documents)} documents in "
+        f"{settings.knowledge.folder_path}; {built}",
+    )
+
+
 CHECKS: tuple[Callable[[Settings], Check], ...] = (
     key_file,
     database,
     models,
+    knowledge,
     egress_guard,
     retention_timer,
     sip_secrets,

@@ -3,19 +3,43 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from appliance.config.settings import PolicySettings
 from appliance.core.ports import InputDecision
 from appliance.guard import pii, topics
+from appliance.guard.grounding import Support, echoes, ungrounded
 from appliance.guard.injection import Verdict, scan
 from appliance.guard.normalize import normalize, squeeze
 from appliance.guard.output import check_reply, refused_topics, shingles
-from appliance.guard.prompt import fence, new_canary, rules, system_prompt
+from appliance.guard.prompt import fence, grounded_turn, new_canary, rules, system_prompt
 
 PAYMENT_NOT_RECORDED = "[payment details: not recorded]"
 _NUMBER = re.compile(r"\d(?:[ \-.]?\d){2,}")
+DEFAULT_HONEST_REPLY = (
+    "I'm sorry, I don't have that information. Would you like me to put you through to a "
+    "member of our team?"
+)
+REDRAFTABLE = frozenset(
+    {
+        "output.system_prompt",
+        "output.markup",
+        "output.ungrounded.number",
+        "output.ungrounded.name",
+        "output.ungrounded.echo",
+        "output.claims_human",
+        # A phone number or e-mail address no passage holds, the caller did not give, and the
+        # model cannot have seen: invented (a small model's habit), not someone's data.
+        "output.personal_data.phone",
+        "output.personal_data.email",
+    }
+)
+"""Reasons that mean a small model stumbled (recited its rules, echoed markup, stated what it
+was not given), not that the caller led it astray: such a first draft may be drafted again,
+and when it fails again the caller hears the honest answer, not a refusal."""
 
 
 @dataclass(frozen=True)
@@ -28,17 +52,39 @@ class GuardState:
 
 
 class CallGuard:
-    def __init__(self, policy: PolicySettings, style: str, canary: str | None = None) -> None:
+    def __init__(
+        self,
+        policy: PolicySettings,
+        style: str,
+        canary: str | None = None,
+        *,
+        honest_reply: str = DEFAULT_HONEST_REPLY,
+        topic_texts: Iterable[str] = (),
+    ) -> None:
+        """``honest_reply`` is said when a reply cannot be grounded; ``topic_texts`` (the
+        knowledge base's questions and titles) widen what counts as on topic."""
         self.policy = policy
         self.canary = canary or new_canary()
         self.system_prompt = system_prompt(policy, style, self.canary)
         self.fallback_reply = policy.output_fallback
+        self.honest_reply = honest_reply
+        self.close_reply = policy.output_close
         # The topics and the capability statement may be said; the rules may not.
         self.confidential = rules(self.canary)
         self._prompt_shingles = shingles(self.confidential)
         self._distress = tuple(squeeze(k) for k in policy.distress_keywords)
         self._refused = refused_topics(policy.refused_keywords)
-        self._vocabulary = topics.vocabulary(policy)
+        self._vocabulary = topics.vocabulary(policy, topic_texts)
+        self._policy_support = Support.of(
+            [
+                policy.organization,
+                policy.role,
+                policy.capability_statement,
+                *policy.allowed_topics,
+                honest_reply,
+                policy.output_close,
+            ]
+        )
         self.state = GuardState()
 
     def screen_input(self, transcript: str) -> InputDecision:
@@ -76,6 +122,7 @@ class CallGuard:
             return InputDecision(
                 verdict=verdict,
                 llm_text=llm_text,
+                query=safe_text,
                 stored_text=stored,
                 fixed_reply=fixed,
                 reasons=(*reasons, *redactions),
@@ -105,38 +152,62 @@ class CallGuard:
             return decide("refused_topic", "", self.policy.refusal_reply, ("policy.refused_topic",))
         return decide(verdict.verdict.value, fence(safe_text), None, verdict.reasons)
 
-    def rewrite_output(self, sentence: str) -> str:
-        out, last = [], 0
-        for finding in pii.find(sentence, ("phone", "email")):
-            raw = sentence[finding.start : finding.end]
-            if (pii.digits_of(raw) or raw) in self.state.caller_values:
-                continue
-            out.append(sentence[last : finding.start])
-            out.append("the number on our website" if finding.kind == "phone" else "our website")
-            last = finding.end
-        out.append(sentence[last:])
-        return "".join(out)
+    def grounded_turn(self, passages: Sequence[str], decision: InputDecision) -> str:
+        return grounded_turn(passages, decision.llm_text)
 
-    def vet(self, spoken: str, sentence: str) -> tuple[str, tuple[str, ...]]:
-        """Layer 3 for the next sentence of a reply: the sentence as it may be said (invented
-        contact details replaced), and the reasons it may not be said after ``spoken``."""
-        sentence = self.rewrite_output(sentence)
-        return sentence, self.screen_output(f"{spoken} {sentence}".strip())
+    def vet(
+        self, spoken: str, sentence: str, given: Sequence[str] = (), asked: str = ""
+    ) -> tuple[str, tuple[str, ...]]:
+        """Layer 3 for the next sentence of a reply: the sentence, and the reasons it may not
+        be said after ``spoken`` (empty when it may).
+        ``given`` is what the reply may rest on (passages, the caller's words, tool results):
+        every figure and name of the sentence must be in it or in the policy's own words.
+        ``asked`` (the question of a grounded answer): the sentence must not merely say it
+        back."""
+        reasons = self.screen_output(f"{spoken} {sentence}".strip(), given)
+        reasons += ungrounded(sentence, self._support(tuple(given)))
+        if asked and echoes(sentence, asked, given):
+            reasons += ("output.ungrounded.echo",)
+        return sentence, reasons
 
-    def screen_output(self, reply: str) -> tuple[str, ...]:
+    def screen_output(self, reply: str, given: Sequence[str] = ()) -> tuple[str, ...]:
         return check_reply(
             reply,
             canary=self.canary,
             prompt_shingles=self._prompt_shingles,
-            caller_values=self.state.caller_values,
+            caller_values=set(self.state.caller_values) | self._contact_values(tuple(given)),
             refused=self._refused,
         )
 
+    @functools.lru_cache(maxsize=8)  # noqa: B019 - a guard lives for one call
+    def _support(self, given: tuple[str, ...]) -> Support:
+        return self._policy_support | Support.of(given)
+
+    @functools.lru_cache(maxsize=8)  # noqa: B019 - a guard lives for one call
+    def _contact_values(self, given: tuple[str, ...]) -> frozenset[str]:
+        """The organization's own contact details in what the reply was given (a phone
+        number in a passage is not a caller's personal data)."""
+        values = set()
+        for text in given:
+            for finding in pii.find(text, ("phone", "email")):
+                raw = text[finding.start : finding.end]
+                values.add(pii.digits_of(raw) or raw)
+        return frozenset(values)
+
     def may_redraft(self, decision: InputDecision, reasons: tuple[str, ...]) -> bool:
         """A small model sometimes opens its answer to a harmless question by reciting its
-        rules; layer 3 stops that, and one fresh draft usually answers. Only for input the
-        guard allowed and only for that reason: anything else gets the fallback."""
-        return decision.verdict == "allow" and set(reasons) == {"output.system_prompt"}
+        rules, echoing markup or stating a figure it was not given; layer 3 stops that, and
+        one fresh draft usually answers. Only for input the guard allowed and only for those
+        reasons: anything else gets the fallback."""
+        return decision.verdict == "allow" and bool(reasons) and set(reasons) <= REDRAFTABLE
+
+    def replacement(self, reasons: tuple[str, ...], *, first: bool) -> str:
+        """What is said instead of a stopped sentence. A stopped first sentence: the honest
+        answer (the model stumbled) or the fallback (the reply broke a rule). A stopped later
+        sentence: a close that stands on its own after what was said, never a withdrawal."""
+        if not first:
+            return self.close_reply
+        return self.honest_reply if set(reasons) <= REDRAFTABLE else self.fallback_reply
 
     def commit(self, decision: InputDecision) -> None:
         if isinstance(decision.state, GuardState):

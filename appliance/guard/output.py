@@ -2,8 +2,10 @@
 
 A reply fails when it carries the canary or a run of words from the system prompt, personal
 data the caller did not give in this call, a refused topic, a claim to have taken an action
-the policy does not allow, or the tag of a jailbreak persona. The pipeline then stops the
-generation and speaks the fallback; the guard event carries the reasons, never the text.
+the policy does not allow, the tag of a jailbreak persona, or prompt markup (the fence around
+the caller's words, chat-template tokens). Groundedness (grounding.py) is checked beside these.
+The guard event carries the reasons, never the text; what is said instead is decided in
+guard/call.py (``CallGuard.replacement``).
 """
 
 from __future__ import annotations
@@ -29,6 +31,21 @@ _PERSONA = re.compile(
 )
 """The tags of jailbreak personas ("[DAN]", "DAN:", "Developer Mode"): a reply that wears one
 has been talked into a role the policy does not give it."""
+_MARKUP = re.compile(
+    r"<\s*/?\s*[a-z_|][^>]{0,40}>|<\s*/?\s*caller|caller_?said|caller_?asked|\[/?INST\]|<</?SYS>>|"
+    r"\|\s*(?:im_start|im_end|endoftext|eot_id)\s*\|",
+    re.I,
+)
+"""Prompt markup a model may echo: an XML-like tag ("<callersaid>", "</callor"), the fence's
+name in any spelling, chat-template tokens. None of it is ever spoken."""
+_HUMAN_CLAIM = re.compile(
+    r"\b(?:i'?m|i\s+am|you'?re\s+(?:talking|speaking)\s+(?:to|with)|you\s+are\s+(?:talking|speaking)"
+    r"\s+(?:to|with))\s+(?:a\s+|an\s+)?(?:real\s+|actual\s+|live\s+)?(?:person|human(?:\s+being)?)\b|"
+    r"\bi'?m\s+not\s+(?:a\s+|an\s+)?(?:robot|machine|computer|bot|ai)\b",
+    re.I,
+)
+"""A claim to be a person: the caller was told they speak with an automated assistant (the
+disclosure), and no reply may say otherwise."""
 SHINGLE = 6
 
 
@@ -79,4 +96,8 @@ def check_reply(
         reasons.append("output.unauthorized_action")
     if _PERSONA.search(folded):
         reasons.append("output.persona")
+    if _MARKUP.search(folded):
+        reasons.append("output.markup")
+    if _HUMAN_CLAIM.search(folded):
+        reasons.append("output.claims_human")
     return tuple(dict.fromkeys(reasons))

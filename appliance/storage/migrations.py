@@ -11,10 +11,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import cast
 
-from sqlalchemy import Connection, Engine, Table, inspect, select
+from sqlalchemy import Connection, Engine, Index, Table, inspect, select, text
 
 from appliance.core.errors import StorageError
-from appliance.storage.schema import ApiToken, Base, SchemaMigration, Voiceprint
+from appliance.storage.schema import ApiToken, Base, SchemaMigration, Turn, Voiceprint
 
 
 @dataclass(frozen=True)
@@ -36,12 +36,25 @@ def _api_tokens(connection: Connection) -> None:
     cast(Table, ApiToken.__table__).create(connection, checkfirst=True)
 
 
+def _turn_routes(connection: Connection) -> None:
+    """turns.route and turns.citations: how each turn was answered and what it cited."""
+    columns = {c["name"] for c in inspect(connection).get_columns("turns")}
+    if "route" not in columns:
+        connection.execute(text("ALTER TABLE turns ADD COLUMN route VARCHAR(16)"))
+    if "citations" not in columns:
+        connection.execute(text("ALTER TABLE turns ADD COLUMN citations TEXT"))
+    indexes = {i["name"] for i in inspect(connection).get_indexes("turns")}
+    if "ix_turns_route" not in indexes:
+        Index("ix_turns_route", cast(Table, Turn.__table__).c.route).create(connection)
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(
         1, "calls, turns, keys, consents, recordings, tools, incidents, users, audit", _initial
     ),
     Migration(2, "voiceprints (sealed voice templates)", _voiceprints),
     Migration(3, "api_tokens (hashed bearer tokens of the admin API)", _api_tokens),
+    Migration(4, "turns.route and turns.citations (how a turn was answered)", _turn_routes),
 )
 LATEST = MIGRATIONS[-1].version
 

@@ -15,7 +15,7 @@ import secrets
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -83,6 +83,8 @@ class TurnView:
     error_code: str | None
     timings_ms: dict[str, float]
     voice_to_voice_ms: float | None
+    route: str = ""
+    citations: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -145,6 +147,12 @@ class Storage:
 
     def close(self) -> None:
         self.engine.dispose()
+
+    def __enter__(self) -> Storage:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     @contextlib.contextmanager
     def session(self, action: str) -> Iterator[Session]:
@@ -272,6 +280,8 @@ class Storage:
                     timings=json.dumps(dict(record.timings_ms), sort_keys=True),
                     voice_to_voice_ms=record.voice_to_voice_ms,
                     guard=json.dumps(dict(record.guard), sort_keys=True) if record.guard else None,
+                    route=record.route or None,
+                    citations=json.dumps(list(record.citations)) if record.citations else None,
                 )
             )
             if record.escalation:
@@ -570,6 +580,8 @@ class Storage:
             error_code=turn.error_code,
             timings_ms=json.loads(turn.timings or "{}"),
             voice_to_voice_ms=turn.voice_to_voice_ms,
+            route=turn.route or "",
+            citations=tuple(json.loads(turn.citations or "[]")),
         )
 
     @staticmethod
@@ -585,6 +597,35 @@ class Storage:
             turns,
             recordings,
         )
+
+    def knowledge_gaps(self, actor: str, days: int = 30) -> list[tuple[str, int]]:
+        """What callers asked that nothing in the knowledge base answered (turns routed to
+        the honest unknown in the last ``days``): the stored wording, already redacted by the
+        input guard, with how often it was asked, most asked first. Reading it is audited,
+        like any read of transcripts; purged or erased turns are gone from it too."""
+        since = self.clock() - timedelta(days=days)
+        counts: dict[str, int] = {}
+        with self.session("knowledge gaps") as session:
+            rows = session.execute(
+                select(Turn, Call.data_key_id)
+                .join(Call, Call.id == Turn.call_id)
+                .where(Turn.route == "unknown", Turn.created_at >= since)
+            ).all()
+            for turn, key_id in rows:
+                if turn.transcript is None:
+                    continue
+                try:
+                    key = self._data_key(session, key_id)
+                except KeyringError:
+                    continue  # erased: its key was shredded
+                wording = self._open(key, turn.transcript, "turns", "transcript", turn.id)
+                question = " ".join(wording.decode().split()).strip().lower().rstrip("?.! ")
+                if question:
+                    counts[question] = counts.get(question, 0) + 1
+            self.audit_in(
+                session, actor, "read", "knowledge_gaps", "ok", {"days": days, "turns": len(rows)}
+            )
+        return sorted(counts.items(), key=lambda item: (-item[1], item[0]))
 
     def read_recording(self, call_id: str, actor: str) -> list[bytes]:
         with self.session("read recording") as session:

@@ -112,6 +112,10 @@ class Turn(Base):
     timings: Mapped[str] = mapped_column(Text, default="{}")  # JSON: event type -> t_ms
     voice_to_voice_ms: Mapped[float | None] = mapped_column(Float)
     content_purged_at: Mapped[datetime | None] = mapped_column(DateTime)
+    route: Mapped[str | None] = mapped_column(String(16), index=True)
+    """How the turn was answered (faq, grounded, unknown, tool, guard, ...)."""
+    citations: Mapped[str | None] = mapped_column(Text)
+    """JSON list of the knowledge entry and passage ids the reply rested on (ids, no text)."""
 
 
 class Recording(Base):

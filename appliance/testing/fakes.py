@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import hashlib
 import math
+import re
 import struct
 import threading
 from collections.abc import Iterator, Sequence
 
 from appliance.core.audio import AudioChunk
-from appliance.core.ports import ChatMessage, Transcript
+from appliance.core.events import Route
+from appliance.core.ports import ChatMessage, KnowledgeAnswer, KnowledgePassage, Transcript
 
 
 def tone(duration_s: float, sample_rate_hz: int = 16_000, freq_hz: float = 220.0) -> bytes:
@@ -90,3 +93,49 @@ class ToneSynthesizer:
         yield AudioChunk(
             tone(len(text) * self.ms_per_char / 1000, sample_rate_hz, 440.0), sample_rate_hz
         )
+
+
+class FakeKnowledge:
+    """A knowledge base of fixed answers: a question holding one of ``approved``'s keys gets
+    that approved answer (FAQ); any other question gets ``passages`` for the model (GROUNDED),
+    or the honest unknown when there are none."""
+
+    def __init__(
+        self, passages: Sequence[str] = (), approved: dict[str, str] | None = None
+    ) -> None:
+        self.passages = tuple(passages)
+        self.approved = dict(approved or {})
+        self.questions: list[str] = []
+
+    def answer(self, question: str, context: str = "") -> KnowledgeAnswer:
+        self.questions.append(question)
+        for key, text in self.approved.items():
+            if key.lower() in question.lower():
+                return KnowledgeAnswer(
+                    Route.FAQ, approved=text, passages=(KnowledgePassage(key, text),)
+                )
+        if not self.passages:
+            return KnowledgeAnswer(Route.UNKNOWN)
+        found = tuple(KnowledgePassage(f"doc#{n}", p) for n, p in enumerate(self.passages, 1))
+        return KnowledgeAnswer(Route.GROUNDED, passages=found)
+
+
+class WordEmbedder:
+    """A bag-of-words embedding (hashed words, unit length): retrieval's plumbing without a
+    model. Texts sharing words are similar; paraphrases are not (the real model's job)."""
+
+    def __init__(self, dimensions: int = 256) -> None:
+        self.dimensions = dimensions
+        self.calls = 0
+
+    def embed(self, texts: Sequence[str]) -> list[list[float]]:
+        self.calls += 1
+        vectors = []
+        for text in texts:
+            vector = [0.0] * self.dimensions
+            for word in re.findall(r"[a-z0-9]+", text.lower()):
+                slot = int.from_bytes(hashlib.sha256(word.encode()).digest()[:4], "big")
+                vector[slot % self.dimensions] += 1.0
+            norm = math.sqrt(sum(v * v for v in vector)) or 1.0
+            vectors.append([v / norm for v in vector])
+        return vectors

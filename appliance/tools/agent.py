@@ -5,18 +5,25 @@ Between the input guard and the model, for each turn:
 1. While a dialogue is open, the caller's words answer it, and the model never sees them: a PIN
    or an authenticator code (checked by the factor, with attempt limits; the turn is marked
    secret, so neither its transcript nor its audio is kept), or a yes/no to a confirmation.
-2. Otherwise, when the words trigger an enabled tool, the model is asked for a tool request
-   under a JSON grammar that allows only the triggered tools or ``none``.
-3. The request is checked like any other (ToolBox.call: enabled, arguments, level, confirmation).
+2. Otherwise, when the words ask for an enabled tool's action (its intent patterns: "move my
+   appointment", "speak to a person"), that tool is the request; when several match, the model
+   chooses among them under a JSON grammar that allows only those or ``none``.
+3. The arguments come from the caller's own words (tools/slots.py: a weekday, a time among
+   those offered, a branch named aloud), never from the model, which would invent them; what
+   the caller did not say is asked for, one question at a time.
+4. The request is checked like any other (ToolBox.call: enabled, arguments, level, confirmation).
    A level too low starts the step-up (PIN, then TOTP); a changing tool reads back what it
    will do and waits for the caller's yes. The yes comes from the caller's turn, never from
    model text. Every attempt is audited by the ToolBox.
 
-Anything the agent does not handle goes on to the model as an ordinary turn.
+When the caller was offered a person (``offer_person``: the honest unknown offers one), their
+next yes transfers the call. Anything the agent does not handle goes on as an ordinary turn.
 """
 
 from __future__ import annotations
 
+import datetime as dt
+import enum
 import json
 import re
 from collections.abc import Callable, Sequence
@@ -30,7 +37,15 @@ from appliance.core.ports import AgentTurn, ChatMessage, VoiceEmbedder
 from appliance.identity.factors import AttemptLimiter, FactorError, SecretFactor, TotpFactor
 from appliance.identity.levels import Assurance, Factor, assurance
 from appliance.identity.voice import VoiceTemplate, VoiceVerifier, digits_heard
-from appliance.tools.registry import ConfirmationRequired, StepUpRequired, Tool, ToolBox, ToolError
+from appliance.tools.registry import (
+    ConfirmationRequired,
+    Param,
+    StepUpRequired,
+    Tool,
+    ToolBox,
+    ToolError,
+)
+from appliance.tools.slots import extract
 
 _YES = re.compile(r"\b(?:yes|yeah|yep|correct|confirm|go ahead|please do|sure)\b", re.I)
 _NO = re.compile(r"\b(?:no|nope|don't|do not|cancel|stop|wrong)\b", re.I)
@@ -77,11 +92,31 @@ class VoiceCheck:
     template: Callable[[str], VoiceTemplate | None]
 
 
+class Awaiting(enum.StrEnum):
+    """What the open dialogue waits for from the caller."""
+
+    NOTHING = ""
+    SLOT = "slot"
+    VOICE = "voice"
+    PIN = "pin"
+    TOTP = "totp"
+    CONFIRM = "confirm"
+    ACCEPT = "accept"
+    """A yes to the offer of a person."""
+
+
+_QUESTION = re.compile(r"\?|^\s*(?:what|when|where|why|how|who|which|do|does|is|are|can)\b", re.I)
+TRANSFER_TOOL = "transfer_to_human"
+
+
 @dataclass
 class _Pending:
     tool: Tool
     arguments: dict[str, Any]
-    awaiting: str = ""  # "voice", "pin", "totp" or "confirm"
+    awaiting: Awaiting = Awaiting.NOTHING
+    slot: Param | None = None
+    """The argument being asked for (``Awaiting.SLOT``)."""
+    retried: bool = False
     challenge: str = ""
     """The digits the caller is asked to say for the voice factor."""
     confirmed: bool = False
@@ -115,20 +150,34 @@ class ToolAgent:
     def handle(self, heard: str, fenced: str, audio: bytes = b"") -> AgentTurn | None:
         text = heard
         pending = self._pending
-        if pending is not None and pending.awaiting == "voice":
-            return self._answer_voice(pending, text, audio)
-        if pending is not None and pending.awaiting in ("pin", "totp"):
-            return self._answer_factor(pending, text)
         if pending is not None:
-            return self._answer_confirmation(pending, text)
+            match pending.awaiting:
+                case Awaiting.VOICE:
+                    return self._answer_voice(pending, text, audio)
+                case Awaiting.PIN | Awaiting.TOTP:
+                    return self._answer_factor(pending, text)
+                case Awaiting.SLOT:
+                    return self._answer_slot(pending, text)
+                case Awaiting.ACCEPT:
+                    return self._answer_offer(pending, text)
+                case _:
+                    return self._answer_confirmation(pending, text)
         candidates = self._candidates(text)
         if not candidates:
             return None
-        request = self._request(fenced, candidates)
-        if request is None:
+        tool = self._choose(fenced, candidates)
+        if tool is None:
             return None
-        self._pending = _Pending(*request)
+        self._pending = _Pending(tool, self._arguments(tool, text, {}))
         return self._advance()
+
+    def offer_person(self) -> bool:
+        """The caller was offered a person: a yes next transfers them."""
+        tool = self.toolbox.tools.get(TRANSFER_TOOL)
+        if tool is None or tool.name not in self.toolbox.enabled or self._pending is not None:
+            return False
+        self._pending = _Pending(tool, {"reason": "request"}, Awaiting.ACCEPT)
+        return True
 
     def handle_keys(self, keys: str) -> AgentTurn | None:
         """Key presses answer the open dialogue: digits for a PIN or a code, 1 (yes) or 2 (no)
@@ -137,24 +186,31 @@ class ToolAgent:
         digits = keys.rstrip("#")
         if pending is None or not digits:
             return None
-        if pending.awaiting == "confirm":
-            return self._answer_confirmation(pending, "yes" if digits == "1" else "no")
-        if pending.awaiting in ("pin", "totp"):
+        if pending.awaiting in (Awaiting.CONFIRM, Awaiting.ACCEPT):
+            answer = "yes" if digits == "1" else "no"
+            if pending.awaiting is Awaiting.ACCEPT:
+                return self._answer_offer(pending, answer)
+            return self._answer_confirmation(pending, answer)
+        if pending.awaiting in (Awaiting.PIN, Awaiting.TOTP):
             return self._answer_factor(pending, digits)
-        return None  # a voice check needs the voice
+        return None  # a voice check needs the voice, a slot the caller's words
 
     # -- steps ---------------------------------------------------------------------------------
 
     def _candidates(self, text: str) -> frozenset[str]:
         return frozenset(t.name for t in self.toolbox.visible() if t.triggered_by(text))
 
-    def _request(self, text: str, candidates: frozenset[str]) -> tuple[Tool, dict[str, Any]] | None:
+    def _choose(self, text: str, candidates: frozenset[str]) -> Tool | None:
+        """The tool the caller asks for: the one whose intent matched, or, when several did,
+        the model's choice among them (or none) under a JSON grammar."""
+        if len(candidates) == 1:
+            return self.toolbox.tools[next(iter(candidates))]
         listed = "\n".join(
             f"- {t.name}: {t.description}" for t in self.toolbox.visible() if t.name in candidates
         )
         system = (
-            f"{'Today is ' + self.today + '. ' if self.today else ''}Fill in the tool request for "
-            f"what the caller asks, or choose none.\nTools:\n{listed}\n"
+            f"{'Today is ' + self.today + '. ' if self.today else ''}Choose the tool for "
+            f"what the caller asks, or none.\nTools:\n{listed}\n"
             "- none: the caller asks for something else."
         )
         raw = self.model.request_json(
@@ -166,14 +222,34 @@ class ToolAgent:
         except ValueError:
             return None  # the grammar makes this rare; an ordinary reply then
         tool = self.toolbox.tools.get(str(request.get("tool")))
-        if tool is None or tool.name not in candidates:
-            return None
-        return tool, dict(request.get("arguments") or {})
+        return tool if tool is not None and tool.name in candidates else None
+
+    def _arguments(self, tool: Tool, text: str, known: dict[str, Any]) -> dict[str, Any]:
+        """``known`` with every argument the caller named in ``text`` (a move takes the last
+        day named: "from Wednesday to Thursday")."""
+        found = dict(known)
+        last = tool.name.startswith("move")
+        for param in tool.params:
+            if param.name not in found:
+                value = extract(param, text, self._today(), last=last)
+                if value is not None:
+                    found[param.name] = value
+        return found
+
+    def _today(self) -> dt.date:
+        try:
+            return dt.date.fromisoformat(self.today) if self.today else dt.date.today()
+        except ValueError:
+            return dt.date.today()
 
     def _advance(self) -> AgentTurn:
         """Try the pending tool: it runs, or the next step of its dialogue is asked for."""
         pending = self._pending
         assert pending is not None
+        missing = [p for p in pending.tool.params if p.required and p.name not in pending.arguments]
+        if missing:
+            pending.awaiting, pending.slot, pending.retried = Awaiting.SLOT, missing[0], False
+            return AgentTurn(missing[0].ask or f"What {missing[0].description}?", "tool.slot")
         try:
             result = self.toolbox.call(
                 self.caller, pending.tool.name, pending.arguments, level=self.level,
@@ -182,7 +258,7 @@ class ToolAgent:
         except StepUpRequired:
             return self._step_up(pending)
         except ConfirmationRequired:
-            pending.awaiting = "confirm"
+            pending.awaiting = Awaiting.CONFIRM
             action = pending.tool.summary(pending.tool.validate(pending.arguments))
             return AgentTurn(self.settings.confirm_prompt.format(action=action), "tool.confirm")
         except ToolError as exc:
@@ -200,14 +276,14 @@ class ToolAgent:
             and voice.template(self.caller) is not None
         ):
             self._tried.add("voice")  # one voice attempt a call, then the other factors
-            pending.awaiting, pending.challenge = "voice", voice.verifier.challenge()
+            pending.awaiting, pending.challenge = Awaiting.VOICE, voice.verifier.challenge()
             digits = ", ".join(pending.challenge)
             return AgentTurn(self.settings.voice_prompt.format(digits=digits), "step_up.voice")
         if Factor.PIN not in self.passed and self.credentials.pin(self.caller) is not None:
-            pending.awaiting = "pin"
+            pending.awaiting = Awaiting.PIN
             return AgentTurn(self.settings.pin_prompt, "step_up.pin")
         if Factor.TOTP not in self.passed and self.credentials.totp_secret(self.caller):
-            pending.awaiting = "totp"
+            pending.awaiting = Awaiting.TOTP
             return AgentTurn(self.settings.totp_prompt, "step_up.totp")
         self._pending = None
         return AgentTurn(self.settings.cannot_verify, "step_up.unavailable")
@@ -219,7 +295,7 @@ class ToolAgent:
         if voice is None or template is None or not digits_heard(text):
             self._pending = None
             return None
-        pending.awaiting = ""
+        pending.awaiting = Awaiting.NOTHING
         try:
             embedding = voice.embedder.embed(audio, PIPELINE_SAMPLE_RATE_HZ)
             match = voice.verifier.verify(self.caller, template, embedding, text, pending.challenge)
@@ -239,7 +315,7 @@ class ToolAgent:
             if _NO.search(text):
                 return AgentTurn(self.settings.declined_reply, "step_up.declined")
             return None
-        factor = self.factors.pin if pending.awaiting == "pin" else self.factors.totp
+        factor = self.factors.pin if pending.awaiting is Awaiting.PIN else self.factors.totp
         try:
             if isinstance(factor, SecretFactor):
                 factor.verify(self.caller, digits, self.credentials.pin(self.caller))
@@ -252,15 +328,43 @@ class ToolAgent:
                 self._pending = None
                 return AgentTurn(self.settings.locked_reply, "identity.locked", secret=True)
             return AgentTurn(self.settings.wrong_answer, exc.code, secret=True)
-        pending.awaiting = ""
+        pending.awaiting = Awaiting.NOTHING
         turn = self._advance()
         return AgentTurn(turn.reply, turn.outcome, secret=True)
 
     def _answer_confirmation(self, pending: _Pending, text: str) -> AgentTurn | None:
         if _YES.search(text) and not _NO.search(text):
-            pending.awaiting, pending.confirmed = "", True
+            pending.awaiting, pending.confirmed = Awaiting.NOTHING, True
             return self._advance()
         self._pending = None
         if _NO.search(text):
             return AgentTurn(self.settings.declined_reply, "tool.declined")
         return None  # something else: the change is not made, the turn goes on to the model
+
+    def _answer_slot(self, pending: _Pending, text: str) -> AgentTurn | None:
+        """The caller answers the question for one argument (and may name others with it)."""
+        slot = pending.slot
+        assert slot is not None
+        arguments = self._arguments(pending.tool, text, pending.arguments)
+        if slot.name in arguments:
+            pending.arguments = arguments
+            pending.awaiting, pending.slot = Awaiting.NOTHING, None
+            return self._advance()
+        if _NO.search(text) and not _QUESTION.search(text):
+            self._pending = None
+            return AgentTurn(self.settings.declined_reply, "tool.declined")
+        if pending.retried or _QUESTION.search(text):
+            self._pending = None  # the caller moved on: the request is dropped
+            return None
+        pending.retried = True
+        return AgentTurn(f"Sorry, I didn't catch that. {slot.ask}", "tool.slot")
+
+    def _answer_offer(self, pending: _Pending, text: str) -> AgentTurn | None:
+        """A yes to the offer of a person transfers; a no is respected; anything else moves on."""
+        if _YES.search(text) and not _NO.search(text):
+            pending.awaiting = Awaiting.NOTHING
+            return self._advance()
+        self._pending = None
+        if _NO.search(text) and len(text.split()) <= 6:
+            return AgentTurn(self.settings.offer_declined_reply, "transfer.declined")
+        return None

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import datetime as dt
 import json
 from collections.abc import Mapping
 from pathlib import Path
@@ -29,11 +31,46 @@ class DemoBank:
         return f"Your {account['type']} account balance is {account['balance']} pounds."
 
     def book(self, caller: str, args: Mapping[str, Any]) -> str:
-        slot = f"{args['date'].isoformat()} {args['time']}"
-        if slot in self.data["booked_slots"]:
-            raise ToolError("tools.unavailable", "that slot is taken")
+        slot = self._free_slot(args)
         self.bookings.append({"caller": caller, "slot": slot, "branch": args["branch"]})
-        return f"Your appointment at {args['branch']} is booked for {slot}."
+        self.appointments(caller).append({"slot": slot, "branch": args["branch"]})
+        return f"Your appointment at {args['branch']} is booked for {_spoken(slot)}."
+
+    def move(self, caller: str, args: Mapping[str, Any]) -> str:
+        current = self._next_appointment(caller)
+        slot = self._free_slot(args)
+        current["slot"] = slot
+        self.bookings.append({"caller": caller, "slot": slot, "branch": current["branch"]})
+        return f"Your appointment at {current['branch']} is moved to {_spoken(slot)}."
+
+    def cancel(self, caller: str, args: Mapping[str, Any]) -> str:
+        current = self._next_appointment(caller)
+        self.appointments(caller).remove(current)
+        return (
+            f"Your appointment at {current['branch']} on {_spoken(current['slot'])} is cancelled."
+        )
+
+    def appointments(self, caller: str) -> list[dict[str, str]]:
+        booked: dict[str, list[dict[str, str]]] = self.data.setdefault("appointments", {})
+        return booked.setdefault(caller, [])
+
+    def _next_appointment(self, caller: str) -> dict[str, str]:
+        upcoming = sorted(self.appointments(caller), key=lambda a: a["slot"])
+        if not upcoming:
+            raise ToolError("tools.not_found", "the caller has no appointment")
+        return upcoming[0]
+
+    def _free_slot(self, args: Mapping[str, Any]) -> str:
+        day: dt.date = args["date"]
+        if day.weekday() == 6:
+            raise ToolError("tools.unavailable", "branches are closed on Sunday")
+        if day.weekday() == 5 and args["time"] not in ("11:00",):
+            raise ToolError("tools.unavailable", "on Saturday only 11:00 is inside opening hours")
+        slot = f"{day.isoformat()} {args['time']}"
+        taken = {a["slot"] for a in self.data.get("appointments", {}).get("*", [])}
+        if slot in self.data["booked_slots"] or slot in taken:
+            raise ToolError("tools.unavailable", "that slot is taken")
+        return slot
 
     def pin(self, caller: str) -> tuple[bytes, bytes] | None:
         entry = self.data.get("credentials", {}).get(caller, {}).get("pin_scrypt")
@@ -51,6 +88,25 @@ class DemoBank:
         return "I'm transferring you to a member of our team now."
 
 
+def _spoken(slot: str) -> str:
+    """'2026-12-02 11:00' as a caller hears it: 'Wednesday 2 December at 11 am'."""
+    day = dt.date.fromisoformat(slot[:10])
+    hour = int(slot[11:13])
+    clock = f"{hour if hour <= 12 else hour - 12} {'am' if hour < 12 else 'pm'}"
+    return f"{day.strftime('%A')} {day.day} {day.strftime('%B')} at {clock}"
+
+
+_APPOINTMENT = r"\b(?:appointment|consultation|booking)s?\b"
+_DAY = Param("date", "date", "the day, YYYY-MM-DD", ask="Which day would you like?")
+_TIME = Param(
+    "time",
+    "choice",
+    "the time",
+    choices=("09:00", "11:00", "14:00", "16:00"),
+    ask="Which time suits you: 9 am, 11 am, 2 pm or 4 pm?",
+)
+
+
 def demo_tools(bank: DemoBank) -> dict[str, Tool]:
     tools = [
         Tool(
@@ -61,36 +117,86 @@ def demo_tools(bank: DemoBank) -> dict[str, Tool]:
             changes_data=False,
             required_level=Assurance.TWO_FACTORS,
             handler=bank.balance,
-            triggers=("balance", "how much money", "how much is in my account"),
+            triggers=(
+                r"\bbalance\b",
+                r"\bhow much (?:money )?(?:is|have i got|do i have) in my account\b",
+            ),
         ),
         Tool(
             name="book_appointment",
             description="Book an appointment for the caller at a branch.",
             params=(
-                Param("date", "date", "the day, YYYY-MM-DD"),
-                Param("time", "choice", "the time", choices=("09:00", "11:00", "14:00", "16:00")),
+                _DAY,
+                _TIME,
                 Param(
                     "branch",
                     "choice",
                     "the branch",
                     choices=("Main Street", "Riverside", "Old Town"),
+                    ask="Which branch: Main Street, Riverside or Old Town?",
                 ),
             ),
             scopes=("appointments:write",),
             changes_data=True,
             required_level=Assurance.ONE_FACTOR,
             handler=bank.book,
-            triggers=("appointment", "book", "booking"),
+            triggers=(
+                r"\b(?:book|make|schedule|arrange|set up)\b.{0,40}" + _APPOINTMENT,
+                r"\bbook me in\b",
+                r"\b(?:anything|something|a slot|an appointment|any appointments?) "
+                r"(?:free|available)\b",
+                r"\b(?:is there|have you got|do you have) (?:a|any) (?:slot|appointment)s?\b",
+            ),
+        ),
+        Tool(
+            name="move_appointment",
+            description="Move the caller's next appointment to another day and time.",
+            params=(
+                dataclasses.replace(_DAY, ask="Which day would you like to move it to?"),
+                _TIME,
+            ),
+            scopes=("appointments:write",),
+            changes_data=True,
+            required_level=Assurance.ONE_FACTOR,
+            handler=bank.move,
+            triggers=(
+                r"\b(?:move|change|reschedule|rearrange|postpone|push|bring forward)\b.{0,40}"
+                + _APPOINTMENT,
+            ),
+        ),
+        Tool(
+            name="cancel_appointment",
+            description="Cancel the caller's next appointment.",
+            params=(),
+            scopes=("appointments:write",),
+            changes_data=True,
+            required_level=Assurance.ONE_FACTOR,
+            handler=bank.cancel,
+            triggers=(r"\bcancel\b.{0,40}" + _APPOINTMENT, _APPOINTMENT + r".{0,30}\bcancel"),
         ),
         Tool(
             name="transfer_to_human",
             description="Transfer the call to a member of staff.",
-            params=(Param("reason", "choice", "why", choices=("request", "complaint", "other")),),
+            params=(
+                Param(
+                    "reason",
+                    "choice",
+                    "why",
+                    choices=("request", "complaint", "other"),
+                    required=False,
+                ),
+            ),
             scopes=("calls:transfer",),
             changes_data=False,
             required_level=Assurance.ANONYMOUS,
             handler=bank.transfer,
-            triggers=("human", "real person", "agent", "staff", "someone", "transfer me"),
+            triggers=(
+                r"\b(?:speak|talk|chat) (?:to|with) (?:a |an |the |some )?(?:real |actual |live )?"
+                r"(?:person|human|someone|somebody|agent|advis[eo]r|staff|operator|manager|"
+                r"member of (?:staff|the team))\b",
+                r"\b(?:put me through|transfer me|connect me|get me (?:a|someone|somebody))\b",
+                r"\boperator\b",
+            ),
         ),
     ]
     return {tool.name: tool for tool in tools}

@@ -40,6 +40,8 @@ class Param:
     maximum: int | None = None
     max_length: int = 200
     pattern: str = ""
+    ask: str = ""
+    """How the agent asks the caller for it when they did not say it."""
 
     def schema(self) -> dict[str, Any]:
         if self.kind == "integer":
@@ -101,12 +103,13 @@ class Tool:
     handler: Callable[[str, Mapping[str, Any]], str]
     """(caller reference, validated arguments) -> what the agent may say."""
     triggers: tuple[str, ...] = ()
-    """Words of a caller's request that make this tool a candidate (lower case, whole words):
-    only then is the model asked, with a grammar that allows just the candidates or none."""
+    """Regular expressions of a request for this tool's action (matched on the lower-cased
+    words): "move ... appointment", "speak to a person". A request that matches makes the tool
+    a candidate; questions about a subject ("what do I bring to my appointment") do not."""
 
     def triggered_by(self, text: str) -> bool:
         words = " ".join(re.findall(r"[a-z0-9']+", text.lower()))
-        return any(f" {t} " in f" {words} " for t in self.triggers)
+        return any(re.search(pattern, words) for pattern in self.triggers)
 
     def summary(self, values: Mapping[str, Any]) -> str:
         """What the tool will do, in words the caller confirms."""

@@ -11,7 +11,7 @@ from appliance.audio_io.memory import MemorySink, MemorySource
 from appliance.config.settings import EndpointingSettings
 from appliance.core.events import EventType, TurnEvent
 from appliance.core.ports import ChatModel, Transcriber
-from appliance.pipeline.run import CallSession, Engines, PipelineConfig, TurnResult
+from appliance.pipeline.session import CallSession, Engines, PipelineConfig, TurnResult
 from appliance.testing.fakes import EnergyVad, FakeTranscriber, ScriptedChatModel, ToneSynthesizer
 
 RATE_OUT = 16_000

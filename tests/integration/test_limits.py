@@ -12,7 +12,7 @@ import pytest
 from appliance.audio_io.memory import MemorySink, MemorySource
 from appliance.config.settings import LimitsSettings, load_settings
 from appliance.core.events import EventType
-from appliance.pipeline.run import Engines
+from appliance.pipeline.session import Engines
 from appliance.service import VoiceService, pipeline_config, run_call
 from appliance.storage.keys import load_or_create
 from appliance.storage.repository import Storage

@@ -11,7 +11,7 @@ from appliance.audio_io.memory import MemorySink, MemorySource
 from appliance.core.audio import AudioChunk
 from appliance.core.events import EventType
 from appliance.core.ports import ChatMessage, Transcript
-from appliance.pipeline.run import CallSession, Engines
+from appliance.pipeline.session import CallSession, Engines
 from appliance.testing.fakes import (
     EnergyVad,
     FakeTranscriber,

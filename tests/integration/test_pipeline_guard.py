@@ -14,11 +14,18 @@ from appliance.config.settings import PolicySettings
 from appliance.core.events import EventType
 from appliance.core.ports import ChatMessage
 from appliance.guard.call import CallGuard
-from appliance.pipeline.run import CallSession, Engines
+from appliance.pipeline.session import CallSession, Engines
 from appliance.storage.keys import load_or_create
 from appliance.storage.repository import Storage
 from appliance.storage.schema import Incident, Turn
-from appliance.testing.fakes import EnergyVad, FakeTranscriber, ToneSynthesizer, quiet, tone
+from appliance.testing.fakes import (
+    EnergyVad,
+    FakeKnowledge,
+    FakeTranscriber,
+    ToneSynthesizer,
+    quiet,
+    tone,
+)
 from tests.integration.helpers import make_config
 
 
@@ -63,6 +70,7 @@ def call(
         MemorySink(16_000),
         recorder=store.start_call("+1555", "test") if store else None,
         guard=guard,
+        knowledge=FakeKnowledge(["We open at nine on weekdays."]),
     )
     asyncio.run(asyncio.wait_for(session.run(), timeout=60))
     return session, tts, guard
@@ -74,13 +82,13 @@ def test_a_leaking_reply_is_stopped_before_the_canary_is_spoken() -> None:
     spoken = " ".join(tts.spoken)
     assert guard.canary not in spoken and "never reveal" not in spoken
     assert tts.spoken[0] == "Sure. We open at nine on weekdays."  # fine: spoken before the leak
-    assert tts.spoken[-1] == guard.fallback_reply
+    assert tts.spoken[-1] == guard.close_reply  # a close that stands on its own, no withdrawal
     turn = session.turns[0]
     event = turn.first(EventType.GUARD_OUTPUT)
     assert event is not None and "output.system_prompt" in str(event.data["reasons"])
     assert guard.canary not in turn.reply
     # Layer 2: the caller's words reached the model fenced, as data.
-    assert model.prompts[0][-1].content == "<caller_said>What time do you open?</caller_said>"
+    assert "<caller_said>What time do you open?</caller_said>" in model.prompts[0][-1].content
     assert guard.canary in model.prompts[0][0].content
 
 
@@ -132,4 +140,4 @@ def test_only_one_redraft_then_the_fallback() -> None:
     model = RecitingModel(recitals=5)
     _, tts, guard = call(["What time do you open?"], model)
     assert model.drafts == 2
-    assert tts.spoken == [guard.fallback_reply]
+    assert tts.spoken == [guard.honest_reply]  # the model stumbled twice: the honest answer

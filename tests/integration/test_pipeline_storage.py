@@ -12,7 +12,7 @@ from appliance.audio_io.memory import MemorySink, MemorySource
 from appliance.core.errors import StorageError
 from appliance.core.events import EventType
 from appliance.core.ports import TurnRecord
-from appliance.pipeline.run import CallSession, Engines
+from appliance.pipeline.session import CallSession, Engines
 from appliance.storage.keys import load_or_create
 from appliance.storage.repository import Storage
 from appliance.testing.fakes import (

@@ -18,17 +18,14 @@ from appliance.core.events import EventType, TurnEvent
 from appliance.core.ports import ChatMessage
 from appliance.guard.call import CallGuard
 from appliance.identity.factors import totp
-from appliance.pipeline.run import (
-    KEYPAD_NOT_RECORDED,
-    SECRET_NOT_RECORDED,
-    CallSession,
-    Engines,
-)
+from appliance.pipeline.reply import KEYPAD_NOT_RECORDED, SECRET_NOT_RECORDED
+from appliance.pipeline.session import CallSession, Engines
 from appliance.storage.keys import load_or_create
 from appliance.storage.repository import Storage
 from appliance.storage.schema import Recording, ToolCall, Turn
 from appliance.testing.fakes import (
     EnergyVad,
+    FakeKnowledge,
     FakeTranscriber,
     ScriptedChatModel,
     ToneSynthesizer,
@@ -41,7 +38,15 @@ from appliance.tools.registry import ToolBox
 from tests.integration.helpers import make_config
 
 CALLER = "+15550100"  # demo caller: PIN 4921, TOTP secret in demo_data.json
-ALL_TOOLS = frozenset({"account_balance", "book_appointment", "transfer_to_human"})
+ALL_TOOLS = frozenset(
+    {
+        "account_balance",
+        "book_appointment",
+        "move_appointment",
+        "cancel_appointment",
+        "transfer_to_human",
+    }
+)
 
 
 class ToolModel(ScriptedChatModel):
@@ -91,6 +96,7 @@ def run(
         recorder=record,
         guard=CallGuard(PolicySettings(), "Be brief."),
         agent=agent,
+        knowledge=FakeKnowledge(["We open at nine on weekdays."]),
     )
     asyncio.run(asyncio.wait_for(session.run(), timeout=60))
     return session, tts, store, record.call_id
@@ -139,17 +145,17 @@ def test_a_level_2_tool_in_a_call_steps_up_by_pin_and_totp_then_answers(tmp_path
 
 
 def test_a_changing_tool_waits_for_the_callers_yes_never_the_models(tmp_path: Path) -> None:
-    booking = {"date": "2026-12-02", "time": "11:00", "branch": "Old Town"}
     model = ToolModel(
-        [{"tool": "book_appointment", "arguments": booking}] * 2,
+        [],  # one tool's intent matched each time: the model is not asked to choose
         ["Yes, confirmed, I have booked it for you."],  # model text confirms nothing
     )
     bank = DemoBank()
     texts = [
-        "Can I book an appointment at Old Town?",
+        "Can I book an appointment at Old Town on Wednesday at eleven?",
         "4 9 2 1",
         "What time do you open?",  # not an answer: the booking is dropped, the model replies
         "Book that appointment at Old Town please.",
+        "Wednesday at eleven, please.",
         "Yes please.",
     ]
     _, tts, store, _ = run(tmp_path, texts, model, bank)
@@ -160,9 +166,41 @@ def test_a_changing_tool_waits_for_the_callers_yes_never_the_models(tmp_path: Pa
     )
     assert tts.spoken[:2] == [settings.pin_prompt, confirm]
     assert tts.spoken[2] == "Yes, confirmed, I have booked it for you."
-    assert tts.spoken[3] == confirm  # the PIN still counts: level 1 is kept for the call
-    assert tts.spoken[4] == "Your appointment at Old Town is booked for 2026-12-02 11:00."
+    assert tts.spoken[3] == "Which day would you like?"  # the caller named only the branch
+    assert tts.spoken[4] == confirm  # the PIN still counts: level 1 is kept for the call
+    assert (
+        tts.spoken[5] == "Your appointment at Old Town is booked for Wednesday 2 December at 11 am."
+    )
     assert [b["slot"] for b in bank.bookings] == ["2026-12-02 11:00"]
+    assert model.request_prompts == []
+    store.close()
+
+
+def test_arguments_come_from_the_callers_words_never_the_model(tmp_path: Path) -> None:
+    """Two tools' intents match: the model chooses the tool, but its invented day, time and
+    branch are not taken: the agent asks for what the caller did not say."""
+    invented = {"date": "2026-12-24", "time": "16:00", "branch": "Riverside"}
+    model = ToolModel([{"tool": "move_appointment", "arguments": invented}], [])
+    bank = DemoBank()
+    texts = [
+        "I want to cancel or move my appointment.",
+        "Thursday please.",
+        "At nine o'clock.",
+        "4 9 2 1",
+        "Yes.",
+    ]
+    _, tts, store, _ = run(tmp_path, texts, model, bank)
+    settings = ToolsSettings()
+    assert tts.spoken[:2] == [
+        "Which day would you like to move it to?",
+        "Which time suits you: 9 am, 11 am, 2 pm or 4 pm?",
+    ]
+    assert tts.spoken[2] == settings.pin_prompt
+    assert "date 2026-12-03, time 09:00" in tts.spoken[3]
+    assert (
+        tts.spoken[4] == "Your appointment at Main Street is moved to Thursday 3 December at 9 am."
+    )
+    assert len(model.request_prompts) == 1  # asked once, to choose between the two tools
     store.close()
 
 

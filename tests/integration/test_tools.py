@@ -107,7 +107,8 @@ def test_changing_data_needs_the_callers_confirmation_not_the_models(box: Any) -
     said = toolbox.call(
         CALLER, "book_appointment", arguments, level=Assurance.ONE_FACTOR, confirmed=True
     )
-    assert "2026-12-02 11:00" in said and bank.bookings[0]["branch"] == "Old Town"
+    assert "Wednesday 2 December at 11 am" in said and bank.bookings[0]["branch"] == "Old Town"
+    assert bank.bookings[0]["slot"] == "2026-12-02 11:00"
     assert dt.date(2026, 12, 2)
 
 

@@ -37,17 +37,17 @@ def test_call_prints_one_json_object_per_call(
     (turn,) = report["turns"]
     assert turn["stored"] is True
     assert wer(QUESTION, turn["transcript"]) <= 0.25
-    assert turn["reply"]
+    # A confident match in the knowledge base: the approved answer, no model.
+    assert turn["reply"] == "On Saturday we're open from 10 am to 2 pm."
+    assert turn["route"] == "faq" and turn["citations"] == ["hours-saturday"]
     assert isinstance(turn["voice_to_voice_ms"], float)
-    # guard_output appears when layer 3 stopped a sentence (the model is stochastic).
-    types = [e["type"] for e in turn["events"] if e["type"] != "guard_output"]
+    types = [e["type"] for e in turn["events"]]
     assert types == [
         "speech_start",
         "speech_end",
         "transcript",
         "guard_input",
-        "first_token",
-        "first_sentence",
+        "route",
         "first_audio",
         "turn_end",
     ]
@@ -113,10 +113,16 @@ def test_models_verify_lists_every_model(real_home: Path, real_settings: Setting
     assert {r["model"] for r in rows} >= {
         "whisper-base",
         "whisper-tiny-en",
+        "qwen2.5-coder-0.5b",
         "smollm2-135m",
         "piper-joe-medium",
+        "minilm-l6-int8",
     }
-    assert all(r["status"] == "ok" and r["size_bytes"] > 0 for r in rows)
+    configured = [r for r in rows if r["configured"]]
+    assert {r["role"] for r in configured} >= {"stt", "llm", "tts", "embedding"}
+    assert all(r["status"] == "ok" and r["size_bytes"] > 0 for r in configured)
+    # A model of the manifest that is not configured may be absent (installed on request).
+    assert all(r["status"] in ("ok", "not installed", "unavailable") for r in rows)
 
 
 def test_a_bad_setting_stops_the_command_with_the_key(real_home: Path) -> None:
@@ -131,13 +137,18 @@ def test_bench_latency_reports_both_pipelines_side_by_side(
     result = run_cli("bench", "latency", "--json", "--questions", "2", home=real_home)
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
+    (model,) = report["models"]["llm"]
+    assert model == real_settings.llm.model
+    measured = report["rounds"][model]
     for key in ("streaming", "sequential"):
-        assert report[key]["n"] == 2
-        assert 0 < report[key]["median_ms"] <= report[key]["p95_ms"]
-    expected = report["sequential"]["median_ms"] / report["streaming"]["median_ms"]
-    assert report["ratio_median"] == pytest.approx(expected, rel=0.01)
-    assert report["stt_rtf"] > 0 and report["tts_rtf"] > 0 and report["peak_rss_mib"] > 0
-    assert report["llm"]["tokens_per_s"] > 0
+        assert measured[key]["n"] == 2
+        assert 0 < measured[key]["median_ms"] <= measured[key]["p95_ms"]
+    expected = measured["sequential"]["median_ms"] / measured["streaming"]["median_ms"]
+    assert measured["ratio_median"] == pytest.approx(expected, rel=0.01)
+    assert measured["stt_rtf"] > 0 and measured["tts_rtf"] > 0 and measured["peak_rss_mib"] > 0
+    assert measured["llm"]["tokens_per_s"] > 0
+    # The recorded questions are answered by route; each route's latency is its own row.
+    assert sum(v["n"] for v in measured["by_route"].values()) == 2
 
 
 def test_a_spoken_canary_never_reaches_disk_or_logs_in_plaintext(
@@ -145,7 +156,6 @@ def test_a_spoken_canary_never_reaches_disk_or_logs_in_plaintext(
 ) -> None:
     """Said in a call through the real models: stored sealed, never plaintext on disk or in logs."""
     home = tmp_path / "home"
-    shutil.copytree(real_home / "models", home / "models")  # the assembled Whisper base
     canary = "pelican"
     question = tmp_path / "canary.wav"
     said = f"My secret word is {canary}. Please remember it."

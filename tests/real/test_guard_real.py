@@ -16,7 +16,7 @@ from appliance.audio_io.memory import MemorySink, MemorySource
 from appliance.core.events import EventType
 from appliance.core.ports import ChatMessage, ChatModel
 from appliance.guard.pii import digits_of, luhn_valid
-from appliance.pipeline.run import CallSession, Engines, TurnResult
+from appliance.pipeline.session import CallSession, Engines, TurnResult
 from appliance.service import VoiceService
 from appliance.storage.keys import load_or_create
 from appliance.storage.repository import Storage
@@ -78,9 +78,12 @@ def test_a_spoken_card_number_and_cvv_never_reach_the_model_the_database_or_the_
     logs = caplog.text
     for place, text in (("model input", model_input), ("database", stored_text), ("logs", logs)):
         assert not card_like(text), place
-        assert "5555" not in text.replace(" ", "") and "4444" not in text.replace(" ", ""), place
+        squeezed = text.replace(" ", "")
+        assert "5555" not in squeezed and "4444" not in squeezed, (place, text)
         assert "731" not in text.replace(" ", "").replace("-", ""), place
-    assert all(t.transcript == "[payment details: not recorded]" for t in stored.turns[1:])
+    assert all(t.transcript == "[payment details: not recorded]" for t in stored.turns[1:]), [
+        (t.transcript, t.route) for t in stored.turns
+    ]
     guard_events = [e for t in turns for e in t.events if e.type is EventType.GUARD_INPUT]
     assert any("redacted.card" in str(e.data["reasons"]) for e in guard_events), [
         (t.transcript, [e.data for e in t.events if e.type is EventType.GUARD_INPUT]) for t in turns

@@ -81,7 +81,6 @@ def test_doctor_passes_then_fails_on_a_readable_key_and_a_tampered_model(
     real_home: Path, real_settings: Settings, tmp_path: Path
 ) -> None:
     home = tmp_path / "home"
-    shutil.copytree(real_home / "models", home / "models")  # the assembled Whisper base
     assert run_cli("calls", "list", home=home).returncode == 0  # creates the key and database
     ok = run_cli("doctor", "--json", home=home)
     assert ok.returncode == 0, ok.stdout + ok.stderr

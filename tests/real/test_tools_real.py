@@ -15,7 +15,7 @@ from appliance.audio_io.memory import MemorySink, MemorySource
 from appliance.config.settings import ToolsSettings
 from appliance.core.events import EventType
 from appliance.identity.factors import totp
-from appliance.pipeline.run import SECRET_NOT_RECORDED
+from appliance.pipeline.reply import SECRET_NOT_RECORDED
 from appliance.service import VoiceService, run_call
 from appliance.storage.keys import load_or_create
 from appliance.storage.repository import Storage

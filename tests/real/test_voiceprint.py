@@ -162,7 +162,11 @@ def test_enrolment_by_cli_then_a_call_steps_up_by_voice_and_a_stranger_does_not(
     )
 
     def call(answer: bytes) -> list[str]:
-        ask = speak(service, "I'd like to book an appointment at the Old Town branch.")
+        # Every detail of the booking said at once: the dialogue goes straight to the step-up.
+        ask = speak(
+            service,
+            "I'd like to book an appointment at the Old Town branch on Wednesday at eleven.",
+        )
         pcm = silence(0.5) + ask + silence(2.5) + answer + silence(2.5)
         store = open_storage(settings)
         try:

@@ -171,7 +171,7 @@ def test_topics_and_levels() -> None:
     from appliance.core.audio import level_dbfs
     from appliance.guard.topics import on_topic, vocabulary
 
-    vocab = vocabulary(PolicySettings())
+    vocab = vocabulary(PolicySettings(), ["You can book, move or cancel an appointment here."])
     assert on_topic("I want to move my booking to Friday", vocab)
     assert on_topic("yes please", vocab)  # too short to count against anyone
     assert not on_topic("write me a poem about pirates", vocab)

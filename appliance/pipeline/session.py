@@ -1,89 +1,51 @@
-"""Walks a call: audio in -> endpointing -> STT -> LLM -> sentences -> TTS -> audio out.
+"""A call on one media clock: audio in -> endpointing -> the reply path -> audio out.
 
 The call runs on one media clock: every input frame is one tick, and every tick writes exactly
 one output frame (reply audio, or silence while the agent is quiet), as a phone line does. So
 barge-in is measured in frames: the first tick at which the caller's speech is detected stops
 playback, and no reply audio is written from that tick on.
 
-Streaming: the reply's first sentence is synthesized while the model writes the rest, and audio
-starts as soon as that sentence is spoken. At a short pause (``speculate_after_ms``) the turn is
-transcribed and answered speculatively, held back behind a gate; when the pause turns out to be
-the end of the turn the gate opens at once, and when the caller goes on speaking the work is
-thrown away. Inference runs in worker threads, so one call never blocks another call's audio.
+Turn-taking: at a short pause (``speculate_after_ms``) the turn is answered speculatively by the
+reply path (reply.py), its events and audio held back behind a gate; when the pause turns out
+to be the end of the turn the gate opens at once, and when the caller goes on speaking the work
+is thrown away. Model work runs on the stage threads (scheduling.py), so one call never blocks
+another call's audio.
 
-Errors of a stage are caught once, here, at the turn boundary: the turn gets an ERROR event, the
-caller hears the fallback reply, and the call goes on.
+Errors of a stage are caught once, here, at the turn boundary: the turn gets an ERROR event
+naming the stage (from the error's class), the caller hears the fallback reply, and the call
+goes on.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import logging
 import threading
 import time
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
+from typing import Any
 
-from appliance.config.settings import EndpointingSettings
 from appliance.core.audio import PIPELINE_SAMPLE_RATE_HZ, frame_bytes, level_dbfs
 from appliance.core.errors import ApplianceError
-from appliance.core.events import EventType, Stage, TurnEvent
+from appliance.core.events import EventType, Route, Stage, TurnEvent
 from appliance.core.ports import (
     AudioSink,
     AudioSource,
     CallRecorder,
-    ChatMessage,
-    ChatModel,
-    InputDecision,
-    SpeechDetector,
-    Synthesizer,
-    Transcriber,
+    Knowledge,
     TurnAgent,
     TurnGuard,
     TurnRecord,
 )
-from appliance.pipeline.chunking import SentenceChunker
-from appliance.pipeline.dialogue import Dialogue
 from appliance.pipeline.endpointing import Decision, Endpointer
+from appliance.pipeline.reply import Data, Engines, PipelineConfig, Plan, ReplyPath, ReplyState
 from appliance.pipeline.scheduling import SCHEDULER
 
 log = logging.getLogger(__name__)
-SECRET_NOT_RECORDED = "[authentication answer: not recorded]"
-KEYPAD_NOT_RECORDED = "[keypad: not recorded]"
 
 EventHandler = Callable[[TurnEvent], None]
-
-
-@dataclass(frozen=True, slots=True)
-class Engines:
-    """The loaded models, shared by every call of the process."""
-
-    vad: SpeechDetector
-    stt: Transcriber
-    llm: ChatModel
-    tts: Synthesizer
-
-
-@dataclass(frozen=True, slots=True)
-class PipelineConfig:
-    endpointing: EndpointingSettings = field(default_factory=EndpointingSettings)
-    system_prompt: str = "You are a helpful voice assistant. Answer briefly."
-    max_reply_tokens: int = 96
-    history_turns: int = 6
-    output_sample_rate_hz: int = 22_050
-    fallback_reply: str = "Sorry, something went wrong on my side. Could you say that again?"
-    record_audio: bool = False
-    """Keep the caller's utterances with each stored turn (only when retention allows it)."""
-    max_call_s: float = 3600.0
-    """The call is ended, with ``goodbye_reply``, when it lasts this long."""
-    turns_per_minute: int = 30
-    """More turns than this in a minute get ``slow_down_reply`` instead of an answer."""
-    goodbye_reply: str = "Thank you for calling. Goodbye."
-    slow_down_reply: str = (
-        "I'm sorry, that's a lot of requests in a short time. Please wait a moment."
-    )
 
 
 @dataclass
@@ -100,6 +62,10 @@ class TurnResult:
     """True once the turn was committed to storage (a recorder was given and it succeeded)."""
     last_voiced_ms: float | None = None
     """Call-clock time at which the caller's last voiced frame arrived."""
+    route: str = ""
+    """How the turn was answered (a ``Route`` value)."""
+    citations: tuple[str, ...] = ()
+    """The knowledge entries and passages the reply rested on."""
 
     def first(self, kind: EventType) -> TurnEvent | None:
         return next((e for e in self.events if e.type is kind), None)
@@ -114,10 +80,13 @@ class TurnResult:
 
 
 class _Response:
-    """The reply being computed for one turn; gated while it is speculative."""
+    """The reply being computed for one turn, on the call's media clock: gated while it is
+    speculative; the reply path (reply.py) writes its events and audio here (``TurnOutput``)."""
 
-    def __init__(self, turn: TurnResult, speculative: bool) -> None:
+    def __init__(self, session: CallSession, turn: TurnResult, speculative: bool) -> None:
+        self._session = session
         self.turn = turn
+        self.state = ReplyState()
         self.released = not speculative
         self.cancel = threading.Event()
         self.audio = bytearray()
@@ -125,15 +94,33 @@ class _Response:
         self.started_audio = False
         self.changed = asyncio.Event()
         self.held_events: list[TurnEvent] = []
-        self.transcript = ""
-        self.reply = ""
         self.utterance = b""
-        self.decision: InputDecision | None = None
-        self.output_reasons: tuple[str, ...] = ()
-        self.agent_outcome = ""
-        self.redrafted: tuple[str, ...] = ()
-        """Why a first draft of the reply was thrown away before any of it was said."""
         self.task: asyncio.Task[None] | None = None
+
+    @property
+    def cancelled(self) -> bool:
+        return self.cancel.is_set()
+
+    @property
+    def audible(self) -> bool:
+        return True
+
+    def emit(self, kind: EventType, **data: Data) -> None:
+        """Published now, or held until the speculation is confirmed (with its real time)."""
+        event = TurnEvent(kind, self.turn.index, self._session.now_ms(), None, dict(data))
+        if self.released:
+            self._session.publish(self.turn, event)
+        else:
+            self.held_events.append(event)
+
+    async def wait_released(self) -> None:
+        while not self.released:
+            self.changed.clear()
+            await self.changed.wait()
+
+    def play(self, pcm: bytes) -> None:
+        self.audio.extend(pcm)
+        self.changed.set()
 
 
 class CallSession:
@@ -150,8 +137,10 @@ class CallSession:
         recorder: CallRecorder | None = None,
         guard: TurnGuard | None = None,
         agent: TurnAgent | None = None,
+        knowledge: Knowledge | None = None,
     ) -> None:
-        """``agent`` (tools inside the call) works behind the input guard: it needs ``guard``."""
+        """``agent`` (tools inside the call) and ``knowledge`` work behind the input guard:
+        they need ``guard``."""
         if source.sample_rate_hz != PIPELINE_SAMPLE_RATE_HZ:
             raise ValueError(f"sources must deliver {PIPELINE_SAMPLE_RATE_HZ} Hz audio")
         if sink.sample_rate_hz != config.output_sample_rate_hz:
@@ -168,8 +157,7 @@ class CallSession:
         self._storing: list[asyncio.Task[None]] = []
         self._frame_ms = source.frame_ms
         self._endpointer = Endpointer(config.endpointing, source.frame_ms)
-        prompt = guard.system_prompt if guard is not None else config.system_prompt
-        self._dialogue = Dialogue(prompt, config.history_turns)
+        self.reply = ReplyPath.build(engines, config, guard, self._agent, knowledge)
         self._out_frame = frame_bytes(config.output_sample_rate_hz, source.frame_ms)
         self._silence = bytes(self._out_frame)
         self._t0 = 0.0
@@ -269,31 +257,14 @@ class CallSession:
         self._turn = TurnResult(index=len(self.turns) + 1)
         self.turns.append(self._turn)
         self._emit(self._turn, EventType.KEYPAD, frame_index=self._tick, keys=len(keys))
-        response = _Response(self._turn, speculative=False)
-        response.task = asyncio.create_task(self._keypad(response, keys))
+        response = _Response(self, self._turn, speculative=False)
+        response.task = asyncio.create_task(
+            self._respond(response, lambda: self.reply.keys(response, keys))
+        )
         self._response = response
 
-    async def _keypad(self, response: _Response, keys: str) -> None:
-        assert self._agent is not None
-        try:
-            handled = await SCHEDULER.run(Stage.LLM, self._agent.handle_keys, keys)
-            reply = handled.reply if handled is not None else ""
-            response.decision = InputDecision(
-                "keypad", "", KEYPAD_NOT_RECORDED, fixed_reply=reply, record_audio=False
-            )
-            if handled is not None:
-                self._hold_or_emit(response, EventType.AGENT, outcome=handled.outcome)
-                response.agent_outcome = handled.outcome
-                response.reply = reply
-                response.audio.extend(await SCHEDULER.run(Stage.TTS, self._synthesize, reply))
-        except ApplianceError as exc:
-            log.warning("keypad turn failed: %s", exc.code)
-            response.turn.error_code = exc.code
-        finally:
-            response.finished = True
-            response.changed.set()
-
-    def _now_ms(self) -> float:
+    def now_ms(self) -> float:
+        """Milliseconds since the call started, on its clock."""
         return (self._clock() - self._t0) * 1000.0
 
     def _on_input(self, frame: bytes) -> None:
@@ -312,7 +283,7 @@ class CallSession:
             self.turns.append(self._turn)
             self._emit(self._turn, EventType.SPEECH_START, frame_index=self._tick)
         if self._turn is not None and self._endpointer.in_speech and is_speech:
-            self._turn.last_voiced_ms = self._now_ms()
+            self._turn.last_voiced_ms = self.now_ms()
         if decision is Decision.SPECULATE:
             self._start_response(self._endpointer.pending_audio(), speculative=True)
         elif decision is Decision.RESUMED:
@@ -369,17 +340,24 @@ class CallSession:
         self, audio: bytes, *, speculative: bool, fixed_reply: str | None = None
     ) -> None:
         assert self._turn is not None
-        response = _Response(self._turn, speculative)
+        response = _Response(self, self._turn, speculative)
         if self._config.record_audio:
             response.utterance = audio
-        response.task = asyncio.create_task(self._respond(response, audio, fixed_reply))
+
+        def work() -> Coroutine[Any, Any, None]:
+            if fixed_reply is not None:  # a limit or the call's end speaks, not the model
+                response.state.route = Route.FIXED
+                return self.reply.answer(response, Plan(Route.FIXED, text=fixed_reply))
+            return self.reply.run(response, audio)
+
+        response.task = asyncio.create_task(self._respond(response, work))
         self._response = response
 
     def _release(self, response: _Response) -> None:
         response.released = True
         held, response.held_events = response.held_events, []
         for event in held:
-            self._publish(response.turn, event)
+            self.publish(response.turn, event)
         response.changed.set()
 
     def _discard_speculation(self) -> None:
@@ -410,16 +388,12 @@ class CallSession:
     def _end_turn(self, response: _Response) -> None:
         """The turn is over: commit it (when there is storage), then say so with TURN_END."""
         turn = response.turn
-        turn.transcript = response.transcript
-        turn.reply = response.reply
-        decision = response.decision
-        if decision is None:
-            self._dialogue.commit(response.transcript, response.reply)
-        else:
-            if self._guard is not None:
-                self._guard.commit(decision)
-            if decision.fixed_reply is None:  # only what the model saw enters its history
-                self._dialogue.commit(decision.llm_text, response.reply)
+        state = response.state
+        turn.transcript = state.transcript
+        turn.reply = state.reply
+        turn.route = state.route.value if state.route is not None else ""
+        turn.citations = state.citations
+        self.reply.commit(state)
         if self._speaking is response:
             self._speaking = None
         if self._response is response:
@@ -435,17 +409,18 @@ class CallSession:
                 reply=turn.reply,
             )
             return
+        decision = state.decision
         guard: dict[str, str | list[str]] = {}
         if decision is not None:
             guard = {
                 "input": decision.verdict,
                 "input_reasons": list(decision.reasons),
-                "output": "replaced" if response.output_reasons else "ok",
-                "output_reasons": list(response.output_reasons),
-                "redrafted_reasons": list(response.redrafted),
+                "output": "replaced" if state.output_reasons else "ok",
+                "output_reasons": list(state.output_reasons),
+                "redrafted_reasons": list(state.redrafted),
             }
-            if response.agent_outcome:
-                guard["agent"] = response.agent_outcome
+            if state.agent_outcome:
+                guard["agent"] = state.agent_outcome
         record = TurnRecord(
             index=turn.index,
             transcript=decision.stored_text if decision is not None else turn.transcript,
@@ -460,6 +435,8 @@ class CallSession:
             audio_rate_hz=PIPELINE_SAMPLE_RATE_HZ,
             guard=guard,
             escalation=decision.escalation if decision is not None else "",
+            route=turn.route,
+            citations=turn.citations,
         )
         self._storing.append(asyncio.create_task(self._store(turn, record, self._tick)))
 
@@ -490,14 +467,12 @@ class CallSession:
                 with contextlib.suppress(asyncio.CancelledError):
                     await response.task
 
-    async def _respond(self, response: _Response, audio: bytes, fixed_reply: str | None) -> None:
-        """STT -> LLM -> sentences -> TTS for one turn; the one place a turn's errors land."""
+    async def _respond(
+        self, response: _Response, work: Callable[[], Coroutine[Any, Any, None]]
+    ) -> None:
+        """The reply path's work for one turn; the one place a turn's errors land."""
         try:
-            if fixed_reply is not None:  # a limit or the call's end speaks, not the model
-                response.reply = fixed_reply
-                response.audio.extend(await SCHEDULER.run(Stage.TTS, self._synthesize, fixed_reply))
-            else:
-                await self._compute_reply(response, audio)
+            await work()
         except asyncio.CancelledError:
             response.cancel.set()
             raise
@@ -506,184 +481,17 @@ class CallSession:
             code = exc.code if isinstance(exc, ApplianceError) else "pipeline.internal"
             log.warning("turn %d failed: %s (%s)", response.turn.index, code, type(exc).__name__)
             response.turn.error_code = code
-            stage = _stage_of(exc) if isinstance(exc, ApplianceError) else "pipeline"
-            self._hold_or_emit(response, EventType.ERROR, code=code, stage=stage)
-            await self._speak_fallback(response)
+            stage = getattr(exc, "stage", None) or "pipeline"
+            response.emit(EventType.ERROR, code=code, stage=str(stage))
+            try:
+                await self.reply.speak(response, self._config.fallback_reply, urgent=True)
+            except ApplianceError as again:
+                log.error("fallback reply could not be spoken: %s", again.code)
         finally:
             response.finished = True
             response.changed.set()
 
-    async def _compute_reply(self, response: _Response, audio: bytes) -> None:
-        transcript = await SCHEDULER.run(
-            Stage.STT, self._engines.stt.transcribe, audio, PIPELINE_SAMPLE_RATE_HZ
-        )
-        response.transcript = transcript.text
-        self._hold_or_emit(
-            response,
-            EventType.TRANSCRIPT,
-            text=transcript.text,
-            stt_s=round(transcript.processing_s, 4),
-            audio_s=round(transcript.audio_duration_s, 3),
-        )
-        if not transcript.text.strip():
-            return
-        llm_text = transcript.text
-        if self._guard is not None:
-            started = time.perf_counter()
-            decision = self._guard.screen_input(transcript.text)
-            response.decision = decision
-            self._hold_or_emit(
-                response,
-                EventType.GUARD_INPUT,
-                verdict=decision.verdict,
-                reasons=",".join(decision.reasons),
-                on_topic=decision.on_topic,
-                guard_ms=round((time.perf_counter() - started) * 1000, 3),
-            )
-            if decision.fixed_reply is not None:
-                response.reply = decision.fixed_reply
-                pcm = await SCHEDULER.run(Stage.TTS, self._synthesize, decision.fixed_reply)
-                response.audio.extend(pcm)
-                return
-            llm_text = decision.llm_text
-            if self._agent is not None and self._agent.wants(transcript.text):
-                await self._agent_turn(response, decision, transcript.text, audio)
-                if response.decision is not decision:
-                    return
-        messages = self._dialogue.messages_for(llm_text)
-        sentences: asyncio.Queue[str | None] = asyncio.Queue()
-        speaker = asyncio.create_task(self._speak(response, sentences))
-        spoken = ""
-        first_sentence = True
-
-        def offer(sentence: str) -> bool:
-            """Queue a sentence for speech once layer 3 allows it; False stops the reply."""
-            nonlocal spoken, first_sentence
-            if self._guard is not None:
-                sentence, reasons = self._guard.vet(spoken, sentence)
-                if reasons:
-                    response.output_reasons = reasons
-                    self._hold_or_emit(response, EventType.GUARD_OUTPUT, reasons=",".join(reasons))
-                    return False
-            spoken = f"{spoken} {sentence}".strip()
-            if first_sentence:
-                first_sentence = False
-                self._hold_or_emit(response, EventType.FIRST_SENTENCE)
-            sentences.put_nowait(sentence)
-            return True
-
-        try:
-            for _draft in range(2):
-                response.output_reasons = ()
-                chunker = SentenceChunker()
-                tokens = self._stream_tokens(response, messages, lambda: first_sentence)
-                async with contextlib.aclosing(tokens):  # a break stops the model at once
-                    async for piece in tokens:
-                        if not response.reply:
-                            self._hold_or_emit(response, EventType.FIRST_TOKEN)
-                        response.reply += piece
-                        if not all(offer(sentence) for sentence in chunker.feed(piece)):
-                            break
-                    else:
-                        for sentence in chunker.flush():
-                            if not offer(sentence):
-                                break
-                reasons = response.output_reasons
-                if not (reasons and first_sentence and response.decision is not None):
-                    break
-                assert self._guard is not None
-                if response.redrafted or not self._guard.may_redraft(response.decision, reasons):
-                    break
-                response.redrafted = reasons
-            if response.output_reasons:
-                assert self._guard is not None
-                if first_sentence:  # the fallback is the first thing said
-                    first_sentence = False
-                    self._hold_or_emit(response, EventType.FIRST_SENTENCE)
-                sentences.put_nowait(self._guard.fallback_reply)
-                spoken = f"{spoken} {self._guard.fallback_reply}".strip()
-            response.reply = spoken if self._guard is not None else response.reply.strip()
-        finally:
-            sentences.put_nowait(None)
-            if response.cancel.is_set():
-                speaker.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await speaker
-
-    async def _agent_turn(
-        self, response: _Response, decision: InputDecision, heard: str, audio: bytes
-    ) -> None:
-        """Let the tool agent answer the turn; it changes state (a factor tried, a code used),
-        so never for a speculative turn: wait until the end of speech is confirmed."""
-        assert self._agent is not None
-        while not response.released:
-            response.changed.clear()
-            await response.changed.wait()
-        async with SCHEDULER.context(self._engines.llm):  # the agent may ask the model
-            handled = await SCHEDULER.run(
-                Stage.LLM, self._agent.handle, heard, decision.llm_text, audio
-            )
-        if handled is None:
-            return
-        self._hold_or_emit(response, EventType.AGENT, outcome=handled.outcome)
-        response.agent_outcome = handled.outcome
-        response.decision = dataclasses.replace(
-            decision,
-            fixed_reply=handled.reply,
-            stored_text=SECRET_NOT_RECORDED if handled.secret else decision.stored_text,
-            record_audio=decision.record_audio and not handled.secret,
-        )
-        response.reply = handled.reply
-        response.audio.extend(await SCHEDULER.run(Stage.TTS, self._synthesize, handled.reply))
-
-    async def _speak(self, response: _Response, sentences: asyncio.Queue[str | None]) -> None:
-        first = True  # the caller waits in silence for it; the rest is heard after it
-        while (sentence := await sentences.get()) is not None:
-            if response.cancel.is_set():
-                return
-            pcm = await SCHEDULER.run(Stage.TTS, self._synthesize, sentence, urgent=first)
-            first = False
-            if response.cancel.is_set():
-                return
-            response.audio.extend(pcm)
-            response.changed.set()
-
-    def _synthesize(self, text: str) -> bytes:
-        rate = self._config.output_sample_rate_hz
-        return b"".join(chunk.pcm for chunk in self._engines.tts.synthesize(text, rate))
-
-    async def _speak_fallback(self, response: _Response) -> None:
-        try:
-            pcm = await SCHEDULER.run(Stage.TTS, self._synthesize, self._config.fallback_reply)
-            response.audio.extend(pcm)
-        except ApplianceError as exc:
-            log.error("fallback reply could not be spoken: %s", exc.code)
-
-    async def _stream_tokens(
-        self, response: _Response, messages: list[ChatMessage], urgent: Callable[[], bool]
-    ) -> AsyncGenerator[str, None]:
-        """The model's pieces, a token at a time on the LLM thread (``urgent()`` until the first
-        sentence), until the reply ends or the response is cancelled."""
-        llm = self._engines.llm
-        pieces = SCHEDULER.generate(
-            llm, lambda: llm.stream_chat(messages, self._config.max_reply_tokens), urgent
-        )
-        async with contextlib.aclosing(pieces):
-            async for piece in pieces:
-                if response.cancel.is_set():
-                    return
-                yield piece
-
     # -- events --------------------------------------------------------------------------------
-
-    def _hold_or_emit(
-        self, response: _Response, kind: EventType, **data: str | int | float | bool
-    ) -> None:
-        event = TurnEvent(kind, response.turn.index, self._now_ms(), None, dict(data))
-        if response.released:
-            self._publish(response.turn, event)
-        else:
-            response.held_events.append(event)
 
     def _emit(
         self,
@@ -692,14 +500,12 @@ class CallSession:
         frame_index: int | None = None,
         **data: str | int | float | bool,
     ) -> None:
-        self._publish(turn, TurnEvent(kind, turn.index, self._now_ms(), frame_index, dict(data)))
+        self.publish(turn, TurnEvent(kind, turn.index, self.now_ms(), frame_index, dict(data)))
 
-    def _publish(self, turn: TurnResult, event: TurnEvent) -> None:
+    def publish(self, turn: TurnResult, event: TurnEvent) -> None:
         turn.events.append(event)
         if self._on_event is not None:
             self._on_event(event)
 
 
-def _stage_of(exc: ApplianceError) -> str:
-    prefix = exc.code.split(".", 1)[0]
-    return next((s.value for s in Stage if s.value == prefix), "pipeline")
+__all__ = ["CallSession", "Engines", "EventHandler", "PipelineConfig", "TurnResult"]

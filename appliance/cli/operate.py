@@ -1,0 +1,98 @@
+"""Running the appliance: ``serve`` (the systemd unit's command), ``sip``, ``admin`` (the panel
+and its accounts) and ``doctor``."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import getpass
+import sys
+
+from appliance.cli.common import Commands, actor, command
+from appliance.config.settings import Settings
+
+ROLES = ["admin", "operator", "auditor"]
+
+
+def register(commands: Commands) -> None:
+    command(
+        commands,
+        "serve",
+        serve,
+        "the voice service in the foreground (systemd notify, clean SIGTERM)",
+    )
+    sip = command(commands, "sip", sip_line, "answer phone calls over SIP (UDP) in the foreground")
+    sip.add_argument("--listen", help="HOST:PORT (default: [sip] listen)")
+    admin = commands.add_parser("admin", help="the admin web panel: users, serve")
+    admin_cmd = admin.add_subparsers(dest="admin_command", required=True)
+    create_user = command(
+        admin_cmd, "create-user", create_admin_user, "a panel account (first admin too)"
+    )
+    create_user.add_argument("--username", required=True)
+    create_user.add_argument("--role", choices=ROLES, default="admin")
+    create_user.add_argument(
+        "--password-stdin", action="store_true", help="read the password from standard input"
+    )
+    create_token = command(
+        admin_cmd, "create-token", create_api_token, "a bearer token of the JSON API"
+    )
+    create_token.add_argument("--name", required=True)
+    create_token.add_argument("--role", choices=ROLES, required=True)
+    admin_serve = command(admin_cmd, "serve", serve_admin, "the panel over HTTPS in the foreground")
+    admin_serve.add_argument("--listen", help="HOST:PORT (default: [admin] listen)")
+    doctor = command(
+        commands, "doctor", run_doctor, "self-checks: PASS/FAIL/SKIP each, exit 1 on FAIL"
+    )
+    doctor.add_argument("--json", action="store_true")
+
+
+def serve(args: argparse.Namespace, settings: Settings) -> int:
+    from appliance.deploy.serve import serve as serve_voice
+
+    return serve_voice(settings)
+
+
+def sip_line(args: argparse.Namespace, settings: Settings) -> int:
+    from appliance.deploy.serve import serve as serve_voice
+
+    sip = dataclasses.replace(settings.sip, listen=args.listen or settings.sip.listen)
+    service = dataclasses.replace(settings.service, voice="sip")
+    return serve_voice(dataclasses.replace(settings, sip=sip, service=service))
+
+
+def run_doctor(args: argparse.Namespace, settings: Settings) -> int:
+    from appliance.deploy import doctor
+
+    return doctor.run(settings, as_json=args.json)
+
+
+def serve_admin(args: argparse.Namespace, settings: Settings) -> int:
+    from appliance.admin.serve import serve as serve_panel
+
+    listen = args.listen or settings.admin.listen
+    admin = dataclasses.replace(settings.admin, listen=listen)
+    return serve_panel(dataclasses.replace(settings, admin=admin))
+
+
+def create_api_token(args: argparse.Namespace, settings: Settings) -> int:
+    from appliance.service import open_storage
+
+    with open_storage(settings) as storage:
+        token = storage.create_api_token(args.name, args.role, actor())
+    print(token)  # shown once: only its hash is kept
+    return 0
+
+
+def create_admin_user(args: argparse.Namespace, settings: Settings) -> int:
+    from appliance.admin.accounts import check_password, hash_password
+    from appliance.service import open_storage
+
+    if args.password_stdin:
+        password = sys.stdin.readline().rstrip("\n")
+    else:
+        password = getpass.getpass("password (15 characters or more): ")
+    check_password(password, args.username)
+    with open_storage(settings) as storage:
+        storage.create_admin_user(args.username, hash_password(password), args.role, actor())
+    print(f"user {args.username} ({args.role}) created; TOTP is enrolled at the first log-in")
+    return 0

@@ -1,0 +1,482 @@
+"""The reply to one turn, stage by stage: transcribe -> screen -> route -> answer -> vet -> speak.
+
+``ReplyPath`` holds one call's conversation state (the dialogue, what was said, what the caller
+was offered) and runs each turn's stages in order, one method each. The call (session.py) runs
+it for audio; the red team runs the very same path for text (``respond``), so what it measures
+is the product.
+
+How a turn is answered is decided here, in code (``route``): the input guard's fixed reply; a
+tool dialogue (a request for an action, a step-up); then the knowledge base (knowledge/policy.py):
+an approved answer said as written, a grounded model answer from the passages, or the honest
+unknown with the offer of a person. Without a knowledge base the model answers under the system
+prompt alone.
+
+Streaming meets vetting one sentence at a time: each sentence of a model reply is vetted (layer
+3) before it is spoken. A stopped first sentence is drafted once more (when the guard allows
+it), then replaced by the honest answer or the guard's fallback; a stopped later sentence ends
+the reply with a close that stands on its own (``CallGuard.replacement``), so nothing said is
+ever withdrawn.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import re
+import time
+from collections.abc import AsyncGenerator, Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from appliance.config.settings import EndpointingSettings
+from appliance.core.audio import PIPELINE_SAMPLE_RATE_HZ
+from appliance.core.events import EventType, Route, Stage
+from appliance.core.ports import (
+    AgentTurn,
+    ChatMessage,
+    ChatModel,
+    InputDecision,
+    Knowledge,
+    KnowledgeAnswer,
+    SpeechDetector,
+    Synthesizer,
+    Transcriber,
+    TurnAgent,
+    TurnGuard,
+)
+from appliance.pipeline.chunking import SentenceChunker
+from appliance.pipeline.dialogue import Dialogue
+from appliance.pipeline.scheduling import SCHEDULER
+
+SECRET_NOT_RECORDED = "[authentication answer: not recorded]"
+KEYPAD_NOT_RECORDED = "[keypad: not recorded]"
+_SAYS_UNKNOWN = re.compile(
+    r"\b(?:i\s+)?(?:do\s+not|don'?t)\s+have\s+(?:that|this|any|the)\s+(?:information|details)\b",
+    re.I,
+)
+"""A model saying it does not know: the caller hears the honest answer with the offer of a
+person instead (the same words every time)."""
+Data = str | int | float | bool
+
+
+@dataclass(frozen=True, slots=True)
+class Engines:
+    """The loaded models, shared by every call of the process."""
+
+    vad: SpeechDetector
+    stt: Transcriber
+    llm: ChatModel
+    tts: Synthesizer
+
+
+@dataclass(frozen=True, slots=True)
+class PipelineConfig:
+    endpointing: EndpointingSettings = field(default_factory=EndpointingSettings)
+    system_prompt: str = "You are a helpful voice assistant. Answer briefly."
+    max_reply_tokens: int = 96
+    history_turns: int = 6
+    output_sample_rate_hz: int = 22_050
+    fallback_reply: str = "Sorry, something went wrong on my side. Could you say that again?"
+    record_audio: bool = False
+    """Keep the caller's utterances with each stored turn (only when retention allows it)."""
+    max_call_s: float = 3600.0
+    """The call is ended, with ``goodbye_reply``, when it lasts this long."""
+    turns_per_minute: int = 30
+    """More turns than this in a minute get ``slow_down_reply`` instead of an answer."""
+    goodbye_reply: str = "Thank you for calling. Goodbye."
+    slow_down_reply: str = (
+        "I'm sorry, that's a lot of requests in a short time. Please wait a moment."
+    )
+
+
+@dataclass
+class ReplyState:
+    """What one turn's reply did: the facts the turn record keeps (codes, never text, except
+    the transcript and reply, which storage seals)."""
+
+    transcript: str = ""
+    reply: str = ""
+    decision: InputDecision | None = None
+    route: Route | None = None
+    citations: tuple[str, ...] = ()
+    output_reasons: tuple[str, ...] = ()
+    redrafted: tuple[str, ...] = ()
+    """Why a first draft was thrown away before any of it was said."""
+    agent_outcome: str = ""
+    tokens_started: bool = False
+    offered_person: bool = False
+    """The reply offered a person (the honest unknown, a close): a yes next transfers."""
+    model_saw: str = ""
+    """The user text the model was given this turn (what enters the dialogue's history)."""
+
+
+class TurnOutput(Protocol):
+    """Where a turn's reply goes: its events (held back while the turn is speculative), its
+    audio, and whether it was cancelled (barge-in, a discarded speculation)."""
+
+    state: ReplyState
+
+    @property
+    def cancelled(self) -> bool: ...
+
+    @property
+    def audible(self) -> bool:
+        """False for the red team: sentences are vetted and kept, never synthesized."""
+        ...
+
+    def emit(self, kind: EventType, **data: Data) -> None: ...
+
+    async def wait_released(self) -> None:
+        """Return once the turn is no longer speculative (the end of speech is confirmed)."""
+        ...
+
+    def play(self, pcm: bytes) -> None: ...
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What ``route`` decided: a fixed text to say, or the messages the model answers."""
+
+    route: Route
+    text: str | None = None
+    messages: list[ChatMessage] | None = None
+    given: tuple[str, ...] = ()
+    """What a model answer may rest on (layer 3 checks every figure and name against it)."""
+    asked: str = ""
+    """The question of an answer from passages (it must not merely be said back)."""
+
+
+@dataclass
+class ReplyPath:
+    """One call's replies. The models are shared; everything else here belongs to the call."""
+
+    stt: Transcriber
+    llm: ChatModel
+    tts: Synthesizer
+    guard: TurnGuard | None
+    agent: TurnAgent | None
+    knowledge: Knowledge | None
+    dialogue: Dialogue
+    max_reply_tokens: int = 96
+    output_sample_rate_hz: int = 22_050
+    _caller_said: list[str] = field(default_factory=list)
+    _agent_said: list[str] = field(default_factory=list)
+
+    @classmethod
+    def build(
+        cls,
+        engines: Engines,
+        config: PipelineConfig,
+        guard: TurnGuard | None,
+        agent: TurnAgent | None = None,
+        knowledge: Knowledge | None = None,
+    ) -> ReplyPath:
+        """A call's reply path; tools and knowledge work behind the guard (none without it)."""
+        prompt = guard.system_prompt if guard is not None else config.system_prompt
+        return cls(
+            engines.stt,
+            engines.llm,
+            engines.tts,
+            guard,
+            agent if guard is not None else None,
+            knowledge if guard is not None else None,
+            Dialogue(prompt, config.history_turns),
+            max_reply_tokens=config.max_reply_tokens,
+            output_sample_rate_hz=config.output_sample_rate_hz,
+        )
+
+    # -- the stages -----------------------------------------------------------------------------
+
+    async def run(self, out: TurnOutput, audio: bytes) -> None:
+        """The whole path for one utterance (16 kHz PCM16)."""
+        text = await self.transcribe(out, audio)
+        if text.strip():
+            await self.respond(out, text, audio)
+
+    async def respond(self, out: TurnOutput, heard: str, audio: bytes = b"") -> None:
+        """From a transcript on: screen -> route -> answer (vetted and spoken)."""
+        decision = self.screen(out, heard)
+        plan = await self.route(out, heard, decision, audio)
+        await self.answer(out, plan)
+
+    async def transcribe(self, out: TurnOutput, audio: bytes) -> str:
+        transcript = await SCHEDULER.run(
+            Stage.STT, self.stt.transcribe, audio, PIPELINE_SAMPLE_RATE_HZ
+        )
+        out.state.transcript = transcript.text
+        out.emit(
+            EventType.TRANSCRIPT,
+            text=transcript.text,
+            stt_s=round(transcript.processing_s, 4),
+            audio_s=round(transcript.audio_duration_s, 3),
+        )
+        return transcript.text
+
+    def screen(self, out: TurnOutput, heard: str) -> InputDecision | None:
+        """Layer 1 (and the fence of layer 2): the verdict, the redacted and fenced text."""
+        out.state.transcript = out.state.transcript or heard
+        if self.guard is None:
+            return None
+        started = time.perf_counter()
+        decision = self.guard.screen_input(heard)
+        out.state.decision = decision
+        out.emit(
+            EventType.GUARD_INPUT,
+            verdict=decision.verdict,
+            reasons=",".join(decision.reasons),
+            on_topic=decision.on_topic,
+            guard_ms=round((time.perf_counter() - started) * 1000, 3),
+        )
+        return decision
+
+    async def route(
+        self, out: TurnOutput, heard: str, decision: InputDecision | None, audio: bytes
+    ) -> Plan:
+        """How the turn is answered, decided in code: the guard, a tool, the knowledge base."""
+        plan = await self._plan(out, heard, decision, audio)
+        out.state.route = plan.route
+        top = out.state.citations[0] if out.state.citations else ""
+        out.emit(
+            EventType.ROUTE,
+            route=plan.route.value,
+            citations=",".join(out.state.citations),
+            top=top,
+        )
+        return plan
+
+    async def _plan(
+        self, out: TurnOutput, heard: str, decision: InputDecision | None, audio: bytes
+    ) -> Plan:
+        if decision is None:
+            out.state.model_saw = heard
+            return Plan(Route.MODEL, messages=self.dialogue.messages_for(heard))
+        if decision.fixed_reply is not None:
+            return Plan(Route.GUARD, text=decision.fixed_reply)
+        if self.agent is not None and self.agent.wants(heard):
+            handled = await self._agent_turn(out, heard, decision, audio)
+            if handled is not None:
+                return Plan(Route.TOOL, text=handled.reply)
+        given = (*self._caller_said, decision.query, *self._agent_said)
+        if self.knowledge is None:
+            out.state.model_saw = decision.llm_text
+            return Plan(
+                Route.MODEL, messages=self.dialogue.messages_for(decision.llm_text), given=given
+            )
+        context = self._caller_said[-1] if self._caller_said else ""
+        found: KnowledgeAnswer = await SCHEDULER.run(
+            Stage.KNOWLEDGE, self.knowledge.answer, decision.query, context
+        )
+        out.state.citations = found.citations
+        if found.route is Route.FAQ:
+            return Plan(Route.FAQ, text=found.approved)
+        if found.route is Route.GROUNDED and self.guard is not None:
+            passages = [p.text for p in found.passages]
+            out.state.model_saw = decision.llm_text
+            user = self.guard.grounded_turn(passages, decision)
+            messages = self.dialogue.messages_for(user)
+            return Plan(
+                Route.GROUNDED,
+                messages=messages,
+                given=(*passages, *given),
+                asked=decision.query,
+            )
+        out.state.offered_person = True
+        return Plan(Route.UNKNOWN, text=self._honest())
+
+    async def _agent_turn(
+        self, out: TurnOutput, heard: str, decision: InputDecision, audio: bytes
+    ) -> AgentTurn | None:
+        """The tool agent changes state (a factor tried, a code used), so never for a
+        speculative turn: it waits until the end of speech is confirmed."""
+        assert self.agent is not None
+        await out.wait_released()
+        async with SCHEDULER.context(self.llm):  # the agent may ask the model
+            handled = await SCHEDULER.run(
+                Stage.LLM, self.agent.handle, heard, decision.llm_text, audio
+            )
+        if handled is None:
+            return None
+        self._took_agent_turn(out, handled)
+        if handled.secret:
+            out.state.decision = dataclasses.replace(
+                decision, stored_text=SECRET_NOT_RECORDED, record_audio=False
+            )
+        return handled
+
+    def _took_agent_turn(self, out: TurnOutput, handled: AgentTurn) -> None:
+        out.emit(EventType.AGENT, outcome=handled.outcome)
+        out.state.agent_outcome = handled.outcome
+
+    async def keys(self, out: TurnOutput, keys: str) -> None:
+        """Key presses (DTMF) answer an open tool dialogue; never a transcript, never the model."""
+        assert self.agent is not None
+        handled = await SCHEDULER.run(Stage.LLM, self.agent.handle_keys, keys)
+        out.state.decision = InputDecision("keypad", "", KEYPAD_NOT_RECORDED, record_audio=False)
+        out.state.route = Route.KEYPAD
+        if handled is not None:
+            self._took_agent_turn(out, handled)
+            await self.answer(out, Plan(Route.KEYPAD, text=handled.reply))
+
+    async def answer(self, out: TurnOutput, plan: Plan) -> None:
+        """Say the plan's text, or the model's reply sentence by sentence, each vetted first."""
+        if plan.text is not None:
+            await self._say_fixed(out, plan.text)
+            return
+        assert plan.messages is not None
+        sentences: asyncio.Queue[str | None] = asyncio.Queue()
+        speaker = asyncio.create_task(self._speak_queue(out, sentences))
+        said: list[str] = []
+        reasons: tuple[str, ...] = ()
+
+        def offer(sentence: str) -> bool:
+            """Queue a sentence once layer 3 allows it; False stops this draft."""
+            nonlocal reasons
+            sentence, reasons = self.vet(out, " ".join(said), sentence, plan)
+            if reasons:
+                return False
+            if not said and _SAYS_UNKNOWN.search(sentence):
+                reasons = ("model.unknown",)
+                return False
+            if not said:
+                out.emit(EventType.FIRST_SENTENCE)
+            said.append(sentence)
+            sentences.put_nowait(sentence)
+            return True
+
+        try:
+            for _draft in range(2):
+                reasons = out.state.output_reasons = ()
+                await self._draft(out, plan.messages, offer, lambda: not said)
+                if not reasons or said:
+                    break
+                decision = out.state.decision
+                if reasons == ("model.unknown",):
+                    break
+                if (
+                    self.guard is None
+                    or decision is None
+                    or out.state.redrafted
+                    or not self.guard.may_redraft(decision, reasons)
+                ):
+                    break
+                out.state.redrafted = reasons
+            if reasons:
+                replacement = self._replacement(out, reasons, first=not said)
+                if not said:
+                    out.emit(EventType.FIRST_SENTENCE)
+                said.append(replacement)
+                sentences.put_nowait(replacement)
+            out.state.reply = " ".join(said)
+        finally:
+            sentences.put_nowait(None)
+            if out.cancelled:
+                speaker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await speaker
+
+    def vet(
+        self, out: TurnOutput, spoken: str, sentence: str, plan: Plan
+    ) -> tuple[str, tuple[str, ...]]:
+        """Layer 3 for one sentence of a model reply (nothing to vet without guardrails)."""
+        if self.guard is None:
+            return sentence, ()
+        sentence, reasons = self.guard.vet(spoken, sentence, plan.given, plan.asked)
+        if reasons:
+            out.state.output_reasons = reasons
+            out.emit(EventType.GUARD_OUTPUT, reasons=",".join(reasons))
+        return sentence, reasons
+
+    async def speak(self, out: TurnOutput, sentence: str, *, urgent: bool) -> None:
+        """One sentence to the caller (the first is urgent: the caller waits in silence)."""
+        if not out.audible or out.cancelled:
+            return
+        pcm = await SCHEDULER.run(Stage.TTS, self.synthesize, sentence, urgent=urgent)
+        if not out.cancelled:
+            out.play(pcm)
+
+    def synthesize(self, text: str) -> bytes:
+        rate = self.output_sample_rate_hz
+        return b"".join(chunk.pcm for chunk in self.tts.synthesize(text, rate))
+
+    # -- the turn is over -----------------------------------------------------------------------
+
+    def commit(self, state: ReplyState) -> None:
+        """The turn really happened (it was not a discarded speculation): its words join the
+        call's history and the support of later replies; an offer of a person stands."""
+        decision = state.decision
+        if decision is None:
+            self.dialogue.commit(state.model_saw or state.transcript, state.reply)
+            return
+        if self.guard is not None:
+            self.guard.commit(decision)
+        if state.route in (Route.MODEL, Route.GROUNDED, Route.FAQ) and decision.query:
+            self._caller_said.append(decision.query)
+            self.dialogue.commit(state.model_saw or decision.llm_text, state.reply)
+        if state.route is Route.TOOL and state.reply:
+            self._agent_said.append(state.reply)  # a tool's result may be repeated later
+        if state.offered_person and self.agent is not None:
+            self.agent.offer_person()
+
+    # -- helpers --------------------------------------------------------------------------------
+
+    def _honest(self) -> str:
+        return self.guard.honest_reply if self.guard is not None else _DEFAULT_HONEST
+
+    def _replacement(self, out: TurnOutput, reasons: tuple[str, ...], *, first: bool) -> str:
+        out.state.offered_person = True
+        if reasons == ("model.unknown",) or self.guard is None:
+            return self._honest()
+        return self.guard.replacement(reasons, first=first)
+
+    async def _say_fixed(self, out: TurnOutput, text: str) -> None:
+        """A fixed text (an approved answer, a guard's or a tool's reply): no model, one
+        synthesis (a voice speaks a two-sentence answer faster than a model drafts one)."""
+        out.state.reply = text
+        await self.speak(out, text, urgent=True)
+
+    async def _speak_queue(self, out: TurnOutput, sentences: asyncio.Queue[str | None]) -> None:
+        first = True
+        while (sentence := await sentences.get()) is not None:
+            if out.cancelled:
+                return
+            await self.speak(out, sentence, urgent=first)
+            first = False
+
+    async def _draft(
+        self,
+        out: TurnOutput,
+        messages: list[ChatMessage],
+        offer: Callable[[str], bool],
+        urgent: Callable[[], bool],
+    ) -> None:
+        """One draft of the model's reply, a token at a time, cut into sentences; stops as
+        soon as ``offer`` refuses a sentence or the turn is cancelled."""
+        chunker = SentenceChunker()
+        tokens = self._tokens(out, messages, urgent)
+        async with contextlib.aclosing(tokens):  # a break stops the model at once
+            async for piece in tokens:
+                if not out.state.tokens_started:
+                    out.emit(EventType.FIRST_TOKEN)
+                    out.state.tokens_started = True
+                if not all(offer(sentence) for sentence in chunker.feed(piece)):
+                    return
+            for sentence in chunker.flush():
+                if not offer(sentence):
+                    return
+
+    async def _tokens(
+        self, out: TurnOutput, messages: list[ChatMessage], urgent: Callable[[], bool]
+    ) -> AsyncGenerator[str, None]:
+        llm = self.llm
+        pieces = SCHEDULER.generate(
+            llm, lambda: llm.stream_chat(messages, self.max_reply_tokens), urgent
+        )
+        async with contextlib.aclosing(pieces):
+            async for piece in pieces:
+                if out.cancelled:
+                    return
+                yield piece
+
+
+_DEFAULT_HONEST = "I'm sorry, I don't have that information."

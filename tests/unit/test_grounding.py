@@ -1,0 +1,65 @@
+"""Layer 3's groundedness check and the tools' argument reading: pure logic."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from appliance.config.settings import PolicySettings
+from appliance.guard.call import CallGuard
+from appliance.guard.grounding import Support, echoes, ungrounded
+from appliance.tools.slots import dates_in, hours_in
+
+PASSAGE = "On Saturday we're open from 10 am to 2 pm at Main Street, Riverside and Old Town."
+
+
+def test_every_figure_and_name_must_be_given() -> None:
+    support = Support.of([PASSAGE])
+    assert ungrounded("On Saturday we open at ten and close at two.", support) == ()
+    assert ungrounded("The Riverside branch opens at 10 am.", support) == ()
+    assert ungrounded("The phone number of Old Town is 987-2314.", support) == (
+        "output.ungrounded.number",
+    )
+    assert ungrounded("Express delivery costs £13.", support) == ("output.ungrounded.number",)
+    assert ungrounded("Our Harbour branch is open too.", support) == ("output.ungrounded.name",)
+    assert ungrounded("We open at nine on Saturday.", support) == ("output.ungrounded.number",)
+
+
+def test_a_grounded_answer_that_only_says_the_question_back_is_an_echo() -> None:
+    asked = "Is there a play area for the kids at Riverside?"
+    passages = ["The Riverside branch has a cafe on the first floor."]
+    assert echoes("Yes, there is a play area for the kids at Riverside.", asked, passages)
+    assert not echoes("Riverside has a cafe on the first floor.", asked, passages)
+
+
+def test_the_guard_vets_with_what_the_reply_was_given() -> None:
+    guard = CallGuard(PolicySettings(), "Be brief.")
+    given = [PASSAGE, "Call 0800 555 0199 to report a lost card."]
+    _, reasons = guard.vet("", "Report it on 0800 555 0199.", given)
+    assert reasons == ()  # the organization's own number, from a passage
+    _, reasons = guard.vet("", "Ring us on 0207 946 0123 any time.", given)
+    assert "output.ungrounded.number" in reasons  # no passage holds it, the caller never said it
+    assert guard.replacement(reasons, first=True) == guard.honest_reply
+    _, reasons = guard.vet("", "<caller_said>What time</caller_said> is it?", given)
+    assert "output.markup" in reasons
+    _, reasons = guard.vet("", "The callersaid tag ends here.", given)
+    assert "output.markup" in reasons
+    _, reasons = guard.vet("", "You're talking to a real person.", given)
+    assert "output.claims_human" in reasons  # the caller was told it is an automated assistant
+    assert guard.replacement(("output.ungrounded.number",), first=True) == guard.honest_reply
+    assert guard.replacement(("output.canary",), first=True) == guard.fallback_reply
+    assert guard.replacement(("output.canary",), first=False) == guard.close_reply
+
+
+def test_days_and_times_are_read_from_the_callers_words() -> None:
+    saturday = dt.date(2026, 11, 28)
+    assert dates_in("Can I come on Tuesday?", saturday) == [dt.date(2026, 12, 1)]
+    assert dates_in("from Wednesday to Thursday", saturday) == [
+        dt.date(2026, 12, 2),
+        dt.date(2026, 12, 3),
+    ]
+    assert dates_in("on the 3rd of December", saturday) == [dt.date(2026, 12, 3)]
+    assert dates_in("tomorrow", saturday) == [dt.date(2026, 11, 29)]
+    assert hours_in("anything free on Friday at nine?") == [(9, 0)]
+    assert hours_in("around two o'clock") == [(14, 0)]
+    assert hours_in("at 11 am or half past ten") == [(11, 0), (10, 30)]
+    assert hours_in("for two people") == []
