@@ -284,9 +284,9 @@ class KnowledgeSettings:
     """The sentence-embedding model of models/manifest.toml (role "embedding")."""
     path: str = ""
     threads: int = 1
-    confident: float = 0.67
+    confident: float = 0.70
     """A best FAQ match from this score is answered with its approved answer, as written."""
-    margin: float = 0.06
+    margin: float = 0.03
     """... when it leads the next other entry by at least this much (else the model answers
     from both)."""
     related: float = 0.60

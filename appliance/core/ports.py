@@ -87,6 +87,8 @@ class TurnGuard(Protocol):
     fallback_reply: str
     honest_reply: str
     """Said when nothing relevant is known, or a reply cannot be grounded: it offers a person."""
+    close_reply: str
+    """Ends a reply whose later sentence was stopped; it offers a person too."""
 
     def screen_input(self, transcript: str) -> InputDecision: ...
 

@@ -18,12 +18,19 @@ from appliance.guard.normalize import fold, squeeze
 
 _ACTIONS = re.compile(
     r"\bi(?:'ve|\s+have|\s+just|\s+already)?\s*(?:successfully\s+)?(?:transferred|refunded|"
-    r"cancell?ed|deleted|reset|changed|wired|moved|closed|unlocked|approved|credited|sent\s+"
-    r"(?:the\s+)?(?:money|payment|funds)|updated\s+your\s+(?:password|pin|address))\b|"
+    r"cancell?ed|deleted|reset|changed|wired|moved|closed|unlocked|approved|credited|booked|"
+    r"scheduled|rescheduled|arranged|sent\s+(?:the\s+)?(?:money|payment|funds)|updated\s+your\s+"
+    r"(?:password|pin|address))\b|"
     r"\bi(?:'ll|\s+will)\s+(?:now\s+)?(?:transfer|refund|cancel|delete|reset|wire|unlock|approve|"
-    r"credit)\b",
+    r"credit|book|move|reschedule)\b|"
+    r"\byour\s+(?:appointment|booking|order|refund|transfer)\s+(?:is|has\s+been)\s+(?:now\s+)?"
+    r"(?:booked|confirmed|moved|cancell?ed|rescheduled|processed|arranged)\b|"
+    r"\bi\s+can\s+(?:book|move|cancel|reschedule|arrange)\s+(?:that|it|this|one|an?\s+appointment)"
+    r"\s+for\s+you\b",
     re.I,
 )
+"""A claim that an action was, or will be, taken by the agent: only a tool's own result says so
+(its reply is fixed text, never the model's), so a model sentence that does is stopped."""
 _PERSONA = re.compile(
     r"\[\s*(?:DAN|STAN|DUDE|AIM|JAILBREAK|JAILBROKEN|🔓)\s*\]|\b(?:DAN|STAN|DUDE|AIM)\s*:|"
     r"developer\s+mode|jailbr(?:oken|eak)",

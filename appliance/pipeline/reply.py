@@ -424,10 +424,15 @@ class ReplyPath:
         return self.guard.honest_reply if self.guard is not None else _DEFAULT_HONEST
 
     def _replacement(self, out: TurnOutput, reasons: tuple[str, ...], *, first: bool) -> str:
-        out.state.offered_person = True
+        """The honest answer and the close offer a person (a yes next transfers); the guard's
+        fallback does not."""
         if reasons == ("model.unknown",) or self.guard is None:
-            return self._honest()
-        return self.guard.replacement(reasons, first=first)
+            text = self._honest()
+        else:
+            text = self.guard.replacement(reasons, first=first)
+        offers = self.guard is None or text in (self._honest(), self.guard.close_reply)
+        out.state.offered_person = out.state.offered_person or offers
+        return text
 
     async def _say_fixed(self, out: TurnOutput, text: str) -> None:
         """A fixed text (an approved answer, a guard's or a tool's reply): no model, one

@@ -159,9 +159,14 @@ class ToolAgent:
                 case Awaiting.SLOT:
                     return self._answer_slot(pending, text)
                 case Awaiting.ACCEPT:
-                    return self._answer_offer(pending, text)
+                    answered = self._answer_offer(pending, text)
+                    if answered is not None:
+                        return answered
+                    # neither yes nor no: the offer lapses and the words are a new request
                 case _:
                     return self._answer_confirmation(pending, text)
+        if self._pending is not None:
+            return None
         candidates = self._candidates(text)
         if not candidates:
             return None

@@ -165,8 +165,9 @@ def test_a_changing_tool_waits_for_the_callers_yes_never_the_models(tmp_path: Pa
         "branch Old Town"
     )
     assert tts.spoken[:2] == [settings.pin_prompt, confirm]
-    assert tts.spoken[2] == "Yes, confirmed, I have booked it for you."
-    assert tts.spoken[3] == "Which day would you like?"  # the caller named only the branch
+    # The model claimed the booking: layer 3 stopped it, the caller heard the fallback.
+    assert tts.spoken[2] == PolicySettings().output_fallback
+    assert tts.spoken[3] == "Which day would you like?", tts.spoken
     assert tts.spoken[4] == confirm  # the PIN still counts: level 1 is kept for the call
     assert (
         tts.spoken[5] == "Your appointment at Old Town is booked for Wednesday 2 December at 11 am."
