@@ -84,8 +84,9 @@ async def streaming_turn(service: VoiceService, pcm: bytes) -> dict[str, Any]:
     turn = next(t for t in session.turns if t.first(EventType.FIRST_AUDIO) is not None)
     transcript = turn.first(EventType.TRANSCRIPT)
     guard = turn.first(EventType.GUARD_INPUT)
+    routed = turn.first(EventType.ROUTE)
     return {
-        "route": turn.route,
+        "route": str(routed.data.get("route", "")) if routed else "",
         "v2v_ms": turn.voice_to_voice_ms or 0.0,
         "guard_ms": float(guard.data.get("guard_ms", 0)) if guard else 0.0,
         "stt_s": float(transcript.data.get("stt_s", 0)) if transcript else 0.0,
@@ -181,7 +182,18 @@ def _round(service: VoiceService, pcms: list[bytes], ready_s: float) -> dict[str
         "tts_rtf": round(_tts_rtf(service), 3),
         "models_ready_s": round(ready_s, 2),
         "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "pss_mib": _pss_mib(),
     }
+
+
+def _pss_mib() -> float:
+    """The process's proportional set size now: each llama.cpp context maps the same weights
+    file, which RSS counts once per mapping and PSS (like the kernel's memory accounting)
+    once in all."""
+    import psutil
+
+    pss: int = psutil.Process().memory_full_info().pss
+    return round(pss / 2**20, 1)
 
 
 def run_latency_bench(
@@ -229,5 +241,8 @@ def run_latency_bench(
         print(f"  input guard: {r['guard_input_ms_median']} ms median per turn")
         if llm:
             print(f"  LLM {llm['tokens_per_s']} tokens/s, time to first token {llm['ttft_ms']} ms")
-        print(f"  models ready in {r['models_ready_s']} s; peak RSS {r['peak_rss_mib']} MiB")
+        print(
+            f"  models ready in {r['models_ready_s']} s; peak RSS {r['peak_rss_mib']} MiB "
+            f"(PSS now {r['pss_mib']} MiB)"
+        )
     return 0

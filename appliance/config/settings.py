@@ -292,7 +292,7 @@ class KnowledgeSettings:
     related: float = 0.60
     """Passages from this score are given to the model; below it nothing is relevant and the
     caller hears ``unknown_reply``."""
-    passages: int = 3
+    passages: int = 2
     """How many passages (at most) a grounded answer is given."""
     unknown_reply: str = (
         "I'm sorry, I don't have that information. Would you like me to put you through to a "

@@ -104,7 +104,9 @@ _FUNCTION_WORDS = frozenset(
     having here into itself just like make many more most much must need never only other
     over same should some such than that their them then there these they this those
     through under until very want well were what when where which while will with within
-    would your yours yes sure course certainly please thank thanks caller able""".split()  # noqa: SIM905
+    would your yours yes sure course certainly please thank thanks caller able something
+    someone anyone you've you're you'll you'd we're we've we'll i've i'll i'd it's that's
+    there's here's they're they've can't don't won't isn't aren't doesn't didn't""".split()  # noqa: SIM905
 )
 
 
@@ -123,7 +125,7 @@ def echoes(sentence: str, asked: str, given: Iterable[str]) -> bool:
     the passages it was given. A small model asked about what its passages do not hold
     agrees with the caller; this is how that shows."""
     said = content_words(sentence)
-    if not said or not asked:
-        return False
+    if not said or not asked or _numbers(sentence) - _numbers(asked):
+        return False  # a figure the question did not hold is an answer, not an echo
     passages = set().union(*(content_words(text) for text in given)) if given else set()
     return said <= content_words(asked) and not (said & (passages - content_words(asked)))

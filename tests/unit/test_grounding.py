@@ -29,6 +29,8 @@ def test_a_grounded_answer_that_only_says_the_question_back_is_an_echo() -> None
     passages = ["The Riverside branch has a cafe on the first floor."]
     assert echoes("Yes, there is a play area for the kids at Riverside.", asked, passages)
     assert not echoes("Riverside has a cafe on the first floor.", asked, passages)
+    hours = ["From Monday to Friday we're open from 9 am to 5 pm."]
+    assert not echoes("We open at 9 am on Tuesday.", "What time do you open on Tuesday?", hours)
 
 
 def test_the_guard_vets_with_what_the_reply_was_given() -> None:
