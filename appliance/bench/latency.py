@@ -14,6 +14,8 @@ import dataclasses
 import json
 import resource
 import statistics
+import subprocess
+import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -24,6 +26,7 @@ from appliance.audio_io.wav import PcmSource, read_wav, to_pipeline_pcm, write_w
 from appliance.bench import summary
 from appliance.config.settings import Settings
 from appliance.core.audio import PIPELINE_SAMPLE_RATE_HZ
+from appliance.core.errors import ApplianceError
 from appliance.core.events import EventType, TurnEvent
 from appliance.engines.llm import LlamaChat
 from appliance.pipeline.endpointing import Decision, Endpointer
@@ -186,6 +189,30 @@ def _round(service: VoiceService, pcms: list[bytes], ready_s: float) -> dict[str
     }
 
 
+def _measure(settings: Settings, model: str, questions: int) -> dict[str, Any]:
+    started = time.perf_counter()
+    llm = dataclasses.replace(settings.llm, model=model)
+    service = VoiceService.load(dataclasses.replace(settings, llm=llm))
+    ready_s = time.perf_counter() - started
+    folder = settings.home / "bench" / "questions"
+    folder.mkdir(parents=True, exist_ok=True)
+    return _round(service, recorded_questions(service, questions, folder), ready_s)
+
+
+def _measure_apart(model: str, questions: int, config: Path | None) -> dict[str, Any]:
+    """One model's round in a child process of its own (the same command, the same
+    environment and configuration), so that its memory figures are its own."""
+    command = [sys.executable, "-m", "appliance"]
+    command += ["--config", str(config)] if config is not None else []
+    command += ["bench", "latency", "--json", "--questions", str(questions), "--llm", model]
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        tail = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["no output"]
+        raise ApplianceError("bench.round", f"the round for {model} failed: {tail[0]}")
+    measured: dict[str, Any] = json.loads(done.stdout)["rounds"][model]
+    return measured
+
+
 def _pss_mib() -> float:
     """The process's proportional set size now: each llama.cpp context maps the same weights
     file, which RSS counts once per mapping and PSS (like the kernel's memory accounting)
@@ -197,22 +224,24 @@ def _pss_mib() -> float:
 
 
 def run_latency_bench(
-    settings: Settings, *, questions: int, as_json: bool, llm_models: Sequence[str] = ()
+    settings: Settings,
+    *,
+    questions: int,
+    as_json: bool,
+    llm_models: Sequence[str] = (),
+    config: Path | None = None,
 ) -> int:
     """One round per language model (default: the configured one), each on the same recorded
-    questions; the peak RSS after a round is the process's (the first round's is its own)."""
+    questions. With several models each round runs in its own process (this command again,
+    with one model), so each peak RSS is that model's alone."""
     questions = max(1, min(questions, len(QUESTIONS)))
-    folder = settings.home / "bench" / "questions"
-    folder.mkdir(parents=True, exist_ok=True)
+    models = list(llm_models) or [settings.llm.model]
     rounds: dict[str, Any] = {}
-    for model in llm_models or [settings.llm.model]:
-        started = time.perf_counter()
-        llm = dataclasses.replace(settings.llm, model=model)
-        service = VoiceService.load(dataclasses.replace(settings, llm=llm))
-        ready_s = time.perf_counter() - started
-        pcms = recorded_questions(service, questions, folder)
-        rounds[model] = _round(service, pcms, ready_s)
-        del service
+    for model in models:
+        if len(models) == 1:
+            rounds[model] = _measure(settings, model, questions)
+        else:
+            rounds[model] = _measure_apart(model, questions, config)
     report: dict[str, Any] = {
         "questions": questions,
         "models": {"stt": settings.stt.model, "llm": list(rounds), "tts": settings.tts.model},

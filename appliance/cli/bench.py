@@ -70,7 +70,11 @@ def latency_bench(args: argparse.Namespace, settings: Settings) -> int:
     from appliance.bench.latency import run_latency_bench
 
     return run_latency_bench(
-        settings, questions=args.questions, as_json=args.json, llm_models=_names(args.llm)
+        settings,
+        questions=args.questions,
+        as_json=args.json,
+        llm_models=_names(args.llm),
+        config=args.config,
     )
 
 

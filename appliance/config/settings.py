@@ -104,7 +104,7 @@ DEFAULT_SYSTEM_PROMPT = (
 
 @dataclass(frozen=True)
 class LlmSettings:
-    model: str = "qwen2.5-coder-0.5b"
+    model: str = "smollm2-135m"
     path: str = ""
     system_prompt: str = DEFAULT_SYSTEM_PROMPT
     context_tokens: int = 2048

@@ -27,6 +27,7 @@ REDRAFTABLE = frozenset(
     {
         "output.system_prompt",
         "output.markup",
+        "output.meta",
         "output.ungrounded.number",
         "output.ungrounded.name",
         "output.ungrounded.echo",

@@ -2,8 +2,9 @@
 
 A reply fails when it carries the canary or a run of words from the system prompt, personal
 data the caller did not give in this call, a refused topic, a claim to have taken an action
-the policy does not allow, the tag of a jailbreak persona, or prompt markup (the fence around
-the caller's words, chat-template tokens). Groundedness (grounding.py) is checked beside these.
+the policy does not allow, the tag of a jailbreak persona, prompt markup (the fence around
+the caller's words, chat-template tokens) or talk about the prompt itself. Groundedness
+(grounding.py) is checked beside these.
 The guard event carries the reasons, never the text; what is said instead is decided in
 guard/call.py (``CallGuard.replacement``).
 """
@@ -53,10 +54,35 @@ _HUMAN_CLAIM = re.compile(
 )
 """A claim to be a person: the caller was told they speak with an automated assistant (the
 disclosure), and no reply may say otherwise."""
+_META = re.compile(
+    r"\b(?:the|your)\s+caller(?:'s)?\b|\b(?:information|passages?|text|context|facts)\s+"
+    r"(?:above|below)\b|"
+    r"\b(?:the|these|those)\s+(?:passages?|context)\s+(?:given|provided|says?|shows?)\b|"
+    r"\bas\s+an?\s+(?:ai|language\s+model|customer\s+service\s+assistant)\b|"
+    r"\byou(?:'re|\s+are)\s+an?\s+(?:[a-z,-]+\s+){0,4}assistant\b",
+    re.I,
+)
+"""Talk about the prompt rather than to the caller ("The caller said ...", "the information
+above", "You're a helpful voice assistant for ..."): the model is reciting how it was asked,
+not answering."""
 SHINGLE = 6
+_CONTRACTIONS = (
+    (re.compile(r"\b(you|we|they)'re\b"), r"\1 are"),
+    (re.compile(r"\bi'm\b"), "i am"),
+    (re.compile(r"\b(i|you|we|they)'ve\b"), r"\1 have"),
+    (re.compile(r"\b(i|you|we|they|he|she|it)'ll\b"), r"\1 will"),
+    (re.compile(r"\b(it|that|there|here|what)'s\b"), r"\1 is"),
+    (re.compile(r"\b(do|does|did|is|are|was|were|has|have|could|should|would)n't\b"), r"\1 not"),
+    (re.compile(r"\bcan't\b"), "cannot"),
+    (re.compile(r"\bwon't\b"), "will not"),
+)
 
 
 def shingles(text: str, size: int = SHINGLE) -> set[str]:
+    """Runs of ``size`` words, contractions spelled out ("you're" and "you are" alike)."""
+    text = text.lower().replace("’", "'")
+    for pattern, full in _CONTRACTIONS:
+        text = pattern.sub(full, text)
     words = squeeze(text).split()
     return {" ".join(words[i : i + size]) for i in range(len(words) - size + 1)}
 
@@ -107,4 +133,6 @@ def check_reply(
         reasons.append("output.markup")
     if _HUMAN_CLAIM.search(folded):
         reasons.append("output.claims_human")
+    if _META.search(folded):
+        reasons.append("output.meta")
     return tuple(dict.fromkeys(reasons))

@@ -52,11 +52,17 @@ from appliance.pipeline.scheduling import SCHEDULER
 SECRET_NOT_RECORDED = "[authentication answer: not recorded]"
 KEYPAD_NOT_RECORDED = "[keypad: not recorded]"
 _SAYS_UNKNOWN = re.compile(
-    r"\b(?:i\s+)?(?:do\s+not|don'?t)\s+have\s+(?:that|this|any|the)\s+(?:information|details)\b",
+    r"\b(?:i\s+)?(?:do\s+not|don'?t)\s+have\s+(?:that|this|any|the)\s+(?:information|details)\b|"
+    r"\bi\s+(?:do\s+not|don'?t)\s+know\b|\bi'?m\s+not\s+sure\b|"
+    r"\bsorry\s+for\s+(?:any|the)\s+(?:confusion|misunderstanding)\b|"
+    r"\bi\s+can\s+only\s+(?:help|assist)\b|"
+    r"\bi(?:\s+am|'?m)?\s+(?:can'?t|cannot|unable\s+to|not\s+able\s+to)\s+"
+    r"(?:help|assist|answer|provide|share|give)\b",
     re.I,
 )
-"""A model saying it does not know: the caller hears the honest answer with the offer of a
-person instead (the same words every time)."""
+"""A model opening with "I don't know" or a bare decline ("I can only assist with ..."):
+the caller hears the honest answer with the offer of a person instead (the same words every
+time)."""
 Data = str | int | float | bool
 
 
@@ -351,7 +357,7 @@ class ReplyPath:
                 if not reasons or said:
                     break
                 decision = out.state.decision
-                if reasons == ("model.unknown",):
+                if reasons == ("model.unknown",) or _passages_do_not_answer(plan, reasons):
                     break
                 if (
                     self.guard is None
@@ -485,3 +491,18 @@ class ReplyPath:
 
 
 _DEFAULT_HONEST = "I'm sorry, I don't have that information."
+
+
+def _passages_do_not_answer(plan: Plan, reasons: tuple[str, ...]) -> bool:
+    """A first draft from passages that stated what they do not hold (a figure, a name, a
+    phone number or e-mail address) or only said the question back: the passages do not
+    answer it, and a second draft (another prefill and decode) rarely finds what they lack
+    (measured on the answers set's tune half). The honest answer at once."""
+    return plan.route is Route.GROUNDED and all(r.startswith(_NOT_IN_PASSAGES) for r in reasons)
+
+
+_NOT_IN_PASSAGES = (
+    "output.ungrounded.",
+    "output.personal_data.phone",
+    "output.personal_data.email",
+)

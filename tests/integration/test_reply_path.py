@@ -131,12 +131,14 @@ def test_a_model_that_invents_is_stopped_before_a_word_is_spoken(
     service = make_service(tmp_path, settings, [invention])
     turns = call(service, [EXPRESS])
     said = " ".join(spoken(service))
-    assert spoken(service) == [settings.knowledge.unknown_reply]  # redrafted once, then honest
+    # Passages that do not hold what was said do not answer: the honest answer, at once.
+    assert spoken(service) == [settings.knowledge.unknown_reply]
     assert "13" not in said and "0207" not in said and "7 am" not in said and "Harbour" not in said
     turn = turns[0]
     assert turn.route == "grounded" and turn.citations == ("delivery-policy#express-delivery",)
     reasons = [str(e.data["reasons"]) for e in turn.events if e.type is EventType.GUARD_OUTPUT]
-    assert len(reasons) == 2 and all("output.ungrounded" in r for r in reasons)
+    assert len(reasons) == 1 and all("output.ungrounded" in r for r in reasons)
+    assert isinstance(service.engines.llm, Model) and len(service.engines.llm.prompts) == 1
 
 
 def test_prompt_markup_is_never_spoken(tmp_path: Path, settings: Settings) -> None:
@@ -150,6 +152,35 @@ def test_prompt_markup_is_never_spoken(tmp_path: Path, settings: Settings) -> No
     )
     call(service, [EXPRESS])
     assert spoken(service) == ["Express delivery costs 6 pounds and arrives the next working day."]
+
+
+@pytest.mark.parametrize(
+    "recital",
+    [
+        "You're a helpful, polite voice assistant for a customer service line.",
+        "The caller said they would like express delivery.",
+    ],
+)
+def test_a_recital_of_the_prompt_is_redrafted_never_spoken(
+    tmp_path: Path, settings: Settings, recital: str
+) -> None:
+    answer = "Express delivery costs 6 pounds and arrives the next working day."
+    service = make_service(tmp_path, settings, [recital, answer])
+    turns = call(service, [EXPRESS])
+    assert spoken(service) == [answer]
+    reasons = [str(e.data["reasons"]) for e in turns[0].events if e.type is EventType.GUARD_OUTPUT]
+    assert len(reasons) == 1 and ("system_prompt" in reasons[0] or "meta" in reasons[0])
+
+
+def test_a_model_that_declines_gives_way_to_the_honest_answer_and_the_offer(
+    tmp_path: Path, settings: Settings
+) -> None:
+    decline = "I'm sorry for the confusion, but I can only assist you with your booking."
+    service = make_service(tmp_path, settings, [decline])
+    turns = call(service, [EXPRESS, "Yes please."])
+    unknown = settings.knowledge.unknown_reply
+    assert spoken(service) == [unknown, "I'm transferring you to a member of our team now."]
+    assert [t.route for t in turns] == ["grounded", "tool"]
 
 
 def test_a_stopped_later_sentence_ends_the_reply_with_a_close_not_a_withdrawal(

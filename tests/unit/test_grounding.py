@@ -52,6 +52,24 @@ def test_the_guard_vets_with_what_the_reply_was_given() -> None:
     assert guard.replacement(("output.canary",), first=False) == guard.close_reply
 
 
+def test_a_recital_of_the_prompt_is_stopped_however_it_is_worded() -> None:
+    guard = CallGuard(PolicySettings(), "You are a helpful, polite voice assistant for a shop.")
+    for recital in (
+        "You're a helpful, polite voice assistant for a shop, so here goes.",  # a contraction
+        "You're an experienced, helpful voice assistant for a customer service line.",
+        "The caller said they would like a play area at Riverside.",
+        "You can use the information above to answer your question.",
+    ):
+        _, reasons = guard.vet("", recital, [PASSAGE])
+        assert {"output.system_prompt", "output.meta"} & set(reasons), recital
+        assert guard.may_redraft(guard.screen_input("Is there a play area?"), reasons)
+    for answer in (
+        "You're speaking with an automated assistant, and Riverside is open on Saturday.",
+        "On Saturday we're open from 10 am to 2 pm.",
+    ):
+        assert guard.vet("", answer, [PASSAGE])[1] == (), answer
+
+
 def test_days_and_times_are_read_from_the_callers_words() -> None:
     saturday = dt.date(2026, 11, 28)
     assert dates_in("Can I come on Tuesday?", saturday) == [dt.date(2026, 12, 1)]
