@@ -4,7 +4,9 @@ unknown users and wrong passwords the same answer in the same time."""
 
 from __future__ import annotations
 
+import re
 import time
+import unicodedata
 from collections.abc import Callable
 
 from argon2 import PasswordHasher
@@ -34,6 +36,21 @@ _DUMMY = _HASHER.hash("a password no account has, for the unknown-user path")
 
 class AccountError(ApplianceError):
     pass
+
+
+_USERNAME = re.compile(r"[a-z][a-z0-9._-]{2,63}")
+
+
+def username_of(text: str) -> str:
+    """The account name as stored and looked up: NFKC, lower case, 3-64 of a-z, 0-9, '.',
+    '_' and '-', starting with a letter ("Root" and "root" are one account; no markup)."""
+    name = unicodedata.normalize("NFKC", text).strip().casefold()
+    if not _USERNAME.fullmatch(name):
+        raise AccountError(
+            "account.invalid_username",
+            "a username is 3 to 64 of a-z, 0-9, '.', '_' and '-', starting with a letter",
+        )
+    return name
 
 
 def check_password(password: str, username: str = "") -> None:

@@ -24,8 +24,9 @@ from flask.typing import ResponseReturnValue
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from appliance.admin.accounts import LoginLimiter, verify_password
+from appliance.admin.accounts import AccountError, LoginLimiter, username_of, verify_password
 from appliance.config.settings import Settings
+from appliance.core.errors import StorageError
 from appliance.identity.factors import totp
 from appliance.storage.repository import Storage
 from appliance.storage.schema import AuditEvent, Call, Incident, Turn
@@ -180,6 +181,9 @@ def _auth(
     limiter: LoginLimiter,
 ) -> Blueprint:
     auth = Blueprint("auth", __name__)
+    used_steps: dict[str, int] = {}
+    """Per account, the time step of the last code that logged in: a code is good once, in
+    whichever session, and never one older than it."""
 
     @auth.route("/login", methods=["GET", "POST"])
     @requires(*PUBLIC)
@@ -188,7 +192,7 @@ def _auth(
         if request.method == "GET":
             return render_template("login.html", stage=panel.stage)
         if panel.stage == "anonymous":
-            username = request.form.get("username", "")[:64]
+            username = _account_name(request.form.get("username", "")[:64])
             password = request.form.get("password", "")[:256]
             address = request.remote_addr or "?"
             if limiter.blocked(username, address):
@@ -211,12 +215,20 @@ def _auth(
             return render_template(
                 "login.html", stage=panel.stage, secret=_b32(panel.enrol_secret), user=username
             )
+        # The second factor is limited and counted like the password, per account and per
+        # address: past the limit even the right code is refused.
+        address = request.remote_addr or "?"
+        if limiter.blocked(panel.username, address):
+            storage.log_event(f"admin:{panel.username}", "login_totp", "panel", "limited")
+            return render_template(
+                "login.html", stage=panel.stage, secret=_b32(panel.enrol_secret), failed=True
+            ), 429
         code = re.sub(r"\D", "", request.form.get("code", ""))
         secret = (
             panel.enrol_secret if panel.stage == "enrol" else storage.admin_totp(panel.username)
         )
-        if secret is None or not _totp_ok(secret, code, panel):
-            limiter.failed(panel.username, request.remote_addr or "?")
+        if secret is None or not _totp_ok(secret, code, panel.username, used_steps):
+            limiter.failed(panel.username, address)
             storage.log_event(f"admin:{panel.username}", "login_totp", "panel", "failed")
             return render_template(
                 "login.html", stage=panel.stage, secret=_b32(panel.enrol_secret), failed=True
@@ -239,18 +251,27 @@ def _auth(
     return auth
 
 
+def _account_name(text: str) -> str:
+    """The name as accounts are stored ("Root" is root); a name no account can have is
+    looked up as it is, and fails as an unknown user does."""
+    try:
+        return username_of(text)
+    except AccountError:
+        return text
+
+
 def _b32(secret: bytes) -> str:
     return base64.b32encode(secret).decode().rstrip("=") if secret else ""
 
 
-def _totp_ok(secret: bytes, code: str, panel: PanelSession) -> bool:
-    """One step of tolerance each way; a code is good once per session's user."""
+def _totp_ok(secret: bytes, code: str, username: str, used_steps: dict[str, int]) -> bool:
+    """One step of tolerance each way; each code logs an account in once, from any session."""
     now = int(time.time() // 30)
     for step in (now - 1, now, now + 1):
         if hmac.compare_digest(totp(secret, step), code.zfill(6)[-6:]):
-            if panel.data.get("last_step") == str(step):
+            if step <= used_steps.get(username.lower(), -1):
                 return False
-            panel.data["last_step"] = str(step)
+            used_steps[username.lower()] = step
             return True
     return False
 
@@ -329,7 +350,12 @@ def _pages(storage: Storage, actor: Callable[[], str]) -> Blueprint:
     @requires("admin", "operator")
     def call(call_id: str) -> ResponseReturnValue:
         reason = request.args.get("reason", "").strip()[:200]
-        view = storage.read_call(call_id, actor(), reason or "masked view")
+        try:
+            view = storage.read_call(call_id, actor(), reason or "masked view")
+        except StorageError as exc:
+            if exc.code == "storage.no_call":
+                abort(404)  # as the API answers: no traceback, no 500
+            raise
         show = (lambda t: t or "") if reason else mask
         turns = [
             (t.index, show(t.transcript), show(t.reply), t.route, ", ".join(t.citations))
@@ -352,7 +378,7 @@ def _pages(storage: Storage, actor: Callable[[], str]) -> Blueprint:
 
 
 def _users(storage: Storage, actor: Callable[[], str]) -> Blueprint:
-    from appliance.admin.accounts import ROLES, AccountError, check_password, hash_password
+    from appliance.admin.accounts import ROLES, check_password, hash_password
 
     users = Blueprint("users", __name__)
 
@@ -361,12 +387,12 @@ def _users(storage: Storage, actor: Callable[[], str]) -> Blueprint:
     def manage() -> ResponseReturnValue:
         error = ""
         if request.method == "POST":
-            username = request.form.get("username", "").strip()[:64]
             role = request.form.get("role", "")
             password = request.form.get("password", "")
             try:
-                if not re.fullmatch(r"[a-z][a-z0-9._-]{2,63}", username) or role not in ROLES:
-                    raise AccountError("account.invalid", "a lower-case name and a known role")
+                username = username_of(request.form.get("username", "")[:64])
+                if role not in ROLES:
+                    raise AccountError("account.invalid", f"a role of {', '.join(ROLES)}")
                 check_password(password, username)
                 storage.create_admin_user(username, hash_password(password), role, actor())
             except AccountError as exc:

@@ -34,6 +34,11 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # Before a key or a word is read: no core dumps, and what the appliance writes (the
+    # database, keys, exports, the home itself) is its own, whatever umask it started with.
+    from appliance.deploy import process
+
+    process.harden()
     args = parser().parse_args(argv)
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING,

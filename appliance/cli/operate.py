@@ -84,15 +84,16 @@ def create_api_token(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def create_admin_user(args: argparse.Namespace, settings: Settings) -> int:
-    from appliance.admin.accounts import check_password, hash_password
+    from appliance.admin.accounts import check_password, hash_password, username_of
     from appliance.service import open_storage
 
+    username = username_of(args.username)
     if args.password_stdin:
         password = sys.stdin.readline().rstrip("\n")
     else:
         password = getpass.getpass("password (15 characters or more): ")
-    check_password(password, args.username)
+    check_password(password, username)
     with open_storage(settings) as storage:
-        storage.create_admin_user(args.username, hash_password(password), args.role, actor())
-    print(f"user {args.username} ({args.role}) created; TOTP is enrolled at the first log-in")
+        storage.create_admin_user(username, hash_password(password), args.role, actor())
+    print(f"user {username} ({args.role}) created; TOTP is enrolled at the first log-in")
     return 0

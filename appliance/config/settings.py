@@ -536,7 +536,12 @@ class SipSettings:
     """Ask for digest credentials from allowed peers too (address and password both)."""
     rtp_port_min: int = 40000
     rtp_port_max: int = 40999
-    """Media ports are taken from this range (open it in the host firewall for the peers)."""
+    """Media ports are taken at random from this range (open it in the host firewall for the
+    peers)."""
+    symmetric_rtp: bool = False
+    """Media is taken only from the address and port the caller's SDP names. True (for callers
+    behind NAT, whose SDP names an address they cannot be reached at): the first packet's
+    source is latched instead, and nothing from any other source is taken after it."""
     media_timeout_s: float = 10.0
     """A call whose caller sends no media for this long is ended (BYE)."""
     ring_ms: int = 0

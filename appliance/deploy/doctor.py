@@ -24,7 +24,7 @@ from appliance.config.manifest import model_spec
 from appliance.config.settings import Settings
 from appliance.core.errors import ApplianceError
 from appliance.core.models import FileStatus, check_model
-from appliance.deploy import egress
+from appliance.deploy import egress, process
 from appliance.storage.keys import default_key_path
 from appliance.telephony.digest import DigestError, read_accounts
 
@@ -126,6 +126,29 @@ def egress_guard(settings: Settings) -> Check:
     except OSError:
         pass
     return _fail("egress guard", "a connection off the premises was not refused in-process")
+
+
+def core_dumps(settings: Settings) -> Check:
+    """This process as every command of the appliance runs (``deploy/process.py``): a crash
+    must leave no core file (it would hold callers' words and the master key)."""
+    if process.dumpable():
+        return _fail("core dumps", "a crash would write a core file (RLIMIT_CORE, dumpable)")
+    return _pass("core dumps", "off: RLIMIT_CORE 0 and not dumpable; units set LimitCORE=0")
+
+
+def home_modes(settings: Settings) -> Check:
+    """The home and what lies in it are the owner's alone (0700 folders, 0600 files)."""
+    if not settings.home.exists():
+        return _skip("file modes", f"{settings.home} does not exist yet")
+    open_to_others = [
+        str(path)
+        for path in (settings.home, *settings.home.rglob("*"))
+        if not path.is_symlink() and path.stat().st_mode & 0o077
+    ]
+    if open_to_others:
+        more = f" and {len(open_to_others) - 3} more" if len(open_to_others) > 3 else ""
+        return _fail("file modes", f"readable by others: {', '.join(open_to_others[:3])}{more}")
+    return _pass("file modes", f"{settings.home} and everything in it are owner-only")
 
 
 def _systemd_running() -> bool:
@@ -247,6 +270,8 @@ CHECKS: tuple[Callable[[Settings], Check], ...] = (
     models,
     knowledge,
     egress_guard,
+    core_dumps,
+    home_modes,
     retention_timer,
     sip_secrets,
     tls,

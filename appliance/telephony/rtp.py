@@ -159,10 +159,15 @@ class RtpMedia(asyncio.DatagramProtocol):
         remote: tuple[str, int],
         media_timeout_s: float,
         on_digit: Callable[[str], None] | None = None,
+        *,
+        latch: bool = False,
     ) -> None:
         self.codec = codec
         self.event_type = event_payload_type
         self.remote = remote
+        """Where the caller's media comes from and ours goes: the SDP's address and port (a
+        re-INVITE may change it), or with ``latch`` the first valid packet's source."""
+        self.latch = latch
         self.media_timeout_s = media_timeout_s
         self.on_digit = on_digit
         self.transport: asyncio.DatagramTransport | None = None
@@ -196,6 +201,11 @@ class RtpMedia(asyncio.DatagramProtocol):
         self.local_port = int(self.transport.get_extra_info("sockname")[1])
 
     def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        source = (addr[0], addr[1])
+        latching = self.latch and self._ssrc_in is None
+        if source != self.remote and not latching:
+            self.dropped += 1  # not the caller's address and port: a stranger's packets
+            return
         if self.srtp_in is not None:
             try:
                 data = self.srtp_in.unprotect(data)
@@ -209,6 +219,7 @@ class RtpMedia(asyncio.DatagramProtocol):
             return
         if self._ssrc_in is None:
             self._ssrc_in = packet.ssrc
+            self.remote = source  # with latching, behind NAT: the caller's real address
         if packet.ssrc != self._ssrc_in:
             self.dropped += 1  # another stream (or a spoofed one) on our port
             return

@@ -31,6 +31,7 @@ import dataclasses
 import functools
 import ipaddress
 import logging
+import random
 import re
 import secrets
 import ssl
@@ -166,7 +167,6 @@ class SipUserAgent(asyncio.DatagramProtocol):
         self._tls_server: asyncio.Server | None = None
         self.tls_port = 0
         self._invites = SlidingWindow(settings.invites_per_address_per_10s, 10.0)
-        self._next_port = settings.rtp_port_min
         self._tasks: set[asyncio.Task[None]] = set()
         self._pending: dict[str, asyncio.Future[SipMessage]] = {}
         self.registered = False
@@ -406,15 +406,15 @@ class SipUserAgent(asyncio.DatagramProtocol):
         self._send(ok.encode(), addr)
 
     async def _open_media(self, offer: sdp.Offer, codec: int) -> tuple[RtpMedia, int]:
-        """A media endpoint on the next free port of the configured range."""
+        """A media endpoint on a free port of the configured range, tried in random order: a
+        stranger cannot guess the next call's port from this one's."""
         loop = asyncio.get_running_loop()
-        low, high = self.settings.rtp_port_min, self.settings.rtp_port_max
-        for _ in range(high - low + 1):
-            port = self._next_port
-            self._next_port = low + (port + 1 - low) % (high - low + 1)
+        ports = list(range(self.settings.rtp_port_min, self.settings.rtp_port_max + 1))
+        random.SystemRandom().shuffle(ports)
+        for port in ports:
             media = RtpMedia(
                 codec, offer.telephone_event, (offer.address, offer.port),
-                self.settings.media_timeout_s,
+                self.settings.media_timeout_s, latch=self.settings.symmetric_rtp,
             )  # fmt: skip
             try:
                 await loop.create_datagram_endpoint(

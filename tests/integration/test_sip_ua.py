@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import itertools
 import random
 import socket
 import ssl
@@ -464,11 +465,11 @@ def test_a_peer_without_telephone_events_is_heard_by_its_tones() -> None:
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
-        media = RtpMedia(0, None, ("127.0.0.1", 9), media_timeout_s=5)
+        peer = Peer()
+        media = RtpMedia(0, None, peer.sock.getsockname(), media_timeout_s=5)
         transport, _ = await loop.create_datagram_endpoint(
             lambda: media, local_addr=("127.0.0.1", 0)
         )
-        peer = Peer()
         audio = np.concatenate(
             [np.zeros(800)] + [np.concatenate([dtmf_tone(k), np.zeros(480)]) for k in "73#"]
         ).astype(np.int16)
@@ -515,3 +516,83 @@ def test_with_require_credentials_an_allowed_address_must_answer_the_challenge_t
         assert ua.dialogs["rc1"].account == "pbx"
 
     run(test, accounts_file=str(accounts), require_credentials=True)
+
+
+async def _answered(peer: Peer, ua: SipUserAgent, call_id: str, media_port: int) -> int:
+    """Set up a call whose SDP names ``media_port``; the agent's own RTP port."""
+    await peer.send(invite(call_id, media_port), ua.port)
+    ok = await peer.recv()
+    while ok is not None and ok.status != 200:
+        ok = await peer.recv()
+    assert ok is not None, "no 200 OK"
+    await peer.send(request("ACK", call_id, 1, ok.tag("to")), ua.port)
+    return int(ok.body.decode().split("m=audio ")[1].split()[0])
+
+
+def _keys(digits: str, ssrc: int, first_sequence: int = 10) -> list[bytes]:
+    packets = []
+    for i, digit in enumerate(digits):
+        for end in (False, True, True, True):
+            payload = event_payload(digit, end, 400)
+            packets.append(RtpPacket(101, first_sequence + len(packets), 1000 + 800 * i, ssrc,
+                                     payload).encode())  # fmt: skip
+    return packets
+
+
+def test_rtp_hijack_media_from_another_address_is_never_the_callers() -> None:
+    """Finding: media was latched onto the first SSRC from anywhere, so an attacker who
+    sprayed the agent's media port (or sent the caller's SSRC from elsewhere) had their words
+    taken as the caller's."""
+
+    async def test(ua: SipUserAgent, calls: list[SipCall]) -> None:
+        peer, caller_media, attacker = Peer(), Peer(), Peer()
+        rtp_port = await _answered(peer, ua, "h1", caller_media.sock.getsockname()[1])
+        await asyncio.sleep(0.1)
+        for packet in _keys("99", ssrc=77):  # first, and with the caller's SSRC to come
+            attacker.sock.sendto(packet, ("127.0.0.1", rtp_port))
+        await asyncio.sleep(0.1)
+        for packet in _keys("42", ssrc=77, first_sequence=100):
+            caller_media.sock.sendto(packet, ("127.0.0.1", rtp_port))
+        for packet in _keys("7", ssrc=77, first_sequence=200):  # the caller's SSRC, from elsewhere
+            attacker.sock.sendto(packet, ("127.0.0.1", rtp_port))
+        await asyncio.sleep(0.3)
+        (call,) = calls
+        assert call.media.digits == ["4", "2"]
+        assert call.media.dropped == 12  # every packet of the stranger's
+
+    run(test)
+
+
+def test_media_ports_are_drawn_at_random_from_the_range() -> None:
+    """Finding: media ports were allocated in order, so the next call's was known."""
+
+    async def test(ua: SipUserAgent, calls: list[SipCall]) -> None:
+        ports = []
+        for n in range(6):
+            peer, media = Peer(), Peer()
+            ports.append(await _answered(peer, ua, f"p{n}", media.sock.getsockname()[1]))
+        assert all(41000 <= p <= 41999 for p in ports) and len(set(ports)) == 6
+        assert [b - a for a, b in itertools.pairwise(ports)] != [1] * 5
+
+    run(test)
+
+
+def test_symmetric_rtp_latches_the_first_source_and_only_that() -> None:
+    """Callers behind NAT: with [sip] symmetric_rtp the first packet's source is the caller's,
+    whatever the SDP said; nothing from another source is taken after it."""
+
+    async def test(ua: SipUserAgent, calls: list[SipCall]) -> None:
+        peer, natted, other = Peer(), Peer(), Peer()
+        rtp_port = await _answered(peer, ua, "n1", 49999)  # a port nobody sends from
+        await asyncio.sleep(0.1)
+        for packet in _keys("5", ssrc=31):
+            natted.sock.sendto(packet, ("127.0.0.1", rtp_port))
+        await asyncio.sleep(0.05)
+        for packet in _keys("6", ssrc=31, first_sequence=100):
+            other.sock.sendto(packet, ("127.0.0.1", rtp_port))
+        await asyncio.sleep(0.3)
+        (call,) = calls
+        assert call.media.digits == ["5"]
+        assert call.media.remote == natted.sock.getsockname()  # our audio goes there
+
+    run(test, symmetric_rtp=True)

@@ -173,3 +173,18 @@ def test_incidents_are_listed(home: Path) -> None:
     assert [(r["kind"], r["severity"], r["call_id"]) for r in rows] == [
         ("distress", "high", handle.call_id)
     ]
+
+
+def test_what_the_cli_writes_is_owner_only_whatever_the_umask(home: Path) -> None:
+    """Finding: database files were created 0644 in a 0755 home from the CLI."""
+    done = subprocess.run(
+        ["sh", "-c", f'umask 022; exec "{APPLIANCE}" calls list'],
+        capture_output=True, text=True, check=False, timeout=120,
+        env={**os.environ, "APPLIANCE_HOME": str(home)},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert home.stat().st_mode & 0o777 == 0o700
+    written = [p for p in home.rglob("*") if p.is_file()]
+    assert written and all(p.stat().st_mode & 0o077 == 0 for p in written), [
+        (str(p), oct(p.stat().st_mode)) for p in written
+    ]

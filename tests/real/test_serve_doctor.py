@@ -87,6 +87,7 @@ def test_doctor_passes_then_fails_on_a_readable_key_and_a_tampered_model(
     checks = {c["name"]: c["status"] for c in json.loads(ok.stdout)}
     assert checks["master key"] == checks["database"] == checks["models"] == "PASS"
     assert checks["egress guard"] == "PASS"
+    assert checks["core dumps"] == checks["file modes"] == "PASS"
 
     key = home / "keys" / "master.key"
     key.chmod(0o644)
