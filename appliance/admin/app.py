@@ -78,20 +78,63 @@ def mask(text: str | None) -> str:
     return re.sub(r"\d", "•", text)
 
 
+MAX_SESSIONS = 2000
+"""Sessions the panel keeps at once. A session is kept only once it is needed (a form's CSRF
+token, a log-in); expired ones are swept; when the store is full, the longest-idle session
+that is not logged in makes room, and with none such a new visitor gets 503."""
+SWEEP_S = 30.0
+
+
 def create_app(
-    settings: Settings, storage: Storage, clock: Callable[[], float] = time.time
+    settings: Settings,
+    storage: Storage,
+    clock: Callable[[], float] = time.time,
+    max_sessions: int = MAX_SESSIONS,
 ) -> Flask:
     options = settings.admin
     app = Flask(__name__)
     app.config["SECRET_KEY"] = secrets.token_bytes(32)
     sessions: dict[str, PanelSession] = {}
+    app.extensions["panel_sessions"] = sessions
     limiter = LoginLimiter(options.failures_per_account, options.failures_per_address)
+    swept = [clock()]
+
+    def expired(panel: PanelSession, now: float) -> bool:
+        return now - panel.seen > options.idle_s or now - panel.created > options.max_s
+
+    def sweep(now: float) -> None:
+        for token in [t for t, panel in sessions.items() if expired(panel, now)]:
+            del sessions[token]
+        swept[0] = now
+
+    def keep(panel: PanelSession) -> str:
+        """Store ``panel`` under a new token (room made first, or 503)."""
+        now = clock()
+        if now - swept[0] > SWEEP_S or len(sessions) >= max_sessions:
+            sweep(now)
+        if len(sessions) >= max_sessions:
+            idle = [(p.seen, t) for t, p in sessions.items() if p.stage != "ready"]
+            if not idle:
+                abort(503)  # every kept session is a logged-in user's: none is dropped
+            del sessions[min(idle)[1]]
+        token = secrets.token_urlsafe(32)
+        sessions[token] = panel
+        return token
+
+    def fresh() -> PanelSession:
+        now = clock()
+        return PanelSession(secrets.token_urlsafe(32), now, now)
 
     def new_session() -> tuple[str, PanelSession]:
-        token = secrets.token_urlsafe(32)
-        now = clock()
-        sessions[token] = PanelSession(secrets.token_urlsafe(32), now, now)
-        return token, sessions[token]
+        panel = fresh()
+        return keep(panel), panel
+
+    def csrf_token() -> str:
+        """A form needs its token to come back: from here on the session is kept."""
+        panel: PanelSession = g.panel
+        if not g.token:
+            g.token = keep(panel)
+        return panel.csrf
 
     def actor() -> str:
         return f"admin:{g.panel.username}"
@@ -101,13 +144,11 @@ def create_app(
         token = request.cookies.get(COOKIE, "")
         panel = sessions.get(token)
         now = clock()
-        if panel is not None and (
-            now - panel.seen > options.idle_s or now - panel.created > options.max_s
-        ):
+        if panel is not None and expired(panel, now):
             sessions.pop(token, None)
             panel = None
-        if panel is None:
-            token, panel = new_session()
+        if panel is None:  # not kept until it is needed (csrf_token, log-in)
+            token, panel = "", fresh()
         panel.seen = now
         g.token, g.panel = token, panel
         view = app.view_functions.get(request.endpoint or "")
@@ -143,9 +184,10 @@ def create_app(
     def headers(response: Any) -> Any:
         for name, value in HEADERS.items():
             response.headers[name] = value
-        response.set_cookie(
-            COOKIE, g.get("token", ""), secure=True, httponly=True, samesite="Strict", path="/"
-        )
+        if g.get("token"):
+            response.set_cookie(
+                COOKIE, g.token, secure=True, httponly=True, samesite="Strict", path="/"
+            )
         return response
 
     @app.errorhandler(401)
@@ -159,7 +201,7 @@ def create_app(
             return {"error": error.code, "name": error.name}, error.code
         return render_template("error.html", code=error.code, name=error.name), error.code
 
-    app.jinja_env.globals["csrf"] = lambda: g.panel.csrf
+    app.jinja_env.globals["csrf"] = csrf_token
     app.register_blueprint(_auth(settings, storage, sessions, new_session, limiter))
     app.register_blueprint(_pages(storage, actor))
     app.register_blueprint(_users(storage, actor))
@@ -245,7 +287,7 @@ def _auth(
     def logout() -> ResponseReturnValue:
         storage.log_event(f"admin:{g.panel.username}", "logout", "panel", "ok")
         sessions.pop(g.token, None)  # ended on the server, whatever the browser keeps
-        g.token, g.panel = new_session()
+        g.token, g.panel = "", PanelSession("", 0.0, 0.0)
         return redirect(url_for("auth.login"))
 
     return auth

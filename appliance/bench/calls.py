@@ -34,7 +34,7 @@ def run_calls_bench(
     import psutil
 
     from appliance.telephony.sdp import PCMU
-    from appliance.testing.pcap import Stream, write_pcap
+    from appliance.testing.media import Stream
 
     if shutil.which("sipp") is None:
         raise ApplianceError("bench.sipp", "sipp is not installed (Debian: sip-tester)")
@@ -56,7 +56,6 @@ def run_calls_bench(
         stream.silence(0.5)
         stream.audio(question)
         stream.silence(12.0)
-        write_pcap(work / "caller.pcap", stream.packets)
         for model in stt_models or (settings.stt.model,):
             port = free_port()
             env = {
@@ -65,6 +64,7 @@ def run_calls_bench(
                 "APPLIANCE_STT__MODEL": model,
                 "APPLIANCE_SIP__DISCLOSURE": "Automated assistant.",
                 "APPLIANCE_SIP__MAX_DIALOGS": str(max(counts) * 2),
+                "APPLIANCE_SIP__UNCONFIRMED_PER_ADDRESS": str(max(counts)),
                 "APPLIANCE_SIP__INVITES_PER_ADDRESS_PER_10S": str(max(counts) * 4),
                 "APPLIANCE_LIMITS__MAX_CONCURRENT_CALLS": str(max(counts)),
             }
@@ -80,7 +80,9 @@ def run_calls_bench(
                     raise ApplianceError("bench.sip", f"appliance sip did not start ({model})")
                 process = psutil.Process(line.pid)
                 for count in counts:
-                    result = _calls_round(count, port, work, scenario_text, process, free_port)
+                    result = _calls_round(
+                        count, port, scenario_text, stream.packets, work, process, free_port
+                    )
                     _wait_until_idle(settings)  # the line finishes turns after the callers' BYEs
                     latencies = _latest_latencies(settings, count)
                     result["voice_to_voice"] = summary(latencies) if latencies else {}
@@ -151,46 +153,35 @@ def _wait_until_idle(settings: Settings, timeout_s: float = 120.0) -> None:
 
 
 def _calls_round(
-    count: int, port: int, work: Path, scenario: str, process: Any, free_port: Any
+    count: int,
+    port: int,
+    scenario: str,
+    stream: Sequence[tuple[float, bytes]],
+    work: Path,
+    process: Any,
+    free_port: Any,
 ) -> dict[str, Any]:
-    import socket
+    """``count`` SIPp callers at once: SIPp signals, each caller's own media socket speaks
+    the question once answered and hears the reply (testing/media.py)."""
     import subprocess
-    import threading
+
+    from appliance.testing.media import CallerMedia
 
     cpu_before = sum(process.cpu_times()[:2])
-    gaps = [0] * count
-    captures, threads, runs = [], [], []
-    stop = threading.Event()
-
-    def capture(index: int, sock: socket.socket) -> None:
-        sock.settimeout(0.2)
-        last = None
-        while not stop.is_set():
-            try:
-                sock.recv(4096)
-            except TimeoutError:
-                continue
-            now = time.monotonic()
-            if last is not None and now - last > 0.1:  # 5 packets missing in a row
-                gaps[index] += 1
-            last = now
-
+    callers, runs = [], []
     peak = 0.0
     for index in range(count):
-        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        sock.bind(("127.0.0.1", 0))
-        captures.append(sock)
+        media = CallerMedia()
+        callers.append(media)
         text = (
             scenario.replace("@CODEC@", "0")
-            .replace("@CAPTURE_PORT@", str(sock.getsockname()[1]))
-            .replace("@PCAP@", str(work / "caller.pcap"))
+            .replace("@CAPTURE_PORT@", str(media.port))
             .replace("@WAIT_MS@", "2500")
             .replace("@TALK_MS@", "14000")
         )
         xml = work / f"call{index}.xml"
         xml.write_text(text)
-        threads.append(threading.Thread(target=capture, args=(index, sock), daemon=True))
-        threads[-1].start()
+        media.start(stream, after_s=2.5)
         command = ["sipp", f"127.0.0.1:{port}", "-sf", str(xml), "-m", "1", "-i", "127.0.0.1"]
         command += ["-p", str(free_port()), "-mp", str(free_port()), "-timeout", "90s"]
         command += ["-trace_err", "-error_file", str(work / f"call{index}.errors")]
@@ -206,11 +197,11 @@ def _calls_round(
         peak = max(peak, process.memory_info().rss / 2**20)
         time.sleep(0.2)
     time.sleep(1.0)
-    stop.set()
-    for thread in threads:
-        thread.join(timeout=5)
-    for sock in captures:
-        sock.close()
+    gaps = 0
+    for media in callers:
+        media.stop()
+        # 5 packets missing in a row, as the caller received the reply
+        gaps += sum(b - a > 0.1 for a, b in zip(media.arrivals, media.arrivals[1:], strict=False))
     failures = []
     for index, run in enumerate(runs):
         errors = work / f"call{index}.errors"
@@ -220,7 +211,7 @@ def _calls_round(
         "calls": count,
         "failed": sum(r.returncode != 0 for r in runs),
         "failures": failures,
-        "rtp_gaps": sum(gaps),
+        "rtp_gaps": gaps,
         "cpu_s": round(sum(process.cpu_times()[:2]) - cpu_before, 1),
         "rss_mib": round(peak, 1),
     }

@@ -508,6 +508,11 @@ class SipSettings:
     """The address put in Contact and SDP; empty means the listen host."""
     tcp: bool = True
     """Listen on TCP as well as UDP, at the same port."""
+    tcp_idle_s: float = 30.0
+    """A TCP or TLS connection that sends nothing for this long is closed, unless a call
+    lives on it (half-open connections and half-sent messages do not hold a descriptor)."""
+    tcp_per_address: int = 32
+    """Open TCP and TLS connections one address may hold; more are closed at once."""
     tls_listen: str = ""
     """HOST:PORT for SIP over TLS (SIPS, usually port 5061); empty means no TLS listener."""
     tls_cert: str = ""
@@ -551,6 +556,9 @@ class SipSettings:
     any media or model work)."""
     max_dialogs: int = 16
     """Calls being set up or in progress at once; more get 486 Busy Here."""
+    unconfirmed_per_address: int = 4
+    """Calls one address may have answered but not yet confirmed (no ACK) at once; more get
+    486, so a peer whose INVITEs never ACK cannot hold the whole line."""
     disclosure: str = (
         "Hello. You are speaking with an automated assistant. This call is transcribed and "
         "stored to help you and to improve our service."
@@ -602,6 +610,9 @@ class SipSettings:
         _check(self.srtp in ("optional", "required", "off"), "sip.srtp", "optional, required, off")
         _check(self.invites_per_address_per_10s >= 1, "sip.invites_per_address_per_10s", ">= 1")
         _check(self.max_dialogs >= 1, "sip.max_dialogs", "at least 1")
+        _check(self.unconfirmed_per_address >= 1, "sip.unconfirmed_per_address", "at least 1")
+        _check(self.tcp_idle_s > 0, "sip.tcp_idle_s", "must be positive")
+        _check(self.tcp_per_address >= 1, "sip.tcp_per_address", "at least 1")
         _check(bool(self.disclosure.strip()), "sip.disclosure", "must not be empty")
         for value in self.allowed_peers:
             try:

@@ -108,6 +108,17 @@ class _Dialog:
 Handler = Callable[[SipCall], Awaitable[None]]
 
 
+def _of_dialog(
+    dialog: _Dialog, request: SipMessage, addr: tuple[str, int], *, confirmed: bool
+) -> bool:
+    """Whether ``request`` belongs to ``dialog``: from the host that opened it, with the
+    caller's From tag and (``confirmed``: once we answered, RFC 3261 12.2.2) our To tag. The
+    Call-ID alone is not enough: anyone who saw it could redirect or end the call."""
+    if addr[0] != dialog.peer[0] or request.tag("from") != dialog.invite.tag("from"):
+        return False
+    return not confirmed or request.tag("to") == dialog.local_tag
+
+
 def _refusal(request: SipMessage) -> SipMessage | None:
     """What RFC 3261 8.2 has a UAS refuse before it acts on a request (RFC 4475 3.3): a URI
     scheme it does not serve (416), an extension it is required to support (420), a body it
@@ -291,7 +302,11 @@ class SipUserAgent(asyncio.DatagramProtocol):
     def _on_invite(self, invite: SipMessage, addr: tuple[str, int]) -> None:
         dialog = self.dialogs.get(invite.call_id)
         if dialog is not None:
-            if invite.branch == dialog.invite.branch or not dialog.acked:
+            retransmission = invite.branch == dialog.invite.branch
+            if not _of_dialog(dialog, invite, addr, confirmed=not retransmission):
+                self._send(response(invite, 481).encode(), addr)  # not this dialog's peer
+                return
+            if retransmission or not dialog.acked:
                 self._send(dialog.last_response, addr)  # a retransmission
             else:
                 self._reinvite(dialog, invite, addr)
@@ -322,7 +337,11 @@ class SipUserAgent(asyncio.DatagramProtocol):
                 self._send(reply.encode(), addr)
                 return
             account = verdict.user
-        if sum(not d.closed for d in self.dialogs.values()) >= self.settings.max_dialogs:
+        live = [d for d in self.dialogs.values() if not d.closed]
+        unconfirmed = sum(not d.acked and d.peer[0] == addr[0] for d in live)
+        if len(live) >= self.settings.max_dialogs or (
+            unconfirmed >= self.settings.unconfirmed_per_address
+        ):  # one address's INVITEs that never ACK cannot fill the line
             self._send(response(invite, 486).encode(), addr)
             return
         dialog = _Dialog(invite, addr, secrets.token_hex(6), account)
@@ -442,7 +461,7 @@ class SipUserAgent(asyncio.DatagramProtocol):
 
     def _on_ack(self, ack: SipMessage, addr: tuple[str, int]) -> None:
         dialog = self.dialogs.get(ack.call_id)
-        if dialog is None or dialog.acked:
+        if dialog is None or dialog.acked or not _of_dialog(dialog, ack, addr, confirmed=True):
             return
         dialog.acked = True
         if dialog.cancelled or dialog.call is None:
@@ -472,8 +491,10 @@ class SipUserAgent(asyncio.DatagramProtocol):
         dialog = self.dialogs.get(cancel.call_id)
         # The CANCEL names the INVITE by its branch (RFC 3261 9.2), or by Call-ID and CSeq
         # number from an RFC 2543 peer.
-        if dialog is None or (
-            dialog.invite.branch != cancel.branch and dialog.invite.cseq[0] != cancel.cseq[0]
+        if (
+            dialog is None
+            or not _of_dialog(dialog, cancel, addr, confirmed=False)
+            or (dialog.invite.branch != cancel.branch and dialog.invite.cseq[0] != cancel.cseq[0])
         ):
             self._send(response(cancel, 481).encode(), addr)
             return
@@ -485,7 +506,7 @@ class SipUserAgent(asyncio.DatagramProtocol):
 
     def _on_bye(self, bye: SipMessage, addr: tuple[str, int]) -> None:
         dialog = self.dialogs.get(bye.call_id)
-        if dialog is None or dialog.closed:
+        if dialog is None or dialog.closed or not _of_dialog(dialog, bye, addr, confirmed=True):
             self._send(response(bye, 481).encode(), addr)
             return
         self._send(response(bye, 200).encode(), addr)
@@ -676,14 +697,36 @@ class _SipStream(asyncio.Protocol):
         self.buffer = bytearray()
         self.transport: asyncio.Transport | None = None
         self.peer: tuple[str, int] = ("", 0)
+        self._idle: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
         host, port = self.transport.get_extra_info("peername")[:2]
         self.peer = (str(host), int(port))
+        open_here = sum(peer[0] == self.peer[0] for peer in self.ua.streams)
+        if open_here >= self.ua.settings.tcp_per_address:
+            self.transport.abort()  # one address may not hold every descriptor
+            return
         self.ua.streams[self.peer] = self.transport
+        self._arm()
+
+    def _arm(self) -> None:
+        """Close the connection after ``tcp_idle_s`` with nothing received, unless a call
+        still lives on it (its BYE and re-INVITEs come this way)."""
+        if self._idle is not None:
+            self._idle.cancel()
+        loop = asyncio.get_running_loop()
+        self._idle = loop.call_later(self.ua.settings.tcp_idle_s, self._idle_out)
+
+    def _idle_out(self) -> None:
+        in_call = any(d.peer == self.peer and not d.closed for d in self.ua.dialogs.values())
+        if in_call and not self.buffer:
+            self._arm()
+        elif self.transport is not None:
+            self.transport.abort()  # half-open, or a half-sent message: gone
 
     def data_received(self, data: bytes) -> None:
+        self._arm()
         self.buffer += data
         while self.buffer:
             if self.buffer.startswith(b"\r\n"):  # keep-alive
@@ -711,7 +754,10 @@ class _SipStream(asyncio.Protocol):
             self.transport.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.ua.streams.pop(self.peer, None)
+        if self._idle is not None:
+            self._idle.cancel()
+        if self.ua.streams.get(self.peer) is self.transport:
+            self.ua.streams.pop(self.peer, None)
 
 
 _FRAME_LENGTH = re.compile(rb"(?im)^(?:content-length|l)[ \t]*:[ \t]*(\d{1,6})[ \t]*$")

@@ -568,3 +568,71 @@ def test_usernames_are_one_account_whatever_the_case_and_never_markup(
                   "password": "a long enough passphrase"},
         )  # fmt: skip
     assert sorted(u.username for u in storage.admin_users()) == ["audrey", "olga", "root"]
+
+
+def test_the_session_store_keeps_only_needed_sessions_sweeps_and_is_capped(
+    tmp_path: Path,
+) -> None:
+    """Finding: 20,000 requests without a cookie added 10 MB to the session store, never
+    swept."""
+    settings = load_settings(environ={"APPLIANCE_HOME": str(tmp_path)})
+    storage = Storage.open_sqlite(tmp_path / "a.db", load_or_create(tmp_path / "k"))
+    storage.create_admin_user("root", hash_password(PASSWORDS["root"]), "admin", "test")
+    clock = [1_000_000.0]
+    app = create_app(settings, storage, clock=lambda: clock[0], max_sessions=50)
+    app.testing = True
+    sessions = app.extensions["panel_sessions"]
+    admin = client(app)
+    log_in(admin, storage, "root")
+    for _ in range(500):  # no cookie, no form: nothing to keep
+        assert client(app).get("/").status_code == 302
+        client(app).get("/static/admin.css").close()
+    assert len(sessions) == 1
+    for _ in range(500):  # each login form needs its CSRF token kept: capped
+        assert client(app).get("/login").status_code == 200
+    assert len(sessions) == 50
+    assert admin.get("/").status_code == 200  # the logged-in session was never the one dropped
+    clock[0] += settings.admin.idle_s + 1  # all idle past the limit: swept at the next need
+    assert client(app).get("/login").status_code == 200
+    assert len(sessions) == 1
+    storage.close()
+
+
+def raw_status(address: str, head: bytes, body: bytes = b"") -> int:
+    """Send bytes as they are over TLS to the real server; the status it answers (0: none)."""
+    import socket
+    import ssl
+
+    host, port = address.rsplit(":", 1)
+    context = ssl.create_default_context()
+    context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+    with (
+        socket.create_connection((host, int(port)), timeout=30) as plain,
+        context.wrap_socket(plain, server_hostname=host) as tls,
+    ):
+        try:
+            tls.sendall(head + body)
+            answer = tls.recv(4096)
+        except (ConnectionError, ssl.SSLError):
+            return 0
+    found = re.match(rb"HTTP/1\.[01] (\d{3})", answer)
+    return int(found.group(1)) if found else 0
+
+
+def test_oversized_or_ambiguous_http_requests_are_refused(https: str) -> None:
+    """Finding: an 8 MiB header, 20,000 headers and a 1 MiB request line were answered 200;
+    requests with both Content-Length and Transfer-Encoding, or NUL in a header, were taken."""
+    ok = b"GET /login HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    assert raw_status(https, ok) == 200
+    big = b"GET /login HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * (8 << 20) + b"\r\n\r\n"
+    many = b"GET /login HTTP/1.1\r\nHost: x\r\n" + b"X-A: b\r\n" * 20_000 + b"\r\n"
+    long_line = b"GET /login?" + b"a" * (1 << 20) + b" HTTP/1.1\r\nHost: x\r\n\r\n"
+    for request in (big, many, long_line):
+        assert raw_status(https, request) in (0, 400, 413, 414, 431)
+    smuggled = (
+        b"POST /login HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\n"
+        b"Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n0\r\n\r\n"
+    )
+    assert raw_status(https, smuggled) == 400
+    nul = b"GET /login HTTP/1.1\r\nHost: x\r\nX-A: a\x00b\r\nConnection: close\r\n\r\n"
+    assert raw_status(https, nul) == 400

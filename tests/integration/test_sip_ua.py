@@ -234,6 +234,10 @@ def test_a_call_is_answered_retransmissions_get_the_same_answer_and_dtmf_arrives
         ):
             hold = invite("c1", media_port, cseq=cseq, branch=f"z9hG4bKre{cseq}")
             hold = hold.replace(b"a=rtpmap:101", f"a={offered}\r\na=rtpmap:101".encode())
+            to_tag = f";tag={again.tag('to')}".encode()  # in the dialog: our tag in To
+            hold = hold.replace(
+                b"To: <sip:appliance@127.0.0.1>", b"To: <sip:appliance@127.0.0.1>" + to_tag
+            )
             hold = hold.replace(
                 b"Content-Length: 129", f"Content-Length: {129 + len(offered) + 4}".encode()
             )
@@ -596,3 +600,97 @@ def test_symmetric_rtp_latches_the_first_source_and_only_that() -> None:
         assert call.media.remote == natted.sock.getsockname()  # our audio goes there
 
     run(test, symmetric_rtp=True)
+
+
+def test_sip_dialog_takeover_a_request_without_the_dialog_s_tags_or_peer_is_refused() -> None:
+    """Finding: a re-INVITE from another allowed address with only the Call-ID (no tags) got
+    200 and redirected the agent's audio; a BYE from a third address ended the call."""
+
+    async def test(ua: SipUserAgent, calls: list[SipCall]) -> None:
+        peer, media = Peer(), Peer()
+        await peer.send(invite("t1", media.sock.getsockname()[1]), ua.port)
+        ok = await peer.recv()
+        while ok is not None and ok.status != 200:
+            ok = await peer.recv()
+        assert ok is not None
+        our_tag = ok.tag("to")
+        await peer.send(request("ACK", "t1", 1, our_tag), ua.port)
+        await asyncio.sleep(0.1)
+        (call,) = calls
+        # Another allowed address (127.0.0.2), the Call-ID alone: a re-INVITE pointing our
+        # audio at the attacker, and a BYE.
+        attacker = Peer("127.0.0.2")
+        hijack = invite("t1", attacker.sock.getsockname()[1], cseq=5, branch="z9hG4bKevil")
+        attacker.sock.sendto(hijack, ("127.0.0.1", ua.port))
+        refused = await attacker.recv()
+        assert refused is not None and refused.status == 481
+        assert call.media.remote == ("127.0.0.1", media.sock.getsockname()[1])
+        attacker.sock.sendto(request("BYE", "t1", 6, our_tag), ("127.0.0.1", ua.port))
+        refused = await attacker.recv()
+        assert refused is not None and refused.status == 481 and not call.media.ended.is_set()
+        # The caller's own address, with the right tags: a BYE ends it.
+        await peer.send(request("BYE", "t1", 7, "not-our-tag"), ua.port)
+        wrong = await peer.recv()
+        assert wrong is not None and wrong.status == 481
+        await peer.send(request("BYE", "t1", 8, our_tag), ua.port)
+        bye = await peer.recv()
+        assert bye is not None and bye.status == 200
+        await asyncio.wait_for(call.media.ended.wait(), 2)
+
+    run(test)
+
+
+def test_invites_that_never_ack_from_two_addresses_do_not_fill_the_line() -> None:
+    """Finding: 16 INVITEs that never ACK (from two addresses) made the line busy for 32 s
+    (one global max_dialogs)."""
+
+    async def test(ua: SipUserAgent, calls: list[SipCall]) -> None:
+        answered: dict[str, list[int]] = {}
+        for host in ("127.0.0.2", "127.0.0.3"):
+            stranger = Peer(host)
+            port = stranger.sock.getsockname()[1]
+            for n in range(8):
+                call_id = f"x{host}-{n}"
+                stranger.sock.sendto(invite(call_id, port), ("127.0.0.1", ua.port))
+                final = 0
+                while not final:  # this INVITE's final answer (earlier 200s are retransmitted)
+                    message = await stranger.recv(timeout=2.0)
+                    assert message is not None, call_id
+                    if message.call_id == call_id and message.status >= 200:
+                        final = message.status
+                answered.setdefault(host, []).append(final)
+        assert all(codes.count(200) == 4 for codes in answered.values()), answered
+        assert all(codes.count(486) == 4 for codes in answered.values()), answered
+        caller, media = Peer(), Peer()
+        await caller.send(invite("real", media.sock.getsockname()[1]), ua.port)
+        assert (await caller.statuses(until=200))[-1] == 200  # the line is not busy
+
+    run(test)
+
+
+def test_sip_over_tcp_half_open_connections_time_out_and_one_address_is_capped() -> None:
+    """Finding: half-open TCP connections never timed out (1,000 held for 80 s), and at 1,024
+    descriptors new calls got 503."""
+
+    async def test(ua: SipUserAgent, calls: list[SipCall]) -> None:
+        loop = asyncio.get_running_loop()
+        held = []
+        for _ in range(8):  # more than [sip] tcp_per_address from one address
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            OPEN.append(sock)
+            sock.setblocking(False)
+            await loop.sock_connect(sock, ("127.0.0.1", ua.port))
+            held.append(sock)
+        await asyncio.sleep(0.2)
+        assert len(ua.streams) == 4  # the rest were closed at once
+        held[0].send(b"INVITE sip:appliance@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/TCP x")  # half
+        await asyncio.sleep(1.0)  # past tcp_idle_s: silent and half-sent ones alike
+        assert ua.streams == {}
+        for sock in held:  # the appliance's side is closed: each reads its end (or a reset)
+            try:
+                left = await asyncio.wait_for(loop.sock_recv(sock, 100), 2)
+            except ConnectionResetError:
+                left = b""
+            assert left == b""
+
+    run(test, tcp_per_address=4, tcp_idle_s=0.5)

@@ -1,9 +1,10 @@
 """The SIP line end to end, with Debian's SIPp as the caller on 127.0.0.1 and the real models.
 
-Each test starts `appliance sip` on a free port, writes the caller's audio (Piper speech, DTMF)
-as a pcap of our own RTP, runs a SIPp scenario from tests/data/sipp, captures the appliance's
-RTP on the port the scenario's SDP names, and checks what came back and what was stored.
-"""
+Each test starts `appliance sip` on a free port and runs a SIPp scenario from
+appliance/testing/sipp for the signalling; the caller's media is the test's own socket
+(testing/media.py), the port the scenario's SDP names: it speaks the caller's RTP (Piper
+speech, DTMF) from that port once the call is answered, as a phone does, and captures the
+appliance's. The test checks what came back and what was stored."""
 
 from __future__ import annotations
 
@@ -13,10 +14,9 @@ import re
 import shutil
 import socket
 import subprocess
-import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +31,7 @@ from appliance.telephony.digest import ha1
 from appliance.telephony.g711 import alaw_decode, ulaw_decode
 from appliance.telephony.rtp import RtpError, parse_packet
 from appliance.telephony.sdp import PCMA, PCMU
-from appliance.testing.pcap import Stream, write_pcap
+from appliance.testing.media import CallerMedia, Stream
 from tests.real.conftest import APPLIANCE, wer
 
 SCENARIOS = Path(appliance.testing.__file__).parent / "sipp"
@@ -92,23 +92,8 @@ def lines(line_env: dict[str, str]) -> Iterator[list[Line]]:
         line.process.communicate(timeout=60)
 
 
-@dataclass
-class Capture:
-    sock: socket.socket
-    packets: list[bytes] = field(default_factory=list)
-    running: bool = True
-
-    @property
-    def port(self) -> int:
-        return int(self.sock.getsockname()[1])
-
-    def run(self) -> None:
-        self.sock.settimeout(0.5)
-        while self.running:
-            try:
-                self.packets.append(self.sock.recv(4096))
-            except TimeoutError:
-                continue
+class Capture(CallerMedia):
+    """The caller's media socket (testing/media.py), which also decodes what it heard."""
 
     def audio(self, codec: int) -> bytes:
         """What the appliance said, as 16 kHz PCM16 (packets in sequence order; the 16-bit
@@ -143,16 +128,11 @@ def sipp(
     refusal: int = 403,
     caller: str = "+15550142",
 ) -> tuple[subprocess.CompletedProcess[str], Capture]:
-    capture = Capture(socket.socket(socket.AF_INET, socket.SOCK_DGRAM))
-    capture.sock.bind(("127.0.0.1", 0))
-    pcap = tmp_path / "caller.pcap"
-    if stream is not None:
-        write_pcap(pcap, stream.packets)
+    capture = Capture(source)  # the SDP names the caller's address: media comes from there
     text = (SCENARIOS / scenario).read_text()
     for key, value in {
         "@CODEC@": str(codec),
         "@CAPTURE_PORT@": str(capture.port),
-        "@PCAP@": str(pcap),
         "@WAIT_MS@": str(wait_ms),
         "@TALK_MS@": str(talk_ms),
         "@REFUSAL@": str(refusal),
@@ -161,8 +141,8 @@ def sipp(
         text = text.replace(key, value)
     xml = tmp_path / scenario
     xml.write_text(text)
-    thread = threading.Thread(target=capture.run, daemon=True)
-    thread.start()
+    # The caller speaks once answered, when SIPp's scenario would have played it.
+    capture.start(stream.packets if stream is not None else (), after_s=wait_ms / 1000)
     try:
         result = subprocess.run(
             ["sipp", f"127.0.0.1:{line.port}", "-sf", str(xml), "-m", "1", "-i", source,
@@ -173,9 +153,7 @@ def sipp(
         )  # fmt: skip
     finally:
         time.sleep(0.5)
-        capture.running = False
-        thread.join(timeout=5)
-        capture.sock.close()
+        capture.stop()
     return result, capture
 
 
