@@ -4,15 +4,17 @@ hold callers' words and the master key)."""
 from __future__ import annotations
 
 import os
+import select
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 APPLIANCE = Path(sys.executable).parent / "appliance"
 
 
-def crash(command: list[str], cwd: Path, env: dict[str, str], ready: str = "") -> str:
+def crash(command: list[str], cwd: Path, env: dict[str, str], ready: str) -> str:
     """Start ``command`` with core files allowed (ulimit -c unlimited), wait for ``ready`` on
     its output, crash it with SIGSEGV; its core-size limit as the kernel saw it."""
     child = subprocess.Popen(
@@ -21,7 +23,11 @@ def crash(command: list[str], cwd: Path, env: dict[str, str], ready: str = "") -
     )  # fmt: skip
     assert child.stdout is not None
     seen = ""
-    while ready and ready not in seen:
+    deadline = time.monotonic() + 120  # a busy machine may take long to start; never forever
+    while ready not in seen:
+        assert time.monotonic() < deadline, f"{command[0]} not ready in 120 s: {seen}"
+        if not select.select([child.stdout], [], [], 1.0)[0]:
+            continue
         line = child.stdout.readline()
         assert line, f"{command[0]} ended before it was ready: {seen}"
         seen += line
@@ -50,8 +56,8 @@ def test_a_crashed_appliance_leaves_no_core_file(tmp_path: Path) -> None:
     appliance.mkdir()
     # The control: a plain program crashed the same way; where the kernel writes core files
     # into the working folder (core_pattern "core"), it leaves one.
-    crash(["sleep", "60"], control, env)
+    crash(["sh", "-c", "echo ready; exec sleep 60"], control, env, ready="ready")
     limit = crash([str(APPLIANCE), "admin", "serve"], appliance, env, ready="admin: https://")
     assert limit.split()[4:6] == ["0", "0"], limit  # soft and hard: no core, ever
-    if cores(control):  # the kernel writes cores here: none from the appliance
+    if cores(control):  # the kernel writes cores here (core_pattern "core"): none from us
         assert cores(appliance) == []

@@ -8,6 +8,7 @@ import contextlib
 import dataclasses
 import itertools
 import random
+import re
 import socket
 import ssl
 import warnings
@@ -522,6 +523,14 @@ def test_with_require_credentials_an_allowed_address_must_answer_the_challenge_t
     run(test, accounts_file=str(accounts), require_credentials=True)
 
 
+async def until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
+    """Wait for ``condition``, polling; a busy machine gets all of ``timeout``."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not condition():
+        assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
+        await asyncio.sleep(0.02)
+
+
 async def _answered(peer: Peer, ua: SipUserAgent, call_id: str, media_port: int) -> int:
     """Set up a call whose SDP names ``media_port``; the agent's own RTP port."""
     await peer.send(invite(call_id, media_port), ua.port)
@@ -551,16 +560,17 @@ def test_rtp_hijack_media_from_another_address_is_never_the_callers() -> None:
     async def test(ua: SipUserAgent, calls: list[SipCall]) -> None:
         peer, caller_media, attacker = Peer(), Peer(), Peer()
         rtp_port = await _answered(peer, ua, "h1", caller_media.sock.getsockname()[1])
-        await asyncio.sleep(0.1)
+        await until(lambda: len(calls) == 1)
+        (call,) = calls
         for packet in _keys("99", ssrc=77):  # first, and with the caller's SSRC to come
             attacker.sock.sendto(packet, ("127.0.0.1", rtp_port))
-        await asyncio.sleep(0.1)
+        await until(lambda: call.media.dropped == 8)  # the stranger's first keys, dropped
         for packet in _keys("42", ssrc=77, first_sequence=100):
             caller_media.sock.sendto(packet, ("127.0.0.1", rtp_port))
         for packet in _keys("7", ssrc=77, first_sequence=200):  # the caller's SSRC, from elsewhere
             attacker.sock.sendto(packet, ("127.0.0.1", rtp_port))
-        await asyncio.sleep(0.3)
-        (call,) = calls
+        await until(lambda: len(call.media.digits) >= 2 and call.media.dropped >= 12)
+        await asyncio.sleep(0.1)  # nothing more is taken
         assert call.media.digits == ["4", "2"]
         assert call.media.dropped == 12  # every packet of the stranger's
 
@@ -588,14 +598,15 @@ def test_symmetric_rtp_latches_the_first_source_and_only_that() -> None:
     async def test(ua: SipUserAgent, calls: list[SipCall]) -> None:
         peer, natted, other = Peer(), Peer(), Peer()
         rtp_port = await _answered(peer, ua, "n1", 49999)  # a port nobody sends from
-        await asyncio.sleep(0.1)
+        await until(lambda: len(calls) == 1)
+        (call,) = calls
         for packet in _keys("5", ssrc=31):
             natted.sock.sendto(packet, ("127.0.0.1", rtp_port))
-        await asyncio.sleep(0.05)
+        await until(lambda: call.media.digits == ["5"])  # latched onto the first source
         for packet in _keys("6", ssrc=31, first_sequence=100):
             other.sock.sendto(packet, ("127.0.0.1", rtp_port))
-        await asyncio.sleep(0.3)
-        (call,) = calls
+        await until(lambda: call.media.dropped >= 4)
+        await asyncio.sleep(0.1)  # nothing more is taken
         assert call.media.digits == ["5"]
         assert call.media.remote == natted.sock.getsockname()  # our audio goes there
 
@@ -615,7 +626,7 @@ def test_sip_dialog_takeover_a_request_without_the_dialog_s_tags_or_peer_is_refu
         assert ok is not None
         our_tag = ok.tag("to")
         await peer.send(request("ACK", "t1", 1, our_tag), ua.port)
-        await asyncio.sleep(0.1)
+        await until(lambda: len(calls) == 1)
         (call,) = calls
         # Another allowed address (127.0.0.2), the Call-ID alone: a re-INVITE pointing our
         # audio at the attacker, and a BYE.
@@ -681,11 +692,9 @@ def test_sip_over_tcp_half_open_connections_time_out_and_one_address_is_capped()
             sock.setblocking(False)
             await loop.sock_connect(sock, ("127.0.0.1", ua.port))
             held.append(sock)
-        await asyncio.sleep(0.2)
-        assert len(ua.streams) == 4  # the rest were closed at once
+        await until(lambda: len(ua.streams) == 4)  # the rest were closed at once
         held[0].send(b"INVITE sip:appliance@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/TCP x")  # half
-        await asyncio.sleep(1.0)  # past tcp_idle_s: silent and half-sent ones alike
-        assert ua.streams == {}
+        await until(lambda: ua.streams == {}, timeout=20)  # silent and half-sent alike
         for sock in held:  # the appliance's side is closed: each reads its end (or a reset)
             try:
                 left = await asyncio.wait_for(loop.sock_recv(sock, 100), 2)
@@ -693,4 +702,34 @@ def test_sip_over_tcp_half_open_connections_time_out_and_one_address_is_capped()
                 left = b""
             assert left == b""
 
-    run(test, tcp_per_address=4, tcp_idle_s=0.5)
+    run(test, tcp_per_address=4, tcp_idle_s=3.0)
+
+
+def test_a_call_over_tcp_outlives_the_idle_timeout_of_its_connection() -> None:
+    """[sip] tcp_idle_s closes silent connections, but not one a call lives on (its BYE and
+    re-INVITEs come that way)."""
+
+    async def read_message(reader: asyncio.StreamReader) -> SipMessage:
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        length = re.search(rb"(?im)^content-length:\s*(\d+)", head)
+        body = await reader.readexactly(int(length.group(1))) if length else b""
+        return parse(head + body)
+
+    async def test(ua: SipUserAgent, calls: list[SipCall]) -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", ua.port)
+        media = Peer()
+        writer.write(invite("tcp1", media.sock.getsockname()[1]))
+        ok = await read_message(reader)
+        while ok.status != 200:
+            ok = await read_message(reader)
+        writer.write(request("ACK", "tcp1", 1, ok.tag("to")))
+        await asyncio.sleep(1.5)  # three idle timeouts with nothing sent on the connection
+        assert len(calls) == 1 and not calls[0].media.ended.is_set()
+        writer.write(request("BYE", "tcp1", 2, ok.tag("to")))
+        bye = await read_message(reader)
+        while bye.status != 200 or "BYE" not in bye.get("cseq"):
+            bye = await read_message(reader)  # a retransmitted 200 of the INVITE may come first
+        await asyncio.wait_for(calls[0].media.ended.wait(), 5)
+        writer.close()
+
+    run(test, tcp_idle_s=0.5, media_timeout_s=30.0)
