@@ -14,6 +14,7 @@ the configured models; ``appliance models install NAME`` installs another's on r
 from __future__ import annotations
 
 import importlib.util
+import os
 import subprocess
 import sys
 import tomllib
@@ -197,7 +198,8 @@ def assemble(entry: ManifestEntry, settings: Settings) -> Path | None:
     folder.mkdir(parents=True, exist_ok=True)
     for rel, parts in entry.assemble.items():
         final = folder / rel
-        tmp = final.with_name(f".{final.name}.partial")
+        # Its own name per process: the cache is shared by every clone and test run.
+        tmp = final.with_name(f".{final.name}.{os.getpid()}.partial")
         try:
             with tmp.open("wb") as out:
                 for part in parts:

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
-import functools
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from appliance.config.settings import PolicySettings
+from appliance.config.settings import KnowledgeSettings, PolicySettings
 from appliance.core.ports import InputDecision
 from appliance.guard import pii, topics
 from appliance.guard.grounding import Support, echoes, ungrounded
@@ -19,10 +18,7 @@ from appliance.guard.prompt import fence, grounded_turn, new_canary, rules, syst
 
 PAYMENT_NOT_RECORDED = "[payment details: not recorded]"
 _NUMBER = re.compile(r"\d(?:[ \-.]?\d){2,}")
-DEFAULT_HONEST_REPLY = (
-    "I'm sorry, I don't have that information. Would you like me to put you through to a "
-    "member of our team?"
-)
+DEFAULT_HONEST_REPLY = KnowledgeSettings.unknown_reply
 REDRAFTABLE = frozenset(
     {
         "output.system_prompt",
@@ -76,6 +72,7 @@ class CallGuard:
         self._distress = tuple(squeeze(k) for k in policy.distress_keywords)
         self._refused = refused_topics(policy.refused_keywords)
         self._vocabulary = topics.vocabulary(policy, topic_texts)
+        self._given_memo: tuple[tuple[str, ...], Support, frozenset[str]] | None = None
         self._policy_support = Support.of(
             [
                 policy.organization,
@@ -104,8 +101,7 @@ class CallGuard:
             safe_text = _NUMBER.sub("[NUMBER]", safe_text)
         values = set(state.caller_values)
         for finding in redaction.findings:
-            raw = text[finding.start : finding.end]
-            values.add(pii.digits_of(raw) or raw)
+            values.add(pii.value_of(text, finding))
         carried = (
             pii.trailing_digits(text) if (in_payment or pii.leading_partial_card(text)) else ""
         )
@@ -180,20 +176,24 @@ class CallGuard:
             refused=self._refused,
         )
 
-    @functools.lru_cache(maxsize=8)  # noqa: B019 - a guard lives for one call
     def _support(self, given: tuple[str, ...]) -> Support:
-        return self._policy_support | Support.of(given)
+        return self._given(given)[0]
 
-    @functools.lru_cache(maxsize=8)  # noqa: B019 - a guard lives for one call
     def _contact_values(self, given: tuple[str, ...]) -> frozenset[str]:
-        """The organization's own contact details in what the reply was given (a phone
-        number in a passage is not a caller's personal data)."""
-        values = set()
-        for text in given:
-            for finding in pii.find(text, ("phone", "email")):
-                raw = text[finding.start : finding.end]
-                values.add(pii.digits_of(raw) or raw)
-        return frozenset(values)
+        return self._given(given)[1]
+
+    def _given(self, given: tuple[str, ...]) -> tuple[Support, frozenset[str]]:
+        """What a reply may rest on, worked out once per reply (every sentence of it is
+        vetted against the same ``given``): the figures and names, and the organization's
+        own contact details in it (a phone number in a passage is not a caller's data)."""
+        if self._given_memo is None or self._given_memo[0] != given:
+            values = frozenset(
+                pii.value_of(text, finding)
+                for text in given
+                for finding in pii.find(text, ("phone", "email"))
+            )
+            self._given_memo = (given, self._policy_support | Support.of(given), values)
+        return self._given_memo[1], self._given_memo[2]
 
     def may_redraft(self, decision: InputDecision, reasons: tuple[str, ...]) -> bool:
         """A small model sometimes opens its answer to a harmless question by reciting its

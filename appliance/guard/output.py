@@ -117,11 +117,7 @@ def check_reply(
         reasons.append("output.system_prompt")
     known = set(caller_values)
     for finding in pii.find(folded):
-        value = (
-            pii.digits_of(folded[finding.start : finding.end])
-            or folded[finding.start : finding.end]
-        )
-        if value not in known:
+        if pii.value_of(folded, finding) not in known:
             reasons.append(f"output.personal_data.{finding.kind}")
     if refused is not None and refused.search(folded.lower()):
         reasons.append("output.refused_topic")

@@ -85,6 +85,13 @@ def digits_of(text: str) -> str:
     return re.sub(r"\D", "", text)
 
 
+def value_of(text: str, finding: Finding) -> str:
+    """What ``finding`` in ``text`` is, to compare with another: its digits (a number however
+    spaced), or the text itself."""
+    raw = text[finding.start : finding.end]
+    return digits_of(raw) or raw
+
+
 @dataclass(frozen=True)
 class Finding:
     kind: str

@@ -24,7 +24,7 @@ from appliance.core.events import Route
 from appliance.core.ports import KnowledgeAnswer, TextEmbedder
 from appliance.knowledge.index import INDEX_VERSION, Hit, Index, tokens
 from appliance.knowledge.policy import decide
-from appliance.knowledge.sources import Sources, load_sources
+from appliance.knowledge.sources import FaqEntry, Sources, load_sources
 
 log = logging.getLogger(__name__)
 INDEX_FILE = Path("knowledge") / "index.npz"
@@ -68,7 +68,7 @@ class KnowledgeBase:
         self._model_digest = model_digest
         self._today = today
         self._index: Index | None = None
-        self._validity: dict[str, tuple[dt.date | None, dt.date | None]] = {}
+        self._entries: dict[str, FaqEntry] = {}
         self._stamp: tuple[tuple[str, int, int], ...] = ()
         self._changes: list[KnowledgeChange] = []
         self._lock = threading.Lock()
@@ -119,7 +119,7 @@ class KnowledgeBase:
                 raise
             fingerprint = self.fingerprint(sources)
             previous = self._index
-            self._validity = {e.id: (e.valid_from, e.valid_until) for e in sources.entries}
+            self._entries = {e.id: e for e in sources.entries}
             self._stamp = stamp
             self.error = None
             if previous is not None and previous.fingerprint == fingerprint and not force:
@@ -173,7 +173,7 @@ class KnowledgeBase:
         allowed = {
             u.id
             for u in index.units
-            if u.kind != "faq" or _valid(self._validity.get(u.id, (None, None)), day)
+            if u.kind != "faq" or u.id not in self._entries or self._entries[u.id].valid_on(day)
         }
         vector = self._embedder.embed([question])[0]
         return index.search(question, vector, allowed)
@@ -205,11 +205,6 @@ def _follows_on(question: str) -> bool:
     """A short question that leans on the one before ("and on Sunday?", "how much is it?"):
     only such a question is searched again with the caller's previous words."""
     return len(tokens(question)) <= 4 and bool(_FOLLOW_ON.search(question))
-
-
-def _valid(window: tuple[dt.date | None, dt.date | None], day: dt.date) -> bool:
-    start, end = window
-    return (start is None or start <= day) and (end is None or day <= end)
 
 
 def _difference(previous: Index | None, current: Index) -> KnowledgeChange:

@@ -67,7 +67,8 @@ class DemoBank:
         if day.weekday() == 5 and args["time"] not in ("11:00",):
             raise ToolError("tools.unavailable", "on Saturday only 11:00 is inside opening hours")
         slot = f"{day.isoformat()} {args['time']}"
-        taken = {a["slot"] for a in self.data.get("appointments", {}).get("*", [])}
+        booked = self.data.get("appointments", {}).values()
+        taken = {a["slot"] for appointments in booked for a in appointments}  # anyone's
         if slot in self.data["booked_slots"] or slot in taken:
             raise ToolError("tools.unavailable", "that slot is taken")
         return slot
