@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import datetime
-import os
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -43,38 +42,42 @@ from appliance.pipeline.session import (
     PipelineConfig,
     TurnResult,
 )
+from appliance.storage import audit
 from appliance.storage.keys import default_key_path, load_or_create, read_key
 from appliance.storage.repository import Storage
 from appliance.tools.agent import CallerFactors, JsonRequester, ToolAgent, VoiceCheck
 from appliance.tools.demo import DemoBank, demo_tools
 from appliance.tools.registry import ToolBox
 
-# No library may reach a model hub or send telemetry: everything is local (set before the
-# model libraries are imported).
-OFFLINE_ENVIRONMENT = {
-    "HF_HUB_OFFLINE": "1",
-    "HF_HUB_DISABLE_TELEMETRY": "1",
-    "TRANSFORMERS_OFFLINE": "1",
-    "DO_NOT_TRACK": "1",
-}
-
-
-def set_offline_environment() -> None:
-    for key, value in OFFLINE_ENVIRONMENT.items():
-        os.environ.setdefault(key, value)
-
 
 def database_path(settings: Settings) -> Path:
     return settings.home / "appliance.db"
 
 
+def audit_signing_key_path(settings: Settings) -> Path:
+    return settings.home / "keys" / "audit-signing.key"
+
+
+def audit_checkpoint(settings: Settings, *, create_key: bool = True) -> audit.Checkpoint | None:
+    """The audit chain's signed head, beside the keys and apart from the database (None when
+    the signing key does not exist and may not be made)."""
+    key_path = audit_signing_key_path(settings)
+    if not create_key and not key_path.exists():
+        return None
+    return audit.Checkpoint(
+        key_path.with_name("audit-checkpoint.json"), audit.signing_key(key_path)
+    )
+
+
 def open_storage(settings: Settings, *, create_key: bool = True) -> Storage:
-    """The encrypted store under the master key (created, mode 0600, on first start)."""
+    """The encrypted store under the master key (created, mode 0600, on first start), with the
+    audit chain's checkpoint."""
     key_path = default_key_path(settings.home, settings.storage.master_key_file)
     master = load_or_create(key_path) if create_key else read_key(key_path)
+    checkpoint = audit_checkpoint(settings, create_key=create_key)
     if settings.storage.url:
-        return Storage.open_url(settings.storage.url, master)
-    return Storage.open_sqlite(database_path(settings), master)
+        return Storage.open_url(settings.storage.url, master, checkpoint=checkpoint)
+    return Storage.open_sqlite(database_path(settings), master, checkpoint=checkpoint)
 
 
 def pipeline_config(settings: Settings) -> PipelineConfig:
@@ -103,7 +106,6 @@ def load_knowledge(settings: Settings) -> KnowledgeBase | None:
 
 def knowledge_embedder(settings: Settings) -> tuple[MiniLmEmbedder, str]:
     """The embedding model (verified against its pins) and its identity for the index."""
-    set_offline_environment()
     spec = model_spec(settings, "embedding")
     embedder = MiniLmEmbedder(spec, threads=settings.knowledge.threads)
     return embedder, ",".join(f"{k}={v}" for k, v in sorted(spec.files.items()))
@@ -125,7 +127,6 @@ def _audit_change(storage: Storage, change: KnowledgeChange, actor: str) -> None
 def load_synthesizer(settings: Settings) -> PiperSynthesizer:
     """The configured voice alone, verified and warmed (for prompts and test speech without
     the other models)."""
-    set_offline_environment()
     tts = PiperSynthesizer(
         model_spec(settings, "tts"),
         length_scale=settings.tts.length_scale,
@@ -159,7 +160,6 @@ class VoiceService:
     @classmethod
     def load(cls, settings: Settings) -> VoiceService:
         """Verify and load every model once (each refused with its path if altered)."""
-        set_offline_environment()
         timings: dict[str, float] = {}
         started = time.perf_counter()
 
@@ -454,6 +454,6 @@ async def run_call(
 
 
 def _refuse(storage: Storage, who: str, reason: str, incident: str, caller_key: str | None) -> None:
-    storage.log_event("system", "call_refused", who, reason)
+    storage.log_repeated("system", "call_refused", who, reason)
     if incident:
         storage.open_incident(incident, "high", f"calls refused: {reason}", caller_hash=caller_key)

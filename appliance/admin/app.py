@@ -172,6 +172,10 @@ def create_app(
                 abort(403)
         if roles is None or roles == PUBLIC:
             return None
+        if panel.stage == "ready" and not _still_allowed(storage, panel):
+            sessions.pop(token, None)  # disabled or deleted since it logged in: it ends now
+            g.token, g.panel = "", fresh()
+            panel = g.panel
         if panel.stage != "ready":
             if request.method == "GET":
                 return redirect(url_for("auth.login"))
@@ -215,6 +219,12 @@ def create_app(
     return app
 
 
+def _still_allowed(storage: Storage, panel: PanelSession) -> bool:
+    """The account of a logged-in session still exists, is enabled and has the same role."""
+    user = storage.admin_user(panel.username)
+    return user is not None and not user.disabled and user.role == panel.role
+
+
 def _auth(
     settings: Settings,
     storage: Storage,
@@ -238,7 +248,7 @@ def _auth(
             password = request.form.get("password", "")[:256]
             address = request.remote_addr or "?"
             if limiter.blocked(username, address):
-                storage.log_event("admin:anonymous", "login", f"user:{username}", "limited")
+                storage.log_repeated("admin:anonymous", "login", f"user:{username}", "limited")
                 return render_template("login.html", stage="anonymous", failed=True), 429
             user = storage.admin_user(username)
             ok = verify_password(user.password_hash if user else None, password)
@@ -261,7 +271,7 @@ def _auth(
         # address: past the limit even the right code is refused.
         address = request.remote_addr or "?"
         if limiter.blocked(panel.username, address):
-            storage.log_event(f"admin:{panel.username}", "login_totp", "panel", "limited")
+            storage.log_repeated(f"admin:{panel.username}", "login_totp", "panel", "limited")
             return render_template(
                 "login.html", stage=panel.stage, secret=_b32(panel.enrol_secret), failed=True
             ), 429

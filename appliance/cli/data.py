@@ -38,6 +38,12 @@ def register(commands: Commands) -> None:
     audit_sub = audit_cmd.add_subparsers(dest="audit_command", required=True)
     audit_verify = command(audit_sub, "verify", verify_audit, "walk the hash chain")
     audit_verify.add_argument("--export", type=Path, help="verify a signed export instead")
+    audit_verify.add_argument(
+        "--key",
+        help="the public key (hex) the export must be signed with (default: this appliance's, "
+        "as `audit key` prints it); the key an export names is never trusted",
+    )
+    command(audit_sub, "key", show_audit_key, "print the audit signing public key, to pin")
     audit_export = command(audit_sub, "export", export_audit, "write a signed (Ed25519) export")
     audit_export.add_argument("--out", type=Path, required=True)
     backup = command(commands, "backup", run_backup, "an encrypted, verified copy of the database")
@@ -126,14 +132,20 @@ def run_retention(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def verify_audit(args: argparse.Namespace, settings: Settings) -> int:
-    from appliance.service import open_storage
+    from appliance.service import audit_signing_key_path, open_storage
     from appliance.storage import audit
 
     if args.export:
         document = json.loads(args.export.read_text(encoding="utf-8"))
-        audit.verify_export(document)
+        pinned = args.key or audit.public_key_hex(
+            audit.signing_key(audit_signing_key_path(settings))
+        )
+        audit.verify_export(document, pinned)
         events = len(document["events"])
-        print(f"export {args.export}: signature and chain verified ({events} events)")
+        print(
+            f"export {args.export}: signature (key {pinned[:16]}...) and chain verified "
+            f"({events} events)"
+        )
         return 0
     with open_storage(settings) as storage:
         report = storage.verify_audit()
@@ -144,14 +156,22 @@ def verify_audit(args: argparse.Namespace, settings: Settings) -> int:
     return EXIT_ERROR
 
 
+def show_audit_key(args: argparse.Namespace, settings: Settings) -> int:
+    from appliance.service import audit_signing_key_path
+    from appliance.storage import audit
+
+    print(audit.public_key_hex(audit.signing_key(audit_signing_key_path(settings))))
+    return 0
+
+
 def export_audit(args: argparse.Namespace, settings: Settings) -> int:
-    from appliance.service import open_storage
+    from appliance.service import audit_signing_key_path, open_storage
     from appliance.storage import audit
 
     with open_storage(settings) as storage:
-        key = audit.signing_key(settings.home / "keys" / "audit-signing.key")
+        key = audit.signing_key(audit_signing_key_path(settings))
         with storage.session("export audit") as session:
-            document = audit.export(session, key)
+            document = audit.export(session, key, storage.checkpoint)
             details = {"events": len(document["events"])}
             storage.audit_in(session, actor(), "export", "audit_trail", "ok", details)
     args.out.write_text(json.dumps(document, indent=1), encoding="utf-8")
@@ -173,12 +193,13 @@ def run_backup(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def run_restore(args: argparse.Namespace, settings: Settings) -> int:
-    from appliance.service import database_path
+    from appliance.service import audit_checkpoint, database_path
     from appliance.storage.keys import default_key_path, read_key
     from appliance.storage.maintenance import restore
 
     master = read_key(default_key_path(settings.home, settings.storage.master_key_file))
-    turns = restore(args.file, database_path(settings), master, actor())
+    checkpoint = audit_checkpoint(settings)
+    turns = restore(args.file, database_path(settings), master, actor(), checkpoint)
     print(f"restored {args.file}: verified, {turns} turns")
     return 0
 

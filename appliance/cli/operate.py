@@ -38,6 +38,16 @@ def register(commands: Commands) -> None:
     )
     create_token.add_argument("--name", required=True)
     create_token.add_argument("--role", choices=ROLES, required=True)
+    for name, run, text in (
+        ("disable-user", disable_admin_user, "refuse an account's log-ins and end its sessions"),
+        ("enable-user", enable_admin_user, "let a disabled account log in again"),
+        ("delete-user", delete_admin_user, "delete an account (and its TOTP secret)"),
+    ):
+        command(admin_cmd, name, run, text).add_argument("--username", required=True)
+    command(admin_cmd, "list-users", list_admin_users, "the panel accounts and their state")
+    revoke = command(admin_cmd, "revoke-token", revoke_api_token, "revoke the API tokens of a name")
+    revoke.add_argument("--name", required=True)
+    command(admin_cmd, "list-tokens", list_api_tokens, "the API tokens (names, roles, state)")
     admin_serve = command(admin_cmd, "serve", serve_admin, "the panel over HTTPS in the foreground")
     admin_serve.add_argument("--listen", help="HOST:PORT (default: [admin] listen)")
     doctor = command(
@@ -80,6 +90,77 @@ def create_api_token(args: argparse.Namespace, settings: Settings) -> int:
     with open_storage(settings) as storage:
         token = storage.create_api_token(args.name, args.role, actor())
     print(token)  # shown once: only its hash is kept
+    return 0
+
+
+def disable_admin_user(args: argparse.Namespace, settings: Settings) -> int:
+    return _set_disabled(args, settings, disabled=True)
+
+
+def enable_admin_user(args: argparse.Namespace, settings: Settings) -> int:
+    return _set_disabled(args, settings, disabled=False)
+
+
+def _set_disabled(args: argparse.Namespace, settings: Settings, *, disabled: bool) -> int:
+    from appliance.admin.accounts import username_of
+    from appliance.service import open_storage
+
+    username = username_of(args.username)
+    with open_storage(settings) as storage:
+        found = storage.set_admin_disabled(username, disabled, actor())
+    if not found:
+        print(f"appliance: error no user {username!r}", file=sys.stderr)
+        return 1
+    print(f"user {username} {'disabled' if disabled else 'enabled'}")
+    return 0
+
+
+def delete_admin_user(args: argparse.Namespace, settings: Settings) -> int:
+    from appliance.admin.accounts import username_of
+    from appliance.service import open_storage
+
+    username = username_of(args.username)
+    with open_storage(settings) as storage:
+        found = storage.delete_admin_user(username, actor())
+    if not found:
+        print(f"appliance: error no user {username!r}", file=sys.stderr)
+        return 1
+    print(f"user {username} deleted")
+    return 0
+
+
+def list_admin_users(args: argparse.Namespace, settings: Settings) -> int:
+    from appliance.service import open_storage
+
+    with open_storage(settings) as storage:
+        users = storage.admin_users()
+    for user in users:
+        state = "disabled" if user.disabled else "enabled"
+        totp = "totp" if user.totp_secret is not None else "no totp yet"
+        print(f"{user.username:24} {user.role:9} {state:9} {totp}")
+    return 0
+
+
+def revoke_api_token(args: argparse.Namespace, settings: Settings) -> int:
+    from appliance.service import open_storage
+
+    with open_storage(settings) as storage:
+        revoked = storage.revoke_api_token(args.name, actor())
+    if not revoked:
+        print(f"appliance: error no live token named {args.name!r}", file=sys.stderr)
+        return 1
+    print(f"revoked {revoked} token(s) named {args.name}")
+    return 0
+
+
+def list_api_tokens(args: argparse.Namespace, settings: Settings) -> int:
+    from appliance.service import open_storage
+
+    with open_storage(settings) as storage:
+        tokens = storage.api_tokens()
+    for token in tokens:
+        state = "revoked" if token.revoked else "live"
+        print(f"{token.name:24} {token.role:9} {state:8} created {token.created_at:%Y-%m-%d}")
     return 0
 
 

@@ -1,8 +1,9 @@
 """``appliance doctor``: self-checks, each PASS, FAIL or SKIP (with why), exit 1 on any FAIL.
 
 Checks: the configuration, the master key file (mode and owner), the database (encrypted, and
-sound under the key), every configured model against its pins, the egress guard, the retention
-timer, the SIP line's secret files, free disk space and the clock. A check that cannot apply
+sound under the key), every configured model against its pins, the egress guard and what
+enforces egress below Python, core dumps, file modes, the retention timer, the SIP line's
+secret files, free disk space and the clock. A check that cannot apply
 here (no systemd as PID 1, no admin panel yet) says SKIP and why, never PASS.
 """
 
@@ -126,6 +127,56 @@ def egress_guard(settings: Settings) -> Check:
     except OSError:
         pass
     return _fail("egress guard", "a connection off the premises was not refused in-process")
+
+
+VOICE_UNIT = Path("/etc/systemd/system/appliance-voice.service")
+_UNIT_EGRESS = ("IPAddressDeny=any", "/etc/nsswitch.conf", "/etc/resolv.conf")
+
+
+def egress_enforcement(settings: Settings) -> Check:
+    """Below Python, what stops native code and child processes that the audit hook cannot
+    see: here (a child's packet off the premises refused by the host, host names from files
+    alone), or else for the service by its installed unit."""
+    name = "egress below Python"
+    leaving = egress.lookups_leave(egress.name_sources())
+    if egress.host_refuses_outside() and not leaving:
+        return _pass(
+            name,
+            "enforced here: the host refused a child process's packet off the "
+            "premises, and host names come from files alone",
+        )
+    here = (
+        "a name lookup here would ask " + ", ".join(leaving)
+        if leaving
+        else f"a child process here could send to {egress.PROBE_ADDRESS[0]}"
+    )
+    if _systemd_running():
+        shown = subprocess.run(
+            ["systemctl", "show", VOICE_UNIT.name, "-p", "LoadState", "-p", "IPAddressDeny",
+             "-p", "BindReadOnlyPaths"],
+            capture_output=True, text=True, check=False,
+        ).stdout  # fmt: skip
+        if "LoadState=loaded" in shown:
+            if "0.0.0.0/0" in shown and "/etc/nsswitch.conf" in shown:
+                return _pass(
+                    name,
+                    f"enforced for the service by {VOICE_UNIT.name} "
+                    f"(IPAddressDeny=any, host names from files alone); {here}",
+                )
+            return _fail(
+                name, f"{VOICE_UNIT.name} lacks IPAddressDeny=any or its own nsswitch.conf; {here}"
+            )
+    elif VOICE_UNIT.is_file():
+        text = VOICE_UNIT.read_text(encoding="utf-8")
+        missing = [line for line in _UNIT_EGRESS if line not in text]
+        if missing:
+            return _fail(name, f"{VOICE_UNIT} lacks {', '.join(missing)}; {here}")
+        return _pass(name, f"set in {VOICE_UNIT} (systemd is not running here); {here}")
+    return _skip(
+        name,
+        f"not installed as a service, and {here}: only the in-process guard "
+        "holds; scripts/install sets it up in the units, or use a host firewall",
+    )
 
 
 def core_dumps(settings: Settings) -> Check:
@@ -270,6 +321,7 @@ CHECKS: tuple[Callable[[Settings], Check], ...] = (
     models,
     knowledge,
     egress_guard,
+    egress_enforcement,
     core_dumps,
     home_modes,
     retention_timer,

@@ -30,12 +30,13 @@ log = logging.getLogger(__name__)
 
 def serve(settings: Settings) -> int:
     guard = egress.install(egress.allowlist(settings))
+    guard.forbid_children()  # the service needs none, and a child would run unguarded
     started = time.monotonic()
     storage = open_storage(settings)
 
     def audit_block(target: str) -> None:
         with contextlib.suppress(Exception):  # an audit failure must not hide the refusal
-            storage.log_event("system", "egress_blocked", target.split()[-1], "refused")
+            storage.log_repeated("system", "egress_blocked", target.split()[-1], "refused")
 
     guard.on_block = audit_block
     try:

@@ -21,6 +21,8 @@ class PiperSynthesizer:
         from piper import PiperVoice, SynthesisConfig
         from piper.config import PiperConfig
 
+        onnxruntime.disable_telemetry_events()  # nothing leaves the premises
+
         config_path = Path(f"{spec.path}.json")
         try:
             options = onnxruntime.SessionOptions()

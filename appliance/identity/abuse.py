@@ -57,7 +57,9 @@ class AbuseMonitor:
         return Admission(True)
 
     def _flood(self, key: str, reason: str, now: float) -> Admission:
-        first = self._flooding.get(key, 0.0) < now - 3600  # one incident an hour per flooder
+        last = self._flooding.get(key)
+        first = last is None or last < now - 3600  # one incident an hour per flooder (a
+        # monotonic clock may read under an hour on a machine that started less than one ago)
         if first:
             self._flooding[key] = now
         return Admission(False, reason, incident="flood" if first else "")

@@ -3,11 +3,20 @@
 ``hash = SHA-256(prev_hash || "\\n" || canonical JSON of the event's fields)``. Changing,
 inserting or deleting an event breaks the chain at that point; ``verify`` names the first broken
 link. When retention purges old events, the hash of the last purged one becomes the chain's
-anchor. Exports are signed with Ed25519 so a copy handed to an auditor can be checked offline.
+anchor.
+
+Deleting events from the end leaves a shorter chain that still links, so the head is anchored
+outside the table too: after each commit that appended events, a ``Checkpoint`` (the last
+event's number and hash, signed with the audit key) is written beside the keys, apart from the
+database, only ever forward; ``verify`` fails when the chain no longer reaches it or holds a
+different event there. Exports are signed with the same Ed25519 key, and verified only against
+the appliance's own public key (``appliance audit key`` prints it for the auditor), never
+against a key the export carries.
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -30,6 +39,9 @@ from appliance.storage.schema import AuditEvent, Meta, utc_now
 GENESIS = "0" * 64
 ANCHOR_KEY = "audit_anchor"
 EXPORT_FORMAT = "appliance-audit-export/1"
+CHECKPOINT_FORMAT = "appliance-audit-checkpoint/1"
+HEAD_KEY = "audit_head"
+"""Where a session keeps the last event it appended (its number and hash) until it commits."""
 
 
 def _canonical(value: Any) -> str:
@@ -79,6 +91,7 @@ def append(
     )
     session.add(event)
     session.flush()
+    session.info[HEAD_KEY] = (seq, event.hash)
     return event
 
 
@@ -111,12 +124,17 @@ class ChainReport:
     reason: str = ""
 
 
-def verify(session: Session, batch: int = 5_000) -> ChainReport:
-    """Walk the whole chain; report the first event whose link or content does not hold."""
+def verify(
+    session: Session, batch: int = 5_000, checkpoint: Checkpoint | None = None
+) -> ChainReport:
+    """Walk the whole chain; report the first event whose link or content does not hold, or,
+    with ``checkpoint``, a chain that no longer reaches the signed head."""
     expected_prev = _anchor(session)
     expected_seq = _first_seq(session)
     count = 0
     last_seq = 0
+    passed: dict[int, str] = {expected_seq - 1: expected_prev}  # the anchor, then the head
+    mark = checkpoint.read() if checkpoint is not None else None
     while True:
         rows = session.scalars(
             select(AuditEvent)
@@ -125,7 +143,8 @@ def verify(session: Session, batch: int = 5_000) -> ChainReport:
             .limit(batch)
         ).all()
         if not rows:
-            return ChainReport(True, count, expected_prev)
+            ended = ChainReport(True, count, expected_prev)
+            return ended if mark is None else _against(ended, expected_seq - 1, passed, mark)
         for event in rows:
             if event.seq != expected_seq:
                 return ChainReport(
@@ -165,6 +184,100 @@ def verify(session: Session, batch: int = 5_000) -> ChainReport:
             expected_seq += 1
             count += 1
             last_seq = event.seq
+            if mark is not None and event.seq == mark[0]:
+                passed[event.seq] = event.hash
+
+
+def _against(
+    report: ChainReport, last: int, passed: dict[int, str], mark: tuple[int, str]
+) -> ChainReport:
+    """The walked chain (ending at event ``last``) against the signed checkpoint ``mark``."""
+    seq, head = mark
+    if seq > last:
+        reason = (
+            f"the chain ends at event {last} but the signed checkpoint records event {seq}: "
+            "events were deleted from its end"
+        )
+        return ChainReport(False, report.events, report.head, last + 1, reason)
+    if seq in passed and passed[seq] != head:
+        reason = f"event {seq} is not the one the signed checkpoint records"
+        return ChainReport(False, report.events, report.head, seq, reason)
+    return report  # the checkpoint lies on the chain, or before what retention purged
+
+
+class Checkpoint:
+    """The chain's head (number and hash of the last event), signed with the audit key and
+    kept in a file apart from the database. It only moves forward (several processes append:
+    a lock file orders them); a restore of a backup moves it back, on purpose, with ``reset``."""
+
+    def __init__(self, path: Path, key: Ed25519PrivateKey) -> None:
+        self.path = path
+        self.key = key
+
+    def advance(self, seq: int, head: str) -> None:
+        with self._locked():
+            current = self.read()
+            if current is None or seq > current[0]:
+                self._write(seq, head)
+
+    def reset(self, seq: int, head: str) -> None:
+        with self._locked():
+            self._write(seq, head)
+
+    def read(self) -> tuple[int, str] | None:
+        """The signed head, or None before the first event; IntegrityError when the file was
+        altered or signed by another key."""
+        try:
+            document = json.loads(self.path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as exc:
+            raise IntegrityError("audit.checkpoint", f"{self.path} is unreadable") from exc
+        body = {k: v for k, v in document.items() if k != "signature"}
+        try:
+            self.key.public_key().verify(
+                bytes.fromhex(str(document.get("signature", ""))), _canonical(body).encode()
+            )
+        except (InvalidSignature, ValueError) as exc:
+            raise IntegrityError(
+                "audit.checkpoint", f"the signature of {self.path} does not verify"
+            ) from exc
+        return int(body["seq"]), str(body["head"])
+
+    def _write(self, seq: int, head: str) -> None:
+        body: dict[str, Any] = {
+            "format": CHECKPOINT_FORMAT,
+            "seq": seq,
+            "head": head,
+            "at": utc_now().isoformat(),
+        }
+        body["signature"] = self.key.sign(_canonical(body).encode()).hex()
+        staged = self.path.with_name(f".{self.path.name}.{os.getpid()}")
+        fd = os.open(staged, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.write(fd, json.dumps(body).encode())
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(staged, self.path)
+
+    def _locked(self) -> _FileLock:
+        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        return _FileLock(self.path.with_name(f"{self.path.name}.lock"))
+
+
+class _FileLock:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.fd = -1
+
+    def __enter__(self) -> None:
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        fcntl.flock(self.fd, fcntl.LOCK_EX)
+
+    def __exit__(self, *exc: object) -> None:
+        fcntl.flock(self.fd, fcntl.LOCK_UN)
+        os.close(self.fd)
 
 
 def event_dict(event: AuditEvent) -> dict[str, Any]:
@@ -200,10 +313,10 @@ def signing_key(path: Path) -> Ed25519PrivateKey:
     return key
 
 
-def export(session: Session, key: Ed25519PrivateKey) -> dict[str, Any]:
-    from cryptography.hazmat.primitives import serialization
-
-    report = verify(session)
+def export(
+    session: Session, key: Ed25519PrivateKey, checkpoint: Checkpoint | None = None
+) -> dict[str, Any]:
+    report = verify(session, checkpoint=checkpoint)
     events = [event_dict(e) for e in session.scalars(select(AuditEvent).order_by(AuditEvent.seq))]
     document: dict[str, Any] = {
         "format": EXPORT_FORMAT,
@@ -212,18 +325,28 @@ def export(session: Session, key: Ed25519PrivateKey) -> dict[str, Any]:
         "chain_ok": report.ok,
         "head": report.head,
         "events": events,
-        "public_key": key.public_key()
-        .public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-        .hex(),
+        "public_key": public_key_hex(key),
     }
     document["signature"] = key.sign(_canonical(document).encode()).hex()
     return document
 
 
-def verify_export(document: dict[str, Any], public_key_hex: str | None = None) -> None:
-    """Raise IntegrityError unless the export's signature and chain both hold."""
+def public_key_hex(key: Ed25519PrivateKey) -> str:
+    from cryptography.hazmat.primitives import serialization
+
+    raw = key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return raw.hex()
+
+
+def verify_export(document: dict[str, Any], public_key_hex: str) -> None:
+    """Raise IntegrityError unless the export was signed by ``public_key_hex`` (the
+    appliance's pinned key, never the one the export names) and its chain holds."""
     body = {k: v for k, v in document.items() if k != "signature"}
-    key_hex = public_key_hex or str(document.get("public_key", ""))
+    key_hex = public_key_hex
+    if str(document.get("public_key", "")) != key_hex:
+        raise IntegrityError(
+            "audit.signature", "the export names another signing key than the pinned one"
+        )
     try:
         Ed25519PublicKey.from_public_bytes(bytes.fromhex(key_hex)).verify(
             bytes.fromhex(str(document.get("signature", ""))), _canonical(body).encode()

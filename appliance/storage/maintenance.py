@@ -12,7 +12,7 @@ from pathlib import Path
 from sqlalchemy import func, select
 
 from appliance.core.errors import StorageError
-from appliance.storage import sqlite
+from appliance.storage import audit, sqlite
 from appliance.storage.crypto import new_key
 from appliance.storage.keys import MasterKey, read_key, retire, write_key
 from appliance.storage.repository import Storage, storage_errors
@@ -87,9 +87,17 @@ def backup(storage: Storage, target: Path, actor: str) -> BackupReport:
     return BackupReport(target, target.stat().st_size, turns)
 
 
-def restore(source: Path, db_path: Path, master: MasterKey, actor: str) -> int:
+def restore(
+    source: Path,
+    db_path: Path,
+    master: MasterKey,
+    actor: str,
+    checkpoint: audit.Checkpoint | None = None,
+) -> int:
     """Check a backup (opens with the key, integrity, audit chain) and only then put it in
-    place of the database; returns its number of turns. The service must be stopped."""
+    place of the database; returns its number of turns. The service must be stopped. The
+    audit checkpoint moves back to the backup's head, on purpose and audited: the restore
+    event records the head it replaced."""
     staged = db_path.with_name(f".{db_path.name}.restoring")
     shutil.copyfile(source, staged)
     try:
@@ -118,10 +126,16 @@ def restore(source: Path, db_path: Path, master: MasterKey, actor: str) -> int:
             staged.unlink()
     restored = Storage.open_sqlite(db_path, master)
     try:
+        replaced = checkpoint.read() if checkpoint is not None else None
         with restored.session("audit restore") as session:
-            restored.audit_in(
-                session, actor, "restore", f"file:{source.name}", "ok", {"turns": turns}
+            details: dict[str, object] = {"turns": turns}
+            if replaced is not None:
+                details["replaced_head"] = replaced[0]
+            event = restored.audit_in(
+                session, actor, "restore", f"file:{source.name}", "ok", details
             )
+        if checkpoint is not None:
+            checkpoint.reset(event.seq, event.hash)
     finally:
         restored.close()
     return turns

@@ -39,6 +39,7 @@ from appliance.storage.migrations import migrate
 from appliance.storage.schema import (
     AdminUser,
     ApiToken,
+    AuditEvent,
     Call,
     Caller,
     Consent,
@@ -56,6 +57,8 @@ from appliance.storage.schema import (
 PSEUDONYM_KEY = "pseudonym_key_id"
 TOTP_KEY = "admin_totp_key_id"
 SYSTEM_ACTOR = "system"
+MAX_REPEATED_KINDS = 10_000
+"""Kinds of repeated event counted at once (past it, the counts are written out)."""
 
 
 @contextlib.contextmanager
@@ -117,8 +120,14 @@ class Storage:
         *,
         reopen: Callable[[MasterKey], Engine] | None = None,
         clock: Callable[[], datetime] = utc_now,
+        checkpoint: audit.Checkpoint | None = None,
     ) -> None:
         self.engine = engine
+        self._repeats: dict[tuple[str, str, str, str], tuple[datetime, int]] = {}
+        self._repeats_lock = threading.Lock()
+        self.checkpoint = checkpoint
+        """The audit chain's signed head, outside the database: moved on after each commit
+        that appended events, compared by ``verify_audit``."""
         self.master = master
         self._reopen = reopen
         self._sessions = sessionmaker(engine, expire_on_commit=False)
@@ -146,6 +155,8 @@ class Storage:
         return cls(create_engine(url, pool_pre_ping=True), master, **kwargs)
 
     def close(self) -> None:
+        with self._repeats_lock, contextlib.suppress(StorageError):
+            self._flush_repeated()
         self.engine.dispose()
 
     def __enter__(self) -> Storage:
@@ -158,6 +169,10 @@ class Storage:
     def session(self, action: str) -> Iterator[Session]:
         with storage_errors(action), self._sessions.begin() as session:
             yield session
+        head = session.info.pop(audit.HEAD_KEY, None)
+        if head is not None and self.checkpoint is not None:
+            with storage_errors(f"{action}: audit checkpoint"):
+                self.checkpoint.advance(*head)
 
     # -- sealing ----------------------------------------------------------------------------
 
@@ -432,6 +447,30 @@ class Storage:
         with self.session("list admin users") as session:
             return list(session.scalars(select(AdminUser).order_by(AdminUser.username)))
 
+    def set_admin_disabled(self, username: str, disabled: bool, actor: str) -> bool:
+        """Disable (or enable again) a panel account; False when there is no such account. A
+        disabled account cannot log in, and its sessions end at their next request."""
+        with self.session("disable admin user") as session:
+            user = session.scalars(select(AdminUser).where(AdminUser.username == username)).first()
+            action = "disable_user" if disabled else "enable_user"
+            if user is None:
+                self.audit_in(session, actor, action, f"user:{username}", "not_found")
+                return False
+            user.disabled = disabled
+            self.audit_in(session, actor, action, f"user:{username}", "ok")
+            return True
+
+    def delete_admin_user(self, username: str, actor: str) -> bool:
+        """Delete a panel account (its TOTP secret with it); False when there is none."""
+        with self.session("delete admin user") as session:
+            user = session.scalars(select(AdminUser).where(AdminUser.username == username)).first()
+            if user is None:
+                self.audit_in(session, actor, "delete_user", f"user:{username}", "not_found")
+                return False
+            session.delete(user)
+            self.audit_in(session, actor, "delete_user", f"user:{username}", "ok")
+            return True
+
     def set_admin_totp(self, username: str, secret: bytes, actor: str) -> None:
         """Store a user's TOTP secret, sealed under the system key."""
         with self.session("enrol totp") as session:
@@ -456,6 +495,25 @@ class Storage:
             session.add(ApiToken(name=name, role=role, token_hash=digest))
             self.audit_in(session, actor, "create_token", f"token:{name}", "ok", {"role": role})
         return token
+
+    def api_tokens(self) -> list[ApiToken]:
+        with self.session("list api tokens") as session:
+            return list(session.scalars(select(ApiToken).order_by(ApiToken.created_at)))
+
+    def revoke_api_token(self, name: str, actor: str) -> int:
+        """Revoke every token of that name (kept, marked revoked: the API refuses it from the
+        next request); returns how many were live."""
+        with self.session("revoke api token") as session:
+            rows = list(
+                session.scalars(
+                    select(ApiToken).where(ApiToken.name == name, ApiToken.revoked.is_(False))
+                )
+            )
+            for row in rows:
+                row.revoked = True
+            outcome = "ok" if rows else "not_found"
+            self.audit_in(session, actor, "revoke_token", f"token:{name}", outcome)
+            return len(rows)
 
     def api_token_role(self, token: str) -> str | None:
         digest = hashlib.sha256(token.encode()).hexdigest()
@@ -784,9 +842,9 @@ class Storage:
         obj: str,
         outcome: str,
         details: dict[str, Any] | None = None,
-    ) -> None:
+    ) -> AuditEvent:
         """Append an audit event in ``session``'s transaction, on this store's clock."""
-        audit.append(session, actor, action, obj, outcome, details, at=self.clock())
+        return audit.append(session, actor, action, obj, outcome, details, at=self.clock())
 
     def log_event(
         self,
@@ -799,9 +857,34 @@ class Storage:
         with self.session("audit") as session:
             self.audit_in(session, actor, action, obj, outcome, details)
 
+    def log_repeated(
+        self, actor: str, action: str, obj: str, outcome: str, window_s: float = 60.0
+    ) -> None:
+        """An event that an attacker can repeat at will (a refusal while locked out, a blocked
+        packet): the first of each ``window_s`` per kind is written, the rest are counted and
+        their number goes into the next one written (``"repeated"``) or, at ``close``, into a
+        last one. A flood costs the trail a few events a minute, and loses no count."""
+        key = (actor, action, obj, outcome)
+        now = self.clock()
+        with self._repeats_lock:
+            started, repeated = self._repeats.get(key, (None, 0))
+            if started is not None and (now - started).total_seconds() < window_s:
+                self._repeats[key] = (started, repeated + 1)
+                return
+            if len(self._repeats) >= MAX_REPEATED_KINDS:
+                self._flush_repeated()
+            self._repeats[key] = (now, 0)
+        self.log_event(actor, action, obj, outcome, {"repeated": repeated} if repeated else None)
+
+    def _flush_repeated(self) -> None:
+        counted = [(key, n) for key, (_, n) in self._repeats.items() if n]
+        self._repeats.clear()
+        for (actor, action, obj, outcome), repeated in counted:
+            self.log_event(actor, action, obj, outcome, {"repeated": repeated})
+
     def verify_audit(self) -> audit.ChainReport:
         with self.session("verify audit") as session:
-            return audit.verify(session)
+            return audit.verify(session, checkpoint=self.checkpoint)
 
 
 class CallHandle:

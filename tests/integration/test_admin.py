@@ -11,6 +11,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -203,6 +204,72 @@ def test_wrong_passwords_hit_the_limit_with_the_same_answer_for_unknown_users(
         "/login", data={"csrf": csrf_of(page), "username": "root", "password": PASSWORDS["root"]}
     )
     assert right.status_code == 429
+
+
+def test_a_locked_out_address_writes_a_count_not_an_audit_event_per_request(
+    world: tuple[Flask, Storage],
+) -> None:
+    """The outside test had 200 audit events (kept 7 years) from one locked-out address in
+    0.9 s: refusals while locked out are counted, one event a minute per kind."""
+    app, storage = world
+    storage.clock = lambda: datetime(2026, 12, 1, 12, 0)  # a minute that does not pass
+    c = client(app)
+    codes = []
+    for _ in range(220):
+        page = c.get("/login").get_data(as_text=True)
+        data = {"csrf": csrf_of(page), "username": "root", "password": "wrong password"}
+        codes.append(c.post("/login", data=data).status_code)
+    locked = codes.count(429)
+    assert locked >= 200
+    storage.close()  # the counts not written yet are written now
+    with storage.session("read") as session:
+        limited = list(
+            session.scalars(
+                select(AuditEvent).where(
+                    AuditEvent.action == "login", AuditEvent.outcome == "limited"
+                )
+            )
+        )
+    repeated = [json.loads(e.details).get("repeated", 0) for e in limited]
+    assert repeated == [0, locked - 1]  # every refusal counted, in two events
+    assert storage.verify_audit().ok
+
+
+def test_a_disabled_or_deleted_account_and_a_revoked_token_lose_access_at_once(
+    world: tuple[Flask, Storage],
+) -> None:
+    """The outside test found no way to revoke a token or disable or delete a user."""
+    app, storage = world
+    c = client(app)
+    log_in(c, storage, "olga")
+    assert c.get("/").status_code == 200
+    assert storage.set_admin_disabled("olga", True, "test:admin")
+    assert c.get("/").status_code == 302  # the live session ended with the account
+    page = c.get("/login").get_data(as_text=True)
+    data = {"csrf": csrf_of(page), "username": "olga", "password": PASSWORDS["olga"]}
+    assert c.post("/login", data=data).status_code == 401  # and it cannot log in again
+    assert storage.set_admin_disabled("olga", False, "test:admin")
+    d = client(app)
+    log_in(d, storage, "audrey")
+    assert storage.delete_admin_user("audrey", "test:admin")
+    assert d.get("/").status_code == 302
+    assert storage.admin_totp("audrey") is None and not storage.delete_admin_user("audrey", "x")
+    token = storage.create_api_token("ops-script", "operator", "test")
+    api = client(app)
+    assert api.get("/api/v1/calls", headers=bearer(token)).status_code == 200
+    assert storage.revoke_api_token("ops-script", "test:admin") == 1
+    assert api.get("/api/v1/calls", headers=bearer(token)).status_code == 401
+    with storage.session("read") as session:
+        actions = [
+            (e.action, e.object, e.outcome)
+            for e in session.scalars(select(AuditEvent).where(AuditEvent.actor == "test:admin"))
+        ]
+    assert actions == [
+        ("disable_user", "user:olga", "ok"),
+        ("enable_user", "user:olga", "ok"),
+        ("delete_user", "user:audrey", "ok"),
+        ("revoke_token", "token:ops-script", "ok"),
+    ]
 
 
 def test_logout_ends_the_session_on_the_server(world: tuple[Flask, Storage]) -> None:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from appliance.deploy import egress
 from appliance.deploy.notify import notify, watchdog_interval_s
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -84,6 +85,22 @@ def test_every_installed_unit_verifies(installed: Path) -> None:
 
 
 @pytest.mark.parametrize("unit", SERVICES)
+def test_each_service_looks_up_no_names_and_reaches_no_local_resolver(
+    installed: Path, unit: str
+) -> None:
+    text = (installed / "etc/systemd/system" / unit).read_text()
+    assert "IPAddressDeny=any" in text and "IPAddressAllow=localhost" not in text
+    binds = re.findall(r"^BindReadOnlyPaths=(\S+):(\S+)$", text, re.MULTILINE)
+    assert sorted(target for _, target in binds) == ["/etc/nsswitch.conf", "/etc/resolv.conf"]
+    sources = {target: Path(source) for source, target in binds}
+    for source in sources.values():  # the installed copies of systemd/nsswitch.conf, resolv.conf
+        assert source.is_file() and str(source).startswith(str(installed)), source
+    nsswitch = sources["/etc/nsswitch.conf"]
+    assert egress.name_sources(nsswitch) == ("files",)
+    assert "-/run/systemd/resolve" in text
+
+
+@pytest.mark.parametrize("unit", SERVICES)
 def test_each_service_scores_2_or_lower_in_systemd_analyze_security(
     installed: Path, unit: str
 ) -> None:
@@ -151,6 +168,148 @@ def test_the_egress_hook_refuses_outside_addresses_and_lets_loopback_and_peers_p
         "blocked 3",
     ]
     assert "egress blocked: socket.getaddrinfo to 10.255.255.1" in run.stderr  # logged
+
+
+# Each way round the guard the outside security test found, tried inside a network
+# namespace of the test's own (a veth pair with a default route, 10.99.0.7 an outside
+# address that listens); 192.0.2.0/24 is the configured peer.
+HOLES_PROBE = """
+import ctypes, ctypes.util, multiprocessing, socket, subprocess
+listener = socket.socket(); listener.bind(("10.99.0.7", 0)); listener.listen(8)
+port = listener.getsockname()[1]
+early = socket.create_connection(("10.99.0.7", port), timeout=2)  # before the guard
+from appliance.deploy import egress
+guard = egress.install(["192.0.2.0/24"])
+guard.forbid_children()
+class Sneaky(socket.socket):
+    family = property(lambda self: socket.AF_UNIX)
+def fast_open():
+    with socket.socket() as s:
+        s.sendmsg([b"x"], [], socket.MSG_FASTOPEN, ("10.99.0.7", port))
+def udp_sendmsg():
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.sendmsg([b"x"], [], 0, ("10.99.0.7", 9))
+def peer():
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.sendmsg([b"x"], [], 0, ("192.0.2.7", 9))
+def loopback():
+    server = socket.socket(); server.bind(("127.0.0.1", 0)); server.listen()
+    socket.create_connection(server.getsockname(), timeout=2).close()
+def spawn():
+    p = multiprocessing.get_context("spawn").Process(target=print); p.start(); p.join()
+for name, attempt in [
+    ("udp sendmsg", udp_sendmsg),
+    ("tcp fast open", fast_open),
+    ("a subclass's family", lambda: Sneaky().connect(("10.99.0.7", port))),
+    ("ctypes connect", lambda: ctypes.CDLL(None).connect),
+    ("subprocess", lambda: subprocess.run(["true"], check=True)),
+    ("multiprocessing spawn", spawn),
+    ("a socket connected before", lambda: early.sendall(b"x")),
+    ("a packet socket", lambda: socket.socket(socket.AF_PACKET, socket.SOCK_RAW)),
+    ("a raw socket", lambda: socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_UDP)),
+    ("gethostbyname", lambda: socket.gethostbyname("example.org")),
+    ("gethostbyname_ex", lambda: socket.gethostbyname_ex("example.org")),
+    ("gethostbyaddr", lambda: socket.gethostbyaddr("10.99.0.7")),
+    ("getnameinfo", lambda: socket.getnameinfo(("10.99.0.7", 80), 0)),
+    ("the peer", peer),
+    ("loopback", loopback),
+    ("find_library (its ldconfig child)", lambda: ctypes.util.find_library("portaudio")),
+]:
+    try:
+        attempt()
+        print("open:", name)
+    except PermissionError:
+        print("refused:", name)
+    except OSError as exc:
+        print("closed:" if name.endswith("before") else "error:", name, exc.errno)
+"""
+
+NAMESPACE = (
+    "ip link set lo up && ip link add eg0 type veth peer name eg1"
+    " && ip addr add 10.99.0.2/24 dev eg0 && ip addr add 10.99.0.7/24 dev eg0"
+    " && ip link set eg0 up && ip link set eg1 up"
+    ' && ip route add default via 10.99.0.1 dev eg0 && exec "$0" -c "$1"'
+)
+
+
+def test_egress_guard_closes_the_holes_an_outside_test_went_through() -> None:
+    if shutil.which("unshare") is None or shutil.which("ip") is None:
+        pytest.fail("unshare or ip is missing: scripts/setup installs util-linux and iproute2")
+    run = subprocess.run(
+        ["unshare", "--net", "--", "sh", "-c", NAMESPACE, sys.executable, HOLES_PROBE],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+    )
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.splitlines() == [
+        "refused: udp sendmsg",
+        "refused: tcp fast open",
+        "refused: a subclass's family",
+        "refused: ctypes connect",
+        "refused: subprocess",
+        "refused: multiprocessing spawn",
+        "closed: a socket connected before 32",  # shut down when the guard was installed
+        "refused: a packet socket",
+        "refused: a raw socket",
+        "refused: gethostbyname",
+        "refused: gethostbyname_ex",
+        "refused: gethostbyaddr",
+        "refused: getnameinfo",
+        "open: the peer",
+        "open: loopback",
+        "open: find_library (its ldconfig child)",
+    ], run.stderr
+    assert "a socket connected before the guard, to 10.99.0.7" in run.stderr
+
+
+NOT_INSTALLED = "SKIP not installed as a service, and "
+DOCTOR_PROBE = """
+from appliance.config.settings import Settings
+from appliance.deploy import doctor
+check = doctor.egress_enforcement(Settings())
+print(check.status, check.detail)
+"""
+
+
+@pytest.mark.parametrize(
+    ("setup", "expected"),
+    [
+        ("ip route add default via 10.99.0.1 dev eg0", f"{NOT_INSTALLED}a name lookup here"),
+        ("ip route add prohibit default", f"{NOT_INSTALLED}a name lookup here would ask dns"),
+        (
+            "ip route add default via 10.99.0.1 dev eg0 && mount --bind $N /etc/nsswitch.conf",
+            f"{NOT_INSTALLED}a child process here could send to 192.0.2.1",
+        ),
+        (
+            "ip route add prohibit default && mount --bind $N /etc/nsswitch.conf",
+            "PASS enforced here",
+        ),
+    ],
+    ids=["open", "packets-refused-names-by-dns", "names-from-files-packets-out", "enforced"],
+)
+def test_doctor_reports_egress_below_python_only_when_the_host_enforces_it(
+    setup: str, expected: str
+) -> None:
+    """In a namespace of the test: packets off the premises refused by the host (a prohibit
+    route answers EACCES, as a firewall's drop or the unit's IPAddressDeny= answers EPERM)
+    and host names from the appliance's own nsswitch.conf, each alone and both."""
+    script = (
+        "ip link set lo up && ip link add eg0 type veth peer name eg1 && "
+        "ip addr add 10.99.0.2/24 dev eg0 && ip link set eg0 up && ip link set eg1 up && "
+        f'{setup} && exec "$0" -c "$1"'
+    )
+    run = subprocess.run(
+        ["unshare", "--net", "--mount", "--", "sh", "-c", script, sys.executable, DOCTOR_PROBE],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+        env={**os.environ, "N": str(ROOT / "systemd/nsswitch.conf")},
+    )
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.startswith(expected), run.stdout
 
 
 def test_notify_speaks_the_systemd_protocol(

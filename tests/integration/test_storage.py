@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
 import stat
@@ -222,10 +223,98 @@ def test_a_signed_export_verifies_and_detects_tampering(store: Storage, tmp_path
     assert stat.S_IMODE((tmp_path / "sign.key").stat().st_mode) == 0o600
     with store.session("export") as session:
         document = audit.export(session, key)
-    audit.verify_export(document)
+    pinned = audit.public_key_hex(key)
+    audit.verify_export(document, pinned)
     forged = {**document, "events": [{**document["events"][0], "actor": "someone else"}]}
     with pytest.raises(IntegrityError, match="signature"):
-        audit.verify_export(forged)
+        audit.verify_export(forged, pinned)
+
+
+def test_an_export_re_signed_with_another_key_fails_against_the_pinned_one(
+    store: Storage, tmp_path: Path
+) -> None:
+    """The outside test forged an export and re-signed it with a key of its own, which the
+    export then named: only the appliance's pinned key counts."""
+    call_id = one_call(store, "+1555", "hello")
+    store.read_call(call_id, "operator:ann", "check")
+    store.read_call(call_id, "operator:ann", "the read to hide")
+    ours = audit.signing_key(tmp_path / "ours.key")
+    with store.session("export") as session:
+        document = audit.export(session, ours)
+    theirs = audit.signing_key(tmp_path / "theirs.key")
+    forged = {k: v for k, v in document.items() if k != "signature"}
+    forged["events"] = forged["events"][:-1]  # still a sound chain
+    forged["public_key"] = audit.public_key_hex(theirs)
+    forged["signature"] = theirs.sign(audit._canonical(forged).encode()).hex()
+    audit.verify_export(forged, audit.public_key_hex(theirs))  # it holds under its own key
+    with pytest.raises(IntegrityError, match="another signing key"):
+        audit.verify_export(forged, audit.public_key_hex(ours))
+    forged["public_key"] = audit.public_key_hex(ours)  # naming ours does not help either
+    with pytest.raises(IntegrityError, match="signature"):
+        audit.verify_export(forged, audit.public_key_hex(ours))
+
+
+@pytest.fixture
+def anchored(paths: tuple[Path, Path], clock: Clock, tmp_path: Path) -> Iterator[Storage]:
+    db, key = paths
+    checkpoint = audit.Checkpoint(
+        tmp_path / "keys" / "audit-checkpoint.json", audit.signing_key(tmp_path / "sign.key")
+    )
+    storage = Storage.open_sqlite(db, load_or_create(key), clock=clock, checkpoint=checkpoint)
+    yield storage
+    storage.close()
+
+
+@pytest.mark.parametrize("deleted", [3, "all"])
+def test_deleting_the_last_audit_events_fails_against_the_signed_checkpoint(
+    anchored: Storage, deleted: int | str
+) -> None:
+    """The outside test deleted the last 3 events, or all of them, and verify said intact:
+    the chain that is left still links, so only the checkpoint shows the cut."""
+    call_id = one_call(anchored, "+1555", "hello")
+    for _ in range(6):
+        anchored.read_call(call_id, "operator:ann", "check")
+    assert anchored.verify_audit().ok
+    assert anchored.checkpoint is not None and anchored.checkpoint.read() is not None
+    keep = 3 if deleted == 3 else 0
+    with anchored.session("tamper") as session:
+        session.execute(text(f"DELETE FROM audit_events WHERE seq > {keep}"))
+    report = anchored.verify_audit()
+    assert not report.ok and report.broken_seq == keep + 1
+    assert "signed checkpoint records event 6" in report.reason
+    without = Storage(anchored.engine, anchored.master)  # the same rows, no checkpoint
+    assert without.verify_audit().ok  # what the outside test saw
+
+
+def test_a_checkpoint_that_was_altered_or_replaced_fails(anchored: Storage) -> None:
+    call_id = one_call(anchored, "+1555", "hello")
+    anchored.read_call(call_id, "operator:ann", "check")
+    assert anchored.checkpoint is not None
+    path = anchored.checkpoint.path
+    document = json.loads(path.read_text())
+    path.write_text(json.dumps({**document, "seq": 0}))  # rolled back to hide a cut
+    with pytest.raises(IntegrityError, match="does not verify"):
+        anchored.verify_audit()
+
+
+def test_the_checkpoint_only_moves_forward_and_retention_keeps_it_valid(
+    anchored: Storage,
+) -> None:
+    call_id = one_call(anchored, "+1555", "hello")
+    for _ in range(4):
+        anchored.read_call(call_id, "operator:ann", "check")
+    assert anchored.checkpoint is not None
+    head = anchored.checkpoint.read()
+    anchored.checkpoint.advance(2, "0" * 64)  # a slower process's older head
+    assert anchored.checkpoint.read() == head
+    with anchored.session("purge") as session:  # as retention does: anchor, then delete all
+        events = list(session.scalars(select(AuditEvent).order_by(AuditEvent.seq)))
+        audit.set_anchor(session, events[-1])
+        for event in events:
+            session.delete(event)
+    assert anchored.verify_audit().ok
+    anchored.read_call(call_id, "operator:ann", "after the purge")
+    assert anchored.verify_audit().ok and anchored.checkpoint.read() != head
 
 
 def test_erasing_a_caller_crypto_shreds_and_leaves_others(

@@ -82,7 +82,13 @@ def test_signed_export_round_trip(home: Path, tmp_path: Path) -> None:
     out = tmp_path / "audit.json"
     assert cli(home, "audit", "export", "--out", str(out)).returncode == 0
     ok = cli(home, "audit", "verify", "--export", str(out))
-    assert ok.returncode == 0 and "signature and chain verified" in ok.stdout
+    assert ok.returncode == 0 and "and chain verified (1 events)" in ok.stdout
+    pinned = cli(home, "audit", "key").stdout.strip()
+    assert len(pinned) == 64 and pinned[:16] in ok.stdout  # checked against the pinned key
+    by_auditor = cli(home, "audit", "verify", "--export", str(out), "--key", pinned)
+    assert by_auditor.returncode == 0, by_auditor.stderr
+    other = cli(home, "audit", "verify", "--export", str(out), "--key", "ab" * 32)
+    assert other.returncode == 1 and "another signing key" in other.stderr
     document = json.loads(out.read_text())
     document["events"].append(document["events"][-1])
     out.write_text(json.dumps(document))
@@ -133,9 +139,27 @@ def test_backup_and_restore(home: Path, tmp_path: Path) -> None:
     made = cli(home, "backup", "--out", str(target))
     assert made.returncode == 0 and "1 turns" in made.stdout
     seed(home, "+1555", "after")
+    cli(home, "calls", "list")  # events after the backup move the checkpoint past it
+    assert cli(home, "audit", "verify").returncode == 0
     restored = cli(home, "restore", str(target))
     assert restored.returncode == 0 and "verified, 1 turns" in restored.stdout
     assert [c["id"] for c in json.loads(cli(home, "calls", "list", "--json").stdout)] == [call_id]
+    verified = cli(home, "audit", "verify")  # the restore moved the checkpoint back, audited
+    assert verified.returncode == 0, verified.stdout
+
+
+def test_audit_verify_fails_when_the_last_events_were_deleted(home: Path) -> None:
+    call_id = seed(home, "+1555", "x")
+    for n in range(5):
+        assert cli(home, "calls", "show", call_id, "--reason", f"read {n}").returncode == 0
+    assert cli(home, "audit", "verify").returncode == 0
+    store = Storage.open_sqlite(home / "appliance.db", load_or_create(home / "keys" / "master.key"))
+    with store.session("tamper") as session:
+        session.execute(text("DELETE FROM audit_events WHERE seq > 2"))
+    store.close()
+    result = cli(home, "audit", "verify")
+    assert result.returncode == 1
+    assert "BROKEN at event 3: the chain ends at event 2" in result.stdout
 
 
 def test_tools_list_shows_scopes_changes_and_levels(home: Path) -> None:
@@ -188,3 +212,30 @@ def test_what_the_cli_writes_is_owner_only_whatever_the_umask(home: Path) -> Non
     assert written and all(p.stat().st_mode & 0o077 == 0 for p in written), [
         (str(p), oct(p.stat().st_mode)) for p in written
     ]
+
+
+def test_accounts_and_tokens_can_be_disabled_deleted_and_revoked_from_the_cli(
+    home: Path,
+) -> None:
+    made = subprocess.run(
+        [str(APPLIANCE), "admin", "create-user", "--username", "Olga", "--role", "operator",
+         "--password-stdin"],
+        input="copper kettle wanders at noon\n", capture_output=True, text=True,
+        timeout=120, env={**os.environ, "APPLIANCE_HOME": str(home)},
+    )  # fmt: skip
+    assert made.returncode == 0, made.stderr
+    assert cli(home, "admin", "disable-user", "--username", "OLGA").returncode == 0
+    assert "olga                     operator  disabled" in cli(home, "admin", "list-users").stdout
+    assert cli(home, "admin", "enable-user", "--username", "olga").returncode == 0
+    assert "enabled" in cli(home, "admin", "list-users").stdout
+    token = cli(home, "admin", "create-token", "--name", "ops", "--role", "operator")
+    assert token.returncode == 0
+    revoked = cli(home, "admin", "revoke-token", "--name", "ops")
+    assert revoked.returncode == 0 and "revoked 1 token(s)" in revoked.stdout
+    assert "ops                      operator  revoked" in cli(home, "admin", "list-tokens").stdout
+    again = cli(home, "admin", "revoke-token", "--name", "ops")
+    assert again.returncode == 1 and "no live token named 'ops'" in again.stderr
+    assert cli(home, "admin", "delete-user", "--username", "olga").returncode == 0
+    gone = cli(home, "admin", "disable-user", "--username", "olga")
+    assert gone.returncode == 1 and "no user 'olga'" in gone.stderr
+    assert cli(home, "audit", "verify").returncode == 0
