@@ -22,7 +22,8 @@ OPENAPI = Path(__file__).parent / "openapi.json"
 
 def _limit() -> int:
     raw = request.args.get("limit", "100")
-    if not raw.isdigit() or not 1 <= int(raw) <= 500:
+    # ASCII digits only: str.isdigit() also takes "²", which int() refuses
+    if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= 500:
         abort(400)
     return int(raw)
 

@@ -93,6 +93,7 @@ def create_app(
 ) -> Flask:
     options = settings.admin
     app = Flask(__name__)
+    app.url_map.merge_slashes = False  # "/calls//x" is no call: 404, not a redirect to one
     app.config["SECRET_KEY"] = secrets.token_bytes(32)
     sessions: dict[str, PanelSession] = {}
     app.extensions["panel_sessions"] = sessions

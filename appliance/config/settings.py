@@ -581,7 +581,7 @@ class SipSettings:
         )
         host, _, port = self.listen.rpartition(":")
         _check(
-            bool(host) and port.isdigit() and int(port) < 65536,
+            bool(host) and port.isascii() and port.isdigit() and int(port) < 65536,
             "sip.listen",
             "HOST:PORT (port 0: any free port)",
         )
@@ -643,7 +643,11 @@ class AdminSettings:
 
     def __post_init__(self) -> None:
         host, _, port = self.listen.rpartition(":")
-        _check(bool(host) and port.isdigit() and int(port) < 65536, "admin.listen", "HOST:PORT")
+        _check(
+            bool(host) and port.isascii() and port.isdigit() and int(port) < 65536,
+            "admin.listen",
+            "HOST:PORT",
+        )
         _check(60 <= self.idle_s <= self.max_s <= 7 * 86_400, "admin.idle_s", "60 to max_s")
         _check(bool(self.tls_cert) == bool(self.tls_key), "admin.tls_key", "both or neither")
         for key in ("failures_per_account", "failures_per_address"):

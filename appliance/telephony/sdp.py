@@ -48,9 +48,9 @@ def parse_offer(body: bytes) -> Offer:
             address = parts[2]
         elif line.startswith("m=audio ") and media is None:
             parts = line[2:].split()
-            if len(parts) < 4 or not parts[1].isdigit():
+            if len(parts) < 4 or not (parts[1].isascii() and parts[1].isdigit()):
                 raise SdpError("bad audio media line")
-            if not all(p.isdigit() for p in parts[3:]):
+            if not all(p.isascii() and p.isdigit() for p in parts[3:]):
                 raise SdpError("bad payload types")
             media = (int(parts[1]), tuple(int(p) for p in parts[3:]))
             secure = parts[2] == "RTP/SAVP"

@@ -186,7 +186,7 @@ def parse(data: bytes) -> SipMessage:
         if any(re.sub(r"\\.", "", v).count('"') % 2 for v in message.get_all(named)):
             raise SipParseError(f"unterminated quoted string in {named}")
     hops = message.get("max-forwards")
-    if hops and not (hops.isdigit() and int(hops) <= 255):
+    if hops and not (hops.isascii() and hops.isdigit() and int(hops) <= 255):
         raise SipParseError("malformed Max-Forwards")
     cseq = re.fullmatch(r"(\d{1,10}) ([A-Za-z]+)", message.get("cseq"))
     if cseq is None or int(cseq.group(1)) >= 2**31:
@@ -195,7 +195,7 @@ def parse(data: bytes) -> SipMessage:
         raise SipParseError("CSeq method differs from the request method")
     length = message.get("content-length")
     if length:
-        if not length.isdigit():
+        if not (length.isascii() and length.isdigit()):
             raise SipParseError("malformed Content-Length")
         if int(length) > len(body):
             raise SipParseError("body shorter than Content-Length")

@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import socket
+import ssl
 import subprocess
 import threading
 import time
@@ -713,3 +715,62 @@ def test_oversized_or_ambiguous_http_requests_are_refused(https: str) -> None:
     assert raw_status(https, smuggled) == 400
     nul = b"GET /login HTTP/1.1\r\nHost: x\r\nX-A: a\x00b\r\nConnection: close\r\n\r\n"
     assert raw_status(https, nul) == 400
+
+
+def test_slow_tls_clients_do_not_starve_the_panel(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Finding: 40 slow TLS connections (cheroot's 8 threads, the handshake on the accepting
+    thread) timed normal requests out. Here 40 connections from 127.0.0.2 hold on (20 never
+    start their handshake, 20 trickle half a request a byte at a time) while 127.0.0.1 asks
+    for the log-in page: it is answered, the trickling ones are cut off once their read
+    budget is spent, and past the per-address cap new ones are refused at once."""
+    import appliance.admin.serve as panel
+
+    monkeypatch.setattr(panel, "READ_BUDGET_S", 3.0)
+    settings = load_settings(
+        environ={"APPLIANCE_HOME": str(tmp_path), "APPLIANCE_ADMIN__LISTEN": "127.0.0.1:0"}
+    )
+    storage = Storage.open_sqlite(tmp_path / "a.db", load_or_create(tmp_path / "k"))
+    httpd = panel.server(settings, storage)
+    httpd.prepare()
+    port = httpd.bind_addr[1]
+    threading.Thread(target=httpd.serve, daemon=True).start()
+    context = ssl.create_default_context()
+    context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+    held: list[socket.socket] = []
+    try:
+        for n in range(40):
+            raw = socket.create_connection(("127.0.0.1", port), 5, ("127.0.0.2", 0))
+            if n % 2:
+                try:
+                    tls = context.wrap_socket(raw)
+                    tls.sendall(b"GET /login HTTP/1.1\r\nHost: x\r\n")  # and no more
+                    raw = tls
+                except (ssl.SSLError, OSError):
+                    pass  # refused past the cap
+            held.append(raw)
+        started = time.monotonic()
+        answer = run(
+            "curl", "-sk", "--max-time", "20", "-o", "/dev/null", "-w", "%{http_code}",
+            f"https://127.0.0.1:{port}/login",
+        )  # fmt: skip
+        assert answer.stdout == "200", (answer.stdout, answer.stderr)
+        closed = 0
+        deadline = started + 30  # a bound, not a speed: the budget is 3 s
+        for sock in held:
+            try:
+                sock.settimeout(max(0.1, deadline - time.monotonic()))
+                while sock.recv(4096):
+                    pass
+                closed += 1  # the server closed it
+            except TimeoutError:
+                pass
+            except OSError:  # reset, or refused during the handshake (past the cap)
+                closed += 1
+        assert closed == len(held)  # none still holds a worker
+    finally:
+        for sock in held:
+            sock.close()
+        httpd.stop()
+        storage.close()

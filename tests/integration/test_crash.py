@@ -1,4 +1,8 @@
-"""Kill a writing process at random moments, 200 times: nothing acknowledged is ever lost."""
+"""Kill a writing process at random moments, 200 times: nothing acknowledged is ever lost.
+
+The moments are counted, not timed, so a busy machine changes nothing: most kills come after
+a random number of acknowledged turns (mid-write, a few microseconds on), the rest at a random
+moment of start-up (opening, migrating)."""
 
 from __future__ import annotations
 
@@ -18,6 +22,7 @@ from appliance.storage.repository import Storage
 from appliance.storage.schema import Turn
 
 KILLS = 200
+START_UP_SHARE = 0.15
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -26,6 +31,7 @@ def test_sigkill_at_random_moments_loses_no_acknowledged_turn(tmp_path: Path) ->
     acknowledged: set[tuple[str, int]] = set()
     killed_after_ack = 0
     load_or_create(tmp_path / "master.key")  # a kill may land before the writer made it
+    mid_write = 0
     for attempt in range(KILLS):
         writer = subprocess.Popen(
             [sys.executable, "-m", "tests.integration.crash_writer", str(tmp_path)],
@@ -35,9 +41,22 @@ def test_sigkill_at_random_moments_loses_no_acknowledged_turn(tmp_path: Path) ->
             text=True,
             env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"},
         )
-        time.sleep(rng.uniform(0.05, 0.9))
+        assert writer.stdout is not None
+        seen: list[str] = []
+        if rng.random() < START_UP_SHARE:
+            time.sleep(rng.uniform(0.0, 0.3))  # somewhere in start-up, or just after
+        else:
+            mid_write += 1
+            wanted = rng.randint(1, 40)
+            while sum(line.startswith("ACK ") for line in seen) < wanted:
+                line = writer.stdout.readline()
+                if not line:
+                    break  # it exited: the return code below says why
+                seen.append(line)
+            time.sleep(rng.uniform(0.0, 0.004))
         writer.send_signal(signal.SIGKILL)
-        out, err = writer.communicate(timeout=30)
+        rest, err = writer.communicate(timeout=30)
+        out = "".join(seen) + rest
         assert writer.returncode == -signal.SIGKILL, err  # it was writing, not failing
         acks = {
             (line.split()[1], int(line.split()[2]))
@@ -58,5 +77,5 @@ def test_sigkill_at_random_moments_loses_no_acknowledged_turn(tmp_path: Path) ->
             store.close()
         missing = acknowledged - stored
         assert not missing, f"after kill {attempt}: lost {sorted(missing)[:5]}"
-    assert killed_after_ack > KILLS // 2  # most kills landed mid-write, not during start-up
+    assert mid_write > KILLS // 2 and killed_after_ack >= mid_write  # mid-write, by count
     assert len(acknowledged) > KILLS

@@ -54,6 +54,25 @@ def test_a_well_formed_invite_and_its_response() -> None:
     assert sdp.choose_codec(offer) == sdp.PCMA  # the offer's order wins
 
 
+@pytest.mark.parametrize(
+    ("find", "superscript"),
+    [
+        (b"Max-Forwards: 70", b"Max-Forwards: \xc2\xb2"),
+        (b"Content-Length: 129", b"Content-Length: \xc2\xb2"),
+    ],
+)
+def test_digits_that_int_refuses_are_a_parse_error_not_a_crash(
+    find: bytes, superscript: bytes
+) -> None:
+    """ "²" is a digit to str.isdigit() but not to int(): found by the API's property test."""
+    with pytest.raises(SipParseError):
+        parse(INVITE.replace(find, superscript))
+    with pytest.raises(sdp.SdpError):
+        sdp.parse_offer(parse(INVITE).body.replace(b"49170", "4917²".encode()))
+    with pytest.raises(sdp.SdpError):
+        sdp.parse_offer(parse(INVITE).body.replace(b" 101\r\n", " 10²\r\n".encode()))
+
+
 def test_compact_headers_folding_and_case_are_understood() -> None:
     message = parse(
         b"OPTIONS sip:a@b SIP/2.0\r\nv: SIP/2.0/UDP h;branch=z9hG4bKx\r\n"
