@@ -280,6 +280,12 @@ def _auth(
         secret = (
             panel.enrol_secret if panel.stage == "enrol" else storage.admin_totp(panel.username)
         )
+        # Enrolling needs the account's one-time enrolment code too: a password alone (or a
+        # stolen one) must not bind the attacker's authenticator to the account.
+        enrolling = panel.stage == "enrol"
+        enrolment = request.form.get("enrolment", "")[:64]
+        if enrolling and not storage.enrolment_code_ok(panel.username, enrolment):
+            secret = None
         if secret is None or not _totp_ok(secret, code, panel.username, used_steps):
             limiter.failed(panel.username, address)
             storage.log_event(f"admin:{panel.username}", "login_totp", "panel", "failed")
@@ -439,6 +445,7 @@ def _users(storage: Storage, actor: Callable[[], str]) -> Blueprint:
     @requires("admin")
     def manage() -> ResponseReturnValue:
         error = ""
+        created: tuple[str, str] | None = None
         if request.method == "POST":
             role = request.form.get("role", "")
             password = request.form.get("password", "")
@@ -447,11 +454,14 @@ def _users(storage: Storage, actor: Callable[[], str]) -> Blueprint:
                 if role not in ROLES:
                     raise AccountError("account.invalid", f"a role of {', '.join(ROLES)}")
                 check_password(password, username)
-                storage.create_admin_user(username, hash_password(password), role, actor())
+                code = storage.create_admin_user(username, hash_password(password), role, actor())
+                created = (username, code)
             except AccountError as exc:
                 error = exc.message
             except Exception as exc:  # the request boundary: say what, never the password
                 error = getattr(exc, "message", type(exc).__name__)
-        return render_template("users.html", users=storage.admin_users(), error=error)
+        return render_template(
+            "users.html", users=storage.admin_users(), error=error, created=created
+        )
 
     return users

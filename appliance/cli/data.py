@@ -1,15 +1,20 @@
-"""The stored data: ``erase``, ``hold``, ``keys rotate``, ``retention run``, ``audit``,
-``backup``, ``restore`` and ``incidents``."""
+"""The stored data: ``erase``, ``hold``, ``keys rotate|recovery-code|recover``, ``retention
+run``, ``audit``, ``backup``, ``restore`` and ``incidents``."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from appliance.cli.common import EXIT_ERROR, Commands, actor, command
 from appliance.config.settings import Settings
+
+if TYPE_CHECKING:
+    from appliance.storage.recovery import Recovery
 
 
 def register(commands: Commands) -> None:
@@ -29,6 +34,16 @@ def register(commands: Commands) -> None:
     command(
         keys_cmd, "rotate", rotate_key, "new master key; re-wrap every data key, re-key the file"
     )
+    code = command(
+        keys_cmd, "recovery-code", recovery_code, "make the master key's recovery code (shown once)"
+    )
+    code.add_argument("--replace", action="store_true", help="replace the existing code")
+    recover = command(
+        keys_cmd, "recover", recover_key, "write the master key back from a recovery code (stdin)"
+    )
+    recover.add_argument(
+        "--sealed", type=Path, required=True, help="the sealed key: a backup's .recovery file"
+    )
     retention = commands.add_parser("retention", help="purge data past its retention period")
     retention_cmd = retention.add_subparsers(dest="retention_command", required=True)
     retention_run = command(retention_cmd, "run", run_retention, "purge (idempotent, resumable)")
@@ -47,7 +62,10 @@ def register(commands: Commands) -> None:
     audit_export = command(audit_sub, "export", export_audit, "write a signed (Ed25519) export")
     audit_export.add_argument("--out", type=Path, required=True)
     backup = command(commands, "backup", run_backup, "an encrypted, verified copy of the database")
-    backup.add_argument("--out", type=Path, required=True)
+    where = backup.add_mutually_exclusive_group(required=True)
+    where.add_argument("--out", type=Path, help="the backup file")
+    where.add_argument("--dir", type=Path, help="a folder: a file named by the time in it")
+    backup.add_argument("--keep", type=int, default=0, help="with --dir: keep the N newest")
     restore = command(commands, "restore", run_restore, "check a backup, then put it in place")
     restore.add_argument("file", type=Path)
     incidents = command(commands, "incidents", list_incidents, "incidents opened by the guards")
@@ -86,10 +104,58 @@ def rotate_key(args: argparse.Namespace, settings: Settings) -> int:
     key_path = default_key_path(settings.home, settings.storage.master_key_file)
     old, new, count = rotate_master_key(database_path(settings), key_path, progress)
     print(file=sys.stderr)
+    resealed = recovery_of(settings).reseal(new) is not None
     print(
         f"master key {old.fingerprint} -> {new.fingerprint}: {count} data keys re-wrapped, "
         "database re-keyed, old key destroyed"
+        + ("; sealed again to the recovery code" if resealed else "")
     )
+    return 0
+
+
+def recovery_of(settings: Settings) -> Recovery:
+    from appliance.storage.recovery import Recovery
+
+    return Recovery(settings.home / "keys")
+
+
+def recovery_code(args: argparse.Namespace, settings: Settings) -> int:
+    from appliance.service import open_storage
+
+    recovery = recovery_of(settings)
+    if recovery.set_up and not args.replace:
+        print(
+            "appliance: error a recovery code exists already; --replace makes a new one "
+            "(the old code then opens only the backups made before)",
+            file=sys.stderr,
+        )
+        return EXIT_ERROR
+    with open_storage(settings) as storage:
+        assert storage.master is not None
+        code = recovery.set_up_new(storage.master)
+        storage.log_event(actor(), "recovery_code", "master_key", "ok", {"replaced": args.replace})
+    print("Recovery code for the master key (shown once; keep it offline, apart from backups):")
+    print(code)
+    return 0
+
+
+def recover_key(args: argparse.Namespace, settings: Settings) -> int:
+    from appliance.storage.keys import default_key_path, write_key
+    from appliance.storage.recovery import open_sealed
+
+    key_path = default_key_path(settings.home, settings.storage.master_key_file)
+    if key_path.exists():
+        print(
+            f"appliance: error {key_path} exists; recovery writes a lost key only", file=sys.stderr
+        )
+        return EXIT_ERROR
+    try:
+        blob = args.sealed.read_bytes()
+    except OSError as exc:
+        print(f"appliance: error cannot read {args.sealed}: {exc.strerror}", file=sys.stderr)
+        return EXIT_ERROR
+    master = write_key(key_path, open_sealed(blob, sys.stdin.readline()))
+    print(f"master key {master.fingerprint} written to {key_path}; now `appliance restore`")
     return 0
 
 
@@ -184,11 +250,22 @@ def export_audit(args: argparse.Namespace, settings: Settings) -> int:
 
 def run_backup(args: argparse.Namespace, settings: Settings) -> int:
     from appliance.service import open_storage
-    from appliance.storage.maintenance import backup
+    from appliance.storage.maintenance import backup, prune_backups
+    from appliance.storage.recovery import Recovery
 
+    target = args.out
+    if args.dir is not None:
+        target = args.dir / f"appliance-{datetime.now(UTC):%Y%m%dT%H%M%S%fZ}.db"
     with open_storage(settings) as storage:
-        report = backup(storage, args.out, actor())
+        report = backup(storage, target, actor())
+        assert storage.master is not None
+        blob = recovery_of(settings).reseal(storage.master)
     print(f"wrote {report.path} ({report.size_bytes} bytes, {report.turns} turns), encrypted")
+    if blob is not None:
+        print(f"wrote {Recovery.write_beside(target, blob)}: its key, sealed to the recovery code")
+    if args.dir is not None and args.keep > 0:
+        for old in prune_backups(args.dir, args.keep):
+            print(f"removed {old}")
     return 0
 
 

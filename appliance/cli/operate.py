@@ -45,6 +45,12 @@ def register(commands: Commands) -> None:
     ):
         command(admin_cmd, name, run, text).add_argument("--username", required=True)
     command(admin_cmd, "list-users", list_admin_users, "the panel accounts and their state")
+    command(
+        admin_cmd,
+        "enrolment-code",
+        new_enrolment_code,
+        "a new one-time enrolment code (the authenticator is enrolled again)",
+    ).add_argument("--username", required=True)
     revoke = command(admin_cmd, "revoke-token", revoke_api_token, "revoke the API tokens of a name")
     revoke.add_argument("--name", required=True)
     command(admin_cmd, "list-tokens", list_api_tokens, "the API tokens (names, roles, state)")
@@ -175,6 +181,26 @@ def create_admin_user(args: argparse.Namespace, settings: Settings) -> int:
         password = getpass.getpass("password (15 characters or more): ")
     check_password(password, username)
     with open_storage(settings) as storage:
-        storage.create_admin_user(username, hash_password(password), args.role, actor())
-    print(f"user {username} ({args.role}) created; TOTP is enrolled at the first log-in")
+        code = storage.create_admin_user(username, hash_password(password), args.role, actor())
+    print(
+        f"user {username} ({args.role}) created; its authenticator is enrolled at the first "
+        "log-in with this enrolment code (shown once, good once; give it apart from the "
+        "password):"
+    )
+    print(code)
+    return 0
+
+
+def new_enrolment_code(args: argparse.Namespace, settings: Settings) -> int:
+    from appliance.admin.accounts import username_of
+    from appliance.service import open_storage
+
+    username = username_of(args.username)
+    with open_storage(settings) as storage:
+        code = storage.new_enrolment_code(username, actor())
+    if code is None:
+        print(f"appliance: error no user {username!r}", file=sys.stderr)
+        return 1
+    print(f"user {username}: authenticator to enrol again at the next log-in, with this code:")
+    print(code)
     return 0

@@ -87,6 +87,18 @@ def backup(storage: Storage, target: Path, actor: str) -> BackupReport:
     return BackupReport(target, target.stat().st_size, turns)
 
 
+def prune_backups(folder: Path, keep: int) -> list[Path]:
+    """Remove all but the ``keep`` newest backups that ``backup --dir`` made in ``folder``
+    (with their sealed keys); returns what went."""
+    made = sorted(folder.glob("appliance-*.db"))
+    gone = made[: max(0, len(made) - keep)]
+    for path in gone:
+        path.unlink()
+        with contextlib.suppress(FileNotFoundError):
+            path.with_name(f"{path.name}.recovery").unlink()
+    return gone
+
+
 def restore(
     source: Path,
     db_path: Path,

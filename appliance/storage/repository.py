@@ -56,6 +56,8 @@ from appliance.storage.schema import (
 
 PSEUDONYM_KEY = "pseudonym_key_id"
 TOTP_KEY = "admin_totp_key_id"
+ENROLMENT_KEY = "admin_enrolment:"
+"""Meta rows of the hash of each account's one-time enrolment code."""
 SYSTEM_ACTOR = "system"
 MAX_REPEATED_KINDS = 10_000
 """Kinds of repeated event counted at once (past it, the counts are written out)."""
@@ -432,12 +434,43 @@ class Storage:
 
     # -- admin panel accounts ----------------------------------------------------------------
 
-    def create_admin_user(self, username: str, password_hash: str, role: str, actor: str) -> None:
+    def create_admin_user(self, username: str, password_hash: str, role: str, actor: str) -> str:
+        """A panel account; returns its enrolment code (shown once, only its hash is kept):
+        the authenticator is enrolled at the first log-in with the password and this code."""
         with self.session("create admin user") as session:
             if session.scalars(select(AdminUser).where(AdminUser.username == username)).first():
                 raise StorageError("storage.user_exists", f"user {username!r} already exists")
             session.add(AdminUser(username=username, password_hash=password_hash, role=role))
             self.audit_in(session, actor, "create_user", f"user:{username}", "ok", {"role": role})
+            return self._new_enrolment(session, username)
+
+    def new_enrolment_code(self, username: str, actor: str) -> str | None:
+        """A new enrolment code for an account (its authenticator is enrolled again: a lost
+        phone), or None when there is no such account."""
+        with self.session("new enrolment code") as session:
+            user = session.scalars(select(AdminUser).where(AdminUser.username == username)).first()
+            if user is None:
+                return None
+            user.totp_secret = None
+            self.audit_in(session, actor, "enrolment_code", f"user:{username}", "ok")
+            return self._new_enrolment(session, username)
+
+    def enrolment_code_ok(self, username: str, code: str) -> bool:
+        digest = hashlib.sha256(code.strip().encode()).hexdigest()
+        with self.session("check enrolment code") as session:
+            row = session.get(Meta, ENROLMENT_KEY + username)
+            return row is not None and hmac.compare_digest(row.value, digest)
+
+    @staticmethod
+    def _new_enrolment(session: Session, username: str) -> str:
+        code = secrets.token_urlsafe(15)
+        digest = hashlib.sha256(code.encode()).hexdigest()
+        row = session.get(Meta, ENROLMENT_KEY + username)
+        if row is None:
+            session.add(Meta(key=ENROLMENT_KEY + username, value=digest))
+        else:
+            row.value = digest
+        return code
 
     def admin_user(self, username: str) -> AdminUser | None:
         with self.session("read admin user") as session:
@@ -468,6 +501,9 @@ class Storage:
                 self.audit_in(session, actor, "delete_user", f"user:{username}", "not_found")
                 return False
             session.delete(user)
+            enrolment = session.get(Meta, ENROLMENT_KEY + username)
+            if enrolment is not None:
+                session.delete(enrolment)
             self.audit_in(session, actor, "delete_user", f"user:{username}", "ok")
             return True
 
@@ -477,6 +513,9 @@ class Storage:
             user = session.scalars(select(AdminUser).where(AdminUser.username == username)).one()
             key = self._system_key(session, TOTP_KEY)
             user.totp_secret = self._seal(key, secret, "admin_users", "totp_secret", user.id)
+            enrolment = session.get(Meta, ENROLMENT_KEY + username)
+            if enrolment is not None:  # the enrolment code is good once
+                session.delete(enrolment)
             self.audit_in(session, actor, "enrol_totp", f"user:{username}", "ok")
 
     def admin_totp(self, username: str) -> bytes | None:

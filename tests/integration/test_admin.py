@@ -40,6 +40,8 @@ PASSWORDS = {
     "olga": "operator passphrase here",
     "audrey": "auditor passphrase here!",
 }
+ENROLMENT: dict[str, str] = {}
+"""Each account's one-time enrolment code, as create_admin_user handed it out."""
 
 
 @pytest.fixture
@@ -47,7 +49,9 @@ def world(tmp_path: Path) -> Iterator[tuple[Flask, Storage]]:
     settings = load_settings(environ={"APPLIANCE_HOME": str(tmp_path)})
     storage = Storage.open_sqlite(tmp_path / "a.db", load_or_create(tmp_path / "k"))
     for name, role in (("root", "admin"), ("olga", "operator"), ("audrey", "auditor")):
-        storage.create_admin_user(name, hash_password(PASSWORDS[name]), role, "test")
+        ENROLMENT[name] = storage.create_admin_user(
+            name, hash_password(PASSWORDS[name]), role, "test"
+        )
     handle = storage.start_call("+15550100", "test")
     handle.record_turn(TurnRecord(1, "my number is 555 0100 <script>alert(1)</script>", "Sure."))
     for index, v2v in enumerate((900.0, 1100.0, 2400.0), start=2):
@@ -90,7 +94,8 @@ def log_in(c: FlaskClient, storage: Storage, name: str) -> None:
     used: dict[str, int] = c.application.config.setdefault("test_used_steps", {})
     step = max(int(time.time() // 30), used.get(name, -2) + 1)  # valid 30 s at least
     used[name] = step
-    done = c.post("/login", data={"csrf": csrf_of(text), "code": totp(secret, step)})
+    form = {"csrf": csrf_of(text), "code": totp(secret, step), "enrolment": ENROLMENT.get(name, "")}
+    done = c.post("/login", data=form)
     assert done.status_code == 302, done.get_data(as_text=True)
 
 
@@ -272,6 +277,36 @@ def test_a_disabled_or_deleted_account_and_a_revoked_token_lose_access_at_once(
         ("delete_user", "user:audrey", "ok"),
         ("revoke_token", "token:ops-script", "ok"),
     ]
+
+
+def test_enrolling_an_authenticator_needs_the_one_time_enrolment_code(
+    world: tuple[Flask, Storage],
+) -> None:
+    """Finding: whoever first logged in with a new account's password enrolled its TOTP."""
+    app, storage = world
+
+    def enrol(enrolment: str, ahead: int = 0) -> int:
+        c = client(app)
+        page = c.get("/login").get_data(as_text=True)
+        form = {"csrf": csrf_of(page), "username": "audrey", "password": PASSWORDS["audrey"]}
+        text = c.post("/login", data=form).get_data(as_text=True)
+        key = re.search(r'id="totp-secret">([A-Z2-7]+)<', text)
+        assert key, text
+        import base64
+
+        secret = base64.b32decode(key.group(1) + "=" * (-len(key.group(1)) % 8))
+        code = totp(secret, int(time.time() // 30) + ahead)  # a step is good once per account
+        data = {"csrf": csrf_of(text), "code": code, "enrolment": enrolment}
+        return c.post("/login", data=data).status_code
+
+    assert enrol("") == 401 and enrol("not-the-code") == 401  # the password and a code: no
+    assert storage.admin_totp("audrey") is None
+    assert enrol(ENROLMENT["audrey"]) == 302
+    assert storage.admin_totp("audrey") is not None
+    assert not storage.enrolment_code_ok("audrey", ENROLMENT["audrey"])  # good once
+    again = storage.new_enrolment_code("audrey", "test:admin")  # a lost phone
+    assert again and storage.admin_totp("audrey") is None
+    assert enrol(ENROLMENT["audrey"], ahead=1) == 401 and enrol(again, ahead=1) == 302
 
 
 def test_logout_ends_the_session_on_the_server(world: tuple[Flask, Storage]) -> None:
@@ -649,7 +684,9 @@ def test_the_session_store_keeps_only_needed_sessions_sweeps_and_is_capped(
     swept."""
     settings = load_settings(environ={"APPLIANCE_HOME": str(tmp_path)})
     storage = Storage.open_sqlite(tmp_path / "a.db", load_or_create(tmp_path / "k"))
-    storage.create_admin_user("root", hash_password(PASSWORDS["root"]), "admin", "test")
+    ENROLMENT["root"] = storage.create_admin_user(
+        "root", hash_password(PASSWORDS["root"]), "admin", "test"
+    )
     clock = [1_000_000.0]
     app = create_app(settings, storage, clock=lambda: clock[0], max_sessions=50)
     app.testing = True

@@ -46,8 +46,11 @@ def panel(tmp_path: Path) -> Iterator[tuple[str, Storage]]:
         timeout=120,
     )
     assert first.returncode == 0, first.stderr
+    ENROLMENT["root"] = first.stdout.splitlines()[-1]  # printed once, on the last line
     storage = open_storage(settings)
-    storage.create_admin_user("olga", hash_password("operator passphrase here"), "operator", "t")
+    ENROLMENT["olga"] = storage.create_admin_user(
+        "olga", hash_password("operator passphrase here"), "operator", "t"
+    )
     handle = storage.start_call("+15550100", "test")
     handle.record_turn(TurnRecord(1, "when do you open on saturday", "At ten."))
     httpd = server(settings, storage)
@@ -59,15 +62,19 @@ def panel(tmp_path: Path) -> Iterator[tuple[str, Storage]]:
     storage.close()
 
 
+ENROLMENT: dict[str, str] = {}
+
+
 def log_in(page: object, base: str, name: str, password: str, storage: Storage) -> None:
     page.goto(f"{base}/login")  # type: ignore[attr-defined]
     page.fill("input[name=username]", name)  # type: ignore[attr-defined]
     page.fill("input[name=password]", password)  # type: ignore[attr-defined]
     page.click("button[type=submit]")  # type: ignore[attr-defined]
     secret = storage.admin_totp(name)
-    if secret is None:  # the enrolment page shows the key
+    if secret is None:  # the enrolment page shows the key and asks for the enrolment code
         key = page.inner_text("#totp-secret")  # type: ignore[attr-defined]
         secret = base64.b32decode(key + "=" * (-len(key) % 8))
+        page.fill("input[name=enrolment]", ENROLMENT[name])  # type: ignore[attr-defined]
     page.fill("input[name=code]", totp(secret, int(time.time() // 30)))  # type: ignore[attr-defined]
     page.click("button[type=submit]")  # type: ignore[attr-defined]
     page.wait_for_url(f"{base}/")  # type: ignore[attr-defined]

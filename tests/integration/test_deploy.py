@@ -19,7 +19,13 @@ from appliance.deploy.notify import notify, watchdog_interval_s
 
 ROOT = Path(__file__).resolve().parents[2]
 VENV = Path(sys.executable).parent.parent
-SERVICES = ("appliance-voice.service", "appliance-admin.service", "appliance-retention.service")
+SERVICES = (
+    "appliance-voice.service",
+    "appliance-admin.service",
+    "appliance-retention.service",
+    "appliance-backup.service",
+)
+TIMERS = ("appliance-retention.timer", "appliance-backup.timer")
 
 
 def analyze(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
@@ -44,6 +50,7 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("root")
     done = install(root, "--venv", str(VENV), "--no-start")
     assert done.returncode == 0, done.stderr
+    assert re.search(r"RECOVERY CODE.*\n\n {6}[A-Z2-7]{5}(-[A-Z2-7]{1,5})+\n", done.stderr, re.S)
     return root
 
 
@@ -60,8 +67,13 @@ def test_the_install_creates_the_expected_files_with_tight_modes(installed: Path
     assert (installed / "opt/appliance/src/appliance/cli/__init__.py").is_file()
     assert (state / "models/whisper-base/model.bin").is_file()  # assembled and verified
     units = installed / "etc/systemd/system"
-    for name in (*SERVICES, "appliance-retention.timer"):
+    for name in (*SERVICES, *TIMERS):
         assert mode(units / name) == 0o644
+    # The recovery code was made once and shown once; the key is sealed to it.
+    assert (state / "keys/recovery.pub").is_file() and mode(
+        state / "keys/master.key.sealed"
+    ) == 0o600
+    assert not (state / "keys/master.key").exists()  # the key stays in /etc/appliance
     voice = (units / "appliance-voice.service").read_text()
     assert f"ExecStart={VENV}/bin/appliance serve" in voice
     site = (units / "appliance-voice.service.d/site.conf").read_text()
@@ -79,7 +91,7 @@ def test_installing_again_keeps_the_key_and_the_configuration(installed: Path) -
 
 def test_every_installed_unit_verifies(installed: Path) -> None:
     units = installed / "etc/systemd/system"
-    names = [*SERVICES, "appliance-retention.timer"]
+    names = [*SERVICES, *TIMERS]
     result = analyze("verify", *names, cwd=units)
     assert result.returncode == 0, result.stderr
 

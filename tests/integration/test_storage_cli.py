@@ -239,3 +239,44 @@ def test_accounts_and_tokens_can_be_disabled_deleted_and_revoked_from_the_cli(
     gone = cli(home, "admin", "disable-user", "--username", "olga")
     assert gone.returncode == 1 and "no user 'olga'" in gone.stderr
     assert cli(home, "audit", "verify").returncode == 0
+
+
+def test_a_lost_master_key_comes_back_from_the_recovery_code_on_a_fresh_home(
+    home: Path, tmp_path: Path
+) -> None:
+    """Finding: a lost master key lost every call. The code is made once, the key is sealed to
+    it beside every backup (after a rotation too), and a fresh home restores from the two."""
+    call_id = seed(home, "+1555", "keep me")
+    made = cli(home, "keys", "recovery-code")
+    assert made.returncode == 0, made.stderr
+    code = made.stdout.splitlines()[-1]
+    assert cli(home, "keys", "recovery-code").returncode == 1  # not silently replaced
+    rotated = cli(home, "keys", "rotate")
+    assert rotated.returncode == 0 and "sealed again to the recovery code" in rotated.stdout
+    backups = tmp_path / "backups"
+    for _ in range(3):
+        assert cli(home, "backup", "--dir", str(backups), "--keep", "2").returncode == 0
+    kept = sorted(backups.glob("appliance-*.db"))
+    assert len(kept) == 2 and all(Path(f"{p}.recovery").is_file() for p in kept)
+    latest = kept[-1]
+    fresh = tmp_path / "fresh"
+    without = cli(fresh, "restore", str(latest))
+    assert without.returncode == 1 and "keys.missing" in without.stderr  # the loss itself
+    sealed = str(latest) + ".recovery"
+    env = {**os.environ, "APPLIANCE_HOME": str(fresh)}
+    mistyped = code[:-1] + ("B" if code.endswith("A") else "A")
+    wrong = subprocess.run(
+        [str(APPLIANCE), "keys", "recover", "--sealed", sealed], input=mistyped + "\n",
+        capture_output=True, text=True, timeout=120, env=env,
+    )  # fmt: skip
+    assert wrong.returncode == 1 and "keys.recovery_code" in wrong.stderr
+    right = subprocess.run(
+        [str(APPLIANCE), "keys", "recover", "--sealed", sealed], input=code + "\n",
+        capture_output=True, text=True, timeout=120, env=env,
+    )  # fmt: skip
+    assert right.returncode == 0, right.stderr
+    restored = cli(fresh, "restore", str(latest))
+    assert restored.returncode == 0 and "verified, 1 turns" in restored.stdout
+    listed = json.loads(cli(fresh, "calls", "list", "--json").stdout)
+    assert [c["id"] for c in listed] == [call_id]
+    assert cli(fresh, "audit", "verify").returncode == 0
