@@ -43,7 +43,13 @@ from appliance.pipeline.session import (
     TurnResult,
 )
 from appliance.storage import audit
-from appliance.storage.keys import default_key_path, load_or_create, read_key
+from appliance.storage.keys import (
+    AUDIT_CREDENTIAL_NAME,
+    default_key_path,
+    key_file,
+    load_or_create,
+    read_key,
+)
 from appliance.storage.repository import Storage
 from appliance.tools.agent import CallerFactors, JsonRequester, ToolAgent, VoiceCheck
 from appliance.tools.demo import DemoBank, demo_tools
@@ -55,18 +61,19 @@ def database_path(settings: Settings) -> Path:
 
 
 def audit_signing_key_path(settings: Settings) -> Path:
-    return settings.home / "keys" / "audit-signing.key"
+    return key_file(
+        settings.home, settings.storage.audit_key_file, AUDIT_CREDENTIAL_NAME, "audit-signing.key"
+    )
 
 
 def audit_checkpoint(settings: Settings, *, create_key: bool = True) -> audit.Checkpoint | None:
-    """The audit chain's signed head, beside the keys and apart from the database (None when
-    the signing key does not exist and may not be made)."""
+    """The audit chain's signed head, in ``APPLIANCE_HOME/keys``, apart from the database
+    (None when the signing key does not exist and may not be made)."""
     key_path = audit_signing_key_path(settings)
     if not create_key and not key_path.exists():
         return None
-    return audit.Checkpoint(
-        key_path.with_name("audit-checkpoint.json"), audit.signing_key(key_path)
-    )
+    path = settings.home / "keys" / "audit-checkpoint.json"
+    return audit.Checkpoint(path, audit.signing_key(key_path))
 
 
 def open_storage(settings: Settings, *, create_key: bool = True) -> Storage:
@@ -256,7 +263,7 @@ class VoiceService:
             return None
         bank = DemoBank()
         if self._factors is None:
-            self._factors = CallerFactors.from_settings(self.settings.tools)
+            self._factors = CallerFactors.from_settings(self.settings.tools, counters=storage)
         return ToolAgent(
             self.toolbox(storage, call_id, bank),
             caller=caller_id or "",
@@ -295,7 +302,10 @@ class VoiceService:
             return None
         if self._voice_verifier is None:
             limiter = AttemptLimiter(
-                self.settings.tools.max_factor_attempts, float(self.settings.tools.lockout_s)
+                self.settings.tools.max_factor_attempts,
+                float(self.settings.tools.lockout_s),
+                clock=time.time,
+                counters=storage,
             )
             self._voice_verifier = VoiceVerifier(
                 options.threshold, limiter, options.challenge_digits
@@ -348,6 +358,7 @@ async def run_call(
     *,
     caller_id: str | None = None,
     address: str | None = None,
+    identity: str | None = None,
     channel: str = "wav",
     on_event: EventHandler | None = None,
     consent: Consent | None = None,
@@ -359,12 +370,18 @@ async def run_call(
     (guard blocks) warns, ends the call or blocks the caller, as ``[limits] probe_action`` says;
     a volume spike or topic drift does what ``[limits] anomaly_action`` says. Each opens an
     incident.
+
+    The caller ID is a hint (a SIP peer writes any From it likes), so what counts and blocks
+    "a caller" is that number as seen from where it came: the digest ``identity`` the peer
+    proved, else its ``address``. A stranger sending a customer's number from elsewhere uses
+    up their own quota, never the customer's.
     """
     monitor = service.monitor
     assert monitor is not None
     caller_key = await asyncio.to_thread(storage.caller_hash, caller_id) if caller_id else None
     who = f"caller:{caller_key[:16]}" if caller_key else "caller:anonymous"
-    admission = monitor.admit(caller_key, address)
+    limit_key = _limit_key(caller_key, address, identity)
+    admission = monitor.admit(limit_key, address)
     if not admission.allowed:
         await asyncio.to_thread(
             _refuse, storage, who, admission.reason, admission.incident, caller_key
@@ -408,8 +425,8 @@ async def run_call(
                     ),
                 )
             )
-            if action is Action.BLOCK_CALLER and caller_key:
-                monitor.block(caller_key)
+            if action is Action.BLOCK_CALLER and limit_key:
+                monitor.block(limit_key)
             if action in (Action.END_CALL, Action.BLOCK_CALLER) and session is not None:
                 session.end(f"abuse:{action}", service.settings.limits.goodbye_reply)
 
@@ -429,7 +446,7 @@ async def run_call(
             if event.data.get("verdict") != "block":
                 return
             probes += 1
-            action = monitor.probe(caller_key, probes)
+            action = monitor.probe(limit_key, probes)
             if action is not Action.NONE:
                 act("probing", "medium", f"{probes} blocked turns", action)
 
@@ -451,6 +468,18 @@ async def run_call(
         return CallOutcome(record.call_id, turns, end_reason=session.end_reason)
     finally:
         monitor.release()
+
+
+def _limit_key(caller_key: str | None, address: str | None, identity: str | None) -> str | None:
+    """What the per-caller limits and blocks count: the caller ID (a hint) tied to what the
+    peer cannot forge, its proved account or else its address (local channels: the number)."""
+    if caller_key is None:
+        return None
+    if identity:
+        return f"account:{identity}|{caller_key}"
+    if address:
+        return f"address:{address}|{caller_key}"
+    return caller_key
 
 
 def _refuse(storage: Storage, who: str, reason: str, incident: str, caller_key: str | None) -> None:

@@ -13,6 +13,7 @@ from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
 from appliance.core.errors import ApplianceError
+from appliance.core.ports import Counters
 from appliance.identity.limits import SlidingWindow
 
 ROLES = ("admin", "operator", "auditor")
@@ -82,9 +83,14 @@ class LoginLimiter:
         per_address: int,
         window_s: float = 900.0,
         clock: Callable[[], float] = time.monotonic,
+        counters: Counters | None = None,
     ) -> None:
-        self.accounts = SlidingWindow(per_account, window_s, clock=clock)
-        self.addresses = SlidingWindow(per_address, window_s, clock=clock)
+        self.accounts = SlidingWindow(
+            per_account, window_s, clock=clock, counters=counters, scope="login_failures_account"
+        )
+        self.addresses = SlidingWindow(
+            per_address, window_s, clock=clock, counters=counters, scope="login_failures_address"
+        )
 
     def blocked(self, username: str, address: str) -> bool:
         return self.accounts.full(username.lower()) or self.addresses.full(address)

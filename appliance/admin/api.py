@@ -10,12 +10,11 @@ from typing import Any
 
 from flask import Blueprint, abort, g, jsonify, request
 from flask.typing import ResponseReturnValue
-from sqlalchemy import select
 
 from appliance.admin.app import PUBLIC, mask, requires
 from appliance.core.errors import StorageError
+from appliance.storage import reports
 from appliance.storage.repository import Storage
-from appliance.storage.schema import AuditEvent
 
 OPENAPI = Path(__file__).parent / "openapi.json"
 
@@ -88,10 +87,7 @@ def api_blueprint(storage: Storage) -> Blueprint:
     @requires("admin", "auditor")
     def audit() -> ResponseReturnValue:
         report = storage.verify_audit()
-        with storage.session("audit api") as session:
-            events = session.scalars(
-                select(AuditEvent).order_by(AuditEvent.seq.desc()).limit(_limit())
-            ).all()
+        events = reports.recent_audit_events(storage, _limit())
         return jsonify(
             {
                 "chain": {"ok": report.ok, "events": report.events, "broken_at": report.broken_seq},

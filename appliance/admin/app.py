@@ -21,15 +21,14 @@ from typing import Any, TypeVar
 
 from flask import Blueprint, Flask, abort, g, redirect, render_template, request, url_for
 from flask.typing import ResponseReturnValue
-from sqlalchemy import func, select
-from sqlalchemy.orm import Session
 
 from appliance.admin.accounts import AccountError, LoginLimiter, username_of, verify_password
 from appliance.config.settings import Settings
 from appliance.core.errors import StorageError
-from appliance.identity.factors import totp
+from appliance.core.ports import Counters
+from appliance.identity.factors import last_step_used, totp, use_step
+from appliance.storage import reports
 from appliance.storage.repository import Storage
-from appliance.storage.schema import AuditEvent, Call, Incident, Turn
 
 COOKIE = "__Host-appliance"
 PUBLIC = ("public",)
@@ -97,7 +96,10 @@ def create_app(
     app.config["SECRET_KEY"] = secrets.token_bytes(32)
     sessions: dict[str, PanelSession] = {}
     app.extensions["panel_sessions"] = sessions
-    limiter = LoginLimiter(options.failures_per_account, options.failures_per_address)
+    # Kept in the store: a restart does not reset a lockout (and wall-clock time, the app's).
+    limiter = LoginLimiter(
+        options.failures_per_account, options.failures_per_address, clock=clock, counters=storage
+    )
     swept = [clock()]
 
     def expired(panel: PanelSession, now: float) -> bool:
@@ -286,7 +288,7 @@ def _auth(
         enrolment = request.form.get("enrolment", "")[:64]
         if enrolling and not storage.enrolment_code_ok(panel.username, enrolment):
             secret = None
-        if secret is None or not _totp_ok(secret, code, panel.username, used_steps):
+        if secret is None or not _totp_ok(secret, code, panel.username, used_steps, storage):
             limiter.failed(panel.username, address)
             storage.log_event(f"admin:{panel.username}", "login_totp", "panel", "failed")
             return render_template(
@@ -323,14 +325,18 @@ def _b32(secret: bytes) -> str:
     return base64.b32encode(secret).decode().rstrip("=") if secret else ""
 
 
-def _totp_ok(secret: bytes, code: str, username: str, used_steps: dict[str, int]) -> bool:
-    """One step of tolerance each way; each code logs an account in once, from any session."""
+def _totp_ok(
+    secret: bytes, code: str, username: str, used_steps: dict[str, int], counters: Counters
+) -> bool:
+    """One step of tolerance each way; each code logs an account in once, from any session
+    and across a restart (the last step used is kept in the store)."""
     now = int(time.time() // 30)
+    who = f"panel:{username.lower()}"
     for step in (now - 1, now, now + 1):
         if hmac.compare_digest(totp(secret, step), code.zfill(6)[-6:]):
-            if step <= used_steps.get(username.lower(), -1):
+            if step <= last_step_used(counters, used_steps, who):
                 return False
-            used_steps[username.lower()] = step
+            use_step(counters, used_steps, who, step)
             return True
     return False
 
@@ -349,13 +355,6 @@ def _chart(title: str, labels: list[str], values: list[int]) -> dict[str, Any]:
     return {"title": title, "bars": [(day, n, int(100 * n / peak)) for day, n in pairs]}
 
 
-def _per_day(session: Session, column: Any, since: dt.datetime) -> dict[str, int]:
-    """Rows per day of a timestamp column, from ``since`` on."""
-    day = func.date(column)
-    rows = session.execute(select(day, func.count()).where(column >= since).group_by(day))
-    return {str(d): int(n) for d, n in rows.all()}
-
-
 def _pages(storage: Storage, actor: Callable[[], str]) -> Blueprint:
     pages = Blueprint("pages", __name__)
 
@@ -364,32 +363,17 @@ def _pages(storage: Storage, actor: Callable[[], str]) -> Blueprint:
     def dashboard() -> ResponseReturnValue:
         days = [dt.date.today() - dt.timedelta(days=n) for n in range(13, -1, -1)]
         since = dt.datetime.combine(days[0], dt.time())
-        with storage.session("dashboard") as session:
-            calls_by_day = _per_day(session, Call.started_at, since)
-            turns = session.execute(
-                select(func.date(Turn.created_at), Turn.voice_to_voice_ms, Turn.guard).where(
-                    Turn.created_at >= since
-                )
-            ).all()
-            incidents_by_day = _per_day(session, Incident.opened_at, since)
-            calls = session.scalar(select(func.count()).select_from(Call)) or 0
-        latency: dict[str, list[float]] = {}
-        blocks: dict[str, int] = {}
-        for day, v2v, guard in turns:
-            if v2v:
-                latency.setdefault(str(day), []).append(float(v2v))
-            if guard and '"input": "block"' in guard:
-                blocks[str(day)] = blocks.get(str(day), 0) + 1
+        seen = reports.activity(storage, since)
         labels = [d.isoformat() for d in days]
         series = {
-            "Calls per day": [calls_by_day.get(d, 0) for d in labels],
-            "Voice-to-voice p50, ms": [_pct(latency.get(d), 50) for d in labels],
-            "Voice-to-voice p95, ms": [_pct(latency.get(d), 95) for d in labels],
-            "Turns blocked by the guard": [blocks.get(d, 0) for d in labels],
-            "Incidents opened": [incidents_by_day.get(d, 0) for d in labels],
+            "Calls per day": [seen.calls_by_day.get(d, 0) for d in labels],
+            "Voice-to-voice p50, ms": [_pct(seen.latency_by_day.get(d), 50) for d in labels],
+            "Voice-to-voice p95, ms": [_pct(seen.latency_by_day.get(d), 95) for d in labels],
+            "Turns blocked by the guard": [seen.input_blocks_by_day.get(d, 0) for d in labels],
+            "Incidents opened": [seen.incidents_by_day.get(d, 0) for d in labels],
         }
         charts = [_chart(title, labels, values) for title, values in series.items()]
-        return render_template("dashboard.html", charts=charts, calls=calls)
+        return render_template("dashboard.html", charts=charts, calls=seen.calls_total)
 
     @pages.route("/calls")
     @requires("admin", "operator")
@@ -426,10 +410,7 @@ def _pages(storage: Storage, actor: Callable[[], str]) -> Blueprint:
     @requires("admin", "auditor")
     def audit() -> ResponseReturnValue:
         report = storage.verify_audit()
-        with storage.session("audit page") as session:
-            events = list(
-                session.scalars(select(AuditEvent).order_by(AuditEvent.seq.desc()).limit(200))
-            )
+        events = reports.recent_audit_events(storage, 200)
         storage.log_event(actor(), "view", "audit_trail", "ok")
         return render_template("audit.html", report=report, events=events)
 

@@ -12,12 +12,11 @@ from typing import Any
 
 from flask import Blueprint, Response, render_template, request
 from flask.typing import ResponseReturnValue
-from sqlalchemy import func, select
 
 from appliance.admin.app import requires
 from appliance.config.settings import Settings
+from appliance.storage import reports
 from appliance.storage.repository import Storage
-from appliance.storage.schema import AdminUser, AuditEvent, Call
 
 
 @dataclass(frozen=True)
@@ -64,8 +63,7 @@ def flows(settings: Settings) -> list[Flow]:
 
 
 def controls(settings: Settings, storage: Storage) -> list[Control]:
-    with storage.session("compliance") as session:
-        users = list(session.scalars(select(AdminUser)))
+    users = storage.admin_users()
     chain = storage.verify_audit()
     all_totp = bool(users) and all(u.totp_secret for u in users)
     r = settings.retention
@@ -124,8 +122,7 @@ def compliance_blueprint(
     @pages.route("/retention")
     @requires("admin", "auditor")
     def retention() -> ResponseReturnValue:
-        with storage.session("holds") as session:
-            holds = list(session.scalars(select(Call).where(Call.legal_hold.is_(True))))
+        holds = reports.held_calls(storage)
         return render_template("retention.html", retention=settings.retention, holds=holds)
 
     @pages.route("/consent")
@@ -145,15 +142,8 @@ def compliance_blueprint(
     @pages.route("/access-review")
     @requires("admin", "auditor")
     def access_review() -> ResponseReturnValue:
-        with storage.session("access review") as session:
-            users = list(session.scalars(select(AdminUser).order_by(AdminUser.username)))
-            last = dict(
-                session.execute(
-                    select(AuditEvent.actor, func.max(AuditEvent.at))
-                    .where(AuditEvent.action == "login", AuditEvent.outcome == "ok")
-                    .group_by(AuditEvent.actor)
-                ).all()
-            )
+        users = storage.admin_users()
+        last = reports.last_logins(storage)
         today = dt.date.today()
         quarter = f"{today.year}-Q{(today.month - 1) // 3 + 1}"
         rows = [(u, last.get(f"admin:{u.username}")) for u in users]

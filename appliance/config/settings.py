@@ -408,7 +408,13 @@ class StorageSettings:
     url: str = ""
     """SQLAlchemy URL; empty means the encrypted SQLite file ``APPLIANCE_HOME/appliance.db``."""
     master_key_file: str = ""
-    """Empty means ``APPLIANCE_HOME/keys/master.key`` (or the systemd credential, when set)."""
+    """Empty means ``APPLIANCE_HOME/keys/master.key``; the systemd credential
+    ``appliance-master-key`` wins when the unit hands one over."""
+    audit_key_file: str = ""
+    """The audit trail's Ed25519 signing key (checkpoints, exports). Empty means
+    ``APPLIANCE_HOME/keys/audit-signing.key`` (made on first use); the credential
+    ``appliance-audit-key`` wins when set. Installed, both keys live in ``/etc/appliance``,
+    apart from the data tree."""
 
     def __post_init__(self) -> None:
         _check(

@@ -270,3 +270,24 @@ class AudioSink(Protocol):
     async def write_frame(self, pcm: bytes) -> None: ...
 
     async def close(self) -> None: ...
+
+
+class Counters(Protocol):
+    """Where limits and lockouts keep their counts, so they outlive a process (the store).
+    Keys may name a person or an address: the store keeps only a keyed hash of them. Times
+    are wall-clock seconds (they must mean the same after a restart)."""
+
+    def window_hit(
+        self, scope: str, key: str, at: float, window_s: float, limit: int, record: bool
+    ) -> bool:
+        """In one transaction: whether fewer than ``limit`` events of ``key`` fall in the
+        ``window_s`` before ``at``; the event is counted when so, or always with ``record``."""
+        ...
+
+    def window_count(self, scope: str, key: str, since: float) -> int: ...
+
+    def state(self, scope: str, key: str) -> str | None:
+        """A small value kept for ``key`` (a lockout's state), or None."""
+        ...
+
+    def set_state(self, scope: str, key: str, value: str | None) -> None: ...

@@ -56,6 +56,7 @@ class SipLine:
             RtpSink(media),
             caller_id=call.caller or None,
             address=call.peer[0],
+            identity=call.account or None,
             channel="sip",
             consent=consent,
         )

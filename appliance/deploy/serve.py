@@ -22,6 +22,7 @@ from appliance.config.settings import Settings
 from appliance.deploy import egress
 from appliance.deploy.line import SipLine
 from appliance.deploy.notify import notify, watchdog_interval_s
+from appliance.identity.abuse import AbuseMonitor
 from appliance.service import VoiceService, open_storage, run_call
 from appliance.storage.repository import Storage
 
@@ -41,6 +42,8 @@ def serve(settings: Settings) -> int:
     guard.on_block = audit_block
     try:
         service = VoiceService.load(settings)
+        # Limits and blocks in the store: a restart does not reset them (wall-clock time).
+        service.monitor = AbuseMonitor(settings.limits, clock=time.time, counters=storage)
         return asyncio.run(_run(settings, service, storage, started))
     finally:
         storage.close()

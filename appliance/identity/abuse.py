@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from appliance.config.settings import LimitsSettings
+from appliance.core.ports import Counters
 from appliance.identity.limits import ConcurrencyLimit, SlidingWindow
 
 Clock = Callable[[], float]
@@ -33,20 +34,33 @@ class Admission:
 
 
 class AbuseMonitor:
-    def __init__(self, limits: LimitsSettings, clock: Clock = time.monotonic) -> None:
+    def __init__(
+        self,
+        limits: LimitsSettings,
+        clock: Clock = time.monotonic,
+        counters: Counters | None = None,
+    ) -> None:
+        """With ``counters`` (the store, and a wall clock), the windows and blocks outlive the
+        process; the one-incident-an-hour memory of floods stays in it (after a restart a
+        flood may open one incident more)."""
         self.limits = limits
         self.clock = clock
+        self.counters = counters
         self.calls = ConcurrencyLimit(limits.max_concurrent_calls)
-        self._per_caller = SlidingWindow(limits.calls_per_caller_per_hour, 3600, clock=clock)
-        self._per_address = SlidingWindow(limits.calls_per_address_per_minute, 60, clock=clock)
-        self._probes = SlidingWindow(limits.probes_per_caller_per_day, 86_400, clock=clock)
+
+        def window(limit: int, seconds: float, scope: str) -> SlidingWindow:
+            return SlidingWindow(limit, seconds, clock=clock, counters=counters, scope=scope)
+
+        self._per_caller = window(limits.calls_per_caller_per_hour, 3600, "calls_per_caller")
+        self._per_address = window(limits.calls_per_address_per_minute, 60, "calls_per_address")
+        self._probes = window(limits.probes_per_caller_per_day, 86_400, "probes_per_caller")
         self._blocked: dict[str, float] = {}
         self._flooding: dict[str, float] = {}
 
     def admit(self, caller: str | None, address: str | None = None) -> Admission:
         """Check a new call; when allowed, it holds a concurrency slot until ``release``."""
         now = self.clock()
-        if caller and self._blocked.get(caller, 0.0) > now:
+        if caller and self._blocked_until(caller) > now:
             return Admission(False, "limit.blocked")
         if caller and not self._per_caller.allow(caller):
             return self._flood(caller, "limit.caller", now)
@@ -77,7 +91,17 @@ class AbuseMonitor:
 
     def block(self, caller: str) -> None:
         """Refuse ``caller``'s calls for ``[limits] block_minutes``."""
-        self._blocked[caller] = self.clock() + 60 * self.limits.block_minutes
+        until = self.clock() + 60 * self.limits.block_minutes
+        if self.counters is not None:
+            self.counters.set_state("blocked_caller", caller, repr(until))
+        else:
+            self._blocked[caller] = until
+
+    def _blocked_until(self, caller: str) -> float:
+        if self.counters is None:
+            return self._blocked.get(caller, 0.0)
+        value = self.counters.state("blocked_caller", caller)
+        return float(value) if value else 0.0
 
 
 class CallAnomalies:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import hashlib
 import hmac
+import json
 import os
 import secrets
 import struct
@@ -13,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from appliance.core.errors import ApplianceError
+from appliance.core.ports import Counters
 
 Clock = Callable[[], float]
 
@@ -31,15 +34,17 @@ class _Failures:
 @dataclass
 class AttemptLimiter:
     """After ``max_failures`` wrong answers a key is locked, for ``base_lockout_s`` doubled at
-    each further lockout (exponential backoff). A success clears the count, not the history."""
+    each further lockout (exponential backoff). A success clears the count, not the history.
+    With ``counters`` (the store, and a wall clock) the counts outlive the process."""
 
     max_failures: int = 3
     base_lockout_s: float = 30.0
     clock: Clock = time.monotonic
+    counters: Counters | None = None
     _state: dict[str, _Failures] = field(default_factory=dict)
 
     def check(self, key: str) -> None:
-        state = self._state.get(key)
+        state = self._get(key)
         now = self.clock()
         if state is not None and state.locked_until > now:
             raise FactorError(
@@ -48,20 +53,35 @@ class AttemptLimiter:
             )
 
     def locked(self, key: str) -> bool:
-        state = self._state.get(key)
+        state = self._get(key)
         return state is not None and state.locked_until > self.clock()
 
     def failed(self, key: str) -> None:
-        state = self._state.setdefault(key, _Failures())
+        state = self._get(key) or _Failures()
         state.count += 1
         if state.count >= self.max_failures:
             state.locked_until = self.clock() + self.base_lockout_s * (2**state.lockouts)
             state.lockouts += 1
             state.count = 0
+        self._put(key, state)
 
     def succeeded(self, key: str) -> None:
-        if key in self._state:
-            self._state[key].count = 0
+        state = self._get(key)
+        if state is not None:
+            state.count = 0
+            self._put(key, state)
+
+    def _get(self, key: str) -> _Failures | None:
+        if self.counters is None:
+            return self._state.get(key)
+        value = self.counters.state("factor_attempts", key)
+        return _Failures(**json.loads(value)) if value else None
+
+    def _put(self, key: str, state: _Failures) -> None:
+        if self.counters is None:
+            self._state[key] = state
+        else:
+            self.counters.set_state("factor_attempts", key, json.dumps(dataclasses.asdict(state)))
 
 
 def hash_secret(secret: str, salt: bytes | None = None) -> tuple[bytes, bytes]:
@@ -134,11 +154,27 @@ class TotpFactor:
         if matched is None:
             self.limiter.failed(key)
             raise FactorError("identity.wrong", "the authenticator code does not match")
-        if self._used.get(caller, -1) >= matched:
+        if last_step_used(self.limiter.counters, self._used, caller) >= matched:
             self.limiter.failed(key)
             raise FactorError("identity.reused", "that authenticator code was already used")
-        self._used[caller] = matched
+        use_step(self.limiter.counters, self._used, caller, matched)
         self.limiter.succeeded(key)
+
+
+def last_step_used(counters: Counters | None, memory: dict[str, int], who: str) -> int:
+    """The time step of the last TOTP code that ``who`` used (-1: none), from the store when
+    there is one (a code stays used across a restart), else from ``memory``."""
+    if counters is None:
+        return memory.get(who, -1)
+    value = counters.state("totp_step", who)
+    return int(value) if value else -1
+
+
+def use_step(counters: Counters | None, memory: dict[str, int], who: str, step: int) -> None:
+    if counters is None:
+        memory[who] = step
+    else:
+        counters.set_state("totp_step", who, str(step))
 
 
 @dataclass

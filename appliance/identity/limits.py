@@ -9,6 +9,8 @@ from collections import OrderedDict, deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
+from appliance.core.ports import Counters
+
 Clock = Callable[[], float]
 
 
@@ -22,6 +24,10 @@ class SlidingWindow:
     window_s: float
     max_keys: int = 10_000
     clock: Clock = time.monotonic
+    counters: Counters | None = None
+    """Where the events are kept instead of this process's memory (the store: they survive a
+    restart and are shared by the processes on it); the clock is then wall-clock time."""
+    scope: str = ""
     _events: OrderedDict[str, deque[float]] = field(default_factory=OrderedDict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -31,6 +37,9 @@ class SlidingWindow:
 
     def full(self, key: str) -> bool:
         """Whether ``key`` has used its window (nothing is counted)."""
+        if self.counters is not None:
+            since = self.clock() - self.window_s
+            return self.counters.window_count(self.scope, key, since) >= self.limit
         with self._lock:
             events = self._events.get(key)
             now = self.clock()
@@ -42,6 +51,8 @@ class SlidingWindow:
 
     def _update(self, key: str, *, record: bool) -> bool:
         now = self.clock()
+        if self.counters is not None:
+            return self.counters.window_hit(self.scope, key, now, self.window_s, self.limit, record)
         with self._lock:
             events = self._events.pop(key, None) or deque(maxlen=self.limit)
             while events and events[0] <= now - self.window_s:

@@ -17,6 +17,7 @@ from appliance.core.errors import KeyringError
 from appliance.storage.crypto import KEY_BYTES, derive, new_key
 
 CREDENTIAL_NAME = "appliance-master-key"
+AUDIT_CREDENTIAL_NAME = "appliance-audit-key"
 
 
 @dataclass(frozen=True)
@@ -37,12 +38,20 @@ class MasterKey:
 
 
 def default_key_path(home: Path, configured: str = "") -> Path:
+    """The master key: the systemd credential when the unit hands one over (the service, which
+    cannot read ``/etc/appliance``), else the configured file (``/etc/appliance/master.key``
+    when installed: root's commands), else ``APPLIANCE_HOME/keys/master.key`` (a checkout)."""
+    return key_file(home, configured, CREDENTIAL_NAME, "master.key")
+
+
+def key_file(home: Path, configured: str, credential: str, name: str) -> Path:
+    """A key's file, by the same rule as the master key's (credential, configured, home)."""
+    credentials = os.environ.get("CREDENTIALS_DIRECTORY")
+    if credentials and (Path(credentials) / credential).is_file():
+        return Path(credentials) / credential
     if configured:
         return Path(configured)
-    credentials = os.environ.get("CREDENTIALS_DIRECTORY")
-    if credentials and (Path(credentials) / CREDENTIAL_NAME).is_file():
-        return Path(credentials) / CREDENTIAL_NAME
-    return home / "keys" / "master.key"
+    return home / "keys" / name
 
 
 def _check_mode(path: Path) -> None:

@@ -14,7 +14,15 @@ from typing import cast
 from sqlalchemy import Connection, Engine, Index, Table, inspect, select, text
 
 from appliance.core.errors import StorageError
-from appliance.storage.schema import ApiToken, Base, SchemaMigration, Turn, Voiceprint
+from appliance.storage.schema import (
+    ApiToken,
+    Base,
+    LimitEvent,
+    LimitState,
+    SchemaMigration,
+    Turn,
+    Voiceprint,
+)
 
 
 @dataclass(frozen=True)
@@ -48,6 +56,11 @@ def _turn_routes(connection: Connection) -> None:
         Index("ix_turns_route", cast(Table, Turn.__table__).c.route).create(connection)
 
 
+def _limits(connection: Connection) -> None:
+    for table in (LimitEvent.__table__, LimitState.__table__):
+        cast(Table, table).create(connection, checkfirst=True)
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(
         1, "calls, turns, keys, consents, recordings, tools, incidents, users, audit", _initial
@@ -55,6 +68,9 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(2, "voiceprints (sealed voice templates)", _voiceprints),
     Migration(3, "api_tokens (hashed bearer tokens of the admin API)", _api_tokens),
     Migration(4, "turns.route and turns.citations (how a turn was answered)", _turn_routes),
+    Migration(
+        5, "limit_events and limit_state (limits and lockouts that outlive a process)", _limits
+    ),
 )
 LATEST = MIGRATIONS[-1].version
 

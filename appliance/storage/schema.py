@@ -44,6 +44,27 @@ class SchemaMigration(Base):
     applied_at: Mapped[datetime] = mapped_column(DateTime, default=utc_now)
 
 
+class LimitEvent(Base):
+    """One counted event of a rate limit or lockout (a failed log-in, an admitted call). The
+    key is an HMAC under the pseudonymization key: no name, number or address is stored."""
+
+    __tablename__ = "limit_events"
+    __table_args__ = (Index("ix_limit_events_scope_key_at", "scope", "key", "at"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    scope: Mapped[str] = mapped_column(String(32))
+    key: Mapped[str] = mapped_column(String(64))
+    at: Mapped[float] = mapped_column(Float)
+
+
+class LimitState(Base):
+    """A small value per limit key (a lockout's count and end), the key hashed as above."""
+
+    __tablename__ = "limit_state"
+    scope: Mapped[str] = mapped_column(String(32), primary_key=True)
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(Text)
+
+
 class Meta(Base):
     """Small named values: the audit chain's anchor, the pseudonymization key's id."""
 

@@ -83,6 +83,8 @@ class SipCall:
     codec: int
     hang_up: Callable[[], None]
     ended: asyncio.Event = field(default_factory=asyncio.Event)
+    account: str = ""
+    """The digest account the peer proved (empty: an allowlisted address, unauthenticated)."""
 
 
 @dataclass
@@ -397,7 +399,7 @@ class SipUserAgent(asyncio.DatagramProtocol):
         caller = user_of(invite.get("p-asserted-identity") or invite.get("from"))
         dialog.call = SipCall(
             invite.call_id, caller, dialog.peer, media, codec,
-            lambda: self.hang_up(invite.call_id),
+            lambda: self.hang_up(invite.call_id), account=dialog.account,
         )  # fmt: skip
         await self._retransmit_ok(dialog)
 

@@ -26,6 +26,7 @@ import datetime as dt
 import enum
 import json
 import re
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
@@ -33,7 +34,7 @@ from typing import Any, Protocol, runtime_checkable
 from appliance.config.settings import ToolsSettings
 from appliance.core.audio import PIPELINE_SAMPLE_RATE_HZ
 from appliance.core.errors import ApplianceError
-from appliance.core.ports import AgentTurn, ChatMessage, VoiceEmbedder
+from appliance.core.ports import AgentTurn, ChatMessage, Counters, VoiceEmbedder
 from appliance.identity.factors import AttemptLimiter, FactorError, SecretFactor, TotpFactor
 from appliance.identity.levels import Assurance, Factor, assurance
 from appliance.identity.voice import VoiceTemplate, VoiceVerifier, digits_heard
@@ -77,8 +78,17 @@ class CallerFactors:
     totp: TotpFactor
 
     @classmethod
-    def from_settings(cls, settings: ToolsSettings) -> CallerFactors:
-        limiter = AttemptLimiter(settings.max_factor_attempts, float(settings.lockout_s))
+    def from_settings(
+        cls, settings: ToolsSettings, counters: Counters | None = None
+    ) -> CallerFactors:
+        """With ``counters`` (the store) the attempt counts, lockouts and used codes outlive
+        the process: a restart does not give a guesser a fresh start."""
+        limiter = AttemptLimiter(
+            settings.max_factor_attempts,
+            float(settings.lockout_s),
+            clock=time.time if counters is not None else time.monotonic,
+            counters=counters,
+        )
         return cls(SecretFactor("pin", limiter), TotpFactor(limiter))
 
 

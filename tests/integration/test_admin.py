@@ -12,6 +12,7 @@ import ssl
 import subprocess
 import threading
 import time
+import weakref
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
@@ -42,6 +43,7 @@ PASSWORDS = {
 }
 ENROLMENT: dict[str, str] = {}
 """Each account's one-time enrolment code, as create_admin_user handed it out."""
+USED_STEPS: weakref.WeakKeyDictionary[Storage, dict[str, int]] = weakref.WeakKeyDictionary()
 
 
 @pytest.fixture
@@ -91,7 +93,8 @@ def log_in(c: FlaskClient, storage: Storage, name: str) -> None:
         secret = base64.b32decode(key.group(1) + "=" * (-len(key.group(1)) % 8))
     # A code logs an account in once: a later log-in in the same 30 s takes the next step
     # (the panel allows one step each way).
-    used: dict[str, int] = c.application.config.setdefault("test_used_steps", {})
+    # The store keeps the last step per account (across apps on it, as across restarts).
+    used = USED_STEPS.setdefault(storage, {})
     step = max(int(time.time() // 30), used.get(name, -2) + 1)  # valid 30 s at least
     used[name] = step
     form = {"csrf": csrf_of(text), "code": totp(secret, step), "enrolment": ENROLMENT.get(name, "")}
@@ -811,3 +814,21 @@ def test_slow_tls_clients_do_not_starve_the_panel(
             sock.close()
         httpd.stop()
         storage.close()
+
+
+def test_a_lockout_and_a_used_code_outlive_a_restart_of_the_panel(
+    world: tuple[Flask, Storage],
+) -> None:
+    app, storage = world
+    settings = load_settings(environ={"APPLIANCE_HOME": str(Path(app.instance_path))})
+    c = client(app)
+    for _ in range(12):
+        page = c.get("/login").get_data(as_text=True)
+        data = {"csrf": csrf_of(page), "username": "olga", "password": "wrong password"}
+        c.post("/login", data=data)
+    restarted = create_app(settings, storage, clock=lambda: NOW[0])  # same store, new process
+    restarted.testing = True
+    d = client(restarted)
+    page = d.get("/login").get_data(as_text=True)
+    data = {"csrf": csrf_of(page), "username": "olga", "password": PASSWORDS["olga"]}
+    assert d.post("/login", data=data).status_code == 429  # still locked out

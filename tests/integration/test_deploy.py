@@ -73,7 +73,16 @@ def test_the_install_creates_the_expected_files_with_tight_modes(installed: Path
     assert (state / "keys/recovery.pub").is_file() and mode(
         state / "keys/master.key.sealed"
     ) == 0o600
-    assert not (state / "keys/master.key").exists()  # the key stays in /etc/appliance
+    # The keys stay in /etc/appliance, apart from the data tree; the configuration names them.
+    assert not (state / "keys/master.key").exists()
+    assert not (state / "keys/audit-signing.key").exists()
+    assert (
+        mode(etc / "audit-signing.key") == 0o600
+        and len((etc / "audit-signing.key").read_bytes()) == 32
+    )
+    config = (etc / "appliance.toml").read_text()
+    assert f'master_key_file = "{etc}/master.key"' in config
+    assert f'audit_key_file = "{etc}/audit-signing.key"' in config
     voice = (units / "appliance-voice.service").read_text()
     assert f"ExecStart={VENV}/bin/appliance serve" in voice
     site = (units / "appliance-voice.service.d/site.conf").read_text()

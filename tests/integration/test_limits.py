@@ -50,12 +50,20 @@ def fake_service(
     return VoiceService(settings, engines, config, monitor=monitor), store
 
 
-def one_call(service: VoiceService, store: Storage, caller: str, pcm: bytes) -> object:
+def one_call(
+    service: VoiceService,
+    store: Storage,
+    caller: str,
+    pcm: bytes,
+    address: str | None = None,
+    identity: str | None = None,
+) -> object:
     return asyncio.run(
         run_call(
-            service, store, MemorySource(pcm), MemorySink(16_000), caller_id=caller, channel="test"
+            service, store, MemorySource(pcm), MemorySink(16_000), caller_id=caller,
+            address=address, identity=identity, channel="test",
         )
-    )
+    )  # fmt: skip
 
 
 def test_a_flood_of_calls_is_limited_an_incident_opened_and_others_still_served(
@@ -87,6 +95,26 @@ def test_a_flood_of_calls_is_limited_an_incident_opened_and_others_still_served(
     # 90 refusals, in two events (the first, and the count of the other 89), not 90 events
     assert [json.loads(e.details).get("repeated", 0) for e in refusals] == [0, 89]
     assert store.verify_audit().ok
+    store.close()
+
+
+def test_a_strangers_forged_caller_id_does_not_lock_the_real_caller_out(tmp_path: Path) -> None:
+    """Finding: the per-caller limit trusted the SIP From header, so a stranger could lock a
+    customer's number out for an hour. The number counts as seen from where it came."""
+    service, store = fake_service(
+        tmp_path, ["hello"], calls_per_caller_per_hour=3, calls_per_address_per_minute=1000
+    )
+    pcm = tone(0.3) + quiet(1.0)
+    flood = [one_call(service, store, "+15550123", pcm, address="10.0.0.66") for _ in range(6)]
+    assert [bool(o.refused) for o in flood] == [False] * 3 + [True] * 3  # type: ignore[attr-defined]
+    customer = one_call(service, store, "+15550123", pcm, address="10.0.0.5")
+    assert not customer.refused  # type: ignore[attr-defined]
+    # Through a trunk that proved its account, the number counts per account.
+    trunk = [
+        one_call(service, store, "+15550123", pcm, address="10.0.0.66", identity="pbx")
+        for _ in range(4)
+    ]
+    assert [bool(o.refused) for o in trunk] == [False] * 3 + [True]  # type: ignore[attr-defined]
     store.close()
 
 
@@ -246,4 +274,45 @@ def test_a_turn_over_the_word_quota_never_reaches_the_model(tmp_path: Path) -> N
     model = service.engines.llm
     assert isinstance(model, ScriptedChatModel)
     assert all(rambling not in m.content for p in model.prompts for m in p)
+    store.close()
+
+
+def test_limits_blocks_and_lockouts_in_the_store_survive_a_restart(tmp_path: Path) -> None:
+    """Finding: limits and lockouts lived in one process's memory, so a restart (or a crash
+    the attacker caused) gave every guesser and flooder a fresh start."""
+    from sqlalchemy import select
+
+    from appliance.config.settings import ToolsSettings
+    from appliance.identity.factors import FactorError, hash_secret
+    from appliance.storage.schema import LimitEvent, LimitState
+    from appliance.tools.agent import CallerFactors
+
+    clock = [1_764_590_000.0]  # wall-clock seconds, as the service counts them
+    limits = dataclasses.replace(LimitsSettings(), calls_per_caller_per_hour=2)
+    store = Storage.open_sqlite(tmp_path / "a.db", load_or_create(tmp_path / "k"))
+    first = AbuseMonitor(limits, clock=lambda: clock[0], counters=store)
+    assert [first.admit("+15550123", "10.0.0.9").allowed for _ in range(3)] == [True, True, False]
+    first.block("+15550999")
+    factors = CallerFactors.from_settings(ToolsSettings(max_factor_attempts=3), counters=store)
+    pin = hash_secret("4321")
+    for _ in range(3):
+        with pytest.raises(FactorError):
+            factors.pin.verify("+15550123", "0000", pin)
+    store.close()
+
+    store = Storage.open_sqlite(tmp_path / "a.db", load_or_create(tmp_path / "k"))  # restarted
+    again = AbuseMonitor(limits, clock=lambda: clock[0], counters=store)
+    assert again.admit("+15550123", "10.0.0.9").reason == "limit.caller"
+    assert again.admit("+15550999", "10.0.0.9").reason == "limit.blocked"
+    factors = CallerFactors.from_settings(ToolsSettings(max_factor_attempts=3), counters=store)
+    with pytest.raises(FactorError, match="too many failed attempts"):
+        factors.pin.verify("+15550123", "4321", pin)  # even the right PIN, still locked
+    clock[0] += 3601  # an hour on, the window has room again
+    assert again.admit("+15550123", "10.0.0.9").allowed
+    without = AbuseMonitor(limits, clock=lambda: clock[0] - 3601)  # in memory: forgotten
+    assert without.admit("+15550123", "10.0.0.9").allowed
+    with store.session("read") as session:  # keyed hashes only: no number, name or address
+        keys = [e.key for e in session.scalars(select(LimitEvent))]
+        keys += [s.key for s in session.scalars(select(LimitState))]
+    assert keys and not [k for k in keys if "1555" in k or "10.0.0" in k]
     store.close()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -77,3 +79,24 @@ def test_derived_keys_differ_by_purpose() -> None:
     assert derive(master, "a") != derive(master, "b")
     assert derive(master, "a") == derive(master, "a")
     assert len(derive(master, "a")) == 32
+
+
+def test_a_key_comes_from_the_units_credential_then_the_configuration_then_the_home(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Installed, the keys live in /etc/appliance (configured, for root's commands) and the
+    service, which cannot read that folder, gets them as systemd credentials."""
+    from appliance.storage.keys import AUDIT_CREDENTIAL_NAME, default_key_path, key_file
+
+    home, etc, credentials = tmp_path / "home", tmp_path / "etc", tmp_path / "credentials"
+    monkeypatch.delenv("CREDENTIALS_DIRECTORY", raising=False)
+    assert default_key_path(home) == home / "keys/master.key"
+    assert default_key_path(home, str(etc / "master.key")) == etc / "master.key"
+    credentials.mkdir()
+    (credentials / "appliance-master-key").write_bytes(b"k" * 32)
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(credentials))
+    assert default_key_path(home, str(etc / "master.key")) == credentials / "appliance-master-key"
+    configured = str(etc / "audit-signing.key")
+    assert key_file(home, configured, AUDIT_CREDENTIAL_NAME, "audit-signing.key") == Path(
+        configured
+    )

@@ -1,0 +1,98 @@
+"""Erasure by crypto-shredding: a caller's or a call's data keys and rows go; held calls stay."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from sqlalchemy import delete, select
+from sqlalchemy.orm import Session
+
+from appliance.core.errors import StorageError
+from appliance.storage.schema import (
+    Call,
+    Caller,
+    Consent,
+    DataKey,
+    Recording,
+    ToolCall,
+    Turn,
+    Voiceprint,
+)
+from appliance.storage.voiceprints import Voiceprints
+
+
+@dataclass(frozen=True)
+class ErasureReport:
+    calls_erased: int
+    calls_held: int
+    caller_erased: bool
+
+
+class Erasure(Voiceprints):
+    """Crypto-shredding of a caller or a call."""
+
+    def erase_caller(self, caller_id: str, actor: str) -> ErasureReport:
+        """Erase everything of one caller (by caller ID): crypto-shred, delete, audit."""
+        hashed = self.caller_hash(caller_id)
+        with self.session("erase caller") as session:
+            caller = session.scalars(select(Caller).where(Caller.caller_hash == hashed)).first()
+            if caller is None:
+                self.audit_in(session, actor, "erase", f"caller:{hashed[:16]}", "not_found")
+                return ErasureReport(0, 0, False)
+            calls = session.scalars(select(Call).where(Call.caller_id == caller.id)).all()
+            report = self.erase_calls_in(session, calls)
+            prints = session.scalars(select(Voiceprint).where(Voiceprint.caller_id == caller.id))
+            for row in prints.all():
+                self._delete_voiceprint(session, row)  # biometric data: never held
+            caller_erased = report.calls_held == 0
+            if caller_erased:
+                session.delete(caller)
+            self.audit_in(
+                session,
+                actor,
+                "erase",
+                f"caller:{hashed[:16]}",
+                "ok" if caller_erased else "partial",
+                {"calls_erased": report.calls_erased, "calls_held": report.calls_held},
+            )
+        self.after_erasure()
+        return ErasureReport(report.calls_erased, report.calls_held, caller_erased)
+
+    def erase_call(self, call_id: str, actor: str) -> ErasureReport:
+        with self.session("erase call") as session:
+            call = session.get(Call, call_id)
+            if call is None:
+                raise StorageError("storage.no_call", f"call {call_id} does not exist")
+            report = self.erase_calls_in(session, [call])
+            self.audit_in(
+                session,
+                actor,
+                "erase",
+                f"call:{call_id}",
+                "ok" if report.calls_erased else "held",
+                {"calls_erased": report.calls_erased, "calls_held": report.calls_held},
+            )
+        self.after_erasure()
+        return report
+
+    def erase_calls_in(self, session: Session, calls: Sequence[Call]) -> ErasureReport:
+        """Crypto-shred and delete ``calls`` (those not on legal hold) in ``session``."""
+        erased = held = 0
+        shredded = []
+        for call in calls:
+            if call.legal_hold:
+                held += 1
+                continue
+            for table in (Turn, Recording, ToolCall, Consent):
+                session.execute(delete(table).where(table.call_id == call.id))
+            if call.data_key_id:
+                shredded.append(call.data_key_id)
+            key_id = call.data_key_id
+            session.delete(call)
+            session.flush()
+            if key_id:
+                session.execute(delete(DataKey).where(DataKey.id == key_id))
+            erased += 1
+        self._forget_keys(shredded)
+        return ErasureReport(erased, held, False)

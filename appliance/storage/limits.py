@@ -1,0 +1,61 @@
+"""Limits and lockouts that outlive a process (``core.ports.Counters``), keyed by an HMAC."""
+
+from __future__ import annotations
+
+from sqlalchemy import delete, func, select
+
+from appliance.storage.base import StoreBase
+from appliance.storage.schema import LimitEvent, LimitState
+
+
+class Limits(StoreBase):
+    """The store as ``core.ports.Counters``."""
+
+    def _limit_key(self, scope: str, key: str) -> str:
+        return self.caller_hash(f"limit\0{scope}\0{key}")
+
+    def window_hit(
+        self, scope: str, key: str, at: float, window_s: float, limit: int, record: bool
+    ) -> bool:
+        hashed = self._limit_key(scope, key)
+        with self.session("limit") as session:
+            since = at - window_s
+            session.execute(  # what has aged out of every window of this scope
+                delete(LimitEvent).where(LimitEvent.scope == scope, LimitEvent.at <= since)
+            )
+            count = session.scalar(
+                select(func.count()).where(
+                    LimitEvent.scope == scope, LimitEvent.key == hashed, LimitEvent.at > since
+                )
+            )
+            allowed = int(count or 0) < limit
+            if allowed or record:
+                session.add(LimitEvent(scope=scope, key=hashed, at=at))
+            return allowed
+
+    def window_count(self, scope: str, key: str, since: float) -> int:
+        hashed = self._limit_key(scope, key)
+        with self.session("limit count") as session:
+            count = session.scalar(
+                select(func.count()).where(
+                    LimitEvent.scope == scope, LimitEvent.key == hashed, LimitEvent.at > since
+                )
+            )
+            return int(count or 0)
+
+    def state(self, scope: str, key: str) -> str | None:
+        with self.session("limit state") as session:
+            row = session.get(LimitState, (scope, self._limit_key(scope, key)))
+            return None if row is None else row.value
+
+    def set_state(self, scope: str, key: str, value: str | None) -> None:
+        hashed = self._limit_key(scope, key)
+        with self.session("set limit state") as session:
+            row = session.get(LimitState, (scope, hashed))
+            if value is None:
+                if row is not None:
+                    session.delete(row)
+            elif row is None:
+                session.add(LimitState(scope=scope, key=hashed, value=value))
+            else:
+                row.value = value
