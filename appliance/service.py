@@ -155,6 +155,8 @@ class VoiceService:
     _prompts: dict[tuple[str, int], bytes] = field(default_factory=dict)
     _voice_embedder: VoiceEmbedder | None = None
     _factors: CallerFactors | None = None
+    _factors_store: Storage | None = None
+    _voice_store: Storage | None = None
     _voice_verifier: VoiceVerifier | None = None
     knowledge: KnowledgeBase | None = None
     active: set[CallSession] = field(default_factory=set)
@@ -262,8 +264,11 @@ class VoiceService:
         if not self.settings.tools.enabled or not isinstance(self.engines.llm, JsonRequester):
             return None
         bank = DemoBank()
-        if self._factors is None:
+        made_for_another = self._factors_store is not None and self._factors_store is not storage
+        if self._factors is None or made_for_another:
+            # Attempt counts and used codes live in the store the calls use (one per service)
             self._factors = CallerFactors.from_settings(self.settings.tools, counters=storage)
+            self._factors_store = storage
         return ToolAgent(
             self.toolbox(storage, call_id, bank),
             caller=caller_id or "",
@@ -300,7 +305,9 @@ class VoiceService:
         options = self.settings.voiceprint
         if not (options.enabled and voiceprint_available()):
             return None
-        if self._voice_verifier is None:
+        made_for_another = self._voice_store is not None and self._voice_store is not storage
+        if self._voice_verifier is None or made_for_another:
+            self._voice_store = storage
             limiter = AttemptLimiter(
                 self.settings.tools.max_factor_attempts,
                 float(self.settings.tools.lockout_s),
@@ -381,10 +388,13 @@ async def run_call(
     caller_key = await asyncio.to_thread(storage.caller_hash, caller_id) if caller_id else None
     who = f"caller:{caller_key[:16]}" if caller_key else "caller:anonymous"
     limit_key = _limit_key(caller_key, address, identity)
-    admission = monitor.admit(limit_key, address)
+    # The windows may live in the store: off the event loop, like every store call here.
+    admission = await asyncio.to_thread(monitor.admit, limit_key, address)
     if not admission.allowed:
+        # Counted by where it came from: a caller ID is the sender's to choose.
+        counted = f"address:{address}" if address else who
         await asyncio.to_thread(
-            _refuse, storage, who, admission.reason, admission.incident, caller_key
+            _refuse, storage, counted, admission.reason, admission.incident, caller_key
         )
         rate = sink.sample_rate_hz
         pcm = await asyncio.to_thread(
@@ -411,7 +421,7 @@ async def run_call(
         probes = 0
         session: CallSession | None = None
         loop = asyncio.get_running_loop()
-        writes: list[asyncio.Future[str]] = []
+        writes: list[asyncio.Future[Any]] = []
 
         anomalies = CallAnomalies(service.settings.limits)
 
@@ -426,7 +436,7 @@ async def run_call(
                 )
             )
             if action is Action.BLOCK_CALLER and limit_key:
-                monitor.block(limit_key)
+                writes.append(loop.run_in_executor(None, monitor.block, limit_key))
             if action in (Action.END_CALL, Action.BLOCK_CALLER) and session is not None:
                 session.end(f"abuse:{action}", service.settings.limits.goodbye_reply)
 
@@ -446,9 +456,21 @@ async def run_call(
             if event.data.get("verdict") != "block":
                 return
             probes += 1
-            action = monitor.probe(limit_key, probes)
-            if action is not Action.NONE:
-                act("probing", "medium", f"{probes} blocked turns", action)
+            count = probes
+            # Counted for the day in the store, off the event loop; past the in-call limit the
+            # call ends at once (that count is this call's, in memory).
+            decided = loop.run_in_executor(None, monitor.probe, limit_key, count)
+            writes.append(decided)
+            if count >= service.settings.limits.probes_per_call:
+                act("probing", "medium", f"{count} blocked turns", monitor.probe_action())
+                return
+
+            def after_day_count(done: asyncio.Future[Action]) -> None:
+                failed = done.cancelled() or done.exception() is not None
+                if not failed and (action := done.result()) is not Action.NONE:
+                    act("probing", "medium", f"{count} blocked turns", action)
+
+            decided.add_done_callback(after_day_count)
 
         agent = service.tool_agent(storage, record.call_id, caller_id)
         session = service.session(

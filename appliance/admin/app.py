@@ -251,7 +251,8 @@ def _auth(
             password = request.form.get("password", "")[:256]
             address = request.remote_addr or "?"
             if limiter.blocked(username, address):
-                storage.log_repeated("admin:anonymous", "login", f"user:{username}", "limited")
+                # Counted per address, not per name tried: a spray of names is one kind.
+                storage.log_repeated("admin:anonymous", "login", f"address:{address}", "limited")
                 return render_template("login.html", stage="anonymous", failed=True), 429
             user = storage.admin_user(username)
             ok = verify_password(user.password_hash if user else None, password)

@@ -117,16 +117,19 @@ class _Budgeted:
         self._release = weakref.finalize(self, release)  # once, on close or when collected
 
     def _read(self, call: Any, *args: Any) -> Any:
+        # A spent budget, a timeout, a failed handshake or a broken record: the peer is
+        # dropped at once (FatalSSLAlert), with no 408 written back over a TLS session that
+        # may not exist yet (the write would try the handshake again, on this worker).
         if self._left <= 0:
-            raise TimeoutError("the connection spent its time to send a request")
+            raise errors.FatalSSLAlert("the connection spent its time to send a request")
         self._sock.settimeout(
             self._left if self._timeout is None else min(self._timeout, self._left)
         )
         started = time.monotonic()
         try:
             return call(*args)
-        except ssl.SSLError as exc:  # a failed handshake or a broken record: drop the peer
-            raise errors.FatalSSLAlert(*exc.args) from exc
+        except (ssl.SSLError, TimeoutError) as exc:
+            raise errors.FatalSSLAlert(str(exc)) from exc
         finally:
             self._left -= time.monotonic() - started
 

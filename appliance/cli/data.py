@@ -59,6 +59,7 @@ def register(commands: Commands) -> None:
         "as `audit key` prints it); the key an export names is never trusted",
     )
     command(audit_sub, "key", show_audit_key, "print the audit signing public key, to pin")
+    command(audit_sub, "anchor", anchor_audit, "sign the first checkpoint of a chain (an upgrade)")
     audit_export = command(audit_sub, "export", export_audit, "write a signed (Ed25519) export")
     audit_export.add_argument("--out", type=Path, required=True)
     backup = command(commands, "backup", run_backup, "an encrypted, verified copy of the database")
@@ -114,9 +115,16 @@ def rotate_key(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def recovery_of(settings: Settings) -> Recovery:
-    from appliance.storage.recovery import Recovery
+    """The recovery code's public key beside the master key's file when one is configured
+    (``/etc/appliance`` installed; the backup unit gets it as a credential), else in
+    ``APPLIANCE_HOME/keys``; the sealed master key in ``APPLIANCE_HOME/keys``."""
+    from appliance.storage.keys import key_file
+    from appliance.storage.recovery import PUBLIC_FILE, SEALED_FILE, Recovery
 
-    return Recovery(settings.home / "keys")
+    configured = settings.storage.master_key_file
+    beside = str(Path(configured).with_name(PUBLIC_FILE)) if configured else ""
+    public = key_file(settings.home, beside, "appliance-recovery-pub", PUBLIC_FILE)
+    return Recovery(public, settings.home / "keys" / SEALED_FILE)
 
 
 def recovery_code(args: argparse.Namespace, settings: Settings) -> int:
@@ -220,6 +228,22 @@ def verify_audit(args: argparse.Namespace, settings: Settings) -> int:
         return 0
     print(f"audit chain BROKEN at event {report.broken_seq}: {report.reason}")
     return EXIT_ERROR
+
+
+def anchor_audit(args: argparse.Namespace, settings: Settings) -> int:
+    from appliance.service import open_storage
+
+    with open_storage(settings) as storage:
+        anchored = storage.anchor_audit()
+        report = storage.verify_audit()
+    if anchored is not None:
+        print(f"audit chain anchored: signed checkpoint at event {anchored}")
+    elif report.ok:
+        print("audit chain intact; its checkpoint exists already (or there is nothing to sign)")
+    else:
+        print(f"audit chain BROKEN at event {report.broken_seq}: {report.reason}")
+        return EXIT_ERROR
+    return 0
 
 
 def show_audit_key(args: argparse.Namespace, settings: Settings) -> int:

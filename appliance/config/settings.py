@@ -600,7 +600,11 @@ class SipSettings:
         _check(0 <= self.ring_ms <= 60_000, "sip.ring_ms", "0 to 60000")
         if self.registrar:
             reg_host, _, reg_port = self.registrar.rpartition(":")
-            _check(bool(reg_host) and reg_port.isdigit(), "sip.registrar", "HOST:PORT")
+            _check(
+                bool(reg_host) and reg_port.isascii() and reg_port.isdigit(),
+                "sip.registrar",
+                "HOST:PORT",
+            )
             try:  # an address: the appliance looks up no outside names (deploy/egress.py)
                 ipaddress.ip_address(reg_host.strip("[]"))
             except ValueError as exc:
@@ -611,7 +615,11 @@ class SipSettings:
         _check(60 <= self.register_expires_s <= 86_400, "sip.register_expires_s", "60 to 86400")
         if self.tls_listen:
             tls_host, _, tls_port = self.tls_listen.rpartition(":")
-            _check(bool(tls_host) and tls_port.isdigit(), "sip.tls_listen", "HOST:PORT")
+            _check(
+                bool(tls_host) and tls_port.isascii() and tls_port.isdigit(),
+                "sip.tls_listen",
+                "HOST:PORT",
+            )
             _check(bool(self.tls_cert and self.tls_key), "sip.tls_cert", "and tls_key are needed")
         _check(self.srtp in ("optional", "required", "off"), "sip.srtp", "optional, required, off")
         _check(self.invites_per_address_per_10s >= 1, "sip.invites_per_address_per_10s", ">= 1")

@@ -153,21 +153,37 @@ def egress_enforcement(settings: Settings) -> Check:
     if _systemd_running():
         shown = subprocess.run(
             ["systemctl", "show", VOICE_UNIT.name, "-p", "LoadState", "-p", "IPAddressDeny",
-             "-p", "BindReadOnlyPaths"],
+             "-p", "IPAddressAllow", "-p", "BindReadOnlyPaths"],
             capture_output=True, text=True, check=False,
         ).stdout  # fmt: skip
-        if "LoadState=loaded" in shown:
-            if "0.0.0.0/0" in shown and "/etc/nsswitch.conf" in shown:
+        values = dict(line.partition("=")[::2] for line in shown.splitlines())
+        if values.get("LoadState") == "loaded":
+            allowed = values.get("IPAddressAllow", "").split()
+            if "0.0.0.0/0" in allowed or "::/0" in allowed:
+                return _fail(name, f"{VOICE_UNIT.name} allows any address (IPAddressAllow=)")
+            deny = values.get("IPAddressDeny", "").split()
+            binds = values.get("BindReadOnlyPaths", "")
+            if (
+                "0.0.0.0/0" in deny
+                and "/etc/nsswitch.conf" in binds
+                and "/etc/resolv.conf" in binds
+            ):
                 return _pass(
                     name,
                     f"enforced for the service by {VOICE_UNIT.name} "
                     f"(IPAddressDeny=any, host names from files alone); {here}",
                 )
             return _fail(
-                name, f"{VOICE_UNIT.name} lacks IPAddressDeny=any or its own nsswitch.conf; {here}"
+                name,
+                f"{VOICE_UNIT.name} lacks IPAddressDeny=any or its own nsswitch.conf and "
+                f"resolv.conf; {here}",
             )
     elif VOICE_UNIT.is_file():
         text = VOICE_UNIT.read_text(encoding="utf-8")
+        for dropin in sorted(VOICE_UNIT.with_name(f"{VOICE_UNIT.name}.d").glob("*.conf")):
+            text += "\n" + dropin.read_text(encoding="utf-8")
+        if any(f"IPAddressAllow={a}" in text for a in ("any", "0.0.0.0/0", "::/0")):
+            return _fail(name, f"{VOICE_UNIT.name} or a drop-in allows any address")
         missing = [line for line in _UNIT_EGRESS if line not in text]
         if missing:
             return _fail(name, f"{VOICE_UNIT} lacks {', '.join(missing)}; {here}")

@@ -81,8 +81,18 @@ _NETWORK_SYMBOLS = frozenset(
         "res_send",
         "res_nsend",
         "getaddrinfo_a",
+        "syscall",  # any system call by number, connect(2) among them
+        "dlsym",  # a symbol by name, past this list
+        "dlvsym",
     }
 )
+# ... with the C library's internal aliases (__connect, __sendto, __res_query, ...)
+_NETWORK_SYMBOLS = _NETWORK_SYMBOLS | {f"__{name}" for name in _NETWORK_SYMBOLS}
+# The C library's ways to start a process: refused where children are (the service).
+_PROCESS_SYMBOLS = frozenset(
+    {"system", "popen", "fork", "vfork", "clone", "clone3", "posix_spawn", "posix_spawnp",
+     "execve", "execv", "execvp", "execvpe", "execl", "execlp", "execle", "fexecve"}
+)  # fmt: skip
 
 
 class EgressGuard:
@@ -153,7 +163,9 @@ class EgressGuard:
             name = args[1]
             if isinstance(name, bytes):
                 name = name.decode("ascii", "replace")
-            return f"the C library's {name}" if name in _NETWORK_SYMBOLS else None
+            if name in _NETWORK_SYMBOLS or (name in _PROCESS_SYMBOLS and not self.children):
+                return f"the C library's {name}"
+            return None
         if event in _CHILDREN and not self.children:
             if _program(event, args) in _LIBRARY_LOOKUP:
                 return None  # ctypes.util.find_library (sounddevice loading PortAudio)

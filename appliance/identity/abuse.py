@@ -89,6 +89,10 @@ class AbuseMonitor:
             return Action.NONE
         return Action(self.limits.probe_action)
 
+    def probe_action(self) -> Action:
+        """What a probe past a limit does (``[limits] probe_action``)."""
+        return Action(self.limits.probe_action)
+
     def block(self, caller: str) -> None:
         """Refuse ``caller``'s calls for ``[limits] block_minutes``."""
         until = self.clock() + 60 * self.limits.block_minutes

@@ -20,6 +20,13 @@ from appliance.core.ports import Counters
 Clock = Callable[[], float]
 
 
+MAX_LOCKOUT_S = 3600.0
+"""The longest a key stays locked at once: the caller ID a lockout is keyed on is the sender's
+to write, so a stranger must not be able to lock a customer out for days."""
+FORGIVE_AFTER_S = 86_400.0
+"""A lockout this long over starts the backoff over."""
+
+
 class FactorError(ApplianceError):
     """A factor was refused: wrong, reused, expired, or the caller is locked out."""
 
@@ -58,9 +65,13 @@ class AttemptLimiter:
 
     def failed(self, key: str) -> None:
         state = self._get(key) or _Failures()
+        now = self.clock()
+        if state.lockouts and now - state.locked_until > FORGIVE_AFTER_S:
+            state.lockouts = 0  # a quiet day: the backoff starts over
         state.count += 1
         if state.count >= self.max_failures:
-            state.locked_until = self.clock() + self.base_lockout_s * (2**state.lockouts)
+            lockout = min(self.base_lockout_s * (2**state.lockouts), MAX_LOCKOUT_S)
+            state.locked_until = now + lockout
             state.lockouts += 1
             state.count = 0
         self._put(key, state)

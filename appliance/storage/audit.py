@@ -31,6 +31,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from appliance.core.errors import IntegrityError
+from appliance.storage.keys import own_like_folder, write_private
 from appliance.storage.schema import AuditEvent, Meta, utc_now
 
 GENESIS = "0" * 64
@@ -141,6 +142,12 @@ def verify(
         ).all()
         if not rows:
             ended = ChainReport(True, count, expected_prev)
+            if checkpoint is not None and mark is None and count:
+                reason = (
+                    "no signed checkpoint of the chain's head (removed?); after an upgrade, "
+                    "`appliance audit anchor` makes the first"
+                )
+                return ChainReport(False, count, expected_prev, expected_seq - 1, reason)
             return ended if mark is None else _against(ended, expected_seq - 1, passed, mark)
         for event in rows:
             if event.seq != expected_seq:
@@ -217,6 +224,15 @@ class Checkpoint:
             if current is None or seq > current[0]:
                 self._write(seq, head)
 
+    def anchor(self, report: ChainReport, last_seq: int) -> bool:
+        """The first checkpoint of a chain that has none yet (an upgrade), from a verified
+        walk; False when one exists already (it is never replaced this way)."""
+        with self._locked():
+            if self.read() is not None or not report.ok:
+                return False
+            self._write(last_seq, report.head)
+            return True
+
     def reset(self, seq: int, head: str) -> None:
         with self._locked():
             self._write(seq, head)
@@ -249,14 +265,7 @@ class Checkpoint:
             "at": utc_now().isoformat(),
         }
         body["signature"] = self.key.sign(_canonical(body).encode()).hex()
-        staged = self.path.with_name(f".{self.path.name}.{os.getpid()}")
-        fd = os.open(staged, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            os.write(fd, json.dumps(body).encode())
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(staged, self.path)
+        write_private(self.path, json.dumps(body).encode())
 
     def _locked(self) -> _FileLock:
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -270,6 +279,7 @@ class _FileLock:
 
     def __enter__(self) -> None:
         self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        own_like_folder(self.fd, self.path.parent)
         fcntl.flock(self.fd, fcntl.LOCK_EX)
 
     def __exit__(self, *exc: object) -> None:
@@ -339,8 +349,8 @@ def verify_export(document: dict[str, Any], public_key_hex: str) -> None:
     """Raise IntegrityError unless the export was signed by ``public_key_hex`` (the
     appliance's pinned key, never the one the export names) and its chain holds."""
     body = {k: v for k, v in document.items() if k != "signature"}
-    key_hex = public_key_hex
-    if str(document.get("public_key", "")) != key_hex:
+    key_hex = public_key_hex.strip().lower()
+    if str(document.get("public_key", "")).lower() != key_hex:
         raise IntegrityError(
             "audit.signature", "the export names another signing key than the pinned one"
         )

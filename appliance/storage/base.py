@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator
 from datetime import datetime
 from typing import Any, Self
 
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, func, select
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -236,7 +236,8 @@ class StoreBase:
                 self._repeats[key] = (started, repeated + 1)
                 return
             if len(self._repeats) >= MAX_REPEATED_KINDS:
-                self._flush_repeated()
+                self._flush_repeated()  # writes this kind's count too
+                repeated = 0
             self._repeats[key] = (now, 0)
         self.log_event(actor, action, obj, outcome, {"repeated": repeated} if repeated else None)
 
@@ -249,3 +250,16 @@ class StoreBase:
     def verify_audit(self) -> audit.ChainReport:
         with self.session("verify audit") as session:
             return audit.verify(session, checkpoint=self.checkpoint)
+
+    def anchor_audit(self) -> int | None:
+        """Write the first checkpoint of a chain that has none (after an upgrade) from a
+        verified walk; the event it anchors, or None (one exists, the chain is broken or
+        empty, or this store keeps no checkpoint)."""
+        if self.checkpoint is None or self.checkpoint.read() is not None:
+            return None
+        with self.session("anchor audit") as session:
+            report = audit.verify(session)
+            last = session.scalar(select(func.max(AuditEvent.seq)))
+        if last is None or not self.checkpoint.anchor(report, int(last)):
+            return None
+        return int(last)

@@ -78,16 +78,32 @@ def read_key(path: Path) -> MasterKey:
 
 def write_key(path: Path, secret: bytes) -> MasterKey:
     """Write a key file atomically with mode 0600 in a folder of mode 0700."""
+    write_private(path, secret)
+    return MasterKey(secret, path)
+
+
+def write_private(path: Path, data: bytes) -> None:
+    """Write a file atomically, mode 0600, in a folder of mode 0700, owned like its folder:
+    root's commands on an installed appliance must not leave files the service (its own user)
+    cannot read. SQLite does the same for its journal files."""
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    tmp = path.with_name(f".{path.name}.new")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.new")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
-        os.write(fd, secret)
+        os.write(fd, data)
         os.fsync(fd)
+        own_like_folder(fd, path.parent)
     finally:
         os.close(fd)
     os.replace(tmp, path)
-    return MasterKey(secret, path)
+
+
+def own_like_folder(fd: int, folder: Path) -> None:
+    """Give an open file its folder's owner when root runs this (else nothing changes)."""
+    if os.geteuid() == 0:
+        owner = folder.stat()
+        if (owner.st_uid, owner.st_gid) != (0, 0):
+            os.fchown(fd, owner.st_uid, owner.st_gid)
 
 
 def load_or_create(path: Path) -> MasterKey:

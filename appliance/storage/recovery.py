@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from appliance.core.errors import KeyringError
-from appliance.storage.keys import MasterKey
+from appliance.storage.keys import MasterKey, write_private
 
 MAGIC = b"AVR1"
 PUBLIC_FILE = "recovery.pub"
@@ -88,25 +88,14 @@ def open_sealed(blob: bytes, code: str) -> bytes:
         ) from exc
 
 
-def _write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    staged = path.with_name(f".{path.name}.new")
-    fd = os.open(staged, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(staged, path)
-
-
 class Recovery:
-    """The recovery files of one appliance: the code's public key and the sealed master key,
-    in ``folder`` (beside the keys)."""
+    """The recovery files of one appliance: the code's public key, which decides who can open
+    every sealed copy of the master key (so it lives with the keys, apart from the data tree
+    when installed), and the sealed master key (in the data tree: only the code opens it)."""
 
-    def __init__(self, folder: Path) -> None:
-        self.public_path = folder / PUBLIC_FILE
-        self.sealed_path = folder / SEALED_FILE
+    def __init__(self, public_path: Path, sealed_path: Path) -> None:
+        self.public_path = public_path
+        self.sealed_path = sealed_path
 
     @property
     def set_up(self) -> bool:
@@ -115,7 +104,7 @@ class Recovery:
     def set_up_new(self, master: MasterKey) -> str:
         """Make a recovery code for ``master`` and return it (shown once, never stored)."""
         code, public = new_code()
-        _write(self.public_path, public)
+        write_private(self.public_path, public)
         self.reseal(master)
         return code
 
@@ -124,12 +113,12 @@ class Recovery:
         if not self.set_up:
             return None
         blob = seal(master, self.public_path.read_bytes())
-        _write(self.sealed_path, blob)
+        write_private(self.sealed_path, blob)
         return blob
 
     @staticmethod
     def write_beside(target: Path, blob: bytes) -> Path:
         """A backup's copy of the sealed key (``<backup>.recovery``)."""
         path = target.with_name(f"{target.name}.recovery")
-        _write(path, blob)
+        write_private(path, blob)
         return path

@@ -49,7 +49,10 @@ class LimitEvent(Base):
     key is an HMAC under the pseudonymization key: no name, number or address is stored."""
 
     __tablename__ = "limit_events"
-    __table_args__ = (Index("ix_limit_events_scope_key_at", "scope", "key", "at"),)
+    __table_args__ = (
+        Index("ix_limit_events_scope_key_at", "scope", "key", "at"),
+        Index("ix_limit_events_scope_at", "scope", "at"),  # what ages out, per scope
+    )
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     scope: Mapped[str] = mapped_column(String(32))
     key: Mapped[str] = mapped_column(String(64))

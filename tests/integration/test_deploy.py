@@ -70,9 +70,8 @@ def test_the_install_creates_the_expected_files_with_tight_modes(installed: Path
     for name in (*SERVICES, *TIMERS):
         assert mode(units / name) == 0o644
     # The recovery code was made once and shown once; the key is sealed to it.
-    assert (state / "keys/recovery.pub").is_file() and mode(
-        state / "keys/master.key.sealed"
-    ) == 0o600
+    assert (etc / "recovery.pub").is_file() and not (state / "keys/recovery.pub").exists()
+    assert mode(state / "keys/master.key.sealed") == 0o600
     # The keys stay in /etc/appliance, apart from the data tree; the configuration names them.
     assert not (state / "keys/master.key").exists()
     assert not (state / "keys/audit-signing.key").exists()
@@ -118,7 +117,8 @@ def test_each_service_looks_up_no_names_and_reaches_no_local_resolver(
         assert source.is_file() and str(source).startswith(str(installed)), source
     nsswitch = sources["/etc/nsswitch.conf"]
     assert egress.name_sources(nsswitch) == ("files",)
-    assert "-/run/systemd/resolve" in text
+    # systemd-resolved's socket, not the folder of the stub resolv.conf it may link to
+    assert "-/run/systemd/resolve/io.systemd.Resolve" in text
 
 
 @pytest.mark.parametrize("unit", SERVICES)
@@ -348,3 +348,24 @@ def test_notify_speaks_the_systemd_protocol(
     assert watchdog_interval_s() == 1.5
     monkeypatch.setenv("WATCHDOG_PID", "1")
     assert watchdog_interval_s() is None  # meant for another process
+
+
+def test_an_upgrade_keeps_the_configuration_and_the_audit_key_auditors_pinned(
+    tmp_path: Path,
+) -> None:
+    """An install from before the keys lived in /etc/appliance: its configuration is kept
+    (the log names the two lines to add) and its audit signing key is what the units get."""
+    etc, state = tmp_path / "etc/appliance", tmp_path / "var/lib/appliance"
+    (etc).mkdir(parents=True)
+    (etc / "appliance.toml").write_text("# the site's own\n")
+    (etc / "master.key").write_bytes(os.urandom(32))
+    (state / "keys").mkdir(parents=True)
+    old_key = os.urandom(32)
+    (state / "keys/audit-signing.key").write_bytes(old_key)
+    done = install(tmp_path, "--venv", str(VENV), "--no-start")
+    assert done.returncode == 0, done.stderr
+    assert (etc / "appliance.toml").read_text() == "# the site's own\n"
+    assert "add under [storage]" in done.stderr and "audit_key_file" in done.stderr
+    assert (etc / "audit-signing.key").read_bytes() == old_key
+    assert mode(etc / "audit-signing.key") == 0o600
+    assert (state / "keys/audit-checkpoint.json").is_file()  # the chain is anchored

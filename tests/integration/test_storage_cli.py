@@ -280,3 +280,22 @@ def test_a_lost_master_key_comes_back_from_the_recovery_code_on_a_fresh_home(
     listed = json.loads(cli(fresh, "calls", "list", "--json").stdout)
     assert [c["id"] for c in listed] == [call_id]
     assert cli(fresh, "audit", "verify").returncode == 0
+
+
+def test_a_removed_checkpoint_fails_verify_and_an_upgrade_anchors_the_chain_once(
+    home: Path,
+) -> None:
+    """Reviewed: deleting the checkpoint file as well as the last events left verify
+    "intact". A chain without a checkpoint (an install from before them) is anchored once,
+    explicitly, by `audit anchor`, never by itself."""
+    call_id = seed(home, "+1555", "x")
+    for n in range(3):
+        assert cli(home, "calls", "show", call_id, "--reason", f"read {n}").returncode == 0
+    (home / "keys" / "audit-checkpoint.json").unlink()
+    removed = cli(home, "audit", "verify")
+    assert removed.returncode == 1 and "no signed checkpoint" in removed.stdout
+    anchored = cli(home, "audit", "anchor")
+    assert anchored.returncode == 0 and "checkpoint at event 3" in anchored.stdout
+    assert cli(home, "audit", "verify").returncode == 0
+    again = cli(home, "audit", "anchor")  # it never replaces one
+    assert again.returncode == 0 and "exists already" in again.stdout

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import itertools
 import time
 from pathlib import Path
 
@@ -33,7 +34,12 @@ def test_a_caller_steps_up_by_spoken_pin_and_code_and_hears_their_balance(
     with_tools = dataclasses.replace(service, settings=settings, monitor=None)
     secret = DemoBank().totp_secret(CALLER)
     assert secret is not None
-    code = totp(secret, int(time.time() // 30))  # good for this step and the next
+    # The next step's code is good from this step to the one after next (the call takes a
+    # minute or so); of it and this step's, one without a digit said twice in a row, which
+    # Whisper tends to hear once more ("1, 1" as "1 1 1").
+    step = int(time.time() // 30)
+    codes = [totp(secret, step + 1), totp(secret, step)]
+    code = next((c for c in codes if all(a != b for a, b in itertools.pairwise(c))), codes[0])
     said = [
         "What is my account balance?",
         "My PIN is four, nine, two, one.",

@@ -100,3 +100,22 @@ def test_a_key_comes_from_the_units_credential_then_the_configuration_then_the_h
     assert key_file(home, configured, AUDIT_CREDENTIAL_NAME, "audit-signing.key") == Path(
         configured
     )
+
+
+def test_files_root_writes_in_a_folder_of_the_service_belong_to_the_service(
+    tmp_path: Path,
+) -> None:
+    """Reviewed: root's commands on an installed appliance wrote the audit checkpoint and the
+    recovery files as root:root 0600, which the service (its own user) could not read."""
+    import os
+
+    from appliance.storage.keys import write_private
+
+    if os.geteuid() != 0:
+        pytest.skip("needs root, as the installed appliance's commands run")
+    folder = tmp_path / "keys"
+    folder.mkdir(mode=0o700)
+    os.chown(folder, 4321, 4321)
+    write_private(folder / "audit-checkpoint.json", b"{}")
+    info = (folder / "audit-checkpoint.json").stat()
+    assert (info.st_uid, info.st_gid, info.st_mode & 0o777) == (4321, 4321, 0o600)

@@ -67,6 +67,25 @@ def test_a_pin_locks_after_n_failures_with_growing_backoff() -> None:
     pin.verify("caller-2", "4921", stored)  # another caller was never locked
 
 
+def test_the_backoff_is_capped_at_an_hour_and_starts_over_after_a_quiet_day() -> None:
+    """Reviewed: lockouts are keyed on a caller ID anyone can send and now outlive a restart;
+    doubling without end would let a stranger lock a customer out for days."""
+    clock = Clock()
+    pin = SecretFactor("pin", AttemptLimiter(max_failures=1, base_lockout_s=30, clock=clock))
+    stored = hash_secret("4921")
+    for _ in range(12):  # 30 s, 60 s, ... would reach 17 hours
+        with pytest.raises(FactorError, match=r"identity\.wrong"):
+            pin.verify("caller-1", "0000", stored)
+        clock.now += 3601  # no lockout lasts longer than an hour
+    with pytest.raises(FactorError, match=r"identity\.wrong"):
+        pin.verify("caller-1", "0000", stored)  # locked for an hour again, not longer
+    clock.now += 86_400 + 3601
+    with pytest.raises(FactorError, match=r"identity\.wrong"):
+        pin.verify("caller-1", "0000", stored)
+    clock.now += 31  # after a quiet day the backoff starts over: 30 s
+    pin.verify("caller-1", "4921", stored)
+
+
 def test_spoken_answers_are_normalized_and_unknown_callers_fail_the_same_way() -> None:
     knowledge = SecretFactor("knowledge", AttemptLimiter())
     knowledge.verify("c", "  Fluffy  ", hash_secret("fluffy"))
