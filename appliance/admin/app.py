@@ -26,7 +26,7 @@ from appliance.admin.accounts import AccountError, LoginLimiter, username_of, ve
 from appliance.config.settings import Settings
 from appliance.core.errors import StorageError
 from appliance.core.ports import Counters
-from appliance.identity.factors import last_step_used, totp, use_step
+from appliance.identity.factors import claim_step, totp
 from appliance.storage import reports
 from appliance.storage.repository import Storage
 
@@ -335,10 +335,7 @@ def _totp_ok(
     who = f"panel:{username.lower()}"
     for step in (now - 1, now, now + 1):
         if hmac.compare_digest(totp(secret, step), code.zfill(6)[-6:]):
-            if step <= last_step_used(counters, used_steps, who):
-                return False
-            use_step(counters, used_steps, who, step)
-            return True
+            return claim_step(counters, used_steps, who, step)
     return False
 
 

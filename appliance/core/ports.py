@@ -7,7 +7,7 @@ model once and may be shared by many calls; it serializes its own inferences.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol, runtime_checkable
 
@@ -291,3 +291,10 @@ class Counters(Protocol):
         ...
 
     def set_state(self, scope: str, key: str, value: str | None) -> None: ...
+
+    def change_state(
+        self, scope: str, key: str, change: Callable[[str | None], str | None]
+    ) -> str | None:
+        """Read, change and write ``key``'s value in one transaction (parallel calls for the
+        same key lose no update); returns the value written."""
+        ...

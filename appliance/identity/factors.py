@@ -10,6 +10,7 @@ import json
 import os
 import secrets
 import struct
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -49,6 +50,7 @@ class AttemptLimiter:
     clock: Clock = time.monotonic
     counters: Counters | None = None
     _state: dict[str, _Failures] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def check(self, key: str) -> None:
         state = self._get(key)
@@ -64,23 +66,29 @@ class AttemptLimiter:
         return state is not None and state.locked_until > self.clock()
 
     def failed(self, key: str) -> None:
-        state = self._get(key) or _Failures()
         now = self.clock()
-        if state.lockouts and now - state.locked_until > FORGIVE_AFTER_S:
-            state.lockouts = 0  # a quiet day: the backoff starts over
-        state.count += 1
-        if state.count >= self.max_failures:
-            lockout = min(self.base_lockout_s * (2**state.lockouts), MAX_LOCKOUT_S)
-            state.locked_until = now + lockout
-            state.lockouts += 1
-            state.count = 0
-        self._put(key, state)
+
+        def count(state: _Failures | None) -> _Failures:
+            state = state or _Failures()
+            if state.lockouts and now - state.locked_until > FORGIVE_AFTER_S:
+                state.lockouts = 0  # a quiet day: the backoff starts over
+            state.count += 1
+            if state.count >= self.max_failures:
+                lockout = min(self.base_lockout_s * (2**state.lockouts), MAX_LOCKOUT_S)
+                state.locked_until = now + lockout
+                state.lockouts += 1
+                state.count = 0
+            return state
+
+        self._change(key, count)
 
     def succeeded(self, key: str) -> None:
-        state = self._get(key)
-        if state is not None:
-            state.count = 0
-            self._put(key, state)
+        def clear(state: _Failures | None) -> _Failures | None:
+            if state is not None:
+                state.count = 0
+            return state
+
+        self._change(key, clear)
 
     def _get(self, key: str) -> _Failures | None:
         if self.counters is None:
@@ -88,11 +96,21 @@ class AttemptLimiter:
         value = self.counters.state("factor_attempts", key)
         return _Failures(**json.loads(value)) if value else None
 
-    def _put(self, key: str, state: _Failures) -> None:
+    def _change(self, key: str, change: Callable[[_Failures | None], _Failures | None]) -> None:
+        """Read, change, write: in one transaction of the store (parallel calls for the same
+        key lose no failure), or under this process's lock."""
         if self.counters is None:
-            self._state[key] = state
-        else:
-            self.counters.set_state("factor_attempts", key, json.dumps(dataclasses.asdict(state)))
+            with self._lock:
+                changed = change(self._state.get(key))
+                if changed is not None:
+                    self._state[key] = changed
+            return
+
+        def in_store(value: str | None) -> str | None:
+            changed = change(_Failures(**json.loads(value)) if value else None)
+            return None if changed is None else json.dumps(dataclasses.asdict(changed))
+
+        self.counters.change_state("factor_attempts", key, in_store)
 
 
 def hash_secret(secret: str, salt: bytes | None = None) -> tuple[bytes, bytes]:
@@ -165,27 +183,35 @@ class TotpFactor:
         if matched is None:
             self.limiter.failed(key)
             raise FactorError("identity.wrong", "the authenticator code does not match")
-        if last_step_used(self.limiter.counters, self._used, caller) >= matched:
+        if not claim_step(self.limiter.counters, self._used, caller, matched):
             self.limiter.failed(key)
             raise FactorError("identity.reused", "that authenticator code was already used")
-        use_step(self.limiter.counters, self._used, caller, matched)
         self.limiter.succeeded(key)
 
 
-def last_step_used(counters: Counters | None, memory: dict[str, int], who: str) -> int:
-    """The time step of the last TOTP code that ``who`` used (-1: none), from the store when
-    there is one (a code stays used across a restart), else from ``memory``."""
+def claim_step(counters: Counters | None, memory: dict[str, int], who: str, step: int) -> bool:
+    """Claim TOTP time step ``step`` for ``who``: True when it is later than the last one
+    used, then recorded, in one transaction of the store when there is one (a code stays used
+    across a restart, and two sessions racing with one code cannot both win), else in
+    ``memory`` under a lock."""
     if counters is None:
-        return memory.get(who, -1)
-    value = counters.state("totp_step", who)
-    return int(value) if value else -1
+        with _STEPS_LOCK:
+            if memory.get(who, -1) >= step:
+                return False
+            memory[who] = step
+            return True
+    won = False
+
+    def later(value: str | None) -> str:
+        nonlocal won
+        won = int(value or -1) < step
+        return str(step) if won else str(value)
+
+    counters.change_state("totp_step", who, later)
+    return won
 
 
-def use_step(counters: Counters | None, memory: dict[str, int], who: str, step: int) -> None:
-    if counters is None:
-        memory[who] = step
-    else:
-        counters.set_state("totp_step", who, str(step))
+_STEPS_LOCK = threading.Lock()
 
 
 @dataclass

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from sqlalchemy import delete, func, select
 
 from appliance.storage.base import StoreBase
@@ -59,3 +61,19 @@ class Limits(StoreBase):
                 session.add(LimitState(scope=scope, key=hashed, value=value))
             else:
                 row.value = value
+
+    def change_state(
+        self, scope: str, key: str, change: Callable[[str | None], str | None]
+    ) -> str | None:
+        hashed = self._limit_key(scope, key)
+        with self.session("change limit state") as session:  # one write transaction
+            row = session.get(LimitState, (scope, hashed), with_for_update=True)
+            value = change(None if row is None else row.value)
+            if value is None:
+                if row is not None:
+                    session.delete(row)
+            elif row is None:
+                session.add(LimitState(scope=scope, key=hashed, value=value))
+            else:
+                row.value = value
+            return value

@@ -7,6 +7,7 @@ import dataclasses
 import json
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -315,4 +316,54 @@ def test_limits_blocks_and_lockouts_in_the_store_survive_a_restart(tmp_path: Pat
         keys = [e.key for e in session.scalars(select(LimitEvent))]
         keys += [s.key for s in session.scalars(select(LimitState))]
     assert keys and not [k for k in keys if "1555" in k or "10.0.0" in k]
+    store.close()
+
+
+def test_parallel_wrong_answers_for_one_caller_lose_no_count(tmp_path: Path) -> None:
+    """Reviewed: the attempt count was read and written in two transactions, so calls in
+    parallel for the same caller could lose failures and get more guesses than allowed."""
+    import threading
+    import time
+
+    from appliance.identity.factors import AttemptLimiter, FactorError, SecretFactor, hash_secret
+
+    store = Storage.open_sqlite(tmp_path / "a.db", load_or_create(tmp_path / "k"))
+
+    class Slow:
+        """The store, a little slow between reading a value and writing it back (as a busy
+        machine is): a read-then-write in two steps loses updates, one transaction none."""
+
+        def state(self, scope: str, key: str) -> str | None:
+            value = store.state(scope, key)
+            time.sleep(0.005)
+            return value
+
+        def set_state(self, scope: str, key: str, value: str | None) -> None:
+            store.set_state(scope, key, value)
+
+        def change_state(self, scope: str, key: str, change: Any) -> str | None:
+            return store.change_state(scope, key, lambda v: (time.sleep(0.005), change(v))[1])
+
+        def window_hit(self, *args: Any) -> bool:
+            return store.window_hit(*args)
+
+        def window_count(self, *args: Any) -> int:
+            return store.window_count(*args)
+
+    limiter = AttemptLimiter(max_failures=1000, clock=lambda: 1_764_590_000.0, counters=Slow())
+    pin = SecretFactor("pin", limiter)
+    stored = hash_secret("4321")
+
+    def guess() -> None:
+        for _ in range(10):
+            with pytest.raises(FactorError):
+                pin.verify("+15550123", "0000", stored)
+
+    threads = [threading.Thread(target=guess) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    value = store.state("factor_attempts", "pin:+15550123")
+    assert value is not None and json.loads(value)["count"] == 40  # every one counted
     store.close()
