@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -174,18 +175,23 @@ def test_a_spoken_canary_never_reaches_disk_or_logs_in_plaintext(
     )
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
-    assert canary in report["turns"][0]["transcript"].lower()
-    assert canary not in result.stderr.lower()  # the log stream
+    # What is stored is the word as Whisper heard it ("pelican", now and then "pelkin"):
+    # that is the one to look for, and the one said.
+    heard = re.search(r"secret word is (\w+)", report["turns"][0]["transcript"].lower())
+    assert heard and heard.group(1).startswith("pel"), report["turns"][0]["transcript"]
+    words = {canary, heard.group(1)}
+    assert not [w for w in words if w in result.stderr.lower()]  # the log stream
     backup = run_cli("backup", "--out", str(tmp_path / "b.db"), home=home)
     assert backup.returncode == 0, backup.stderr
     scanned = 0
     for path in [*home.rglob("*"), tmp_path / "b.db"]:
         if path.is_file() and "models" not in path.parts:
-            assert canary.encode() not in path.read_bytes().lower(), path
+            content = path.read_bytes().lower()
+            assert not [w for w in words if w.encode() in content], path
             scanned += 1
     assert scanned >= 3  # the database, its key, the backup (and the WAL when present)
     shown = run_cli("calls", "show", report["call_id"], "--reason", "test", "--json", home=home)
-    assert canary in json.loads(shown.stdout)["turns"][0]["transcript"].lower()
+    assert heard.group(1) in json.loads(shown.stdout)["turns"][0]["transcript"].lower()
     erased = run_cli("erase", "--caller", "+15550199", home=home)
     assert "erased 1 call(s)" in erased.stdout
     gone = run_cli("calls", "show", report["call_id"], "--reason", "after erasure", home=home)
