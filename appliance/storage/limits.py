@@ -51,16 +51,7 @@ class Limits(StoreBase):
             return None if row is None else row.value
 
     def set_state(self, scope: str, key: str, value: str | None) -> None:
-        hashed = self._limit_key(scope, key)
-        with self.session("set limit state") as session:
-            row = session.get(LimitState, (scope, hashed))
-            if value is None:
-                if row is not None:
-                    session.delete(row)
-            elif row is None:
-                session.add(LimitState(scope=scope, key=hashed, value=value))
-            else:
-                row.value = value
+        self.change_state(scope, key, lambda _: value)
 
     def change_state(
         self, scope: str, key: str, change: Callable[[str | None], str | None]
