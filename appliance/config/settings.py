@@ -294,6 +294,9 @@ class KnowledgeSettings:
     caller hears ``unknown_reply``."""
     passages: int = 2
     """How many passages (at most) a grounded answer is given."""
+    quote_documents: bool = True
+    """A partial match whose best passage is a document is answered with that passage's best
+    sentences, quoted as written; false: the model answers from the passages."""
     unknown_reply: str = (
         "I'm sorry, I don't have that information. Would you like me to put you through to a "
         "member of our team?"

@@ -60,6 +60,8 @@ class Route(enum.StrEnum):
     """A tool's dialogue answered (a request for an action, a step-up, a confirmation)."""
     FAQ = "faq"
     """A confident match: the organization's approved answer, spoken as written."""
+    QUOTED = "quoted"
+    """A partial match on a document: its best sentences, quoted as written (no model)."""
     GROUNDED = "grounded"
     """A partial match: the model answered from the knowledge passages it was given."""
     UNKNOWN = "unknown"

@@ -169,8 +169,8 @@ class KnowledgeAnswer:
     """How the knowledge base would answer a question (knowledge/policy.py decides)."""
 
     route: Route
-    """FAQ (``approved`` is said as written), GROUNDED (the model answers from ``passages``)
-    or UNKNOWN (nothing relevant)."""
+    """FAQ or QUOTED (``approved`` is said as written: an entry's answer, a document's
+    sentences), GROUNDED (the model answers from ``passages``) or UNKNOWN (nothing relevant)."""
     approved: str = ""
     passages: tuple[KnowledgePassage, ...] = ()
     scores: tuple[tuple[str, float], ...] = ()

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from appliance.config.settings import KnowledgeSettings, PolicySettings
 from appliance.core.ports import InputDecision
 from appliance.guard import pii, topics
-from appliance.guard.grounding import Support, echoes, ungrounded
+from appliance.guard.grounding import Support, contradicts, echoes, ungrounded
 from appliance.guard.injection import Verdict, scan
 from appliance.guard.normalize import normalize, squeeze
 from appliance.guard.output import check_reply, refused_topics, shingles
@@ -27,6 +27,7 @@ REDRAFTABLE = frozenset(
         "output.ungrounded.number",
         "output.ungrounded.name",
         "output.ungrounded.echo",
+        "output.ungrounded.contradiction",
         "output.claims_human",
         # A phone number or e-mail address no passage holds, the caller did not give, and the
         # model cannot have seen: invented (a small model's habit), not someone's data.
@@ -165,6 +166,8 @@ class CallGuard:
         reasons += ungrounded(sentence, self._support(tuple(given)))
         if asked and echoes(sentence, asked, given):
             reasons += ("output.ungrounded.echo",)
+        if contradicts(sentence, given):
+            reasons += ("output.ungrounded.contradiction",)
         return sentence, reasons
 
     def screen_output(self, reply: str, given: Sequence[str] = ()) -> tuple[str, ...]:

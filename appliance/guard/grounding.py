@@ -10,7 +10,9 @@ check explains itself: the reasons name the kind of claim (``output.ungrounded.n
 never its text.
 
 It is lexical on purpose: it cannot tell "closed on Sunday" from "open on Sunday", but it stops
-the invented figure or name, which is what a caller would act on.
+the invented figure or name, which is what a caller would act on. One reversal it does see:
+a sentence that says the caller *can* do what every passage says cannot be done ("You can add
+a cushion to your order" from "you can't add or swap items"), ``contradicts``.
 """
 
 from __future__ import annotations
@@ -121,11 +123,50 @@ def content_words(text: str) -> set[str]:
 
 def echoes(sentence: str, asked: str, given: Iterable[str]) -> bool:
     """Whether a grounded sentence only says the caller's question back ("Yes, Riverside has
-    electric car chargers."): every word of meaning in it came from the question, none from
-    the passages it was given. A small model asked about what its passages do not hold
-    agrees with the caller; this is how that shows."""
+    electric car chargers.", "You can visit the play area at Riverside."): most of its words
+    of meaning came from the question, and none of the others from the passages it was
+    given. A small model asked about what its passages do not hold agrees with the caller;
+    this is how that shows."""
     said = content_words(sentence)
     if not said or not asked or _numbers(sentence) - _numbers(asked):
         return False  # a figure the question did not hold is an answer, not an echo
+    question = content_words(asked)
     passages = set().union(*(content_words(text) for text in given)) if given else set()
-    return said <= content_words(asked) and not (said & (passages - content_words(asked)))
+    added = said - question
+    return len(said & question) > len(added) and not (added & passages)
+
+
+_NEGATED = re.compile(
+    r"\b(?:can'?t|cannot|can\s+not|won'?t|will\s+not|don'?t|do\s+not|doesn'?t|does\s+not|"
+    r"isn'?t|aren'?t|no\s+longer|never)\s+(?:be\s+)?([a-z]+)(?:\s+or\s+([a-z]+))?",
+)
+_AFFIRMED = re.compile(
+    r"\b(?:you|we|i|it|they|he|she)\s+(?:can|could|will|may|do|does)\s+"
+    r"(?:definitely\s+|certainly\s+|also\s+|still\s+|easily\s+|simply\s+|just\s+|always\s+)?"
+    r"(?:be\s+)?([a-z]+)",
+)
+
+
+def _stem(word: str) -> str:
+    for suffix in ("ing", "ed", "es", "e", "d", "s"):
+        if len(word) > len(suffix) + 2 and word.endswith(suffix):
+            return word[: -len(suffix)]
+    return word
+
+
+def _verbs(pattern: re.Pattern[str], text: str) -> set[str]:
+    lowered = fold(text).lower().replace("’", "'")
+    return {_stem(v) for m in pattern.finditer(lowered) for v in m.groups() if v}
+
+
+def contradicts(sentence: str, given: Iterable[str]) -> bool:
+    """Whether ``sentence`` says something can be done ("you can add ...") that what it was
+    given only ever says cannot ("you can't add or swap items"): a verb negated in the
+    passages, never affirmed there, and affirmed here."""
+    affirmed = _verbs(_AFFIRMED, sentence) - _verbs(_NEGATED, sentence)
+    if not affirmed:
+        return False
+    texts = list(given)
+    negated = set().union(*(_verbs(_NEGATED, t) for t in texts)) if texts else set()
+    allowed = set().union(*(_verbs(_AFFIRMED, t) for t in texts)) if texts else set()
+    return bool(affirmed & (negated - allowed))

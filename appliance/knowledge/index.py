@@ -2,9 +2,11 @@
 
 Each FAQ entry is one *unit* (its question variants, its answer and tags), each document
 passage another. A query is scored against every unit twice: lexically (Okapi BM25, k1 1.2,
-b 0.75, saturated into 0..1) and by cosine similarity of embeddings (the best of an entry's
-variants and its answer). The hybrid score weighs meaning above words (``DENSE_WEIGHT``):
-callers paraphrase, and words alone miss "when do you shut on a Saturday".
+b 0.75, saturated into 0..1) and by cosine similarity of embeddings: the best of an entry's
+variants and its answer, or of a passage whole and each of its sentences (a passage of
+several topics embeds as their average and answers none of them closely). The hybrid score
+weighs meaning above words (``DENSE_WEIGHT``): callers paraphrase, and words alone miss "when
+do you shut on a Saturday".
 
 The index is kept in one file under APPLIANCE_HOME (``knowledge/index.npz``: the vectors and a
 JSON description), written to a temporary name and renamed, so a crash never leaves half an
@@ -29,12 +31,13 @@ from appliance.core.errors import KnowledgeError
 from appliance.core.ports import TextEmbedder
 from appliance.knowledge.sources import Sources
 
-INDEX_VERSION = 1
+INDEX_VERSION = 2
 DENSE_WEIGHT = 0.8
 _K1, _B = 1.2, 0.75
 _LEXICAL_HALF = 4.0
 """The BM25 score that maps to 0.5 (saturation: s / (s + half))."""
 _TOKEN = re.compile(r"[a-z0-9]+")
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z])")
 _STOP = frozenset(
     [
         "a",
@@ -156,7 +159,14 @@ class Unit:
     lexical: str
     """The words BM25 sees."""
     dense: tuple[str, ...]
-    """The texts embedded for it (an entry's variants and answer; a passage once)."""
+    """The texts embedded for it: an entry's variants and answer; a passage whole, then each
+    of its sentences with the title."""
+
+    def sentences(self) -> tuple[str, ...]:
+        """A passage's sentences as written, in order (one: the whole passage)."""
+        if self.kind != "document" or len(self.dense) < 2:
+            return (self.text,)
+        return tuple(text[len(self.title) + 2 :] for text in self.dense[1:])
 
 
 @dataclass(frozen=True)
@@ -165,6 +175,19 @@ class Hit:
     score: float
     dense: float
     lexical: float
+    parts: tuple[float, ...] = ()
+    """The similarity of each text embedded for the unit (``Unit.dense``), in order."""
+
+    def closest(self, most: int, margin: float) -> str:
+        """The passage's sentences closest to the question (the best, and up to ``most`` - 1
+        more within ``margin`` of it), in the passage's order: what may be quoted."""
+        sentences = self.unit.sentences()
+        scores = self.parts[1:] if len(self.parts) > 1 else self.parts[:1]
+        if not scores or len(scores) != len(sentences):
+            return self.unit.text
+        ranked = sorted(range(len(scores)), key=lambda i: -scores[i])
+        chosen = [i for i in ranked[:most] if scores[i] >= scores[ranked[0]] - margin]
+        return " ".join(sentences[i] for i in sorted(chosen))
 
 
 def units_of(sources: Sources) -> list[Unit]:
@@ -194,10 +217,16 @@ def units_of(sources: Sources) -> list[Unit]:
                     title,
                     section.text,
                     f"{title} {section.text}",
-                    (f"{title}. {section.text}",),
+                    (f"{title}. {section.text}", *sentence_texts(title, section.text)),
                 )
             )
     return units
+
+
+def sentence_texts(title: str, text: str) -> tuple[str, ...]:
+    """A passage's sentences, each with its title, when it has more than one."""
+    sentences = [part for part in _SENTENCE_END.split(text) if part.strip()]
+    return tuple(f"{title}: {part}" for part in sentences) if len(sentences) > 1 else ()
 
 
 class Index:
@@ -262,23 +291,37 @@ class Index:
                     scores[number] += self._idf.get(word, 0.0) * f * (_K1 + 1) / (f + norm)
         return scores / (scores + _LEXICAL_HALF)
 
-    def dense_scores(self, query_vector: Sequence[float]) -> np.ndarray:
-        best = np.full(len(self.units), -1.0, dtype=np.float64)
-        if len(self.vectors):
-            similarity = self.vectors @ np.asarray(query_vector, dtype=np.float32)
-            np.maximum.at(best, self.owners, similarity.astype(np.float64))
-        return np.clip(best, 0.0, 1.0)
+    def similarities(self, query_vector: Sequence[float]) -> np.ndarray:
+        """The cosine similarity of the query to every embedded text, clipped to 0..1."""
+        if not len(self.vectors):
+            return np.zeros(0, dtype=np.float64)
+        similarity = self.vectors @ np.asarray(query_vector, dtype=np.float32)
+        return np.clip(similarity.astype(np.float64), 0.0, 1.0)
+
+    def dense_scores(self, similarity: np.ndarray) -> np.ndarray:
+        """Each unit's best similarity among its texts."""
+        best = np.zeros(len(self.units), dtype=np.float64)
+        if len(similarity):
+            np.maximum.at(best, self.owners, similarity)
+        return best
 
     def search(
         self, query: str, query_vector: Sequence[float], allowed: set[str] | None = None
     ) -> list[Hit]:
         """Every unit (those in ``allowed``, when given) by hybrid score, best first."""
-        dense = self.dense_scores(query_vector)
+        similarity = self.similarities(query_vector)
+        dense = self.dense_scores(similarity)
         lexical = self.lexical_scores(query)
         score = DENSE_WEIGHT * dense + (1 - DENSE_WEIGHT) * lexical
         order = np.argsort(-score, kind="stable")
         return [
-            Hit(self.units[i], float(score[i]), float(dense[i]), float(lexical[i]))
+            Hit(
+                self.units[i],
+                float(score[i]),
+                float(dense[i]),
+                float(lexical[i]),
+                tuple(float(x) for x in similarity[self.owners == i]),
+            )
             for i in order
             if allowed is None or self.units[i].id in allowed
         ]

@@ -3,8 +3,12 @@
 - A confident FAQ match (score at least ``confident``, leading the next other entry by
   ``margin``) is answered with the approved answer as written: no model, near-instant, and
   exactly the wording compliance signed off.
-- A partial match (the best score at least ``related``) lets the model answer from the best
-  passages (at most ``passages`` of those scoring ``related`` or more).
+- A partial match (the best score at least ``related``) whose best passage is a document is
+  answered with that passage's sentences closest to the question, quoted as written
+  (``quote_documents``): the document's approved wording, where a small model asked to
+  answer from it mostly cannot say what it holds.
+- Any other partial match lets the model answer from the best passages (at most
+  ``passages`` of those scoring ``related`` or more).
 - Nothing relevant gets the honest unknown and the offer of a person: never a guess.
 """
 
@@ -19,6 +23,10 @@ from appliance.knowledge.index import Hit
 
 SHOWN = 5
 """Candidates reported with their scores (``appliance knowledge ask``, the ROUTE event)."""
+QUOTE_SENTENCES = 3
+QUOTE_MARGIN = 0.15
+"""A quote is the closest sentence and up to two more within this similarity of it (a
+sentence that leans on the one before, "these areas", embeds far from the question)."""
 
 
 def decide(hits: Sequence[Hit], settings: KnowledgeSettings) -> KnowledgeAnswer:
@@ -34,6 +42,13 @@ def decide(hits: Sequence[Hit], settings: KnowledgeSettings) -> KnowledgeAnswer:
     ):
         return KnowledgeAnswer(
             Route.FAQ, approved=best.unit.text, passages=(_passage(best),), scores=scores
+        )
+    if best.unit.kind == "document" and settings.quote_documents:
+        return KnowledgeAnswer(
+            Route.QUOTED,
+            approved=best.closest(QUOTE_SENTENCES, QUOTE_MARGIN),
+            passages=(_passage(best),),
+            scores=scores,
         )
     related = [h for h in hits[: settings.passages] if h.score >= settings.related]
     return KnowledgeAnswer(

@@ -274,8 +274,8 @@ class ReplyPath:
             Stage.KNOWLEDGE, self.knowledge.answer, decision.query, context
         )
         out.state.citations = found.citations
-        if found.route is Route.FAQ:
-            return Plan(Route.FAQ, text=found.approved)
+        if found.route in (Route.FAQ, Route.QUOTED):
+            return Plan(found.route, text=found.approved)
         if found.route is Route.GROUNDED and self.guard is not None:
             passages = [p.text for p in found.passages]
             out.state.model_saw = decision.llm_text
@@ -416,7 +416,7 @@ class ReplyPath:
             return
         if self.guard is not None:
             self.guard.commit(decision)
-        if state.route in (Route.MODEL, Route.GROUNDED, Route.FAQ) and decision.query:
+        if state.route in (Route.MODEL, Route.GROUNDED, Route.FAQ, Route.QUOTED) and decision.query:
             self._caller_said.append(decision.query)
             self.dialogue.commit(state.model_saw or decision.llm_text, state.reply)
         if state.route is Route.TOOL and state.reply:

@@ -66,13 +66,19 @@ class Model(ScriptedChatModel):
         return json.dumps({"tool": "none"})
 
 
-def make_service(tmp_path: Path, settings: Settings, replies: Sequence[str]) -> VoiceService:
+def make_service(
+    tmp_path: Path, settings: Settings, replies: Sequence[str], *, quote: bool = False
+) -> VoiceService:
+    """The fake engines, a small knowledge base; ``quote``: documents are quoted, not given
+    to the model (most tests here are about the model's route)."""
     folder = tmp_path / "knowledge"
     (folder / "faq").mkdir(parents=True)
     (folder / "documents").mkdir()
     (folder / "faq" / "hours.toml").write_text(FAQ, encoding="utf-8")
     (folder / "documents" / "delivery.md").write_text(POLICY, encoding="utf-8")
-    knowledge = KnowledgeSettings(folder=str(folder), confident=0.8, margin=0.0, related=0.3)
+    knowledge = KnowledgeSettings(
+        folder=str(folder), confident=0.8, margin=0.0, related=0.3, quote_documents=quote
+    )
     settings = dataclasses.replace(settings, knowledge=knowledge)
     base = KnowledgeBase.open(knowledge, WordEmbedder(), "fake", settings.home)
     engines = Engines(EnergyVad(), FakeTranscriber([]), Model(replies), ToneSynthesizer(5))
@@ -114,6 +120,18 @@ def test_a_confident_match_is_the_approved_answer_as_written_and_no_model(
     assert isinstance(service.engines.llm, Model) and service.engines.llm.prompts == []
     assert [e.type for e in turns[0].events] == FIXED_TURN_ORDER
     assert turns[0].route == "faq" and turns[0].citations == ("hours-saturday",)
+
+
+def test_a_document_match_is_quoted_as_written_and_no_model(
+    tmp_path: Path, settings: Settings
+) -> None:
+    service = make_service(tmp_path, settings, ["The model must not be asked."], quote=True)
+    turns = call(service, [EXPRESS])
+    assert isinstance(service.engines.llm, Model) and service.engines.llm.prompts == []
+    (said,) = spoken(service)
+    assert said and said in POLICY  # the document's own sentences
+    assert turns[0].route == "quoted"
+    assert turns[0].citations == ("delivery-policy#express-delivery",)
 
 
 @pytest.mark.parametrize(

@@ -6,7 +6,7 @@ import datetime as dt
 
 from appliance.config.settings import PolicySettings
 from appliance.guard.call import CallGuard
-from appliance.guard.grounding import Support, echoes, ungrounded
+from appliance.guard.grounding import Support, contradicts, echoes, ungrounded
 from appliance.tools.slots import dates_in, hours_in
 
 PASSAGE = "On Saturday we're open from 10 am to 2 pm at Main Street, Riverside and Old Town."
@@ -31,6 +31,35 @@ def test_a_grounded_answer_that_only_says_the_question_back_is_an_echo() -> None
     assert not echoes("Riverside has a cafe on the first floor.", asked, passages)
     hours = ["From Monday to Friday we're open from 9 am to 5 pm."]
     assert not echoes("We open at 9 am on Tuesday.", "What time do you open on Tuesday?", hours)
+    # one word of its own, from nowhere it was given, does not make it an answer
+    assert echoes("You can visit the play area for kids at Riverside.", asked, passages)
+    asked = "Can I do my consultation on a video call instead?"
+    bring = ["For a consultation, please bring your room measurements and a few photos."]
+    assert echoes(
+        "You can do your consultation on a video call instead of in person.", asked, bring
+    )
+    assert not echoes("For a consultation, please bring your room measurements.", asked, bring)
+    sunday = ["We're closed on Sunday, and we open again on Monday at 9 am."]
+    assert not echoes(
+        "No, the Riverside shop is closed on Sunday.",
+        "Is the Riverside shop open on Sunday?",
+        sunday,
+    )
+
+
+def test_saying_the_caller_can_do_what_the_passages_say_cannot_be_done_is_stopped() -> None:
+    change = ["Once an order is placed you can't add or swap items, but you can cancel it."]
+    assert contradicts("You can add a cushion to the order you placed today.", change)
+    assert contradicts("You can swap the items in your order.", change)
+    assert not contradicts("You can cancel it and place a new one.", change)
+    assert not contradicts("You can't add items to an order once it's placed.", change)
+    # a passage that says both (you can change it until ..., then it can't be changed) is no
+    # ground for a contradiction
+    address = ["You can change the address until it's dispatched, but then it can't be changed."]
+    assert not contradicts("You can change the delivery address.", address)
+    fee = ["We don't charge a fee for going over your credit limit."]
+    assert contradicts("We do charge a fee for that.", fee)
+    assert not contradicts("There's no fee for going over your limit.", fee)
 
 
 def test_the_guard_vets_with_what_the_reply_was_given() -> None:
@@ -59,6 +88,8 @@ def test_a_recital_of_the_prompt_is_stopped_however_it_is_worded() -> None:
         "You're an experienced, helpful voice assistant for a customer service line.",
         "The caller said they would like a play area at Riverside.",
         "You can use the information above to answer your question.",
+        "You can use the information to answer: the cafe is open.",
+        "Based on the information provided, Riverside has a cafe.",
     ):
         _, reasons = guard.vet("", recital, [PASSAGE])
         assert {"output.system_prompt", "output.meta"} & set(reasons), recital

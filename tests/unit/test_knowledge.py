@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -11,7 +12,7 @@ from appliance.config.settings import DEFAULT_KNOWLEDGE_FOLDER, KnowledgeSetting
 from appliance.core.errors import KnowledgeError
 from appliance.core.events import Route
 from appliance.knowledge.base import KnowledgeBase
-from appliance.knowledge.index import Hit, Unit
+from appliance.knowledge.index import Hit, Unit, sentence_texts
 from appliance.knowledge.policy import decide
 from appliance.knowledge.sources import load_sources
 from appliance.testing.fakes import WordEmbedder
@@ -123,9 +124,37 @@ def test_the_answer_policy_decides_in_code() -> None:
     close_call = decide([hit("a", 0.9), hit("b", 0.88), hit("c", 0.55), hit("d", 0.52)], settings)
     assert close_call.route is Route.GROUNDED and close_call.citations == ("a", "b")
     document = decide([hit("doc#s", 0.95, "document")], settings)
-    assert document.route is Route.GROUNDED and document.citations == ("doc#s",)
+    assert document.route is Route.QUOTED and document.citations == ("doc#s",)
+    assert document.approved == "text of doc#s"
+    modelled = decide([hit("doc#s", 0.95, "document")], replace(settings, quote_documents=False))
+    assert modelled.route is Route.GROUNDED and modelled.citations == ("doc#s",)
     assert decide([hit("a", 0.45)], settings).route is Route.UNKNOWN
     assert decide([], settings).route is Route.UNKNOWN
+
+
+def test_a_document_is_quoted_by_its_sentences_closest_to_the_question() -> None:
+    text = (
+        "Old Town is in a listed building, so the entrance is the side door on Well Lane. "
+        "Only the ground floor is wheelchair accessible. Old Town has key cutting. "
+        "Orders are kept for 7 days."
+    )
+    sentences = sentence_texts("Old Town", text)
+    unit = Unit(
+        "services#old-town", "document", "Old Town", text, "", (f"Old Town. {text}", *sentences)
+    )
+    assert unit.sentences()[1] == "Only the ground floor is wheelchair accessible."
+    # the best sentence and those within the margin of it, in the passage's order
+    quoted = Hit(unit, 0.6, 0.6, 0.0, (0.5, 0.47, 0.60, 0.30, 0.20)).closest(3, 0.15)
+    assert quoted == (
+        "Old Town is in a listed building, so the entrance is the side door on Well Lane. "
+        "Only the ground floor is wheelchair accessible."
+    )
+    assert Hit(unit, 0.6, 0.6, 0.0, (0.5, 0.1, 0.2, 0.7, 0.6)).closest(1, 0.15) == (
+        "Old Town has key cutting."
+    )
+    # an FAQ entry's answer and a one-sentence passage are quoted whole
+    faq = Unit("a", "faq", "a", "The answer. And more.", "", ("Q?", "The answer. And more."))
+    assert Hit(faq, 0.9, 0.9, 0.0, (0.9, 0.8)).closest(1, 0.15) == "The answer. And more."
 
 
 def test_entries_outside_their_dates_are_never_answered(tmp_path: Path) -> None:
