@@ -97,12 +97,18 @@ class TurnGuard(Protocol):
         ...
 
     def vet(
-        self, spoken: str, sentence: str, given: Sequence[str] = (), asked: str = ""
+        self,
+        spoken: str,
+        sentence: str,
+        given: Sequence[str] = (),
+        asked: str = "",
+        passages: Sequence[str] = (),
     ) -> tuple[str, tuple[str, ...]]:
         """The next sentence as it may be said, and the reasons it must not be said after
         ``spoken``: empty when it may. ``given``: what the reply may rest on (knowledge
         passages, the caller's words, tool results); a figure or name outside it is stopped.
-        ``asked``: for an answer from passages, the question, which it must not merely echo."""
+        ``asked``: for an answer from passages, the question, which it must not merely echo.
+        ``passages``: the knowledge alone, which it must not contradict."""
         ...
 
     def may_redraft(self, decision: InputDecision, reasons: tuple[str, ...]) -> bool:

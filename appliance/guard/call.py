@@ -154,19 +154,24 @@ class CallGuard:
         return grounded_turn(passages, decision.llm_text)
 
     def vet(
-        self, spoken: str, sentence: str, given: Sequence[str] = (), asked: str = ""
+        self,
+        spoken: str,
+        sentence: str,
+        given: Sequence[str] = (),
+        asked: str = "",
+        passages: Sequence[str] = (),
     ) -> tuple[str, tuple[str, ...]]:
         """Layer 3 for the next sentence of a reply: the sentence, and the reasons it may not
         be said after ``spoken`` (empty when it may).
         ``given`` is what the reply may rest on (passages, the caller's words, tool results):
         every figure and name of the sentence must be in it or in the policy's own words.
         ``asked`` (the question of a grounded answer): the sentence must not merely say it
-        back."""
+        back, nor say can be done what its ``passages`` (the knowledge given) say cannot."""
         reasons = self.screen_output(f"{spoken} {sentence}".strip(), given)
         reasons += ungrounded(sentence, self._support(tuple(given)))
         if asked and echoes(sentence, asked, given):
             reasons += ("output.ungrounded.echo",)
-        if contradicts(sentence, given):
+        if contradicts(sentence, passages):
             reasons += ("output.ungrounded.contradiction",)
         return sentence, reasons
 

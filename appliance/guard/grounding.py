@@ -11,8 +11,8 @@ never its text.
 
 It is lexical on purpose: it cannot tell "closed on Sunday" from "open on Sunday", but it stops
 the invented figure or name, which is what a caller would act on. One reversal it does see:
-a sentence that says the caller *can* do what every passage says cannot be done ("You can add
-a cushion to your order" from "you can't add or swap items"), ``contradicts``.
+a sentence that says the caller *can* do what a passage says cannot be done and none says can
+("You can add a cushion to your order" from "you can't add or swap items"), ``contradicts``.
 """
 
 from __future__ import annotations
@@ -107,6 +107,7 @@ _FUNCTION_WORDS = frozenset(
     over same should some such than that their them then there these they this those
     through under until very want well were what when where which while will with within
     would your yours yes sure course certainly please thank thanks caller able something
+    sorry unfortunately sadly afraid definitely absolutely actually really
     someone anyone you've you're you'll you'd we're we've we'll i've i'll i'd it's that's
     there's here's they're they've can't don't won't isn't aren't doesn't didn't""".split()  # noqa: SIM905
 )
@@ -126,16 +127,19 @@ def echoes(sentence: str, asked: str, given: Iterable[str]) -> bool:
     electric car chargers.", "You can visit the play area at Riverside."): most of its words
     of meaning came from the question, and none of the others from the passages it was
     given. A small model asked about what its passages do not hold agrees with the caller;
-    this is how that shows."""
+    this is how that shows. A "no" the question did not hold is an answer, not an echo."""
     said = content_words(sentence)
     if not said or not asked or _numbers(sentence) - _numbers(asked):
         return False  # a figure the question did not hold is an answer, not an echo
+    if _NEGATION.search(fold(sentence)) and not _NEGATION.search(fold(asked)):
+        return False
     question = content_words(asked)
     passages = set().union(*(content_words(text) for text in given)) if given else set()
     added = said - question
     return len(said & question) > len(added) and not (added & passages)
 
 
+_NEGATION = re.compile(r"\b(?:no|not|never|none|nothing|closed)\b|n'?t\b", re.I)
 _NEGATED = re.compile(
     r"\b(?:can'?t|cannot|can\s+not|won'?t|will\s+not|don'?t|do\s+not|doesn'?t|does\s+not|"
     r"isn'?t|aren'?t|no\s+longer|never)\s+(?:be\s+)?([a-z]+)(?:\s+or\s+([a-z]+))?",
@@ -145,10 +149,18 @@ _AFFIRMED = re.compile(
     r"(?:definitely\s+|certainly\s+|also\s+|still\s+|easily\s+|simply\s+|just\s+|always\s+)?"
     r"(?:be\s+)?([a-z]+)",
 )
+_POSSIBLE = (
+    re.compile(r"\b(?:can|could|will|may)\s+(?:also\s+|still\s+|always\s+)?(?:be\s+)?([a-z]+)"),
+    re.compile(r"\b(?:we|you)\s+([a-z]+)"),
+)
+"""What a passage says can be done, however it is put ("items can be returned", "we
+deliver"): a verb a passage allows anywhere is no ground for a contradiction."""
+_CONDITION = re.compile(r"\b(?:if|unless|when|until)\b[^,.;:!?]*", re.I)
+"""A negation under a condition ("if you don't receive it") says nothing of what can be done."""
 
 
 def _stem(word: str) -> str:
-    for suffix in ("ing", "ed", "es", "e", "d", "s"):
+    for suffix in ("ing", "ed", "es", "e", "s"):
         if len(word) > len(suffix) + 2 and word.endswith(suffix):
             return word[: -len(suffix)]
     return word
@@ -159,14 +171,14 @@ def _verbs(pattern: re.Pattern[str], text: str) -> set[str]:
     return {_stem(v) for m in pattern.finditer(lowered) for v in m.groups() if v}
 
 
-def contradicts(sentence: str, given: Iterable[str]) -> bool:
-    """Whether ``sentence`` says something can be done ("you can add ...") that what it was
-    given only ever says cannot ("you can't add or swap items"): a verb negated in the
-    passages, never affirmed there, and affirmed here."""
+def contradicts(sentence: str, passages: Iterable[str]) -> bool:
+    """Whether ``sentence`` says something can be done ("you can add ...") that a passage says
+    cannot ("you can't add or swap items") and no passage says can, in any wording. Only the
+    knowledge passages count: what a caller says they cannot do is no rule."""
     affirmed = _verbs(_AFFIRMED, sentence) - _verbs(_NEGATED, sentence)
-    if not affirmed:
+    texts = list(passages)
+    if not affirmed or not texts:
         return False
-    texts = list(given)
-    negated = set().union(*(_verbs(_NEGATED, t) for t in texts)) if texts else set()
-    allowed = set().union(*(_verbs(_AFFIRMED, t) for t in texts)) if texts else set()
+    negated = set().union(*(_verbs(_NEGATED, _CONDITION.sub(" ", t)) for t in texts))
+    allowed = set().union(*(_verbs(pattern, t) for t in texts for pattern in _POSSIBLE))
     return bool(affirmed & (negated - allowed))

@@ -284,7 +284,7 @@ _BASE_RULES: tuple[Rule, ...] = (
         "identity.other_account",
         "identity",
         1.0,
-        r"\b(?:(?:someone\s+else's|another\s+(?:person's|customer's|user's|caller's)|(?:previous|last|other)\s+caller'?s?|my\s+(?:wife|husband|partner|mother|mum|mom|father|dad|brother|sister|son|daughter|cousin|uncle|aunt|grand\w+|friend|neighbou?r|boss|colleague|employee|client|flatmate|roommate)'s)\s+(?:\w+\s+)?(?:account|balance|card|pin|password|details|records|transactions|statement|address|date\s+of\s+birth|payments?|number)|(?:his|her|their)\s+(?:\w+\s+)?(?:account|balance|card|pin|password|details|records|transactions|statement|date\s+of\s+birth|payments?|(?:account|card|pin|phone|mobile|security|customer)\s+number))\b",
+        r"\b(?:(?:someone\s+else's|another\s+(?:person's|customer's|user's|caller's)|(?:previous|last|other)\s+caller'?s?|my\s+(?:wife|husband|partner|mother|mum|mom|father|dad|brother|sister|son|daughter|cousin|uncle|aunt|grand\w+|friend|neighbou?r|boss|colleague|employee|client|flatmate|roommate)'s)\s+(?:\w+\s+)?(?:account|balance|card|pin|password|details|records|transactions|statement|address|date\s+of\s+birth|payments?|number)|(?:his|her)\s+(?:\w+\s+)?(?:account|balance|card|pin|password|details|records|transactions|statement|address|date\s+of\s+birth|payments?|number)|their\s+(?:\w+\s+)?(?:account|balance|card|pin|password|details|records|transactions|statement|date\s+of\s+birth|payments?|(?:account|card|pin|security|customer)\s+number))\b",
     ),
     _rule(
         "identity.claimed_verified",

@@ -57,8 +57,8 @@ disclosure), and no reply may say otherwise."""
 _META = re.compile(
     r"\b(?:the|your)\s+caller(?:'s)?\b|\b(?:information|passages?|text|context|facts)\s+"
     r"(?:above|below)\b|"
-    r"\b(?:the|these|those|this)\s+(?:passages?|context|information)\s+(?:given|provided|says?|shows?)\b|"
-    r"\bthe\s+information\s+(?:to\s+answer|you\s+(?:gave|provided))\b|"
+    r"\b(?:the|these|those)\s+(?:passages?|context)\s+(?:given|provided|says?|shows?)\b|"
+    r"\b(?:use|using|based\s+on|according\s+to)\s+(?:the|this)\s+information\b|"
     r"\bas\s+an?\s+(?:ai|language\s+model|customer\s+service\s+assistant)\b|"
     r"\byou(?:'re|\s+are)\s+an?\s+(?:[a-z,-]+\s+){0,4}assistant\b",
     re.I,

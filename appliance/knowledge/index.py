@@ -37,7 +37,11 @@ _K1, _B = 1.2, 0.75
 _LEXICAL_HALF = 4.0
 """The BM25 score that maps to 0.5 (saturation: s / (s + half))."""
 _TOKEN = re.compile(r"[a-z0-9]+")
-_SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z])")
+_SENTENCE_END = re.compile(
+    r"(?<![A-Z][a-z]\.)(?<!\bMrs\.)(?<!\be\.g\.)(?<!\bi\.e\.)(?<=[.!?])\s+(?=[A-Z])"
+)
+"""A sentence ends at . ! or ? before a capital, but not after "Co.", "St.", "Dr.", "Mrs.",
+"e.g." or "i.e."."""
 _STOP = frozenset(
     [
         "a",
@@ -239,6 +243,10 @@ class Index:
         self.vectors = vectors.astype(np.float32)
         self.owners = owners.astype(np.int32)
         """For each vector, the index of the unit it belongs to."""
+        numbers = np.arange(len(units))
+        self._starts = np.searchsorted(self.owners, numbers, side="left")
+        self._ends = np.searchsorted(self.owners, numbers, side="right")
+        """A unit's vectors are contiguous (built in order): its slice of them."""
         self.meta = meta
         self._docs = [Counter(tokens(u.lexical)) for u in self.units]
         self._lengths = np.array([sum(d.values()) for d in self._docs], dtype=np.float64)
@@ -320,7 +328,7 @@ class Index:
                 float(score[i]),
                 float(dense[i]),
                 float(lexical[i]),
-                tuple(float(x) for x in similarity[self.owners == i]),
+                tuple(float(x) for x in similarity[self._starts[i] : self._ends[i]]),
             )
             for i in order
             if allowed is None or self.units[i].id in allowed

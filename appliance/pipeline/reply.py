@@ -7,8 +7,8 @@ is the product.
 
 How a turn is answered is decided here, in code (``route``): the input guard's fixed reply; a
 tool dialogue (a request for an action, a step-up); then the knowledge base (knowledge/policy.py):
-an approved answer said as written, a grounded model answer from the passages, or the honest
-unknown with the offer of a person. Without a knowledge base the model answers under the system
+an approved answer said as written, a document's closest sentences quoted as written, a
+grounded model answer from the passages, or the honest unknown with the offer of a person. Without a knowledge base the model answers under the system
 prompt alone.
 
 Streaming meets vetting one sentence at a time: each sentence of a model reply is vetted (layer
@@ -151,6 +151,8 @@ class Plan:
     """What a model answer may rest on (layer 3 checks every figure and name against it)."""
     asked: str = ""
     """The question of an answer from passages (it must not merely be said back)."""
+    passages: tuple[str, ...] = ()
+    """The knowledge passages of an answer from them (it must not contradict them)."""
 
 
 @dataclass
@@ -286,6 +288,7 @@ class ReplyPath:
                 messages=messages,
                 given=(*passages, *given),
                 asked=decision.query,
+                passages=tuple(passages),
             )
         out.state.offered_person = True
         return Plan(Route.UNKNOWN, text=self._honest())
@@ -387,7 +390,7 @@ class ReplyPath:
         """Layer 3 for one sentence of a model reply (nothing to vet without guardrails)."""
         if self.guard is None:
             return sentence, ()
-        sentence, reasons = self.guard.vet(spoken, sentence, plan.given, plan.asked)
+        sentence, reasons = self.guard.vet(spoken, sentence, plan.given, plan.asked, plan.passages)
         if reasons:
             out.state.output_reasons = reasons
             out.emit(EventType.GUARD_OUTPUT, reasons=",".join(reasons))
@@ -498,9 +501,13 @@ def _passages_do_not_answer(plan: Plan, reasons: tuple[str, ...]) -> bool:
     phone number or e-mail address) or only said the question back: the passages do not
     answer it, and a second draft (another prefill and decode) rarely finds what they lack
     (measured on the answers set's tune half). The honest answer at once."""
-    return plan.route is Route.GROUNDED and all(r.startswith(_NOT_IN_PASSAGES) for r in reasons)
+    return plan.route is Route.GROUNDED and all(
+        r.startswith(_NOT_IN_PASSAGES) and r != _CONTRADICTS for r in reasons
+    )
 
 
+_CONTRADICTS = "output.ungrounded.contradiction"
+"""The passages do hold the answer (the draft turned it round): a second draft may say it."""
 _NOT_IN_PASSAGES = (
     "output.ungrounded.",
     "output.personal_data.phone",

@@ -39,6 +39,13 @@ def test_a_grounded_answer_that_only_says_the_question_back_is_an_echo() -> None
         "You can do your consultation on a video call instead of in person.", asked, bring
     )
     assert not echoes("For a consultation, please bring your room measurements.", asked, bring)
+    # a "no" the question did not hold is an answer
+    baby = ["Old Town has a key cutting service, but there is no baby changing."]
+    assert not echoes(
+        "Sorry, Old Town doesn't have a baby changing room.",
+        "Is there a baby changing room at Old Town?",
+        baby,
+    )
     sunday = ["We're closed on Sunday, and we open again on Monday at 9 am."]
     assert not echoes(
         "No, the Riverside shop is closed on Sunday.",
@@ -60,6 +67,18 @@ def test_saying_the_caller_can_do_what_the_passages_say_cannot_be_done_is_stoppe
     fee = ["We don't charge a fee for going over your credit limit."]
     assert contradicts("We do charge a fee for that.", fee)
     assert not contradicts("There's no fee for going over your limit.", fee)
+    # a passage that allows it in any wording, or negates it only under a condition, is no
+    # ground either (ordinary right answers a review found stopped)
+    sale = [
+        "Items bought in a sale can be returned within 14 days.",
+        "Clearance can't be returned.",
+    ]
+    assert not contradicts("You can return sale items within 14 days for a refund.", sale)
+    area = ["We deliver to addresses in the UK only, so we can't send orders abroad."]
+    assert not contradicts("We can deliver anywhere in the UK.", area)
+    late = ["If you don't receive it within 5 days, call us."]
+    assert not contradicts("You will receive it within 5 days.", late)
+    assert not contradicts("You can find your order number in your email.", [])
 
 
 def test_the_guard_vets_with_what_the_reply_was_given() -> None:

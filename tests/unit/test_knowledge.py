@@ -152,6 +152,13 @@ def test_a_document_is_quoted_by_its_sentences_closest_to_the_question() -> None
     assert Hit(unit, 0.6, 0.6, 0.0, (0.5, 0.1, 0.2, 0.7, 0.6)).closest(1, 0.15) == (
         "Old Town has key cutting."
     )
+    # a sentence does not end after an abbreviation
+    assert sentence_texts("T", "We're on St. Albans Road. Ask Dr. Lee, e.g. on Monday.") == (
+        "T: We're on St. Albans Road.",
+        "T: Ask Dr. Lee, e.g. on Monday.",
+    )
+    one = Unit("d#s", "document", "T", "One sentence.", "", ("T. One sentence.",))
+    assert Hit(one, 0.7, 0.7, 0.0, (0.7,)).closest(3, 0.15) == "One sentence."
     # an FAQ entry's answer and a one-sentence passage are quoted whole
     faq = Unit("a", "faq", "a", "The answer. And more.", "", ("Q?", "The answer. And more."))
     assert Hit(faq, 0.9, 0.9, 0.0, (0.9, 0.8)).closest(1, 0.15) == "The answer. And more."
