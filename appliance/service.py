@@ -111,6 +111,14 @@ def load_knowledge(settings: Settings) -> KnowledgeBase | None:
     return KnowledgeBase.open(settings.knowledge, embedder, digest, settings.home)
 
 
+def speech_hint(settings: Settings, knowledge: KnowledgeBase | None) -> str:
+    """What Whisper is told to expect: ``[stt] hint`` as written, or ("auto") the knowledge
+    base's own names and words."""
+    if settings.stt.hint != "auto":
+        return settings.stt.hint
+    return knowledge.vocabulary() if knowledge is not None else ""
+
+
 def knowledge_embedder(settings: Settings) -> tuple[MiniLmEmbedder, str]:
     """The embedding model (verified against its pins) and its identity for the index."""
     spec = model_spec(settings, "embedding")
@@ -202,6 +210,7 @@ class VoiceService:
         llm.warm_up(CallGuard(settings.policy, settings.llm.system_prompt).system_prompt)
         mark = timed("llm", mark)
         knowledge = load_knowledge(settings)
+        stt.hint = speech_hint(settings, knowledge)
         mark = timed("knowledge", mark)
         tts = load_synthesizer(settings)
         timed("tts", mark)

@@ -89,9 +89,13 @@ class SttSettings:
     beam_size: int = 1
     compute_type: str = "int8"
     threads: int = 2
+    hint: str = "auto"
+    """Words Whisper is told to expect (its initial prompt): "auto" takes the knowledge base's
+    names and most asked-about words, "" none, any other text is used as it is."""
 
     def __post_init__(self) -> None:
         _check(bool(self.model), "stt.model", "must name a model of the manifest")
+        _check(len(self.hint) <= 600, "stt.hint", "at most 600 characters")
         _check(1 <= self.beam_size <= 10, "stt.beam_size", "1 to 10")
         _check(self.threads >= 1, "stt.threads", "at least 1")
 

@@ -35,6 +35,8 @@ class WhisperTranscriber:
             raise ModelError("model.load", f"cannot load Whisper model {spec.path}: {exc}") from exc
         self._language = language or None
         self._beam_size = beam_size
+        self.hint = ""
+        """Words to expect (Whisper's initial prompt); set from the knowledge base at load."""
         self._lock = threading.Lock()
         self.spec = spec
 
@@ -56,6 +58,7 @@ class WhisperTranscriber:
                     vad_filter=False,
                     without_timestamps=True,
                     condition_on_previous_text=False,
+                    initial_prompt=self.hint or None,
                 )
                 text = " ".join(segment.text.strip() for segment in segments).strip()
         except Exception as exc:

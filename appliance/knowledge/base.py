@@ -14,6 +14,7 @@ import hashlib
 import logging
 import re
 import threading
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +23,7 @@ from appliance.config.settings import KnowledgeSettings
 from appliance.core.errors import KnowledgeError
 from appliance.core.events import Route
 from appliance.core.ports import KnowledgeAnswer, TextEmbedder
-from appliance.knowledge.index import INDEX_VERSION, Hit, Index, tokens
+from appliance.knowledge.index import INDEX_VERSION, STOP_WORDS, Hit, Index, tokens
 from appliance.knowledge.policy import decide
 from appliance.knowledge.sources import FaqEntry, Sources, load_sources
 
@@ -70,6 +71,7 @@ class KnowledgeBase:
         self._index: Index | None = None
         self._entries: dict[str, FaqEntry] = {}
         self._stamp: tuple[tuple[str, int, int], ...] = ()
+        self._vocabulary = ""
         self._changes: list[KnowledgeChange] = []
         self._lock = threading.Lock()
         self.error: KnowledgeError | None = None
@@ -120,6 +122,7 @@ class KnowledgeBase:
             fingerprint = self.fingerprint(sources)
             previous = self._index
             self._entries = {e.id: e for e in sources.entries}
+            self._vocabulary = vocabulary_of(sources)
             self._stamp = stamp
             self.error = None
             if previous is not None and previous.fingerprint == fingerprint and not force:
@@ -188,11 +191,55 @@ class KnowledgeBase:
                 return follow_up
         return answer
 
+    def vocabulary(self) -> str:
+        """The names and words callers use here, as a hint for speech recognition."""
+        return self._vocabulary
+
     def topic_texts(self) -> list[str]:
         """What callers ask about here (questions, tags, titles): widens the on-topic check."""
         if self._index is None:
             return []
         return [u.lexical if u.kind == "faq" else u.title for u in self._index.units]
+
+
+HINT_NAMES = 12
+HINT_WORDS = 30
+_NAME = re.compile(r"\b[A-Z][a-z]+(?:\s+(?:Co\.|[A-Z][a-z]+))*")
+_HINT_WORD = re.compile(r"[a-z]{4,}")
+_STOP_WORDS = STOP_WORDS | {
+    *("there", "their", "them", "they", "then", "than", "have", "does", "into", "much"),
+    *("many", "more", "also", "just", "only", "still", "something", "anything", "someone"),
+    *("thing", "things", "going", "would", "could", "should"),
+}
+
+
+def vocabulary_of(sources: Sources) -> str:
+    """A short hint for speech recognition, from the content itself: the names it uses most
+    (a capitalized word or run of them, not opening a sentence: branches, the organization,
+    products) and the words callers' questions use most. Whisper takes it as the text before
+    the utterance, so it leans towards these spellings ("card", not "car")."""
+    questions = [q for e in sources.entries for q in e.questions]
+    texts = [*questions, *(e.answer for e in sources.entries)]
+    texts += [f"{d.title}. {s.text}" for d in sources.documents for s in d.sections]
+    names: Counter[str] = Counter()
+    for text in texts:
+        for match in _NAME.finditer(text):
+            before = text[: match.start()].rstrip()
+            name = match.group(0)
+            if before and before[-1] not in ".?!" and name.lower() not in _STOP_WORDS:
+                names[name] += 1
+    chosen: list[str] = []
+    for name, _ in names.most_common():
+        if len(chosen) == HINT_NAMES:
+            break
+        if not any(name in other for other in chosen):
+            chosen = [c for c in chosen if c not in name] + [name]
+    words = Counter(
+        w for q in questions for w in _HINT_WORD.findall(q.lower()) if w not in _STOP_WORDS
+    )
+    named = set(" ".join(chosen).lower().replace(".", "").split())
+    common = [w for w, _ in words.most_common() if w not in named][:HINT_WORDS]
+    return f"{', '.join(chosen)}: {', '.join(common)}." if chosen or common else ""
 
 
 _FOLLOW_ON = re.compile(

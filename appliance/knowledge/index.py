@@ -42,7 +42,7 @@ _SENTENCE_END = re.compile(
 )
 """A sentence ends at . ! or ? before a capital, but not after "Co.", "St.", "Dr.", "Mrs.",
 "e.g." or "i.e."."""
-_STOP = frozenset(
+STOP_WORDS = frozenset(
     [
         "a",
         "an",
@@ -141,7 +141,7 @@ def tokens(text: str) -> list[str]:
     """Lower-case words without stop words, lightly stemmed (plural s, -ing, -ed)."""
     out = []
     for word in _TOKEN.findall(text.lower().replace("'", "")):
-        if word in _STOP:
+        if word in STOP_WORDS:
             continue
         for suffix in ("ing", "ed", "es", "s"):
             if len(word) > len(suffix) + 3 and word.endswith(suffix):

@@ -8,8 +8,8 @@ is the product.
 How a turn is answered is decided here, in code (``route``): the input guard's fixed reply; a
 tool dialogue (a request for an action, a step-up); then the knowledge base (knowledge/policy.py):
 an approved answer said as written, a document's closest sentences quoted as written, a
-grounded model answer from the passages, or the honest unknown with the offer of a person. Without a knowledge base the model answers under the system
-prompt alone.
+grounded model answer from the passages, or the honest unknown with the offer of a person.
+Without a knowledge base the model answers under the system prompt alone.
 
 Streaming meets vetting one sentence at a time: each sentence of a model reply is vetted (layer
 3) before it is spoken. A stopped first sentence is drafted once more (when the guard allows

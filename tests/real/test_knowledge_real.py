@@ -52,6 +52,8 @@ def clock_words(text: str) -> str:
 
 
 def test_a_confident_match_is_spoken_as_written(service: VoiceService, tmp_path: Path) -> None:
+    # Whisper is told the knowledge base's names and words ([stt] hint = "auto")
+    assert "Example Co." in getattr(service.engines.stt, "hint", "")
     turn, sink = call(service, "Hello, what time do you open on Saturday?", tmp_path)
     assert turn.route == "faq" and turn.citations == ("hours-saturday",)
     assert turn.reply == SATURDAY

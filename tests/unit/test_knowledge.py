@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
-from appliance.config.settings import DEFAULT_KNOWLEDGE_FOLDER, KnowledgeSettings
+from appliance.config.settings import DEFAULT_KNOWLEDGE_FOLDER, KnowledgeSettings, Settings
 from appliance.core.errors import KnowledgeError
 from appliance.core.events import Route
-from appliance.knowledge.base import KnowledgeBase
+from appliance.knowledge.base import KnowledgeBase, vocabulary_of
 from appliance.knowledge.index import Hit, Unit, sentence_texts
 from appliance.knowledge.policy import decide
 from appliance.knowledge.sources import load_sources
+from appliance.service import speech_hint
 from appliance.testing.fakes import WordEmbedder
 
 ENTRY = """
@@ -195,3 +197,17 @@ def test_a_bad_file_leaves_the_last_good_index_serving(tmp_path: Path) -> None:
     change = again.refresh_if_changed()
     assert change is not None and change.changed == ("hours-saturday",)
     assert dict(change.versions) == {"hours-saturday": 2}
+
+
+def test_speech_recognition_is_told_the_names_and_words_of_the_knowledge_base() -> None:
+    hint = vocabulary_of(load_sources(DEFAULT_KNOWLEDGE_FOLDER))
+    names, _, words = hint.partition(": ")
+    assert {"Example Co.", "Main Street", "Old Town", "Mastercard"} <= set(names.split(", "))
+    assert {"card", "appointment", "delivery"} <= set(words.rstrip(".").split(", "))
+    assert "My" not in names.split(", ")  # "under My details" names nothing a caller says
+    assert "what" not in words and "there" not in words
+    assert len(hint) <= 600
+    settings = Settings()
+    assert speech_hint(settings, None) == ""
+    told = dataclasses.replace(settings, stt=dataclasses.replace(settings.stt, hint="Zog."))
+    assert speech_hint(told, None) == "Zog."
