@@ -347,6 +347,7 @@ class VoiceService:
             self.settings.llm.system_prompt,
             honest_reply=self.settings.knowledge.unknown_reply,
             topic_texts=self.knowledge.topic_texts() if self.knowledge is not None else (),
+            known_texts=self.knowledge.known_texts() if self.knowledge is not None else (),
         )
 
 

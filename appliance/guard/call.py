@@ -10,7 +10,14 @@ from dataclasses import dataclass
 from appliance.config.settings import KnowledgeSettings, PolicySettings
 from appliance.core.ports import InputDecision
 from appliance.guard import pii, topics
-from appliance.guard.grounding import Support, contradicts, echoes, ungrounded
+from appliance.guard.grounding import (
+    Support,
+    content_words,
+    contradicts,
+    echoes,
+    strays,
+    ungrounded,
+)
 from appliance.guard.injection import Verdict, scan
 from appliance.guard.normalize import normalize, squeeze
 from appliance.guard.output import check_reply, refused_topics, shingles
@@ -28,6 +35,7 @@ REDRAFTABLE = frozenset(
         "output.ungrounded.name",
         "output.ungrounded.echo",
         "output.ungrounded.contradiction",
+        "output.ungrounded.topic",
         "output.claims_human",
         # A phone number or e-mail address no passage holds, the caller did not give, and the
         # model cannot have seen: invented (a small model's habit), not someone's data.
@@ -58,9 +66,12 @@ class CallGuard:
         *,
         honest_reply: str = DEFAULT_HONEST_REPLY,
         topic_texts: Iterable[str] = (),
+        known_texts: Iterable[str] = (),
     ) -> None:
         """``honest_reply`` is said when a reply cannot be grounded; ``topic_texts`` (the
-        knowledge base's questions and titles) widen what counts as on topic."""
+        knowledge base's questions and titles) widen what counts as on topic; ``known_texts``
+        (everything the knowledge base says) are the words an answer from passages may take
+        from the question (none given: any)."""
         self.policy = policy
         self.canary = canary or new_canary()
         self.system_prompt = system_prompt(policy, style, self.canary)
@@ -73,6 +84,12 @@ class CallGuard:
         self._distress = tuple(squeeze(k) for k in policy.distress_keywords)
         self._refused = refused_topics(policy.refused_keywords)
         self._vocabulary = topics.vocabulary(policy, topic_texts)
+        known = [*known_texts]
+        self._known = (
+            frozenset().union(*(content_words(t) for t in known), self._policy_words(policy))
+            if known
+            else frozenset()
+        )
         self._given_memo: tuple[tuple[str, ...], Support, frozenset[str]] | None = None
         self._policy_support = Support.of(
             [
@@ -173,7 +190,14 @@ class CallGuard:
             reasons += ("output.ungrounded.echo",)
         if contradicts(sentence, passages):
             reasons += ("output.ungrounded.contradiction",)
+        if asked and self._known and strays(sentence, asked, self._known):
+            reasons += ("output.ungrounded.topic",)
         return sentence, reasons
+
+    @staticmethod
+    def _policy_words(policy: PolicySettings) -> frozenset[str]:
+        texts = [policy.organization, policy.capability_statement, *policy.allowed_topics]
+        return frozenset().union(*(content_words(t) for t in texts))
 
     def screen_output(self, reply: str, given: Sequence[str] = ()) -> tuple[str, ...]:
         return check_reply(

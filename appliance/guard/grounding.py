@@ -139,6 +139,14 @@ def echoes(sentence: str, asked: str, given: Iterable[str]) -> bool:
     return len(said & question) > len(added) and not (added & passages)
 
 
+def strays(sentence: str, asked: str, known: frozenset[str]) -> tuple[str, ...]:
+    """The words of meaning a grounded sentence takes from the question that nothing the
+    organization wrote holds ("You have a free electric car charger at Riverside", asked
+    about chargers the knowledge base never mentions): the answer is about what the passages
+    do not cover, whatever it says of it."""
+    return tuple(sorted((content_words(sentence) & content_words(asked)) - known))
+
+
 _NEGATION = re.compile(r"\b(?:no|not|never|none|nothing|closed)\b|n'?t\b", re.I)
 _NEGATED = re.compile(
     r"\b(?:can'?t|cannot|can\s+not|won'?t|will\s+not|don'?t|do\s+not|doesn'?t|does\s+not|"

@@ -195,6 +195,12 @@ class KnowledgeBase:
         """The names and words callers use here, as a hint for speech recognition."""
         return self._vocabulary
 
+    def known_texts(self) -> list[str]:
+        """Everything the knowledge base says: questions, answers, tags, documents."""
+        if self._index is None:
+            return []
+        return [" ".join((u.title, u.lexical)) for u in self._index.units]
+
     def topic_texts(self) -> list[str]:
         """What callers ask about here (questions, tags, titles): widens the on-topic check."""
         if self._index is None:

@@ -6,7 +6,7 @@ import datetime as dt
 
 from appliance.config.settings import PolicySettings
 from appliance.guard.call import CallGuard
-from appliance.guard.grounding import Support, contradicts, echoes, ungrounded
+from appliance.guard.grounding import Support, contradicts, echoes, strays, ungrounded
 from appliance.tools.slots import dates_in, hours_in
 
 PASSAGE = "On Saturday we're open from 10 am to 2 pm at Main Street, Riverside and Old Town."
@@ -133,3 +133,19 @@ def test_days_and_times_are_read_from_the_callers_words() -> None:
     assert hours_in("around two o'clock") == [(14, 0)]
     assert hours_in("at 11 am or half past ten") == [(11, 0), (10, 30)]
     assert hours_in("for two people") == []
+
+
+def test_an_answer_about_what_the_knowledge_base_never_mentions_is_stopped() -> None:
+    known = frozenset({"riverside", "free", "car", "park", "right", "outside", "sunday", "closed"})
+    asked = "Have you got electric car chargers at Riverside?"
+    said = "You have a free electric car charger right outside Riverside."
+    assert strays(said, asked, known) == ("charger", "electric")
+    assert strays("Riverside has a free car park right outside.", asked, known) == ()
+    # the caller's own word the passages lack, in a guard that knows the knowledge base
+    guard = CallGuard(PolicySettings(), "Be brief.", known_texts=["Riverside has a free car park."])
+    _, reasons = guard.vet("", said, ["Riverside has a free car park."], asked)
+    assert "output.ungrounded.topic" in reasons
+    assert guard.replacement(reasons, first=True) == guard.honest_reply
+    # without a knowledge base there is nothing to hold the words against
+    _, reasons = CallGuard(PolicySettings(), "Be brief.").vet("", said, [said], asked)
+    assert "output.ungrounded.topic" not in reasons
