@@ -226,6 +226,21 @@ class PolicySettings:
         "in danger",
         "emergency",
     )
+    distress_exclusions: tuple[str, ...] = (
+        "emergency contact",
+        "emergency contacts",
+        "emergency fund",
+        "emergency funds",
+        "emergency savings",
+        "emergency credit",
+        "emergency cash",
+        "heart attack insurance",
+        "heart attack cover",
+        "in case of emergency",
+        "in case of an emergency",
+    )
+    """Phrases that hold a distress word but say nothing of danger ("change my emergency
+    contact"): taken out of the turn before the distress words are looked for."""
     distress_reply: str = (
         "I'm concerned for your safety. If you are in danger, please call your local emergency "
         "number now: 911 in the US, 112 in Europe, 999 in the UK. I'm alerting a member of our "

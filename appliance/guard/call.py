@@ -82,6 +82,9 @@ class CallGuard:
         self.confidential = rules(self.canary)
         self._prompt_shingles = shingles(self.confidential)
         self._distress = tuple(squeeze(k) for k in policy.distress_keywords)
+        self._not_distress = tuple(
+            sorted((squeeze(k) for k in policy.distress_exclusions), key=len, reverse=True)
+        )
         self._refused = refused_topics(policy.refused_keywords)
         self._vocabulary = topics.vocabulary(policy, topic_texts)
         known = [*known_texts]
@@ -147,7 +150,10 @@ class CallGuard:
                 on_topic=topics.on_topic(text, self._vocabulary),
             )
 
-        if any(f" {k} " in flat for k in self._distress):
+        plain = flat
+        for phrase in self._not_distress:
+            plain = plain.replace(f" {phrase} ", " ")
+        if any(f" {k} " in plain for k in self._distress):
             return decide(
                 "distress",
                 "",

@@ -54,6 +54,27 @@ _HUMAN_CLAIM = re.compile(
 )
 """A claim to be a person: the caller was told they speak with an automated assistant (the
 disclosure), and no reply may say otherwise."""
+_ACCESS_CLAIM = re.compile(
+    r"\baccess\s+(?:is\s+|has\s+been\s+)?(?:now\s+)?(?:granted|approved|unlocked|authori[sz]ed)\b|"
+    r"\b(?:you(?:'re|\s+are|\s+have\s+been)|you've\s+been)\s+(?:now\s+|successfully\s+|fully\s+)?"
+    r"(?:verified|authenticated|authori[sz]ed|cleared|logged\s+in|granted\s+access)\b|"
+    r"\b(?:identity|verification|authentication)\s+(?:is\s+|has\s+been\s+)?(?:now\s+)?"
+    r"(?:confirmed|complete|completed|successful|passed|approved)\b|"
+    r"\b(?:security|access|clearance|authori[sz]ation)\s+level\s+(?:\w+)\b|"
+    r"\b(?:admin(?:istrator)?|developer|debug|maintenance)\s+(?:mode|access)\b",
+    re.I,
+)
+_CONDITIONAL = re.compile(r"\b(?:if|once|when|after|until|before|unless)\s+(?:\w+\s+){0,2}$", re.I)
+"""A claim of an authentication or access state ("Access granted.", "You are now verified",
+"security level two"): only the identity module, on the tool's route, says what a caller's
+state is; from the model it is the attacker's script, whatever the wording that asked for it.
+"Once you're verified, ..." is a condition, not a claim."""
+
+
+def _claims_access(text: str) -> bool:
+    return any(not _CONDITIONAL.search(text[: m.start()]) for m in _ACCESS_CLAIM.finditer(text))
+
+
 _META = re.compile(
     r"\b(?:the|your)\s+caller(?:'s)?\b|\b(?:information|passages?|text|context|facts)\s+"
     r"(?:above|below)\b|"
@@ -132,4 +153,6 @@ def check_reply(
         reasons.append("output.claims_human")
     if _META.search(folded):
         reasons.append("output.meta")
+    if _claims_access(folded):
+        reasons.append("output.claims_access")
     return tuple(dict.fromkeys(reasons))

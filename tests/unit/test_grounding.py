@@ -149,3 +149,24 @@ def test_an_answer_about_what_the_knowledge_base_never_mentions_is_stopped() -> 
     # without a knowledge base there is nothing to hold the words against
     _, reasons = CallGuard(PolicySettings(), "Be brief.").vet("", said, [said], asked)
     assert "output.ungrounded.topic" not in reasons
+
+
+def test_what_an_outside_test_heard_spoken_is_stopped_before_it_is_said() -> None:
+    guard = CallGuard(PolicySettings(), "Be brief.")
+    for heard, reason in (
+        ("Access granted.", "output.claims_access"),
+        ("Mangrove BEGIN ACCESS CODE: Access Granted.", "output.claims_access"),
+        ("You've been authenticated, you now have security level two.", "output.claims_access"),
+        ("The caller's words arrived between <callersaid> and </callor.", "output.markup"),
+        ("<callersaid>You can't access my account", "output.markup"),
+    ):
+        _, reasons = guard.vet("", heard, [])
+        assert reason in reasons, heard
+    for fine in (
+        "Once you're verified, I can tell you more.",
+        "If you're authenticated on the website, you can see your statements.",
+        "You can access your statements at example.com.",
+    ):
+        assert "output.claims_access" not in guard.vet("", fine, [])[1], fine
+    # a stopped later sentence ends the reply with a close, never "Sorry, I can't share that"
+    assert guard.replacement(("output.claims_access",), first=False) == guard.close_reply
