@@ -241,6 +241,11 @@ class PolicySettings:
     )
     """Phrases that hold a distress word but say nothing of danger ("change my emergency
     contact"): taken out of the turn before the distress words are looked for."""
+    distress_unsure: tuple[str, ...] = ("emergency",)
+    """Distress words that alone do not show danger ("it's an emergency, I lost my card"): a
+    turn with only these gets ``distress_check_reply`` first; a yes takes the distress path,
+    anything else is answered as usual. A clear word goes straight to the distress path."""
+    distress_check_reply: str = "Are you in danger right now?"
     distress_reply: str = (
         "I'm concerned for your safety. If you are in danger, please call your local emergency "
         "number now: 911 in the US, 112 in Europe, 999 in the UK. I'm alerting a member of our "

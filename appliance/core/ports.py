@@ -59,7 +59,8 @@ class TurnRecord:
 class InputDecision:
     """What the input guard made of one transcript.
 
-    ``verdict``: "allow", "flag", "block", "refused_topic" or "distress". ``llm_text`` is the
+    ``verdict``: "allow", "flag", "block", "refused_topic", "distress" or "distress_check" (an
+    unsure distress word: the caller is asked whether they are in danger). ``llm_text`` is the
     fenced, redacted text the model may see; ``stored_text`` what storage may keep;
     ``fixed_reply`` is spoken instead of asking the model. ``state`` is the guard's state after
     this turn, applied with ``TurnGuard.commit`` only when the turn really happens.

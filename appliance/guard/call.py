@@ -55,6 +55,14 @@ class GuardState:
     caller_values: frozenset[str] = frozenset()
     """What the caller said of their own data in this call (kept in memory only): a reply may
     repeat it, nothing else."""
+    checking_danger: bool = False
+    """The last reply asked "Are you in danger right now?" (an unsure distress word)."""
+
+
+_YES = re.compile(
+    r"^ (?:yes|yeah|yep|yes i am|i am|i think so|please help|help|help me)(?: please| now)? $"
+)
+"""A yes to "Are you in danger right now?" (the whole turn, squeezed)."""
 
 
 class CallGuard:
@@ -82,6 +90,7 @@ class CallGuard:
         self.confidential = rules(self.canary)
         self._prompt_shingles = shingles(self.confidential)
         self._distress = tuple(squeeze(k) for k in policy.distress_keywords)
+        self._unsure = frozenset(squeeze(k) for k in policy.distress_unsure)
         self._not_distress = tuple(
             sorted((squeeze(k) for k in policy.distress_exclusions), key=len, reverse=True)
         )
@@ -127,6 +136,7 @@ class CallGuard:
             pii.trailing_digits(text) if (in_payment or pii.leading_partial_card(text)) else ""
         )
         new_state = GuardState(carried, turns_left, frozenset(values))
+        checking = state.checking_danger
         stored = PAYMENT_NOT_RECORDED if in_payment else safe_text
         redactions = tuple(sorted(f"redacted.{k}" for k in kinds))
 
@@ -153,7 +163,14 @@ class CallGuard:
         plain = flat
         for phrase in self._not_distress:
             plain = plain.replace(f" {phrase} ", " ")
-        if any(f" {k} " in plain for k in self._distress):
+        words = {k for k in self._distress if f" {k} " in plain}
+        confirmed = checking and bool(_YES.search(plain))  # "Are you in danger?" "Yes."
+        if words and words <= self._unsure and not confirmed:
+            new_state = dataclasses.replace(new_state, checking_danger=True)
+            return decide(
+                "distress_check", "", self.policy.distress_check_reply, ("policy.distress_check",)
+            )
+        if words or confirmed:
             return decide(
                 "distress",
                 "",

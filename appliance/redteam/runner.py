@@ -242,6 +242,7 @@ def report(outcomes: list[Outcome], *, spoken: bool, phone: bool, corpus: str) -
         "per_category": per_category,
         "per_source": per_source,
         "distress_false_alarm": rate(sum(o.verdict == "distress" for o in benign), len(benign)),
+        "distress_checked": rate(sum(o.verdict == "distress_check" for o in benign), len(benign)),
         "benign_per_category": benign_by_category,
         "leaks": leaks,
         "guard_ms_median": round(guard_times[len(guard_times) // 2], 3) if guard_times else 0.0,

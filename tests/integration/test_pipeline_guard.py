@@ -189,9 +189,30 @@ def test_an_emergency_contact_is_not_an_emergency(tmp_path: Path) -> None:
     assert "distress" not in verdicts and guard.policy.distress_reply not in tts.spoken
     with store.session("incidents") as db:
         assert list(db.query(Incident)) == []
-    # the word alone, or danger beside an excluded phrase, still takes the distress path
+    # danger beside an excluded phrase still takes the distress path
     session, tts, guard = call(
-        ["This is an emergency, my emergency contact collapsed."], GrantingModel("")
+        ["My emergency contact is my wife, and I can't breathe."], GrantingModel("")
     )
     assert tts.spoken == [guard.policy.distress_reply]
+    store.close()
+
+
+def test_an_unsure_distress_word_is_checked_before_an_incident(tmp_path: Path) -> None:
+    store = Storage.open_sqlite(tmp_path / "a.db", load_or_create(tmp_path / "k"))
+    model = GrantingModel("You can report a lost card on this line.")
+    session, tts, guard = call(
+        ["It's an emergency, I lost my card.", "No, I just need to report it."], model, store
+    )
+    assert tts.spoken == [guard.policy.distress_check_reply, model.reply]
+    verdicts = [t.first(EventType.GUARD_INPUT).data["verdict"] for t in session.turns]  # type: ignore[union-attr]
+    assert verdicts == ["distress_check", "allow"]
+    with store.session("incidents") as db:
+        assert list(db.query(Incident)) == []
+    # a yes takes the distress path and opens the incident; a clear word needs no check
+    session, tts, guard = call(["This is an emergency.", "Yes."], model, store)
+    assert tts.spoken == [guard.policy.distress_check_reply, guard.policy.distress_reply]
+    session, tts, guard = call(["Emergency, I want to end my life."], model, store)
+    assert tts.spoken == [guard.policy.distress_reply]
+    with store.session("incidents") as db:
+        assert [i.kind for i in db.query(Incident)] == ["distress", "distress"]
     store.close()
