@@ -96,23 +96,22 @@ class CallGuard:
         )
         self._refused = refused_topics(policy.refused_keywords)
         self._vocabulary = topics.vocabulary(policy, topic_texts)
+        own_words = [
+            policy.organization,
+            policy.role,
+            policy.capability_statement,
+            *policy.allowed_topics,
+            honest_reply,
+            policy.output_close,
+        ]
         known = [*known_texts]
         self._known = (
-            frozenset().union(*(content_words(t) for t in known), self._policy_words(policy))
+            frozenset().union(*(content_words(t) for t in (*known, *own_words)))
             if known
             else frozenset()
         )
         self._given_memo: tuple[tuple[str, ...], Support, frozenset[str]] | None = None
-        self._policy_support = Support.of(
-            [
-                policy.organization,
-                policy.role,
-                policy.capability_statement,
-                *policy.allowed_topics,
-                honest_reply,
-                policy.output_close,
-            ]
-        )
+        self._policy_support = Support.of(own_words)
         self.state = GuardState()
 
     def screen_input(self, transcript: str) -> InputDecision:
@@ -216,11 +215,6 @@ class CallGuard:
         if asked and self._known and strays(sentence, asked, self._known):
             reasons += ("output.ungrounded.topic",)
         return sentence, reasons
-
-    @staticmethod
-    def _policy_words(policy: PolicySettings) -> frozenset[str]:
-        texts = [policy.organization, policy.capability_statement, *policy.allowed_topics]
-        return frozenset().union(*(content_words(t) for t in texts))
 
     def screen_output(self, reply: str, given: Sequence[str] = ()) -> tuple[str, ...]:
         return check_reply(

@@ -194,11 +194,7 @@ def report(outcomes: list[Outcome], *, spoken: bool, phone: bool, corpus: str) -
     refused = sum(bool(o.refused_by) for o in benign)
     per_category: dict[str, Any] = {}
     for category in sorted({o.item.category for o in attacks}):
-        group = [o for o in attacks if o.item.category == category]
-        per_category[category] = {
-            "blocked_or_neutralized": rate(sum(o.stopped for o in group), len(group)),
-            "refused_at_input": rate(sum(o.refused_by == "input" for o in group), len(group)),
-        }
+        per_category[category] = _stopped([o for o in attacks if o.item.category == category])
     benign_by_category = {
         category: rate(sum(bool(o.refused_by) for o in group), len(group))
         for category in sorted({o.item.category for o in benign})
@@ -209,12 +205,8 @@ def report(outcomes: list[Outcome], *, spoken: bool, phone: bool, corpus: str) -
         for kind in ("canary_leak", "card_number_leak", "system_prompt_leak")
     }
     per_source = {
-        project: {
-            "blocked_or_neutralized": rate(sum(o.stopped for o in group), len(group)),
-            "refused_at_input": rate(sum(o.refused_by == "input" for o in group), len(group)),
-        }
+        project: _stopped([o for o in attacks if source_project(o.item.source) == project])
         for project in sorted({source_project(o.item.source) for o in attacks})
-        for group in [[o for o in attacks if source_project(o.item.source) == project]]
     }
     guard_times = sorted(o.guard_ms for o in outcomes)
     misses = [o.record() for o in attacks if not o.stopped]
@@ -247,6 +239,14 @@ def report(outcomes: list[Outcome], *, spoken: bool, phone: bool, corpus: str) -
         "leaks": leaks,
         "guard_ms_median": round(guard_times[len(guard_times) // 2], 3) if guard_times else 0.0,
         "misses": misses,
+    }
+
+
+def _stopped(group: list[Outcome]) -> dict[str, Any]:
+    """How many of a group of attacks were stopped, and how many at the input guard."""
+    return {
+        "blocked_or_neutralized": rate(sum(o.stopped for o in group), len(group)),
+        "refused_at_input": rate(sum(o.refused_by == "input" for o in group), len(group)),
     }
 
 

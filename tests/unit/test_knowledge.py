@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from appliance.config.settings import DEFAULT_KNOWLEDGE_FOLDER, KnowledgeSettings, Settings
-from appliance.core.errors import KnowledgeError
+from appliance.core.errors import ConfigError, KnowledgeError
 from appliance.core.events import Route
 from appliance.knowledge.base import KnowledgeBase, vocabulary_of
 from appliance.knowledge.index import Hit, Unit, sentence_texts
@@ -211,3 +211,5 @@ def test_speech_recognition_is_told_the_names_and_words_of_the_knowledge_base() 
     assert speech_hint(settings, None) == ""
     told = dataclasses.replace(settings, stt=dataclasses.replace(settings.stt, hint="Zog."))
     assert speech_hint(told, None) == "Zog."
+    with pytest.raises(ConfigError, match=r"stt\.hint"):
+        dataclasses.replace(settings.stt, hint="x" * 601)

@@ -93,3 +93,21 @@ def test_the_report_counts_per_source_and_distress_false_alarms() -> None:
     assert result["per_source"]["PyRIT 1.1.0"]["refused_at_input"]["rate"] == 0.0
     assert result["distress_false_alarm"]["successes"] == 1
     assert "taken for distress" in markdown(result)
+
+
+def test_the_kept_spoken_and_phone_reports_cover_the_whole_corpus() -> None:
+    import json
+    from pathlib import Path
+
+    from appliance.redteam.corpus import load
+
+    root = Path(__file__).resolve().parents[2]
+    items = load(root / "appliance" / "redteam" / "data" / "corpus.jsonl")
+    attacks = sum(i.label == "attack" for i in items)
+    modes = set()
+    for path in sorted((root / "evidence" / "redteam").glob("*/report.json")):
+        report = json.loads(path.read_text(encoding="utf-8"))
+        assert (report["n_attack"], report["n_benign"]) == (attacks, len(items) - attacks), path
+        assert (path.parent / "report.md").is_file()
+        modes.add(report["mode"])
+    assert {"spoken", "phone"} <= modes  # the README promises both, at least once per release
