@@ -15,11 +15,12 @@ import soxr
 from appliance.audio_io.memory import MemorySink, MemorySource
 from appliance.config.settings import ToolsSettings
 from appliance.core.events import EventType
-from appliance.identity.factors import totp
+from appliance.identity.factors import AttemptLimiter, SecretFactor, TotpFactor, totp
 from appliance.pipeline.reply import SECRET_NOT_RECORDED
 from appliance.service import VoiceService, run_call
 from appliance.storage.keys import load_or_create
 from appliance.storage.repository import Storage
+from appliance.tools.agent import CallerFactors
 from appliance.tools.demo import DemoBank
 from tests.real.conftest import silence, speak
 
@@ -31,31 +32,34 @@ def test_a_caller_steps_up_by_spoken_pin_and_code_and_hears_their_balance(
 ) -> None:
     tools = ToolsSettings(enabled=("account_balance", "book_appointment", "transfer_to_human"))
     settings = dataclasses.replace(service.settings, tools=tools)
-    with_tools = dataclasses.replace(service, settings=settings, monitor=None)
     secret = DemoBank().totp_secret(CALLER)
     assert secret is not None
 
-    # The next step's code is good from this step to the one after next (the call takes a
-    # minute or so). Of it and this step's, one Whisper hears right from Piper: no digit said
-    # twice in a row ("1, 1" heard as "1 1 1") and no eight (heard as "A"); else the next step.
+    # The authenticator's clock stands still (injected), so the code stays good however long
+    # a busy machine takes over the call. The step chosen is the first from a fixed instant
+    # whose code Whisper hears right from Piper: no digit said twice in a row ("1, 1" heard
+    # as "1 1 1") and no eight (heard as "A").
     def clear(code: str) -> bool:
         return "8" not in code and all(a != b for a, b in itertools.pairwise(code))
 
-    for _ in range(4):
-        step = int(time.time() // 30)
-        codes = [totp(secret, step + 1), totp(secret, step)]
-        code = next((c for c in codes if clear(c)), "")
-        if code:
-            break
-        time.sleep(30 - time.time() % 30 + 0.1)
-    code = code or codes[0]
+    step = next(n for n in itertools.count(1_764_590_400 // 30) if clear(totp(secret, n)))
+    code = totp(secret, step)
+    store = Storage.open_sqlite(tmp_path / "a.db", load_or_create(tmp_path / "k"))
+    limiter = AttemptLimiter(
+        tools.max_factor_attempts, float(tools.lockout_s), clock=time.time, counters=store
+    )
+    factors = CallerFactors(
+        SecretFactor("pin", limiter), TotpFactor(limiter, clock=lambda: step * 30.0 + 1)
+    )
+    with_tools = dataclasses.replace(
+        service, settings=settings, monitor=None, _factors=factors, _factors_store=store
+    )
     said = [
         "What is my account balance?",
         "My PIN is four, nine, two, one.",
         f"The code is {', '.join(code)}.",
     ]
     pcm = b"".join(silence(0.5) + speak(service, s) + silence(2.5) for s in said)
-    store = Storage.open_sqlite(tmp_path / "a.db", load_or_create(tmp_path / "k"))
     sink = MemorySink(service.config.output_sample_rate_hz)
     outcome = asyncio.run(
         asyncio.wait_for(
