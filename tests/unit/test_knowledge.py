@@ -213,3 +213,20 @@ def test_speech_recognition_is_told_the_names_and_words_of_the_knowledge_base() 
     assert speech_hint(told, None) == "Zog."
     with pytest.raises(ConfigError, match=r"stt\.hint"):
         dataclasses.replace(settings.stt, hint="x" * 601)
+
+
+def test_a_document_passage_is_embedded_whole_and_by_sentence(tmp_path: Path) -> None:
+    md = (
+        "---\nid: policy\ntitle: Policy\nowner: Ops\nversion: 1\napproved: 2026-11-01\n---\n"
+        "## Riverside\nA cafe on the first floor. Baby changing is next to the cafe.\n"
+    )
+    settings = KnowledgeSettings(folder=str(folder(tmp_path / "kb", policy_md=md)))
+    base = KnowledgeBase.open(settings, WordEmbedder(), "fake", tmp_path / "home")
+    (unit,) = [u for u in base.index.units if u.kind == "document"]
+    assert unit.dense[1:] == (
+        "Policy: Riverside: A cafe on the first floor.",
+        "Policy: Riverside: Baby changing is next to the cafe.",
+    )
+    hit = next(h for h in base.search("baby changing") if h.unit.id == unit.id)
+    assert len(hit.parts) == 3  # the whole passage, then each sentence
+    assert hit.closest(1, 0.0) == "Baby changing is next to the cafe."
