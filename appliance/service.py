@@ -16,6 +16,7 @@ from appliance.config.manifest import model_spec
 from appliance.config.settings import Settings
 from appliance.core.audio import frame_bytes
 from appliance.core.events import EventType, TurnEvent
+from appliance.core.models import require_verified
 from appliance.core.ports import (
     AudioSink,
     AudioSource,
@@ -30,6 +31,7 @@ from appliance.engines.stt import WhisperTranscriber
 from appliance.engines.tts import PiperSynthesizer
 from appliance.engines.vad import WebRtcVad
 from appliance.guard.call import CallGuard
+from appliance.guard.classifier import GuardClassifier, GuardHead
 from appliance.identity.abuse import AbuseMonitor, Action, CallAnomalies
 from appliance.identity.factors import AttemptLimiter
 from appliance.identity.voice import VoiceTemplate, VoiceVerifier
@@ -102,13 +104,29 @@ def pipeline_config(settings: Settings) -> PipelineConfig:
     )
 
 
-def load_knowledge(settings: Settings) -> KnowledgeBase | None:
+def load_knowledge(
+    settings: Settings, embedder: tuple[MiniLmEmbedder, str] | None = None
+) -> KnowledgeBase | None:
     """The knowledge base (its index built or loaded), or None when ``[knowledge] enabled``
     is false. The embedding model is verified against its pins like every model."""
     if not settings.knowledge.enabled:
         return None
-    embedder, digest = knowledge_embedder(settings)
-    return KnowledgeBase.open(settings.knowledge, embedder, digest, settings.home)
+    model, digest = embedder or knowledge_embedder(settings)
+    return KnowledgeBase.open(settings.knowledge, model, digest, settings.home)
+
+
+def load_classifier(
+    settings: Settings, embedder: tuple[MiniLmEmbedder, str] | None = None
+) -> GuardClassifier | None:
+    """The learned head of the input guard over the embedding model (both verified against
+    their pins), or None when ``[guard] enabled`` is false."""
+    if not settings.guard.enabled:
+        return None
+    spec = model_spec(settings, "guard")
+    require_verified(spec)
+    model, digest = embedder or knowledge_embedder(settings)
+    path = spec.path if spec.path.is_file() else spec.base_dir / next(iter(spec.files))
+    return GuardClassifier(model, GuardHead.load(path, digest))
 
 
 def speech_hint(settings: Settings, knowledge: KnowledgeBase | None) -> str:
@@ -167,6 +185,8 @@ class VoiceService:
     _voice_store: Storage | None = None
     _voice_verifier: VoiceVerifier | None = None
     knowledge: KnowledgeBase | None = None
+    classifier: GuardClassifier | None = None
+    """The learned head of the input guard ([guard]), shared by every call's guard."""
     active: set[CallSession] = field(default_factory=set)
     """The calls in progress (for a clean shutdown: each gets a goodbye)."""
 
@@ -209,7 +229,13 @@ class VoiceService:
         # per call, so only the text before it is shared).
         llm.warm_up(CallGuard(settings.policy, settings.llm.system_prompt).system_prompt)
         mark = timed("llm", mark)
-        knowledge = load_knowledge(settings)
+        embedder = (
+            knowledge_embedder(settings)
+            if settings.knowledge.enabled or settings.guard.enabled
+            else None
+        )
+        knowledge = load_knowledge(settings, embedder)
+        classifier = load_classifier(settings, embedder)
         stt.hint = speech_hint(settings, knowledge)
         mark = timed("knowledge", mark)
         tts = load_synthesizer(settings)
@@ -221,6 +247,7 @@ class VoiceService:
             pipeline_config(settings),
             timings,
             knowledge=knowledge,
+            classifier=classifier,
         )
 
     def session(
@@ -348,6 +375,7 @@ class VoiceService:
             honest_reply=self.settings.knowledge.unknown_reply,
             topic_texts=self.knowledge.topic_texts() if self.knowledge is not None else (),
             known_texts=self.knowledge.known_texts() if self.knowledge is not None else (),
+            classifier=self.classifier,
         )
 
 

@@ -12,6 +12,9 @@ import contextlib
 import threading
 from typing import Any
 
+import numpy as np
+
+from appliance.audio_io.screening import AudioScreen
 from appliance.core.audio import PIPELINE_SAMPLE_RATE_HZ, frame_bytes
 from appliance.core.errors import AudioError
 
@@ -42,17 +45,55 @@ def _check_device(sd: Any, device: str | int | None, kind: str) -> None:
 
 
 class MicrophoneSource:
-    """The default (or named) microphone, 16 kHz mono, one frame per ``frame_ms``."""
+    """The default (or named) microphone, delivered at 16 kHz mono, one frame per
+    ``frame_ms``. Captured at ``capture_rate_hz``: at 48 kHz its sound is screened before it is
+    resampled (audio_io/screening.py: the residue of an ultrasonic carrier shows only there)."""
 
     sample_rate_hz = PIPELINE_SAMPLE_RATE_HZ
     realtime = True
 
-    def __init__(self, device: str = "", frame_ms: int = 20) -> None:
+    def __init__(
+        self, device: str = "", frame_ms: int = 20, capture_rate_hz: int = PIPELINE_SAMPLE_RATE_HZ
+    ) -> None:
         self.frame_ms = frame_ms
+        self.capture_rate_hz = capture_rate_hz
         self._device = _device(device)
         self._queue: asyncio.Queue[bytes] = asyncio.Queue(maxsize=500)
         self._stream: Any = None
         self._closed = False
+        self._screen = AudioScreen(capture_rate_hz)
+        self._screen_lock = threading.Lock()
+        self._resampled = bytearray()
+        self._resampler: Any = None
+
+    def audio_flags(self) -> tuple[str, ...]:
+        with self._screen_lock:
+            return tuple(str(flag) for flag in self._screen.flags)
+
+    def reset_audio_flags(self) -> None:
+        with self._screen_lock:
+            self._screen.reset()
+
+    def _frames(self, block: bytes) -> list[bytes]:
+        """A captured block, screened, as whole 16 kHz frames (the rest waits for the next)."""
+        with self._screen_lock:
+            self._screen.feed(block)
+        if self.capture_rate_hz == PIPELINE_SAMPLE_RATE_HZ:
+            return [block]
+        if self._resampler is None:
+            import soxr
+
+            self._resampler = soxr.ResampleStream(
+                self.capture_rate_hz, PIPELINE_SAMPLE_RATE_HZ, 1, dtype="int16"
+            )
+        samples = np.frombuffer(block, dtype="<i2")
+        self._resampled += self._resampler.resample_chunk(samples).astype("<i2").tobytes()
+        size = frame_bytes(PIPELINE_SAMPLE_RATE_HZ, self.frame_ms)
+        frames = []
+        while len(self._resampled) >= size:
+            frames.append(bytes(self._resampled[:size]))
+            del self._resampled[:size]
+        return frames
 
     def check(self) -> None:
         """Raise AudioError now if there is no usable microphone (no event loop needed)."""
@@ -64,17 +105,17 @@ class MicrophoneSource:
         loop = asyncio.get_running_loop()
 
         def callback(data: Any, frames: int, when: Any, status: Any) -> None:
-            frame = bytes(data)
-            if not self._queue.full() and not self._closed:
-                with contextlib.suppress(RuntimeError):  # the loop closed under us
-                    loop.call_soon_threadsafe(self._queue.put_nowait, frame)
+            for frame in self._frames(bytes(data)):
+                if not self._queue.full() and not self._closed:
+                    with contextlib.suppress(RuntimeError):  # the loop closed under us
+                        loop.call_soon_threadsafe(self._queue.put_nowait, frame)
 
         try:
             self._stream = sd.RawInputStream(
-                samplerate=self.sample_rate_hz,
+                samplerate=self.capture_rate_hz,
                 channels=1,
                 dtype="int16",
-                blocksize=frame_bytes(self.sample_rate_hz, self.frame_ms) // 2,
+                blocksize=frame_bytes(self.capture_rate_hz, self.frame_ms) // 2,
                 device=self._device,
                 callback=callback,
             )

@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import os
 import struct
+import subprocess
+import tempfile
 import time
 import wave
 from dataclasses import dataclass
@@ -169,3 +171,20 @@ class WavSink:
             write_wav(self.path, bytes(self._pcm), self.sample_rate_hz)
         except OSError as exc:
             raise AudioError("audio.write", f"cannot write {self.path}: {exc}") from exc
+
+
+def espeak(text: str, voice: str = "en-gb", words_per_minute: int = 155) -> bytes:
+    """``text`` spoken by eSpeak NG (another speaker than the pipeline's voice; ``voice`` may
+    carry a variant, "en-gb+whisper"), as 16 kHz PCM16 mono."""
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "espeak.wav"
+        try:
+            subprocess.run(
+                ["espeak-ng", "-v", voice, "-s", str(words_per_minute), "-w", str(path), text],
+                check=True,
+                capture_output=True,
+                timeout=60,
+            )
+        except (OSError, subprocess.SubprocessError) as exc:
+            raise AudioError("audio.espeak", f"eSpeak NG could not speak: {exc}") from exc
+        return to_pipeline_pcm(read_wav(path))

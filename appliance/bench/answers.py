@@ -28,8 +28,6 @@ import dataclasses
 import json
 import re
 import statistics
-import subprocess
-import tempfile
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -39,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from appliance.audio_io.wav import read_wav, to_pipeline_pcm
+from appliance.audio_io.wav import espeak
 from appliance.config.settings import Settings
 from appliance.core.errors import ConfigError
 from appliance.core.events import EventType, Route
@@ -149,15 +147,7 @@ def speak(service: VoiceService, text: str, voice: str) -> bytes:
         return b"".join(c.pcm for c in service.engines.tts.synthesize(text, 16_000))
     if voice != "espeak":
         raise ConfigError("bench.voice", f"unknown voice {voice!r}: piper or espeak")
-    with tempfile.TemporaryDirectory() as folder:
-        path = Path(folder) / "q.wav"
-        subprocess.run(
-            ["espeak-ng", "-v", "en-gb", "-s", "155", "-w", str(path), text],
-            check=True,
-            capture_output=True,
-            timeout=60,
-        )
-        return to_pipeline_pcm(read_wav(path))
+    return espeak(text)
 
 
 def hear(service: VoiceService, pcm: bytes) -> str:

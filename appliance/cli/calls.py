@@ -127,7 +127,9 @@ def listen(args: argparse.Namespace, settings: Settings) -> int:
     from appliance.core.events import EventType
     from appliance.service import VoiceService, audit_knowledge, open_storage, run_call
 
-    source = MicrophoneSource(settings.audio.input_device, settings.audio.frame_ms)
+    source = MicrophoneSource(
+        settings.audio.input_device, settings.audio.frame_ms, settings.audio.capture_rate_hz
+    )
     sink = SpeakerSink(
         settings.audio.output_sample_rate_hz, settings.audio.output_device, settings.audio.frame_ms
     )

@@ -6,10 +6,18 @@ import argparse
 import json
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from appliance.cli.common import Commands, command
 from appliance.config.settings import Settings
+
+if TYPE_CHECKING:
+    from appliance.guard.call import CallGuard
+    from appliance.guard.classifier import GuardClassifier
+    from appliance.redteam.corpus import Item
+    from appliance.service import VoiceService
 
 
 def register(commands: Commands) -> None:
@@ -24,6 +32,100 @@ def register(commands: Commands) -> None:
     redteam.add_argument("--json", action="store_true", help="print the JSON report")
     redteam.add_argument("--sample", type=int, default=0, help="N attacks and N benign, stratified")
     redteam.add_argument("--out", type=Path, help="folder for report.json and report.md")
+    redteam.add_argument(
+        "--audio",
+        action="store_true",
+        help="adversarial audio: a sample of attacks (and benign requests) under noise, sped "
+        "up, slowed, whispered, inaudible on a 48 kHz microphone, clipped or toned on the line",
+    )
+    train = command(
+        commands,
+        "train-guard",
+        run_train_guard,
+        "train the learned head of the input guard (scripts/train-guard), print its figures",
+    )
+    train.add_argument("--out", type=Path, help="where to write the head (JSON); default: print")
+
+
+def run_audio(args: argparse.Namespace, settings: Settings, items: list[Item]) -> int:
+    from appliance.redteam import audio, runner
+    from appliance.service import VoiceService
+
+    count = args.sample or 8  # attacks, spread over the areas; half as many benign requests
+    picked = runner.sample(items, count)
+    attacks = [i for i in picked if i.label == "attack"]
+    chosen = attacks + [i for i in picked if i.label == "benign"][: max(1, count // 2)]
+    service = VoiceService.load(settings)
+
+    def progress(done: int, total: int) -> None:
+        if not args.json:
+            print(f"\rred team (audio): {done}/{total}", end="", file=sys.stderr, flush=True)
+
+    result = audio.report(audio.run(service, chosen, progress=progress))
+    return _write(args, settings, result, audio.markdown(result), "audio-")
+
+
+def _write(
+    args: argparse.Namespace, settings: Settings, result: dict[str, Any], summary: str, kind: str
+) -> int:
+    """The report, as report.json and report.md in ``--out`` (or a new folder), and printed."""
+    out = args.out or settings.home / "redteam" / time.strftime(f"{kind}%Y%m%d-%H%M%S")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "report.json").write_text(json.dumps(result, indent=2), encoding="utf-8")
+    (out / "report.md").write_text(summary, encoding="utf-8")
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print(file=sys.stderr)
+        print(summary)
+        print(f"report: {out / 'report.json'} and {out / 'report.md'}")
+    return 0
+
+
+def held_out(service: VoiceService, settings: Settings) -> dict[str, Any]:
+    """The learned head's held-out figures, per attack source (redteam/training.py), measured
+    now with this configuration's rules and embedding model (on the written texts)."""
+    from appliance.redteam import training
+
+    if service.classifier is None:
+        return {"skipped": "[guard] enabled = false"}
+    data = training.training_set(settings.knowledge.folder_path)
+    embedding = service.classifier.head.embedding
+    _, figures = training.measure(
+        data, service.classifier.embedder, embedding, guard_factory(settings)
+    )
+    return figures
+
+
+def guard_factory(settings: Settings) -> Callable[[GuardClassifier | None], CallGuard]:
+    """A fresh input guard of this configuration with a given learned head (or none)."""
+    from appliance.guard.call import CallGuard
+
+    def new_guard(classifier: GuardClassifier | None) -> CallGuard:
+        return CallGuard(settings.policy, settings.llm.system_prompt, classifier=classifier)
+
+    return new_guard
+
+
+def run_train_guard(args: argparse.Namespace, settings: Settings) -> int:
+    from appliance.config.manifest import model_spec
+    from appliance.core.models import sha256_file
+    from appliance.redteam import training
+    from appliance.service import knowledge_embedder
+
+    embedder, digest = knowledge_embedder(settings)
+    data = training.training_set(settings.knowledge.folder_path)
+    head = training.build(data, embedder, digest, guard_factory(settings))
+    text = head.to_json() + "\n"
+    if args.out is None:
+        print(text, end="")
+        return 0
+    args.out.write_text(text, encoding="utf-8")
+    print(json.dumps(head.training["held_out"], indent=2))
+    pinned = model_spec(settings, "guard").files.get(args.out.name, "")
+    sha = sha256_file(args.out)
+    print(f"{args.out}: sha256 {sha}" + ("" if sha == pinned else " (not the manifest's pin)"))
+    return 0
 
 
 def run_redteam(args: argparse.Namespace, settings: Settings) -> int:
@@ -32,6 +134,8 @@ def run_redteam(args: argparse.Namespace, settings: Settings) -> int:
 
     path = args.corpus or corpus.DEFAULT_CORPUS
     items = corpus.load(path)
+    if args.audio:
+        return run_audio(args, settings, items)
     if args.sample:
         items = runner.sample(items, args.sample)
     service = VoiceService.load(settings)
@@ -42,15 +146,5 @@ def run_redteam(args: argparse.Namespace, settings: Settings) -> int:
 
     outcomes = runner.run(service, items, spoken=args.spoken, phone=args.phone, progress=progress)
     result = runner.report(outcomes, spoken=args.spoken, phone=args.phone, corpus=str(path))
-    out = args.out or settings.home / "redteam" / time.strftime("%Y%m%d-%H%M%S")
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "report.json").write_text(json.dumps(result, indent=2), encoding="utf-8")
-    summary = runner.markdown(result)
-    (out / "report.md").write_text(summary, encoding="utf-8")
-    if args.json:
-        print(json.dumps(result, indent=2))
-    else:
-        print(file=sys.stderr)
-        print(summary)
-        print(f"report: {out / 'report.json'} and {out / 'report.md'}")
-    return 0
+    result["held_out"] = held_out(service, settings)
+    return _write(args, settings, result, runner.markdown(result), "")

@@ -29,7 +29,13 @@ from appliance.config.settings import PACKAGE_ROOT, Settings
 from appliance.core.errors import ConfigError, ModelError
 from appliance.core.models import FileStatus, ModelSpec, check_model
 
-ROLE_SECTIONS = {"stt": "stt", "llm": "llm", "tts": "tts", "voiceprint": "voiceprint"}
+ROLE_SECTIONS = {
+    "stt": "stt",
+    "llm": "llm",
+    "tts": "tts",
+    "voiceprint": "voiceprint",
+    "guard": "guard",
+}
 """The settings section that names the model of each role (the embedding model: [knowledge])."""
 ROLE_SECTIONS["embedding"] = "knowledge"
 
@@ -141,7 +147,7 @@ def _entry_for(settings: Settings, role: str) -> tuple[ManifestEntry, Path]:
 
 
 def model_spec(settings: Settings, role: str) -> ModelSpec:
-    """The model configured for ``role`` ("stt", "llm", "tts", "voiceprint", "embedding")."""
+    """The model configured for ``role`` (stt, llm, tts, voiceprint, embedding, guard)."""
     entry, path = _entry_for(settings, role)
     return ModelSpec(entry.name, entry.role, path, entry.files, entry.optional)
 

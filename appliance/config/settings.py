@@ -42,9 +42,14 @@ class AudioSettings:
     output_sample_rate_hz: int = 22_050
     input_device: str = ""
     output_device: str = ""
+    capture_rate_hz: int = 48_000
+    """The microphone's capture rate: at 48 kHz its sound is screened for the residue of an
+    ultrasonic carrier before it is resampled to 16 kHz; 16000 captures at the pipeline's rate
+    (no such screening)."""
 
     def __post_init__(self) -> None:
         _check(self.frame_ms in (10, 20, 30), "audio.frame_ms", "must be 10, 20 or 30")
+        _check(self.capture_rate_hz in (16_000, 48_000), "audio.capture_rate_hz", "16000 or 48000")
         _check(
             8_000 <= self.output_sample_rate_hz <= 48_000,
             "audio.output_sample_rate_hz",
@@ -246,6 +251,9 @@ class PolicySettings:
     turn with only these gets ``distress_check_reply`` first; a yes takes the distress path,
     anything else is answered as usual. A clear word goes straight to the distress path."""
     distress_check_reply: str = "Are you in danger right now?"
+    unclear_audio_reply: str = "Sorry, I couldn't hear that clearly. Could you say it again?"
+    """Said instead of acting on a turn whose sound carries an ultrasonic carrier's residue
+    (words a microphone demodulated from sound no one hears)."""
     distress_reply: str = (
         "I'm concerned for your safety. If you are in danger, please call your local emergency "
         "number now: 911 in the US, 112 in Europe, 999 in the UK. I'm alerting a member of our "
@@ -286,6 +294,7 @@ class PolicySettings:
             "refusal_reply",
             "blocked_reply",
             "distress_reply",
+            "unclear_audio_reply",
             "output_fallback",
             "output_close",
             "too_long_reply",
@@ -475,6 +484,21 @@ class RetentionSettings:
     def record_audio(self) -> bool:
         """Raw audio is kept only when a retention period is configured for it."""
         return self.recordings_hours > 0
+
+
+@dataclass(frozen=True)
+class GuardSettings:
+    """The learned signal of layer 1 (guard/classifier.py): a head over the knowledge base's
+    embedding model, trained by scripts/train-guard, its score one more reason beside the
+    rules of [policy]."""
+
+    enabled: bool = True
+    model: str = "injection-head-minilm"
+    """The head of models/manifest.toml (role "guard"), pinned by hash like every model."""
+    path: str = ""
+
+    def __post_init__(self) -> None:
+        _check(bool(self.model), "guard.model", "must name a model of the manifest")
 
 
 @dataclass(frozen=True)
@@ -728,6 +752,7 @@ class Settings:
     models: ModelsSettings = field(default_factory=ModelsSettings)
     policy: PolicySettings = field(default_factory=PolicySettings)
     knowledge: KnowledgeSettings = field(default_factory=KnowledgeSettings)
+    guard: GuardSettings = field(default_factory=GuardSettings)
     tools: ToolsSettings = field(default_factory=ToolsSettings)
     limits: LimitsSettings = field(default_factory=LimitsSettings)
     storage: StorageSettings = field(default_factory=StorageSettings)
@@ -749,6 +774,7 @@ SECTIONS: dict[str, type[Any]] = {
     "models": ModelsSettings,
     "policy": PolicySettings,
     "knowledge": KnowledgeSettings,
+    "guard": GuardSettings,
     "tools": ToolsSettings,
     "limits": LimitsSettings,
     "storage": StorageSettings,

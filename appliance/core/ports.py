@@ -91,7 +91,10 @@ class TurnGuard(Protocol):
     close_reply: str
     """Ends a reply whose later sentence was stopped; it offers a person too."""
 
-    def screen_input(self, transcript: str) -> InputDecision: ...
+    def screen_input(self, transcript: str, audio_flags: Sequence[str] = ()) -> InputDecision:
+        """Layer 1 for one turn; ``audio_flags``: what the screening of its sound found
+        (audio_io/screening.py: "audio.ultrasonic", "audio.clipping", "audio.tone_burst")."""
+        ...
 
     def grounded_turn(self, passages: Sequence[str], decision: InputDecision) -> str:
         """The user turn of a knowledge-grounded answer: the passages, then the fenced words."""
@@ -266,6 +269,16 @@ class AudioSource(Protocol):
     async def read_frame(self) -> bytes | None:
         """The next frame, exactly ``frame_ms`` long, or None at the end of the stream."""
         ...
+
+
+@runtime_checkable
+class ScreenedAudio(Protocol):
+    """A source that screens its sound at the rate it is captured (audio_io/screening.py):
+    the flags of the utterance since the last reset (reset as each utterance starts)."""
+
+    def audio_flags(self) -> tuple[str, ...]: ...
+
+    def reset_audio_flags(self) -> None: ...
 
 
 @runtime_checkable

@@ -13,11 +13,13 @@ import logging
 import re
 import time
 
+from appliance.audio_io.screening import ScreenedSource
 from appliance.config.settings import Settings
 from appliance.core.audio import PIPELINE_SAMPLE_RATE_HZ
+from appliance.core.ports import AudioSource
 from appliance.service import Consent, VoiceService, run_call
 from appliance.storage.repository import Storage
-from appliance.telephony.rtp import RATE_HZ, RtpMedia, RtpSink
+from appliance.telephony.rtp import RATE_HZ, RtpSink
 from appliance.telephony.ua import SipCall, SipUserAgent
 
 log = logging.getLogger(__name__)
@@ -48,11 +50,12 @@ class SipLine:
             await asyncio.to_thread(self._minimal_record, call, consent)
             await media.play(await asyncio.to_thread(self.say, sip.no_consent_reply))
             return
-        media.on_digit = Keypad(self.service, media).press
+        source = ScreenedSource(media)  # clipping and held tones on the line
+        media.on_digit = Keypad(self.service, source).press
         await run_call(
             self.service,
             self.storage,
-            media,
+            source,
             RtpSink(media),
             caller_id=call.caller or None,
             address=call.peer[0],
@@ -96,9 +99,10 @@ class Keypad:
 
     PAUSE_S = 2.0
 
-    def __init__(self, service: VoiceService, media: RtpMedia) -> None:
+    def __init__(self, service: VoiceService, source: AudioSource) -> None:
         self.service = service
-        self.media = media
+        self.source = source
+        """The audio source of the call's session (its keys go to that session)."""
         self.keys = ""
         self._timer: asyncio.TimerHandle | None = None
 
@@ -114,5 +118,5 @@ class Keypad:
     def flush(self) -> None:
         keys, self.keys = self.keys, ""
         for session in list(self.service.active):
-            if session.source is self.media and keys:
+            if session.source is self.source and keys:
                 session.keys(keys)

@@ -63,7 +63,9 @@ async def _run(settings: Settings, service: VoiceService, storage: Storage, star
         await line.ua.start()
         print(f"sip: listening on udp {line.ua.host}:{line.ua.port}", flush=True)
     if settings.service.voice == "microphone":
-        source = MicrophoneSource(settings.audio.input_device, settings.audio.frame_ms)
+        source = MicrophoneSource(
+            settings.audio.input_device, settings.audio.frame_ms, settings.audio.capture_rate_hz
+        )
         sink = SpeakerSink(
             settings.audio.output_sample_rate_hz,
             settings.audio.output_device,

@@ -8,6 +8,7 @@ the ``tokenizers`` library (already a dependency of faster-whisper).
 
 from __future__ import annotations
 
+import collections
 import threading
 from collections.abc import Sequence
 
@@ -17,6 +18,8 @@ from appliance.core.errors import KnowledgeError, ModelError
 from appliance.core.models import ModelSpec, require_verified
 
 MAX_TOKENS = 256
+RECENT = 64
+"""Single texts remembered (the input guard and the knowledge base embed the same turn)."""
 
 
 class MiniLmEmbedder:
@@ -43,9 +46,25 @@ class MiniLmEmbedder:
         self._tokenizer.enable_padding(pad_id=0, pad_token="[PAD]")
         self._inputs = {i.name for i in self._session.get_inputs()}
         self._lock = threading.Lock()
+        self._recent: collections.OrderedDict[str, list[float]] = collections.OrderedDict()
         self.spec = spec
 
     def embed(self, texts: Sequence[str]) -> list[list[float]]:
+        if len(texts) == 1:
+            with self._lock:
+                known = self._recent.get(texts[0])
+                if known is not None:
+                    self._recent.move_to_end(texts[0])
+                    return [list(known)]
+            vectors = self._embed(texts)
+            with self._lock:
+                self._recent[texts[0]] = vectors[0]
+                while len(self._recent) > RECENT:
+                    self._recent.popitem(last=False)
+            return [list(vectors[0])]
+        return self._embed(texts)
+
+    def _embed(self, texts: Sequence[str]) -> list[list[float]]:
         if not texts:
             return []
         try:

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from appliance.config.settings import KnowledgeSettings, PolicySettings
 from appliance.core.ports import InputDecision
 from appliance.guard import pii, topics
+from appliance.guard.classifier import GuardClassifier
 from appliance.guard.grounding import (
     Support,
     content_words,
@@ -18,7 +19,7 @@ from appliance.guard.grounding import (
     strays,
     ungrounded,
 )
-from appliance.guard.injection import Verdict, scan
+from appliance.guard.injection import Verdict, scan, with_learned
 from appliance.guard.normalize import normalize, squeeze
 from appliance.guard.output import check_reply, refused_topics, shingles
 from appliance.guard.prompt import fence, grounded_turn, new_canary, rules, system_prompt
@@ -59,6 +60,10 @@ class GuardState:
     """The last reply asked "Are you in danger right now?" (an unsure distress word)."""
 
 
+AUDIO_ULTRASONIC = "audio.ultrasonic"
+_LINE = frozenset({"audio.clipping", "audio.tone_burst"})
+"""Flags of a doctored line signal: half a block each."""
+
 _YES = re.compile(
     r"^ (?:yes|yeah|yep|yes i am|i am|i think so|please help|help|help me)(?: please| now)? $"
 )
@@ -75,12 +80,15 @@ class CallGuard:
         honest_reply: str = DEFAULT_HONEST_REPLY,
         topic_texts: Iterable[str] = (),
         known_texts: Iterable[str] = (),
+        classifier: GuardClassifier | None = None,
     ) -> None:
         """``honest_reply`` is said when a reply cannot be grounded; ``topic_texts`` (the
         knowledge base's questions and titles) widen what counts as on topic; ``known_texts``
         (everything the knowledge base says) are the words an answer from passages may take
-        from the question (none given: any)."""
+        from the question (none given: any); ``classifier`` (the learned head of layer 1)
+        scores every turn the rules do not already refuse."""
         self.policy = policy
+        self.classifier = classifier
         self.canary = canary or new_canary()
         self.system_prompt = system_prompt(policy, style, self.canary)
         self.fallback_reply = policy.output_fallback
@@ -114,7 +122,11 @@ class CallGuard:
         self._policy_support = Support.of(own_words)
         self.state = GuardState()
 
-    def screen_input(self, transcript: str) -> InputDecision:
+    def screen_input(self, transcript: str, audio_flags: Sequence[str] = ()) -> InputDecision:
+        """Layer 1 for one turn. ``audio_flags`` (what the screening of its sound found): the
+        residue of an ultrasonic carrier means the words came from a machine no one heard, so
+        the turn is not acted on; clipping or a held tone on the line count half a block each,
+        like a rule (with one rule more, the turn is refused)."""
         text = normalize(transcript)
         flat = f" {squeeze(text)} "
         state = self.state
@@ -159,6 +171,8 @@ class CallGuard:
                 on_topic=topics.on_topic(text, self._vocabulary),
             )
 
+        if AUDIO_ULTRASONIC in audio_flags:  # before anything: no person said these words
+            return decide("audio", "", self.policy.unclear_audio_reply, (AUDIO_ULTRASONIC,))
         plain = flat
         for phrase in self._not_distress:
             plain = plain.replace(f" {phrase} ", " ")
@@ -179,7 +193,30 @@ class CallGuard:
             )
         if len(text.split()) > self.policy.max_turn_words:  # a quota, before any scan
             return decide("too_long", "", self.policy.too_long_reply, ("limit.turn_words",))
-        verdict = scan(text)
+        verdict = with_learned(
+            scan(text), {f"audio:{f.partition('.')[2]}": 0.5 for f in audio_flags if f in _LINE}
+        )
+        if verdict.verdict is not Verdict.BLOCK and self.classifier is not None:
+            learned = self.classifier.head.reasons(self.classifier.score(text))
+            verdict = with_learned(verdict, learned)
+            if verdict.verdict is not Verdict.BLOCK and (
+                self.classifier.distress(text) >= self.classifier.head.check_at
+            ):  # like a caller in danger, in no distress word: asked first; twice, the path
+                if checking:
+                    return decide(
+                        "distress",
+                        "",
+                        self.policy.distress_reply,
+                        ("policy.distress", "classifier:distress"),
+                        escalation="distress",
+                    )
+                new_state = dataclasses.replace(new_state, checking_danger=True)
+                return decide(
+                    "distress_check",
+                    "",
+                    self.policy.distress_check_reply,
+                    ("policy.distress_check", "classifier:distress"),
+                )
         if verdict.verdict is Verdict.BLOCK or (
             verdict.verdict is Verdict.FLAG and self.policy.flagged == "refuse"
         ):
@@ -204,8 +241,8 @@ class CallGuard:
         be said after ``spoken`` (empty when it may).
         ``given`` is what the reply may rest on (passages, the caller's words, tool results):
         every figure and name of the sentence must be in it or in the policy's own words.
-        ``asked`` (the question of a grounded answer): the sentence must not merely say it
-        back, nor say can be done what its ``passages`` (the knowledge given) say cannot."""
+        ``asked`` (what the caller asked): the sentence must not merely say it back, nor say
+        can be done what its ``passages`` (the knowledge given) say cannot."""
         reasons = self.screen_output(f"{spoken} {sentence}".strip(), given)
         reasons += ungrounded(sentence, self._support(tuple(given)))
         if asked and echoes(sentence, asked, given):

@@ -13,6 +13,7 @@ import binascii
 import codecs
 import enum
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from appliance.guard.normalize import fold, join_spelled, normalize
@@ -441,7 +442,18 @@ def scan(text: str) -> InjectionVerdict:
             if rule.pattern.search(normalize(payload)):
                 hits.setdefault(f"encoded_payload:{rule.id}", rule.weight)
         hits.setdefault("encoded_payload:encoded.decoded", 0.5)
-    score = round(sum(hits.values()), 2)
+    return _verdict(hits)
+
+
+def with_learned(verdict: InjectionVerdict, learned: Mapping[str, float]) -> InjectionVerdict:
+    """The rules' verdict with the learned head's reasons (classifier.py) counted in."""
+    if not learned:
+        return verdict
+    return _verdict({**dict.fromkeys(verdict.reasons, 0.0), **learned}, verdict.score)
+
+
+def _verdict(hits: Mapping[str, float], base: float = 0.0) -> InjectionVerdict:
+    score = round(base + sum(hits.values()), 2)
     verdict = (
         Verdict.BLOCK if score >= BLOCK_AT else Verdict.FLAG if score >= FLAG_AT else Verdict.ALLOW
     )

