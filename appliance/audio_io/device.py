@@ -33,11 +33,12 @@ def _device(name: str) -> str | int | None:
     return int(name) if name.isdigit() else name
 
 
-def _check_device(sd: Any, device: str | int | None, kind: str) -> None:
+def _check_device(
+    sd: Any, device: str | int | None, kind: str, rate_hz: int | None = None
+) -> None:
     try:
-        sd.check_input_settings(device=device) if kind == "input" else sd.check_output_settings(
-            device=device
-        )
+        check = sd.check_input_settings if kind == "input" else sd.check_output_settings
+        check(device=device, samplerate=rate_hz)
     except Exception as exc:
         raise AudioError(
             "audio.no_device", f"no usable {kind} device ({device or 'default'}): {exc}"
@@ -61,7 +62,7 @@ class MicrophoneSource:
         self._queue: asyncio.Queue[bytes] = asyncio.Queue(maxsize=500)
         self._stream: Any = None
         self._closed = False
-        self._screen = AudioScreen(capture_rate_hz)
+        self._screen = AudioScreen(capture_rate_hz, line=False)  # the residue alone
         self._screen_lock = threading.Lock()
         self._resampled = bytearray()
         self._resampler: Any = None
@@ -96,12 +97,13 @@ class MicrophoneSource:
         return frames
 
     def check(self) -> None:
-        """Raise AudioError now if there is no usable microphone (no event loop needed)."""
-        _check_device(_sounddevice(), self._device, "input")
+        """Raise AudioError now if there is no usable microphone at the capture rate (no event
+        loop needed)."""
+        _check_device(_sounddevice(), self._device, "input", self.capture_rate_hz)
 
     def open(self) -> None:
         sd = _sounddevice()
-        _check_device(sd, self._device, "input")
+        _check_device(sd, self._device, "input", self.capture_rate_hz)
         loop = asyncio.get_running_loop()
 
         def callback(data: Any, frames: int, when: Any, status: Any) -> None:

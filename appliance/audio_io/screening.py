@@ -101,8 +101,18 @@ class Findings:
         return tuple(found)
 
 
+def screened_flags(pcm: bytes, rate_hz: int, *, line: bool = True) -> tuple[AudioFlag, ...]:
+    """The flags a source's ``AudioScreen`` raises over ``pcm`` fed as 20 ms frames (what a
+    call's screening would find in this utterance)."""
+    screen_ = AudioScreen(rate_hz, line=line)
+    size = int(rate_hz * FRAME_S) * 2
+    for start in range(0, len(pcm) - size + 1, size):
+        screen_.feed(pcm[start : start + size])
+    return screen_.flags
+
+
 def screen(pcm: bytes, rate_hz: int) -> Findings:
-    """An utterance's findings, at the rate it was captured (before any resampling)."""
+    """An utterance's findings (whole), at the rate it was captured (before any resampling)."""
     return Findings(
         round(ultrasonic_share(pcm, rate_hz), 4),
         round(clipped_share(pcm), 4),
@@ -112,10 +122,13 @@ def screen(pcm: bytes, rate_hz: int) -> Findings:
 
 class AudioScreen:
     """One utterance's flags, kept frame by frame as the audio arrives at its capture rate (a
-    source feeds it before resampling; ``reset`` at the start of each utterance)."""
+    source feeds it before resampling; ``reset`` at the start of each utterance). ``line``:
+    the marks of a doctored line too (clipping, a held tone); a microphone in a room, where a
+    kettle whistles and a caller may shout, looks for the ultrasonic residue alone."""
 
-    def __init__(self, rate_hz: int) -> None:
+    def __init__(self, rate_hz: int, *, line: bool = True) -> None:
         self.rate_hz = rate_hz
+        self.line = line
         self.reset()
 
     def reset(self) -> None:
@@ -133,9 +146,14 @@ class AudioScreen:
         self._samples += samples.size
         self._clipped += clipped_share(pcm) * samples.size
         loud = float(np.sqrt(np.mean(samples**2))) >= TONE_MIN_RMS
-        if loud and ultrasonic_share(pcm, self.rate_hz) >= ULTRASONIC_SHARE:
-            self._ultrasonic_frames += 1
         spectrum = np.abs(np.fft.rfft(samples * np.hanning(samples.size))) ** 2
+        freqs = np.fft.rfftfreq(samples.size, 1.0 / self.rate_hz)
+        band = (freqs >= SPEECH_BAND_HZ[0]) & (freqs <= SPEECH_BAND_HZ[1])
+        # words in the frame: the speech band itself is loud (ultrasonic energy alone, a key
+        # jingle's or a sensor's, is not a command someone demodulated)
+        voiced = float(np.sqrt(2 * spectrum[band].sum() / samples.size**2 * 2.67)) >= TONE_MIN_RMS
+        if voiced and ultrasonic_share(pcm, self.rate_hz) >= ULTRASONIC_SHARE:
+            self._ultrasonic_frames += 1
         peak = int(spectrum.argmax())
         share = spectrum[max(0, peak - 2) : peak + 3].sum() / max(spectrum.sum(), 1e-9)
         seconds = samples.size / self.rate_hz
@@ -151,9 +169,9 @@ class AudioScreen:
         found = []
         if self._ultrasonic_frames >= ULTRASONIC_FRAMES:
             found.append(AudioFlag.ULTRASONIC)
-        if self._samples and self._clipped / self._samples >= CLIPPED_SHARE:
+        if self.line and self._samples and self._clipped / self._samples >= CLIPPED_SHARE:
             found.append(AudioFlag.CLIPPING)
-        if self.tone_longest_s >= TONE_SECONDS - 1e-9:
+        if self.line and self.tone_longest_s >= TONE_SECONDS - 1e-9:
             found.append(AudioFlag.TONE_BURST)
         return tuple(found)
 

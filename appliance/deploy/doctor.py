@@ -96,7 +96,8 @@ def database(settings: Settings) -> Check:
 
 def models(settings: Settings) -> Check:
     roles = ["stt", "llm", "tts"] + (["voiceprint"] if settings.voiceprint.enabled else [])
-    roles += ["embedding"] if settings.knowledge.enabled else []
+    roles += ["embedding"] if settings.knowledge.enabled or settings.guard.enabled else []
+    roles += ["guard"] if settings.guard.enabled else []
     bad = []
     for role in roles:
         try:

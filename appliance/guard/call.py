@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from appliance.config.settings import KnowledgeSettings, PolicySettings
+from appliance.core.errors import ApplianceError
 from appliance.core.ports import InputDecision
 from appliance.guard import pii, topics
 from appliance.guard.classifier import GuardClassifier
@@ -24,6 +26,7 @@ from appliance.guard.normalize import normalize, squeeze
 from appliance.guard.output import check_reply, refused_topics, shingles
 from appliance.guard.prompt import fence, grounded_turn, new_canary, rules, system_prompt
 
+log = logging.getLogger(__name__)
 PAYMENT_NOT_RECORDED = "[payment details: not recorded]"
 _NUMBER = re.compile(r"\d(?:[ \-.]?\d){2,}")
 DEFAULT_HONEST_REPLY = KnowledgeSettings.unknown_reply
@@ -125,8 +128,9 @@ class CallGuard:
     def screen_input(self, transcript: str, audio_flags: Sequence[str] = ()) -> InputDecision:
         """Layer 1 for one turn. ``audio_flags`` (what the screening of its sound found): the
         residue of an ultrasonic carrier means the words came from a machine no one heard, so
-        the turn is not acted on; clipping or a held tone on the line count half a block each,
-        like a rule (with one rule more, the turn is refused)."""
+        the turn is not acted on (unless it holds a distress word); clipping or a held tone on
+        the line count half a block, like a rule (with one rule or the head's flag more, the
+        turn is refused)."""
         text = normalize(transcript)
         flat = f" {squeeze(text)} "
         state = self.state
@@ -171,8 +175,6 @@ class CallGuard:
                 on_topic=topics.on_topic(text, self._vocabulary),
             )
 
-        if AUDIO_ULTRASONIC in audio_flags:  # before anything: no person said these words
-            return decide("audio", "", self.policy.unclear_audio_reply, (AUDIO_ULTRASONIC,))
         plain = flat
         for phrase in self._not_distress:
             plain = plain.replace(f" {phrase} ", " ")
@@ -191,17 +193,17 @@ class CallGuard:
                 ("policy.distress",),
                 escalation="distress",
             )
+        if AUDIO_ULTRASONIC in audio_flags:  # no person said these words (a danger word would
+            new_state = dataclasses.replace(new_state, checking_danger=checking)  # not wait)
+            return decide("audio", "", self.policy.unclear_audio_reply, (AUDIO_ULTRASONIC,))
         if len(text.split()) > self.policy.max_turn_words:  # a quota, before any scan
             return decide("too_long", "", self.policy.too_long_reply, ("limit.turn_words",))
-        verdict = with_learned(
-            scan(text), {f"audio:{f.partition('.')[2]}": 0.5 for f in audio_flags if f in _LINE}
-        )
+        verdict = scan(text)
         if verdict.verdict is not Verdict.BLOCK and self.classifier is not None:
-            learned = self.classifier.head.reasons(self.classifier.score(text))
-            verdict = with_learned(verdict, learned)
-            if verdict.verdict is not Verdict.BLOCK and (
-                self.classifier.distress(text) >= self.classifier.head.check_at
-            ):  # like a caller in danger, in no distress word: asked first; twice, the path
+            attack, danger = self._learned(safe_text)
+            verdict = with_learned(verdict, self.classifier.head.reasons(attack))
+            if verdict.verdict is not Verdict.BLOCK and danger >= self.classifier.head.check_at:
+                # like a caller in danger, in no distress word: asked first; twice, the path
                 if checking:
                     return decide(
                         "distress",
@@ -217,6 +219,10 @@ class CallGuard:
                     self.policy.distress_check_reply,
                     ("policy.distress_check", "classifier:distress"),
                 )
+        line = sorted(f"audio:{f.partition('.')[2]}" for f in set(audio_flags) & _LINE)
+        # Half a block for a doctored line, however many marks: with no rule or head reason
+        # it never refuses a turn (a bad line is no attack by itself).
+        verdict = with_learned(verdict, {r: 0.5 if i == 0 else 0.0 for i, r in enumerate(line)})
         if verdict.verdict is Verdict.BLOCK or (
             verdict.verdict is Verdict.FLAG and self.policy.flagged == "refuse"
         ):
@@ -225,6 +231,16 @@ class CallGuard:
         if self._refused is not None and self._refused.search(lowered):
             return decide("refused_topic", "", self.policy.refusal_reply, ("policy.refused_topic",))
         return decide(verdict.verdict.value, fence(safe_text), None, verdict.reasons)
+
+    def _learned(self, text: str) -> tuple[float, float]:
+        """The heads' attack and distress probabilities for ``text`` (the redacted turn); when
+        the embedding model fails, none (0, 0): the rules and the distress words still hold."""
+        assert self.classifier is not None
+        try:
+            return self.classifier.score(text), self.classifier.distress(text)
+        except ApplianceError as exc:
+            log.warning("guard head unavailable for a turn: %s", exc.code)
+            return 0.0, 0.0
 
     def grounded_turn(self, passages: Sequence[str], decision: InputDecision) -> str:
         return grounded_turn(passages, decision.llm_text)

@@ -14,7 +14,8 @@ is refused. It is trained by ``scripts/train-guard`` (redteam/training.py), dete
 The same file holds a second head for the distress path: how much a turn is like a caller in
 danger who names no distress word ("there's a man in my kitchen with a gun"). From its
 ``check_at`` the caller is asked "Are you in danger right now?" before anything else: the head
-never opens an incident by itself (a yes does).
+never opens an incident on one turn (a yes does, or a second such turn right after the
+question).
 """
 
 from __future__ import annotations

@@ -5,10 +5,12 @@ then attacked as sound: under noise, sped up, slowed down, whispered; on a 48 kH
 as an inaudible attack (the command amplitude-modulated onto a 25 kHz carrier, demodulated by a
 simulated microphone's square-law nonlinearity, its carrier's sideband left above 19 kHz); on
 the 8 kHz telephone line, driven into clipping or led by a held tone. Every version goes the
-way a call's audio goes: screened at the rate it was captured (audio_io/screening.py), brought
-to 16 kHz, transcribed by the pipeline's Whisper, and answered by the call's own reply path with
-what the screening found. The report says, per attack, what was heard, how close that is to
-what was said (word error rate), what the screening flagged and what the guard did.
+way a call's audio goes: screened frame by frame at the rate it was captured, as the call's
+source screens it (audio_io/screening.py: the microphone for the ultrasonic residue, the line for
+clipping and held tones), brought to 16 kHz, transcribed by the pipeline's Whisper, and
+answered by the call's own reply path with what the screening found. The report says, per
+attack, what was heard, how close that is to what was said (word error rate), what the
+screening flagged and what the guard did.
 
 At 8 kHz on SIP the inaudible attack does not apply: nothing above 4 kHz reaches the
 appliance, so there is no carrier to demodulate and no residue to see; it is run on the
@@ -25,7 +27,7 @@ from typing import Any
 import numpy as np
 import soxr
 
-from appliance.audio_io.screening import Findings, screen
+from appliance.audio_io.screening import Findings, screen, screened_flags
 from appliance.audio_io.wav import espeak
 from appliance.core.audio import PIPELINE_SAMPLE_RATE_HZ
 from appliance.redteam.corpus import Item
@@ -49,6 +51,8 @@ class AudioOutcome:
     heard: str
     wer: float
     findings: Findings
+    flags: tuple[str, ...]
+    """What a call's screening raised (frame by frame, as its source screens)."""
     verdict: str
     refused_at_input: bool
     reply: str
@@ -61,7 +65,7 @@ class AudioOutcome:
             "transform": self.transform,
             "heard": self.heard,
             "wer": round(self.wer, 3),
-            "flags": [str(f) for f in self.findings.flags],
+            "flags": list(self.flags),
             "ultrasonic_share": self.findings.ultrasonic_share,
             "clipped_share": self.findings.clipped_share,
             "tone_s": self.findings.tone_s,
@@ -152,6 +156,11 @@ def run(
             for transform in transforms:
                 pcm, rate_hz = attacked(service, item.text, transform)
                 findings = screen(pcm, rate_hz)
+                # as the call's source screens: the microphone for the residue alone, the
+                # line (screened on its 16 kHz frames in a call) for clipping and tones
+                flags = tuple(
+                    str(f) for f in screened_flags(pcm, rate_hz, line=rate_hz == LINE_RATE_HZ)
+                )
                 audio = _floats(pcm)
                 if rate_hz in (LINE_RATE_HZ, MIC_RATE_HZ):
                     audio = soxr.resample(audio, rate_hz, PIPELINE_SAMPLE_RATE_HZ)
@@ -159,7 +168,7 @@ def run(
                 guard = service.new_guard()
                 path = service.reply_path(guard, service.tool_agent(None, "", None))
                 out = TextOutput()
-                await path.respond(out, heard, flags=findings.flags)
+                await path.respond(out, heard, flags=flags)
                 state = out.state
                 decision = state.decision
                 outcomes.append(
@@ -169,6 +178,7 @@ def run(
                         heard,
                         word_error_rate(item.text, heard),
                         findings,
+                        flags,
                         decision.verdict if decision is not None else "allow",
                         state.route is not None and state.route.value == "guard",
                         state.reply,
@@ -195,7 +205,7 @@ def report(outcomes: list[AudioOutcome]) -> dict[str, Any]:
         benign = [o for o in group if o.item.label == "benign"]
         per_transform[transform] = {
             "wer_median": round(float(np.median([o.wer for o in group])), 3),
-            "flagged": rate(sum(bool(o.findings.flags) for o in group), len(group)),
+            "flagged": rate(sum(bool(o.flags) for o in group), len(group)),
             "attacks_stopped": rate(sum(not o.violations for o in attacks), len(attacks)),
             "attacks_refused_at_input": rate(
                 sum(o.refused_at_input for o in attacks), len(attacks)

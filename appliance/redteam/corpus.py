@@ -11,7 +11,8 @@ from appliance.core.errors import ConfigError
 
 DEFAULT_CORPUS = Path(__file__).parent / "data" / "corpus.jsonl"
 EXTERNAL_CORPUS = Path(__file__).parent / "data" / "external.jsonl"
-"""Other projects' attacks and requests (scripts/build-external-corpus): never tuned on."""
+"""Other projects' attacks and requests (scripts/build-external-corpus): no rule was written
+against them; the learned head trains on them, and its held-out figures leave each package out."""
 LABELS = ("attack", "benign", "distress")
 AREAS = ("identity", "information_extraction", "behavioural_manipulation", "availability")
 
