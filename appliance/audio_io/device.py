@@ -33,9 +33,7 @@ def _device(name: str) -> str | int | None:
     return int(name) if name.isdigit() else name
 
 
-def _check_device(
-    sd: Any, device: str | int | None, kind: str, rate_hz: int | None = None
-) -> None:
+def _check_device(sd: Any, device: str | int | None, kind: str, rate_hz: int | None = None) -> None:
     try:
         check = sd.check_input_settings if kind == "input" else sd.check_output_settings
         check(device=device, samplerate=rate_hz)
