@@ -76,11 +76,16 @@ def clipped_share(pcm: bytes) -> float:
 
 def tone_seconds(pcm: bytes, rate_hz: int) -> float:
     """The longest run of frames that are one pure tone, in seconds."""
-    screen = AudioScreen(rate_hz)
+    return _fed(pcm, rate_hz, line=True).tone_longest_s
+
+
+def _fed(pcm: bytes, rate_hz: int, *, line: bool) -> AudioScreen:
+    """An ``AudioScreen`` fed ``pcm`` as 20 ms frames, as a source feeds it."""
+    screen_ = AudioScreen(rate_hz, line=line)
     size = int(rate_hz * FRAME_S) * 2
     for start in range(0, len(pcm) - size + 1, size):
-        screen.feed(pcm[start : start + size])
-    return screen.tone_longest_s
+        screen_.feed(pcm[start : start + size])
+    return screen_
 
 
 @dataclass(frozen=True)
@@ -104,11 +109,7 @@ class Findings:
 def screened_flags(pcm: bytes, rate_hz: int, *, line: bool = True) -> tuple[AudioFlag, ...]:
     """The flags a source's ``AudioScreen`` raises over ``pcm`` fed as 20 ms frames (what a
     call's screening would find in this utterance)."""
-    screen_ = AudioScreen(rate_hz, line=line)
-    size = int(rate_hz * FRAME_S) * 2
-    for start in range(0, len(pcm) - size + 1, size):
-        screen_.feed(pcm[start : start + size])
-    return screen_.flags
+    return _fed(pcm, rate_hz, line=line).flags
 
 
 def screen(pcm: bytes, rate_hz: int) -> Findings:

@@ -237,7 +237,7 @@ class CallGuard:
         the embedding model fails, none (0, 0): the rules and the distress words still hold."""
         assert self.classifier is not None
         try:
-            return self.classifier.score(text), self.classifier.distress(text)
+            return self.classifier.scores(text)
         except ApplianceError as exc:
             log.warning("guard head unavailable for a turn: %s", exc.code)
             return 0.0, 0.0

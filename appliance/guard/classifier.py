@@ -142,12 +142,8 @@ class GuardClassifier:
         self.embedder = embedder
         self.head = head
 
-    def score(self, text: str) -> float:
-        """The probability that ``text`` is an attack."""
-        return self.head.probability(self.embedder.embed([text])[0])
-
-    def distress(self, text: str) -> float:
-        """The probability that ``text`` is a caller in danger."""
-        if not self.head.distress_weights:
-            return 0.0
-        return self.head.distress(self.embedder.embed([text])[0])
+    def scores(self, text: str) -> tuple[float, float]:
+        """The probabilities that ``text`` is an attack and a caller in danger (one embedding
+        for both heads)."""
+        vector = self.embedder.embed([text])[0]
+        return self.head.probability(vector), self.head.distress(vector)

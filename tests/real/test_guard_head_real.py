@@ -122,3 +122,23 @@ def test_the_training_script_reproduces_the_shipped_head(
         figures["benign"]["rules_and_head"]["successes"]
         <= 2 + (kept["benign"]["rules_and_head"]["successes"])
     )
+
+
+def test_the_guard_head_is_off_with_its_section_and_checked_by_doctor_when_on(
+    tmp_path: Path,
+) -> None:
+    import dataclasses
+
+    from appliance.config.settings import GuardSettings, load_settings
+    from appliance.deploy.doctor import models
+    from appliance.service import load_classifier
+
+    settings = load_settings(environ={"APPLIANCE_HOME": str(tmp_path)})
+    off = dataclasses.replace(settings, guard=GuardSettings(enabled=False))
+    assert load_classifier(off) is None  # the rules and the distress words alone
+    altered = tmp_path / "injection-head.json"
+    altered.write_text("{}", encoding="utf-8")
+    on = dataclasses.replace(settings, guard=GuardSettings(path=str(altered)))
+    check = models(on)
+    assert check.status == "FAIL"
+    assert "injection-head-minilm" in check.detail and "altered" in check.detail
