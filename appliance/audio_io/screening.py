@@ -123,7 +123,7 @@ def screen(pcm: bytes, rate_hz: int) -> Findings:
 
 class AudioScreen:
     """One utterance's flags, kept frame by frame as the audio arrives at its capture rate (a
-    source feeds it before resampling; ``reset`` at the start of each utterance). ``line``:
+    source feeds it before resampling; ``reset`` once each utterance is answered). ``line``:
     the marks of a doctored line too (clipping, a held tone); a microphone in a room, where a
     kettle whistles and a caller may shout, looks for the ultrasonic residue alone."""
 
@@ -144,9 +144,10 @@ class AudioScreen:
         samples = _samples(pcm)
         if samples.size < 32:
             return
-        self._samples += samples.size
-        self._clipped += clipped_share(pcm) * samples.size
         loud = float(np.sqrt(np.mean(samples**2))) >= TONE_MIN_RMS
+        if loud:  # a share of the loud frames: the quiet between turns does not dilute it
+            self._samples += samples.size
+            self._clipped += clipped_share(pcm) * samples.size
         spectrum = np.abs(np.fft.rfft(samples * np.hanning(samples.size))) ** 2
         freqs = np.fft.rfftfreq(samples.size, 1.0 / self.rate_hz)
         band = (freqs >= SPEECH_BAND_HZ[0]) & (freqs <= SPEECH_BAND_HZ[1])

@@ -155,6 +155,25 @@ class TtsSettings:
         _check(self.threads >= 1, "tts.threads", "at least 1")
 
 
+# Distress words that alone do not show danger: a turn with only these is asked first.
+_DISTRESS_UNSURE = (
+    "emergency",
+    "following me",
+    "threatening me",
+    "someone is hurting me",
+    "he's hurting me",
+    "she's hurting me",
+    "they're hurting me",
+    "going to jump",
+    "whole bottle",
+    "trying to get in",
+    "get into my flat",
+    "get into my house",
+    "get into my home",
+    "locked in",
+)
+
+
 @dataclass(frozen=True)
 class PolicySettings:
     organization: str = "Example Co."
@@ -223,13 +242,22 @@ class PolicySettings:
         "self harm",
         "want to die",
         "overdose",
+        "taken all my pills",
         "heart attack",
         "can't breathe",
         "cannot breathe",
+        "isn't breathing",
+        "is not breathing",
         "chest pain",
         "being attacked",
+        "breaking in",
+        "with a gun",
+        "with a knife",
+        "i've been shot",
+        "i have been shot",
+        "i've been stabbed",
         "in danger",
-        "emergency",
+        *_DISTRESS_UNSURE,
     )
     distress_exclusions: tuple[str, ...] = (
         "emergency contact",
@@ -243,10 +271,25 @@ class PolicySettings:
         "heart attack cover",
         "in case of emergency",
         "in case of an emergency",
+        "get in touch",
+        "rate locked in",
+        "rate is locked in",
+        "locked in rate",
+        "locked in a rate",
+        "locked in my rate",
+        "locked in the rate",
+        "price locked in",
+        "rate going to jump",
+        "rates going to jump",
+        "price going to jump",
+        "prices going to jump",
+        "fees going to jump",
+        "payment going to jump",
+        "payments going to jump",
     )
     """Phrases that hold a distress word but say nothing of danger ("change my emergency
     contact"): taken out of the turn before the distress words are looked for."""
-    distress_unsure: tuple[str, ...] = ("emergency",)
+    distress_unsure: tuple[str, ...] = _DISTRESS_UNSURE
     """Distress words that alone do not show danger ("it's an emergency, I lost my card"): a
     turn with only these gets ``distress_check_reply`` first; a yes takes the distress path,
     anything else is answered as usual. A clear word goes straight to the distress path."""
@@ -290,6 +333,11 @@ class PolicySettings:
             raise ConfigError("config.invalid", f"policy.redact: unknown kinds {sorted(unknown)}")
         _check(self.flagged in ("caution", "refuse"), "policy.flagged", "caution or refuse")
         _check(0 <= self.payment_turns <= 20, "policy.payment_turns", "0 to 20")
+        _check(
+            set(self.distress_unsure) <= set(self.distress_keywords),
+            "policy.distress_unsure",
+            "words that are also in distress_keywords",
+        )
         for key in (
             "refusal_reply",
             "blocked_reply",

@@ -9,6 +9,8 @@ the ``tokenizers`` library (already a dependency of faster-whisper).
 from __future__ import annotations
 
 import collections
+import hashlib
+import secrets
 import threading
 from collections.abc import Sequence
 
@@ -46,23 +48,29 @@ class MiniLmEmbedder:
         self._tokenizer.enable_padding(pad_id=0, pad_token="[PAD]")
         self._inputs = {i.name for i in self._session.get_inputs()}
         self._lock = threading.Lock()
-        self._recent: collections.OrderedDict[str, list[float]] = collections.OrderedDict()
+        # Keyed by a hash salted per embedder, so the callers' words are not kept in memory
+        self._recent: collections.OrderedDict[bytes, list[float]] = collections.OrderedDict()
+        self._salt = secrets.token_bytes(16)
         self.spec = spec
 
     def embed(self, texts: Sequence[str]) -> list[list[float]]:
         if len(texts) == 1:
+            key = self._key(texts[0])
             with self._lock:
-                known = self._recent.get(texts[0])
+                known = self._recent.get(key)
                 if known is not None:
-                    self._recent.move_to_end(texts[0])
+                    self._recent.move_to_end(key)
                     return [list(known)]
             vectors = self._embed(texts)
             with self._lock:
-                self._recent[texts[0]] = vectors[0]
+                self._recent[key] = vectors[0]
                 while len(self._recent) > RECENT:
                     self._recent.popitem(last=False)
             return [list(vectors[0])]
         return self._embed(texts)
+
+    def _key(self, text: str) -> bytes:
+        return hashlib.blake2b(text.encode(), key=self._salt, digest_size=16).digest()
 
     def _embed(self, texts: Sequence[str]) -> list[list[float]]:
         if not texts:

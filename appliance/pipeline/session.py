@@ -282,8 +282,6 @@ class CallSession:
                 self._barge_in()
             self._turn = TurnResult(index=len(self.turns) + 1)
             self.turns.append(self._turn)
-            if isinstance(self._source, ScreenedAudio):
-                self._source.reset_audio_flags()
             self._emit(self._turn, EventType.SPEECH_START, frame_index=self._tick)
         if self._turn is not None and self._endpointer.in_speech and is_speech:
             self._turn.last_voiced_ms = self.now_ms()
@@ -293,6 +291,10 @@ class CallSession:
             self._discard_speculation()
         elif decision is Decision.SPEECH_END:
             self._speech_end()
+            # The screen starts afresh once the utterance is answered, not when speech starts:
+            # the endpointer sees speech some frames late, and those frames were screened.
+            if isinstance(self._source, ScreenedAudio):
+                self._source.reset_audio_flags()
 
     def _speech_end(self) -> None:
         turn = self._turn
@@ -346,12 +348,13 @@ class CallSession:
         response = _Response(self, self._turn, speculative)
         if self._config.record_audio:
             response.utterance = audio
+        # Read now: the task starts later, after the screen may have been reset
+        flags = self._source.audio_flags() if isinstance(self._source, ScreenedAudio) else ()
 
         def work() -> Coroutine[Any, Any, None]:
             if fixed_reply is not None:  # a limit or the call's end speaks, not the model
                 response.state.route = Route.FIXED
                 return self.reply.answer(response, Plan(Route.FIXED, text=fixed_reply))
-            flags = self._source.audio_flags() if isinstance(self._source, ScreenedAudio) else ()
             return self.reply.run(response, audio, flags)
 
         response.task = asyncio.create_task(self._respond(response, work))

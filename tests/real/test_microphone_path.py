@@ -6,6 +6,7 @@ from __future__ import annotations
 import difflib
 import re
 import selectors
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -47,6 +48,8 @@ def start_listen(pulse: dict[str, str], home: Path) -> subprocess.Popen[str]:
         text=True,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
+        # Ctrl-C ends it: give SIGINT its default back, in case this run inherited it ignored
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
 
 

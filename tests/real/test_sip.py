@@ -45,6 +45,24 @@ def free_port(kind: int = socket.SOCK_DGRAM) -> int:
         return int(s.getsockname()[1])
 
 
+def free_media_port() -> int:
+    """A free UDP port whose neighbour two up is free too: SIPp binds its video port there."""
+    for _ in range(50):
+        port = free_port()
+        if port % 2 == 0 and port + 2 < 65536:
+            try:
+                with (
+                    socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as a,
+                    socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as b,
+                ):
+                    a.bind(("127.0.0.1", port))
+                    b.bind(("127.0.0.1", port + 2))
+                return port
+            except OSError:
+                continue
+    raise RuntimeError("no free media port pair in 50 tries")
+
+
 @dataclass
 class Line:
     port: int
@@ -146,7 +164,7 @@ def sipp(
     try:
         result = subprocess.run(
             ["sipp", f"127.0.0.1:{line.port}", "-sf", str(xml), "-m", "1", "-i", source,
-             "-p", str(free_port()), "-mp", str(free_port()), "-timeout", "120s", "-nostdin",
+             "-p", str(free_port()), "-mp", str(free_media_port()), "-timeout", "120s", "-nostdin",
              "-trace_err", "-error_file", str(tmp_path / "sipp_errors.log"), "-t", transport,
              *extra],
             capture_output=True, text=True, timeout=180, cwd=tmp_path,

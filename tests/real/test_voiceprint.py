@@ -112,11 +112,21 @@ def test_a_replayed_enrolment_clip_cannot_answer_the_challenge_nor_reach_level_2
     assert not match.passed and match.reason == "voice.wrong_challenge"  # ... but not live
     # A synthesizer with the caller's voice says the challenge: one factor at most, never 2,
     # even beside a PIN: only a possession factor (TOTP, out-of-band code) adds level 2.
-    said = " ".join(challenge)
-    cloned = phone(speak(service, f"My code is {said}."))
-    heard = service.engines.stt.transcribe(cloned, RATE).text
-    match = verifier.verify("+1555", joe, embedder.embed(cloned, RATE), heard, challenge)
-    assert match.passed, (heard, match)
+    # Piper samples its noise afresh each time, and now and then Whisper mishears a digit on the
+    # line (a 7th digit): a live caller is then asked a new challenge, and so is the clone here,
+    # up to three times. What is asserted is that the cloned voice passes once the digits are right.
+    tries = []
+    for _ in range(3):
+        fresh = VoiceVerifier(verifier.threshold, AttemptLimiter())
+        challenge = fresh.challenge()
+        said = ", ".join(challenge)  # as the agent reads it out: "4, 1, 9, ..."
+        cloned = phone(speak(service, f"My code is {said}."))
+        heard = service.engines.stt.transcribe(cloned, RATE).text
+        match = fresh.verify("+1555", joe, embedder.embed(cloned, RATE), heard, challenge)
+        tries.append((challenge, heard, match))
+        if match.reason != "voice.wrong_challenge":
+            break
+    assert match.passed, tries
     assert assurance([Factor.VOICE]) is Assurance.ONE_FACTOR
     assert assurance([Factor.VOICE, Factor.PIN]) is Assurance.ONE_FACTOR
 

@@ -86,6 +86,17 @@ def test_the_screen_keeps_one_utterance_frame_by_frame_and_starts_afresh() -> No
     assert screen_.flags == ()
 
 
+def test_clipping_is_a_share_of_the_loud_frames_so_quiet_does_not_dilute_it() -> None:
+    screen_ = AudioScreen(8_000)
+    frame = 160 * 2
+    clipped = pcm(speech_like(8_000, seconds=0.6) * 5)  # about 8% of its samples at the rails
+    quiet = bytes(8_000 * 2 * 12)  # twelve seconds of the agent talking, the caller silent
+    for sound in (clipped, quiet):
+        for start in range(0, len(sound) - frame + 1, frame):
+            screen_.feed(sound[start : start + frame])
+    assert AudioFlag.CLIPPING in screen_.flags
+
+
 def test_a_screened_source_passes_its_frames_through_and_reports_the_line_flags() -> None:
     clipped = pcm(np.repeat(speech_like(8_000) * 8, 2))  # the line's frames, at 16 kHz
     source = ScreenedSource(MemorySource(clipped))
