@@ -13,13 +13,14 @@ from pathlib import Path
 from typing import Any
 
 from appliance.config.manifest import model_spec
-from appliance.config.settings import Settings
+from appliance.config.settings import CredentialSource, Settings
 from appliance.core.audio import frame_bytes
 from appliance.core.events import EventType, TurnEvent
 from appliance.core.models import require_verified
 from appliance.core.ports import (
     AudioSink,
     AudioSource,
+    CallerDirectory,
     CallRecorder,
     TurnAgent,
     TurnGuard,
@@ -33,6 +34,7 @@ from appliance.engines.vad import WebRtcVad
 from appliance.guard.call import CallGuard
 from appliance.guard.classifier import GuardClassifier, GuardHead
 from appliance.identity.abuse import AbuseMonitor, Action, CallAnomalies
+from appliance.identity.directory import DirectoryCredentials, NoDirectory
 from appliance.identity.factors import AttemptLimiter
 from appliance.identity.voice import VoiceTemplate, VoiceVerifier
 from appliance.knowledge.base import KnowledgeBase, KnowledgeChange
@@ -53,7 +55,7 @@ from appliance.storage.keys import (
     read_key,
 )
 from appliance.storage.repository import Storage
-from appliance.tools.agent import CallerFactors, JsonRequester, ToolAgent, VoiceCheck
+from appliance.tools.agent import CallerFactors, Credentials, JsonRequester, ToolAgent, VoiceCheck
 from appliance.tools.demo import DemoBank, demo_tools
 from appliance.tools.registry import ToolBox
 
@@ -295,11 +297,16 @@ class VoiceService:
     def tool_agent(
         self, storage: Storage | None, call_id: str, caller_id: str | None
     ) -> ToolAgent | None:
-        """Tools inside one call (the demo tools and their demo credentials), or None when no
-        tool is enabled or the model cannot answer under a grammar."""
+        """Tools inside one call (the demo tools; the callers' factors from the demo data or the
+        caller directory, as ``[tools] credentials`` says), or None when no tool is enabled or
+        the model cannot answer under a grammar."""
         if not self.settings.tools.enabled or not isinstance(self.engines.llm, JsonRequester):
             return None
         bank = DemoBank()
+        credentials: Credentials = bank
+        if self.settings.tools.credentials is CredentialSource.DIRECTORY:
+            directory: CallerDirectory = NoDirectory() if storage is None else storage
+            credentials = DirectoryCredentials(directory)
         made_for_another = self._factors_store is not None and self._factors_store is not storage
         if self._factors is None or made_for_another:
             # Attempt counts and used codes live in the store the calls use (one per service)
@@ -308,7 +315,7 @@ class VoiceService:
         return ToolAgent(
             self.toolbox(storage, call_id, bank),
             caller=caller_id or "",
-            credentials=bank,
+            credentials=credentials,
             model=self.engines.llm,
             settings=self.settings.tools,
             factors=self._factors,
@@ -354,11 +361,24 @@ class VoiceService:
                 options.threshold, limiter, options.challenge_digits
             )
 
-        def template(caller: str) -> VoiceTemplate | None:
-            sealed = storage.voiceprint(caller) if caller else None
-            return VoiceTemplate.from_bytes(sealed) if sealed else None
+        return VoiceCheck(
+            self.voice_embedder(),
+            self._voice_verifier,
+            lambda caller: self.voice_template(storage, caller),
+        )
 
-        return VoiceCheck(self.voice_embedder(), self._voice_verifier, template)
+    def voice_template(self, storage: Storage, caller: str) -> VoiceTemplate | None:
+        """The caller's enrolled voice template, the voice factor's only way to one. With
+        ``[tools] credentials = "directory"`` a caller the directory does not know, or has
+        locked, has none: a lock makes every factor fail, voice included."""
+        if not caller:
+            return None
+        if self.settings.tools.credentials is CredentialSource.DIRECTORY and not (
+            DirectoryCredentials(storage).usable(caller)
+        ):
+            return None
+        sealed = storage.voiceprint(caller)
+        return VoiceTemplate.from_bytes(sealed) if sealed else None
 
     def reply_path(
         self, guard: CallGuard | None = None, agent: TurnAgent | None = None

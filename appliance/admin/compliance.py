@@ -53,6 +53,10 @@ def flows(settings: Settings) -> list[Flow]:
              "not kept", "nobody"),
         Flow("Voice templates", "enrolment -> storage", "sealed under their own key",
              "until erased with the caller", "nobody (used by the voice factor only)"),
+        Flow("Caller directory (number, name, PIN hash, TOTP secret, contact)",
+             "appliance callers -> storage", "sealed under each entry's own key; the number "
+             "also as a keyed hash", "until removed or erased with the caller",
+             "admins (the CLI; audited); the factors in a call"),
         Flow("Call records", "storage", "SQLCipher (AES-256)", f"{r.calls_days} days",
              "operators, admins"),
         Flow("Audit trail", "storage", "hash-chained, signed exports (Ed25519)",

@@ -81,7 +81,8 @@ def erase_data(args: argparse.Namespace, settings: Settings) -> int:
             report = storage.erase_caller(args.caller, actor())
         else:
             report = storage.erase_call(args.call, actor())
-    print(f"erased {report.calls_erased} call(s); kept {report.calls_held} on legal hold")
+    removed = "; directory entry removed (credentials shredded)" if report.directory_removed else ""
+    print(f"erased {report.calls_erased} call(s); kept {report.calls_held} on legal hold{removed}")
     return 0
 
 

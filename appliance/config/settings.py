@@ -9,6 +9,7 @@ else ``config/appliance.toml`` of the checkout when present), then environment v
 from __future__ import annotations
 
 import dataclasses
+import enum
 import ipaddress
 import os
 import re
@@ -447,6 +448,15 @@ class LimitsSettings:
         _check(self.topic_drift_turns >= 2, "limits.topic_drift_turns", "at least 2")
 
 
+class CredentialSource(enum.StrEnum):
+    """What callers' factors are checked against."""
+
+    DEMO = "demo"
+    """The fictional callers of ``tools/demo_data.json`` (the demo configuration)."""
+    DIRECTORY = "directory"
+    """The organization's own callers, enrolled with ``appliance callers``."""
+
+
 @dataclass(frozen=True)
 class ToolsSettings:
     enabled: tuple[str, ...] = (
@@ -458,6 +468,9 @@ class ToolsSettings:
     """The tools this deployment uses; the model is shown only these. The appointment tools
     are on because the knowledge base promises that appointments can be booked, moved or
     cancelled on this line."""
+    credentials: CredentialSource = CredentialSource.DEMO
+    """Where the PIN, TOTP and voice factors look a caller up: ``demo`` (demo_data.json) or
+    ``directory`` (the caller directory in the encrypted store)."""
     max_factor_attempts: int = 3
     """Wrong PINs or codes before that factor locks (for lockout_s, doubled each time)."""
     lockout_s: int = 300
@@ -869,6 +882,12 @@ def _coerce(value: Any, kind: Any, key: str) -> Any:
                 pass
     elif kind is str and isinstance(value, str):
         return value
+    elif isinstance(kind, type) and issubclass(kind, enum.StrEnum) and isinstance(value, str):
+        try:
+            return kind(value)
+        except ValueError as exc:
+            choices = ", ".join(f'"{choice.value}"' for choice in kind)
+            raise ConfigError("config.invalid", f"{key}: one of {choices}") from exc
     elif kind == tuple[str, ...]:
         if isinstance(value, list) and all(isinstance(v, str) for v in value):
             return tuple(value)

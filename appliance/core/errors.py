@@ -71,6 +71,11 @@ class IntegrityError(ApplianceError):
     """A sealed value or the audit chain failed its integrity check: it was altered."""
 
 
+class DirectoryError(ApplianceError):
+    """A change to the caller directory was refused: a malformed number or credential, a
+    caller already enrolled or not enrolled, a secret that would be replaced unasked."""
+
+
 class KeyringError(ApplianceError):
     """A key is missing, has unsafe permissions, or cannot unwrap what it should."""
 

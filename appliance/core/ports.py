@@ -1,4 +1,5 @@
-"""Ports: the small typed Protocols through which the pipeline reaches engines and audio.
+"""Ports: the small typed Protocols through which the pipeline reaches engines and audio (and
+identity reaches the store: limits' counters, the caller directory).
 
 Engines (faster-whisper, llama.cpp, Piper, WebRTC VAD) and audio ends (WAV files, sound devices,
 phone calls) implement these; ``appliance.testing`` holds fakes of each. An engine loads its
@@ -7,6 +8,7 @@ model once and may be shared by many calls; it serializes its own inferences.
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol, runtime_checkable
@@ -317,4 +319,35 @@ class Counters(Protocol):
     ) -> str | None:
         """Read, change and write ``key``'s value in one transaction (parallel calls for the
         same key lose no update); returns the value written."""
+        ...
+
+
+class CredentialKind(enum.StrEnum):
+    """What the caller directory keeps for an enrolled caller, besides their number and name."""
+
+    PIN = "pin"
+    """The PIN's scrypt salt (16 bytes) then hash (32 bytes), never the PIN."""
+    TOTP = "totp"
+    """The authenticator's shared secret (RFC 6238), raw bytes."""
+    CONTACT = "contact"
+    """Where one-time codes go (an e-mail address or a phone number), UTF-8."""
+
+
+class EntryState(enum.StrEnum):
+    """A caller ID as the directory knows it."""
+
+    ABSENT = "absent"
+    ACTIVE = "active"
+    LOCKED = "locked"
+    """Enrolled, but every factor fails (voice included) until staff unlock it."""
+
+
+class CallerDirectory(Protocol):
+    """The organization's enrolled callers (the store): what identity needs to check a factor.
+    The caller ID only names the entry to check against; it proves nothing."""
+
+    def entry_state(self, caller: str) -> EntryState: ...
+
+    def credential(self, caller: str, kind: CredentialKind) -> bytes | None:
+        """The caller's enrolled ``kind``, or None: not enrolled, not set, or locked."""
         ...

@@ -1,4 +1,5 @@
-"""Erasure by crypto-shredding: a caller's or a call's data keys and rows go; held calls stay."""
+"""Erasure by crypto-shredding: a caller's or a call's data keys and rows go; held calls stay.
+Erasing a caller also removes their directory entry and destroys its key."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from appliance.core.errors import StorageError
+from appliance.storage.directory import Directory, normalize_number
 from appliance.storage.schema import (
     Call,
     Caller,
@@ -27,37 +29,53 @@ class ErasureReport:
     calls_erased: int
     calls_held: int
     caller_erased: bool
+    directory_removed: bool = False
+    """The caller's directory entry (their credentials) was removed and its key shredded."""
 
 
-class Erasure(Voiceprints):
+class Erasure(Voiceprints, Directory):
     """Crypto-shredding of a caller or a call."""
 
     def erase_caller(self, caller_id: str, actor: str) -> ErasureReport:
-        """Erase everything of one caller (by caller ID): crypto-shred, delete, audit."""
+        """Erase everything of one caller (by caller ID): their calls, voice template and
+        directory entry; crypto-shred, delete, audit."""
         hashed = self.caller_hash(caller_id)
+        # The directory keys a number without its separators, a call's record as it came.
+        listed = self.caller_hash(normalize_number(caller_id) or caller_id)
         with self.session("erase caller") as session:
+            removed = self._remove_entry_in(session, listed)  # credentials: never held
             caller = session.scalars(select(Caller).where(Caller.caller_hash == hashed)).first()
+            report = ErasureReport(0, 0, False)
+            if caller is not None:
+                calls = session.scalars(select(Call).where(Call.caller_id == caller.id)).all()
+                report = self.erase_calls_in(session, calls)
+                prints = session.scalars(
+                    select(Voiceprint).where(Voiceprint.caller_id == caller.id)
+                )
+                for row in prints.all():
+                    self._delete_voiceprint(session, row)  # biometric data: never held
+                if report.calls_held == 0:
+                    session.delete(caller)
+            caller_erased = caller is not None and report.calls_held == 0
             if caller is None:
-                self.audit_in(session, actor, "erase", f"caller:{hashed[:16]}", "not_found")
-                return ErasureReport(0, 0, False)
-            calls = session.scalars(select(Call).where(Call.caller_id == caller.id)).all()
-            report = self.erase_calls_in(session, calls)
-            prints = session.scalars(select(Voiceprint).where(Voiceprint.caller_id == caller.id))
-            for row in prints.all():
-                self._delete_voiceprint(session, row)  # biometric data: never held
-            caller_erased = report.calls_held == 0
-            if caller_erased:
-                session.delete(caller)
+                outcome = "ok" if removed else "not_found"
+            else:
+                outcome = "ok" if caller_erased else "partial"
             self.audit_in(
                 session,
                 actor,
                 "erase",
                 f"caller:{hashed[:16]}",
-                "ok" if caller_erased else "partial",
-                {"calls_erased": report.calls_erased, "calls_held": report.calls_held},
+                outcome,
+                {
+                    "calls_erased": report.calls_erased,
+                    "calls_held": report.calls_held,
+                    "directory_removed": removed,
+                },
             )
-        self.after_erasure()
-        return ErasureReport(report.calls_erased, report.calls_held, caller_erased)
+        if caller is not None or removed:
+            self.after_erasure()
+        return ErasureReport(report.calls_erased, report.calls_held, caller_erased, removed)
 
     def erase_call(self, call_id: str, actor: str) -> ErasureReport:
         with self.session("erase call") as session:

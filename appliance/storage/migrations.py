@@ -17,6 +17,8 @@ from appliance.core.errors import StorageError
 from appliance.storage.schema import (
     ApiToken,
     Base,
+    CallerCredential,
+    DirectoryEntry,
     LimitEvent,
     LimitState,
     SchemaMigration,
@@ -61,6 +63,11 @@ def _limits(connection: Connection) -> None:
         cast(Table, table).create(connection, checkfirst=True)
 
 
+def _directory(connection: Connection) -> None:
+    for table in (DirectoryEntry.__table__, CallerCredential.__table__):
+        cast(Table, table).create(connection, checkfirst=True)
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(
         1, "calls, turns, keys, consents, recordings, tools, incidents, users, audit", _initial
@@ -70,6 +77,9 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(4, "turns.route and turns.citations (how a turn was answered)", _turn_routes),
     Migration(
         5, "limit_events and limit_state (limits and lockouts that outlive a process)", _limits
+    ),
+    Migration(
+        6, "directory_entries and caller_credentials (the caller directory, sealed)", _directory
     ),
 )
 LATEST = MIGRATIONS[-1].version

@@ -1,6 +1,7 @@
 """The storage facade: one class, ``Storage``, made of one module per concern (``base``: the
-engine, sealing and the audit trail; ``calls``, ``voiceprints``, ``accounts``, ``incidents``,
-``erasure``, ``rotation``, ``limits``); ``reports`` holds the panel's read-only queries.
+engine, sealing and the audit trail; ``calls``, ``voiceprints``, ``directory`` (the enrolled
+callers), ``accounts``, ``incidents``, ``erasure``, ``rotation``, ``limits``); ``reports`` holds
+the panel's read-only queries.
 
 Every write is one transaction that commits before the method returns, so a turn that was
 acknowledged is durable. Every read of content, export, erasure and key change leaves an
@@ -18,6 +19,7 @@ from appliance.storage import sqlite
 from appliance.storage.accounts import Accounts
 from appliance.storage.base import storage_errors
 from appliance.storage.calls import CallHandle, Calls, CallView, TurnView
+from appliance.storage.directory import DirectoryView
 from appliance.storage.erasure import Erasure, ErasureReport
 from appliance.storage.incidents import Incidents
 from appliance.storage.keys import MasterKey
@@ -27,6 +29,7 @@ from appliance.storage.rotation import Rotation
 __all__ = [
     "CallHandle",
     "CallView",
+    "DirectoryView",
     "ErasureReport",
     "Storage",
     "TurnView",

@@ -20,6 +20,7 @@ from sqlalchemy import (
     LargeBinary,
     String,
     Text,
+    UniqueConstraint,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -81,7 +82,7 @@ class DataKey(Base):
 
     __tablename__ = "data_keys"
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
-    purpose: Mapped[str] = mapped_column(String(16))  # "call" or "system"
+    purpose: Mapped[str] = mapped_column(String(16))  # "call", "voice", "directory", "system"
     wrapped: Mapped[bytes] = mapped_column(LargeBinary)
     master_key_id: Mapped[str] = mapped_column(String(16), index=True)
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utc_now)
@@ -104,6 +105,36 @@ class Voiceprint(Base):
     caller_id: Mapped[str] = mapped_column(ForeignKey("callers.id"), unique=True)
     data_key_id: Mapped[str | None] = mapped_column(String(36))
     template: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utc_now)
+
+
+class DirectoryEntry(Base):
+    """A caller the organization enrolled. Their number and display name are sealed under the
+    entry's own data key (removing or erasing the caller destroys it); ``caller_hash`` is the
+    number's pseudonym, for lookup. The sealed number is what the entry is for: a lookup whose
+    number differs from it opens nothing."""
+
+    __tablename__ = "directory_entries"
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    caller_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    data_key_id: Mapped[str | None] = mapped_column(String(36))
+    number: Mapped[bytes] = mapped_column(LargeBinary)
+    name: Mapped[bytes | None] = mapped_column(LargeBinary)
+    locked: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utc_now)
+    updated_at: Mapped[datetime] = mapped_column(DateTime, default=utc_now)
+
+
+class CallerCredential(Base):
+    """One enrolled factor of a directory entry (a PIN's salted hash, a TOTP secret, the
+    contact for one-time codes), sealed under the entry's key and bound to the entry and kind."""
+
+    __tablename__ = "caller_credentials"
+    __table_args__ = (UniqueConstraint("entry_id", "kind", name="uq_caller_credentials_kind"),)
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    entry_id: Mapped[str] = mapped_column(ForeignKey("directory_entries.id"), index=True)
+    kind: Mapped[str] = mapped_column(String(16))  # a CredentialKind value
+    value: Mapped[bytes] = mapped_column(LargeBinary)
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utc_now)
 
 
