@@ -468,9 +468,10 @@ class ToolsSettings:
     """The tools this deployment uses; the model is shown only these. The appointment tools
     are on because the knowledge base promises that appointments can be booked, moved or
     cancelled on this line."""
-    credentials: CredentialSource = CredentialSource.DEMO
-    """Where the PIN, TOTP and voice factors look a caller up: ``demo`` (demo_data.json) or
-    ``directory`` (the caller directory in the encrypted store)."""
+    credentials: CredentialSource = CredentialSource.DIRECTORY
+    """Where the PIN, TOTP and voice factors look a caller up: ``directory`` (the caller
+    directory in the encrypted store, ``appliance callers``) or ``demo`` (the fictional callers
+    of demo_data.json: only the demo configuration, ``scripts/demo``, sets it)."""
     max_factor_attempts: int = 3
     """Wrong PINs or codes before that factor locks (for lockout_s, doubled each time)."""
     lockout_s: int = 300

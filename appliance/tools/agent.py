@@ -294,7 +294,9 @@ class ToolAgent:
             pending.awaiting, pending.challenge = Awaiting.VOICE, voice.verifier.challenge()
             digits = ", ".join(pending.challenge)
             return AgentTurn(self.settings.voice_prompt.format(digits=digits), "step_up.voice")
-        if Factor.PIN not in self.passed and self.credentials.pin(self.caller) is not None:
+        # Every caller ID is asked for a PIN, enrolled or not, locked or not: the dialogue must
+        # not tell someone who spoofs a number whether it is enrolled (the check fails alike).
+        if Factor.PIN not in self.passed and self.caller:
             pending.awaiting = Awaiting.PIN
             return AgentTurn(self.settings.pin_prompt, "step_up.pin")
         if Factor.TOTP not in self.passed and self.credentials.totp_secret(self.caller):

@@ -350,9 +350,9 @@ def test_every_change_and_read_is_audited_without_personal_data(store: Storage) 
 
 def test_the_credentials_setting_is_an_enum_and_a_bad_value_names_its_key(tmp_path: Path) -> None:
     env = {"APPLIANCE_HOME": str(tmp_path)}
-    assert load_settings(environ=env).tools.credentials is CredentialSource.DEMO
-    chosen = load_settings(environ={**env, "APPLIANCE_TOOLS__CREDENTIALS": "directory"})
-    assert chosen.tools.credentials is CredentialSource.DIRECTORY
+    assert load_settings(environ=env).tools.credentials is CredentialSource.DIRECTORY
+    demo = load_settings(environ={**env, "APPLIANCE_TOOLS__CREDENTIALS": "demo"})
+    assert demo.tools.credentials is CredentialSource.DEMO  # the demo configuration's
     with pytest.raises(ConfigError, match=r"tools\.credentials: one of \"demo\", \"directory\""):
         load_settings(environ={**env, "APPLIANCE_TOOLS__CREDENTIALS": "ldap"})
 
@@ -453,13 +453,16 @@ def test_the_demo_pin_is_refused_for_a_directory_caller_and_a_lock_stops_every_f
         f"step_up.pin: {tools.pin_prompt}",
         f"identity.wrong: {tools.wrong_answer}",
     ]
+    # Locked, or not in the directory (the demo data does not help): the same PIN prompt as
+    # an enrolled caller, so a spoofed number learns nothing, and the right PIN fails alike
     store.set_locked(ALICE, True, "admin:test")
     said = call(tmp_path, store, ["What's my account balance?", "one three five seven"])
-    assert said[0] == f"step_up.unavailable: {tools.cannot_verify}"
+    assert said == [f"step_up.pin: {tools.pin_prompt}", f"identity.wrong: {tools.wrong_answer}"]
     store.set_locked(ALICE, False, "admin:test")
-    store.remove_caller(ALICE, "admin:test")  # not in the directory: the demo data does not help
-    said = call(tmp_path, store, ["What's my account balance?"])
-    assert said == [f"step_up.unavailable: {tools.cannot_verify}"]
+    store.remove_caller(ALICE, "admin:test")
+    said = call(tmp_path, store, ["What's my account balance?", "four nine two one"])
+    # the third wrong PIN for the number, across calls: the factor locks
+    assert said == [f"step_up.pin: {tools.pin_prompt}", f"identity.locked: {tools.locked_reply}"]
 
 
 # -- the commands ---------------------------------------------------------------------------------

@@ -80,6 +80,7 @@ def line_env(real_home: Path, real_settings: Settings) -> dict[str, str]:
         **os.environ,
         "APPLIANCE_HOME": str(real_home),
         "APPLIANCE_SIP__DISCLOSURE": DISCLOSURE,
+        "APPLIANCE_TOOLS__CREDENTIALS": "demo",  # the demo configuration's callers
         "APPLIANCE_SIP__RTP_PORT_MIN": str(low),
         "APPLIANCE_SIP__RTP_PORT_MAX": str(low + 99),
     }

@@ -13,7 +13,7 @@ import numpy as np
 import soxr
 
 from appliance.audio_io.memory import MemorySink, MemorySource
-from appliance.config.settings import ToolsSettings
+from appliance.config.settings import CredentialSource, ToolsSettings
 from appliance.core.events import EventType
 from appliance.identity.factors import AttemptLimiter, SecretFactor, TotpFactor, totp
 from appliance.pipeline.reply import SECRET_NOT_RECORDED
@@ -30,7 +30,10 @@ CALLER = "+15550100"  # demo data: PIN 4921 and a TOTP secret
 def test_a_caller_steps_up_by_spoken_pin_and_code_and_hears_their_balance(
     service: VoiceService, tmp_path: Path
 ) -> None:
-    tools = ToolsSettings(enabled=("account_balance", "book_appointment", "transfer_to_human"))
+    tools = ToolsSettings(
+        enabled=("account_balance", "book_appointment", "transfer_to_human"),
+        credentials=CredentialSource.DEMO,  # the demo configuration's callers
+    )
     settings = dataclasses.replace(service.settings, tools=tools)
     secret = DemoBank().totp_secret(CALLER)
     assert secret is not None

@@ -160,6 +160,8 @@ def test_enrolment_by_cli_then_a_call_steps_up_by_voice_and_a_stranger_does_not(
     for i, text in enumerate(ENROL_TEXTS):
         wavs.append(str(tmp_path / f"enrol{i}.wav"))
         assert run_cli("say", text, "--out", wavs[-1], home=real_home).returncode == 0
+    listed = run_cli("callers", "add", caller, home=real_home)  # the directory's caller
+    assert listed.returncode == 0, listed.stderr
     enrolled = run_cli("voice", "enrol", "--caller", caller, *wavs, home=real_home)
     assert enrolled.returncode == 0, enrolled.stderr
     tools = ToolsSettings(enabled=("book_appointment",))
