@@ -22,6 +22,7 @@ from appliance.core.ports import (
     AudioSource,
     CallerDirectory,
     CallRecorder,
+    CodeNotifier,
     TurnAgent,
     TurnGuard,
     VoiceEmbedder,
@@ -38,6 +39,7 @@ from appliance.identity.directory import DirectoryCredentials, NoDirectory
 from appliance.identity.factors import AttemptLimiter
 from appliance.identity.voice import VoiceTemplate, VoiceVerifier
 from appliance.knowledge.base import KnowledgeBase, KnowledgeChange
+from appliance.notifiers.smtp import SmtpNotifier
 from appliance.pipeline.reply import ReplyPath
 from appliance.pipeline.session import (
     CallSession,
@@ -310,8 +312,25 @@ class VoiceService:
         made_for_another = self._factors_store is not None and self._factors_store is not storage
         if self._factors is None or made_for_another:
             # Attempt counts and used codes live in the store the calls use (one per service)
-            self._factors = CallerFactors.from_settings(self.settings.tools, counters=storage)
+            self._factors = CallerFactors.from_settings(
+                self.settings.tools,
+                counters=storage,
+                notifier=self.code_notifier(),
+                code_ttl_s=float(self.settings.notify.code_ttl_s),
+            )
             self._factors_store = storage
+
+        def record(action: str, outcome: str, error: str) -> None:
+            """A code sent or not, in the audit trail: the caller's pseudonym, the call and
+            the error's code; never the one-time code or the contact."""
+            if storage is None:
+                return
+            who = (
+                f"caller:{storage.caller_hash(caller_id)[:16]}" if caller_id else "caller:anonymous"
+            )
+            details = {"error": error} if error else None
+            storage.log_event(who, action, f"call:{call_id}", outcome, details)
+
         return ToolAgent(
             self.toolbox(storage, call_id, bank),
             caller=caller_id or "",
@@ -321,7 +340,13 @@ class VoiceService:
             factors=self._factors,
             voice=self.voice_check(storage) if storage is not None else None,
             today=datetime.date.today().isoformat(),
+            record=record,
         )
+
+    def code_notifier(self) -> CodeNotifier | None:
+        """Where out-of-band codes go ([notify]): the SMTP relay, or None when none is set."""
+        notify = self.settings.notify
+        return SmtpNotifier(notify) if notify.enabled else None
 
     def prompt_audio(self, text: str, sample_rate_hz: int) -> bytes:
         """A fixed prompt (the busy reply, the disclosure), synthesized once per text and rate:

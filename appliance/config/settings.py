@@ -493,12 +493,91 @@ class ToolsSettings:
     declined_reply: str = "All right, I haven't done that. Is there anything else?"
     offer_declined_reply: str = "All right. Is there anything else I can help you with?"
     failed_reply: str = "Sorry, I couldn't do that with those details."
+    code_prompt: str = (
+        "Thank you. I've sent a six-digit code to the contact details we hold for you. "
+        "Please read it to me, or key it in."
+    )
+    """Said when an out-of-band code was sent ([notify]); never names the contact."""
+    code_not_sent: str = (
+        "I'm sorry, I couldn't send you a code just now. "
+        "Would you like me to put you through to a member of our team?"
+    )
+    """Said when the code could not be sent; a yes transfers (when transfer_to_human is on)."""
 
     def __post_init__(self) -> None:
         _check(self.max_factor_attempts >= 1, "tools.max_factor_attempts", "at least 1")
         _check(self.lockout_s >= 1, "tools.lockout_s", "at least 1 second")
         _check("{action}" in self.confirm_prompt, "tools.confirm_prompt", "must hold {action}")
         _check("{digits}" in self.voice_prompt, "tools.voice_prompt", "must hold {digits}")
+
+
+_SERVER_NAME = re.compile(r"(?=.{1,253}$)(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.?)+")
+_MAIL_ADDRESS = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+")
+
+
+@dataclass(frozen=True)
+class NotifySettings:
+    """Notifiers of out-of-band one-time codes: the organization's own SMTP relay
+    (notifiers/smtp.py). With no ``relay`` there is none, and no out-of-band code is offered."""
+
+    relay: str = ""
+    """The SMTP relay's address (IPv4 or IPv6), never a name: the appliance looks no name up
+    (deploy/egress.py), and the address joins the egress allowlist."""
+    port: int = 587
+    """The submission port (RFC 6409); STARTTLS (RFC 3207) is required on it."""
+    server_name: str = ""
+    """The name the relay's certificate must carry (checked, and sent as SNI)."""
+    ca_file: str = ""
+    """The CA bundle (PEM) the relay's certificate must chain to; empty: the system's."""
+    from_address: str = ""
+    username: str = ""
+    """Log in to the relay (after STARTTLS) with this user and the password in ..."""
+    password_file: str = ""
+    """... this file, owner-only (read at each send; a file group or others can read is
+    refused). Both empty: no login."""
+    timeout_s: float = 5.0
+    """How long each step of the exchange with the relay may take (the caller waits)."""
+    code_ttl_s: int = 300
+    """How long a code stays good (single use either way)."""
+    subject: str = "Your verification code"
+    message: str = (
+        "Your verification code is {code}. It is valid for {minutes} minutes. "
+        "Do not share it with anyone."
+    )
+    """The e-mail's text: the code and its validity, nothing about the caller or account."""
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.relay)
+
+    def __post_init__(self) -> None:
+        if self.relay:
+            try:  # an address: the appliance looks up no outside names (deploy/egress.py)
+                ipaddress.ip_address(self.relay.strip("[]"))
+            except ValueError as exc:
+                raise ConfigError(
+                    "config.invalid", "notify.relay: give the relay's address, not a name"
+                ) from exc
+            _check(
+                bool(_SERVER_NAME.fullmatch(self.server_name)),
+                "notify.server_name",
+                "the name on the relay's certificate is needed with a relay",
+            )
+            _check(
+                bool(_MAIL_ADDRESS.fullmatch(self.from_address)),
+                "notify.from_address",
+                "an e-mail address is needed with a relay",
+            )
+        _check(1 <= self.port <= 65_535, "notify.port", "1 to 65535")
+        _check(
+            bool(self.username) == bool(self.password_file),
+            "notify.password_file",
+            "username and password_file go together",
+        )
+        _check(1.0 <= self.timeout_s <= 30.0, "notify.timeout_s", "1 to 30")
+        _check(60 <= self.code_ttl_s <= 900, "notify.code_ttl_s", "60 to 900")
+        _check("{code}" in self.message, "notify.message", "must hold {code}")
+        _check(bool(self.subject.strip()), "notify.subject", "must not be empty")
 
 
 @dataclass(frozen=True)
@@ -816,6 +895,7 @@ class Settings:
     knowledge: KnowledgeSettings = field(default_factory=KnowledgeSettings)
     guard: GuardSettings = field(default_factory=GuardSettings)
     tools: ToolsSettings = field(default_factory=ToolsSettings)
+    notify: NotifySettings = field(default_factory=NotifySettings)
     limits: LimitsSettings = field(default_factory=LimitsSettings)
     storage: StorageSettings = field(default_factory=StorageSettings)
     retention: RetentionSettings = field(default_factory=RetentionSettings)
@@ -838,6 +918,7 @@ SECTIONS: dict[str, type[Any]] = {
     "knowledge": KnowledgeSettings,
     "guard": GuardSettings,
     "tools": ToolsSettings,
+    "notify": NotifySettings,
     "limits": LimitsSettings,
     "storage": StorageSettings,
     "retention": RetentionSettings,
@@ -977,6 +1058,7 @@ __all__ = [
     "KnowledgeSettings",
     "LlmSettings",
     "ModelsSettings",
+    "NotifySettings",
     "PolicySettings",
     "RetentionSettings",
     "Settings",

@@ -76,6 +76,12 @@ class DirectoryError(ApplianceError):
     caller already enrolled or not enrolled, a secret that would be replaced unasked."""
 
 
+class NotifyError(ApplianceError):
+    """A notifier could not deliver a one-time code: the relay did not answer, offered no
+    STARTTLS, presented a certificate that does not verify, or refused the message. The
+    message names what failed, never the code or where it was going."""
+
+
 class KeyringError(ApplianceError):
     """A key is missing, has unsafe permissions, or cannot unwrap what it should."""
 

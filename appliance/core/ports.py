@@ -333,6 +333,19 @@ class CredentialKind(enum.StrEnum):
     """Where one-time codes go (an e-mail address or a phone number), UTF-8."""
 
 
+class CodeNotifier(Protocol):
+    """Delivers a one-time code out of band (notifiers/smtp.py: the organization's SMTP relay)."""
+
+    def reaches(self, contact: str) -> bool:
+        """Whether ``contact`` is something this notifier delivers to (an e-mail address)."""
+        ...
+
+    def send(self, contact: str, code: str) -> None:
+        """Deliver ``code`` to ``contact``, or raise NotifyError (or ConfigError for a secret
+        file it may not use); neither the code nor the contact is logged."""
+        ...
+
+
 class EntryState(enum.StrEnum):
     """A caller ID as the directory knows it."""
 

@@ -243,10 +243,13 @@ def _open_descriptors() -> list[int]:
 
 def allowlist(settings: Settings) -> tuple[str, ...]:
     """Where this appliance may connect outside loopback: ``[service] egress_allow``, the SIP
-    peers of ``[sip] allowed_peers`` (answers and media go back to them) and the registrar."""
+    peers of ``[sip] allowed_peers`` (answers and media go back to them), the registrar and
+    the SMTP relay of one-time codes (``[notify] relay``)."""
     registrar = settings.sip.registrar.rpartition(":")[0].strip("[]")
+    relay = settings.notify.relay.strip("[]")
     peers = (*settings.service.egress_allow, *settings.sip.allowed_peers)
-    return tuple(dict.fromkeys((*peers, registrar) if registrar else peers))
+    named = tuple(address for address in (registrar, relay) if address)
+    return tuple(dict.fromkeys((*peers, *named)))
 
 
 _installed: EgressGuard | None = None

@@ -214,28 +214,59 @@ def claim_step(counters: Counters | None, memory: dict[str, int], who: str, step
 _STEPS_LOCK = threading.Lock()
 
 
+def _any_contact(contact: str) -> bool:
+    return True
+
+
 @dataclass
 class OneTimeCodes:
-    """Codes sent out of band (a text message, an e-mail) through a pluggable notifier."""
+    """Codes sent out of band (an e-mail, a text message) through a pluggable notifier:
+    ``send(contact, code)``. A code is good once and for ``ttl_s``; a wrong one counts toward
+    the factor's lockout (``oob:`` keys of the limiter), and a lockout voids the pending code."""
 
     send: Callable[[str, str], None]
     limiter: AttemptLimiter
     ttl_s: float = 300.0
     clock: Clock = time.monotonic
+    reaches: Callable[[str], bool] = _any_contact
+    """Whether the notifier delivers to a contact (an e-mail address for SMTP)."""
     _pending: dict[str, tuple[str, float]] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def issue(self, caller: str) -> None:
+    def locked(self, caller: str) -> bool:
+        return self.limiter.locked(f"oob:{caller}")
+
+    def issue(self, caller: str, contact: str) -> None:
+        """A new code for ``caller`` (replacing any still pending), sent to ``contact``.
+        Refused while the factor is locked (a guesser gets no fresh codes, the caller's inbox
+        no flood); when the notifier fails, its error is raised and nothing stays pending."""
+        self.limiter.check(f"oob:{caller}")
         code = f"{secrets.randbelow(10**6):06d}"
-        self._pending[caller] = (code, self.clock() + self.ttl_s)
-        self.send(caller, code)
+        pending = (code, self.clock() + self.ttl_s)
+        with self._lock:
+            self._pending[caller] = pending
+        try:
+            self.send(contact, code)
+        except BaseException:
+            with self._lock:
+                if self._pending.get(caller) is pending:
+                    del self._pending[caller]
+            raise
 
     def verify(self, caller: str, code: str) -> None:
         key = f"oob:{caller}"
         self.limiter.check(key)
-        expected, expires = self._pending.get(caller, ("", 0.0))
-        digits = "".join(ch for ch in code if ch.isdigit())
-        if not expected or self.clock() > expires or not hmac.compare_digest(expected, digits):
+        digits = "".join(ch for ch in code if ch in "0123456789")
+        with self._lock:  # compared and taken at once: two answers cannot both use one code
+            expected, expires = self._pending.get(caller, ("", 0.0))
+            good = bool(expected) and self.clock() <= expires
+            good = hmac.compare_digest(expected or "-", digits) and good
+            if good:
+                del self._pending[caller]  # single use
+        if not good:
             self.limiter.failed(key)
+            if self.limiter.locked(key):
+                with self._lock:
+                    self._pending.pop(caller, None)
             raise FactorError("identity.wrong", "the one-time code does not match or expired")
-        del self._pending[caller]  # single use
         self.limiter.succeeded(key)

@@ -3,8 +3,9 @@
 Between the input guard and the model, for each turn:
 
 1. While a dialogue is open, the caller's words answer it, and the model never sees them: a PIN
-   or an authenticator code (checked by the factor, with attempt limits; the turn is marked
-   secret, so neither its transcript nor its audio is kept), or a yes/no to a confirmation.
+   or a code (authenticator or out of band; checked by the factor, with attempt limits; the
+   turn is marked secret, so neither its transcript nor its audio is kept), or a yes/no to a
+   confirmation.
 2. Otherwise, when the words ask for an enabled tool's action (its intent patterns: "move my
    appointment", "speak to a person"), that tool is the request; when several match, the model
    chooses among them under a JSON grammar that allows only those or ``none``.
@@ -12,9 +13,10 @@ Between the input guard and the model, for each turn:
    those offered, a branch named aloud), never from the model, which would invent them; what
    the caller did not say is asked for, one question at a time.
 4. The request is checked like any other (ToolBox.call: enabled, arguments, level, confirmation).
-   A level too low starts the step-up (PIN, then TOTP); a changing tool reads back what it
-   will do and waits for the caller's yes. The yes comes from the caller's turn, never from
-   model text. Every attempt is audited by the ToolBox.
+   A level too low starts the step-up (PIN, then TOTP, or for a caller with no
+   authenticator a code sent out of band to their registered contact); a changing tool reads
+   back what it will do and waits for the caller's yes. The yes comes from the caller's turn,
+   never from model text. Every attempt is audited by the ToolBox.
 
 When the caller was offered a person (``offer_person``: the honest unknown offers one), their
 next yes transfers the call. Anything the agent does not handle goes on as an ordinary turn.
@@ -25,6 +27,7 @@ from __future__ import annotations
 import datetime as dt
 import enum
 import json
+import logging
 import re
 import time
 from collections.abc import Callable, Sequence
@@ -34,8 +37,14 @@ from typing import Any, Protocol, runtime_checkable
 from appliance.config.settings import ToolsSettings
 from appliance.core.audio import PIPELINE_SAMPLE_RATE_HZ
 from appliance.core.errors import ApplianceError
-from appliance.core.ports import AgentTurn, ChatMessage, Counters, VoiceEmbedder
-from appliance.identity.factors import AttemptLimiter, FactorError, SecretFactor, TotpFactor
+from appliance.core.ports import AgentTurn, ChatMessage, CodeNotifier, Counters, VoiceEmbedder
+from appliance.identity.factors import (
+    AttemptLimiter,
+    FactorError,
+    OneTimeCodes,
+    SecretFactor,
+    TotpFactor,
+)
 from appliance.identity.levels import Assurance, Factor, assurance
 from appliance.identity.voice import VoiceTemplate, VoiceVerifier, digits_heard
 from appliance.tools.registry import (
@@ -47,6 +56,8 @@ from appliance.tools.registry import (
     ToolError,
 )
 from appliance.tools.slots import extract
+
+log = logging.getLogger(__name__)
 
 _YES = re.compile(r"\b(?:yes|yeah|yep|correct|confirm|go ahead|please do|sure)\b", re.I)
 _NO = re.compile(r"\b(?:no|nope|don't|do not|cancel|stop|wrong)\b", re.I)
@@ -62,11 +73,19 @@ class JsonRequester(Protocol):
 
 
 class Credentials(Protocol):
-    """What a caller enrolled: a PIN's salted hash and an authenticator (TOTP) secret."""
+    """What a caller enrolled: a PIN's salted hash, an authenticator (TOTP) secret, and the
+    contact one-time codes go to."""
 
     def pin(self, caller: str) -> tuple[bytes, bytes] | None: ...
 
     def totp_secret(self, caller: str) -> bytes | None: ...
+
+    def contact(self, caller: str) -> str | None: ...
+
+
+IdentityEvent = Callable[[str, str, str], None]
+"""An identity event of the call for the audit trail: (action, outcome, error code); never
+the code, the contact or the caller's words."""
 
 
 @dataclass
@@ -76,20 +95,30 @@ class CallerFactors:
 
     pin: SecretFactor
     totp: TotpFactor
+    codes: OneTimeCodes | None = None
+    """Out-of-band codes, when a notifier is configured ([notify])."""
 
     @classmethod
     def from_settings(
-        cls, settings: ToolsSettings, counters: Counters | None = None
+        cls,
+        settings: ToolsSettings,
+        counters: Counters | None = None,
+        notifier: CodeNotifier | None = None,
+        code_ttl_s: float = 300.0,
     ) -> CallerFactors:
         """With ``counters`` (the store) the attempt counts, lockouts and used codes outlive
-        the process: a restart does not give a guesser a fresh start."""
+        the process: a restart does not give a guesser a fresh start. With ``notifier`` the
+        out-of-band code is a factor too (its pending codes live in this process)."""
         limiter = AttemptLimiter(
             settings.max_factor_attempts,
             float(settings.lockout_s),
             clock=time.time if counters is not None else time.monotonic,
             counters=counters,
         )
-        return cls(SecretFactor("pin", limiter), TotpFactor(limiter))
+        codes = None
+        if notifier is not None:
+            codes = OneTimeCodes(notifier.send, limiter, code_ttl_s, reaches=notifier.reaches)
+        return cls(SecretFactor("pin", limiter), TotpFactor(limiter), codes)
 
 
 @dataclass
@@ -110,6 +139,8 @@ class Awaiting(enum.StrEnum):
     VOICE = "voice"
     PIN = "pin"
     TOTP = "totp"
+    CODE = "code"
+    """The one-time code sent out of band."""
     CONFIRM = "confirm"
     ACCEPT = "accept"
     """A yes to the offer of a person."""
@@ -117,6 +148,14 @@ class Awaiting(enum.StrEnum):
 
 _QUESTION = re.compile(r"\?|^\s*(?:what|when|where|why|how|who|which|do|does|is|are|can)\b", re.I)
 TRANSFER_TOOL = "transfer_to_human"
+
+
+class _CodeSent(enum.Enum):
+    """This call's out-of-band code: one is sent at most once a call."""
+
+    NOT_YET = enum.auto()
+    SENT = enum.auto()
+    FAILED = enum.auto()
 
 
 @dataclass
@@ -144,8 +183,11 @@ class ToolAgent:
     factors: CallerFactors
     voice: VoiceCheck | None = None
     today: str = ""
+    record: IdentityEvent | None = None
+    """Where the agent reports identity events (a code sent or not) for the audit trail."""
     passed: set[Factor] = field(default_factory=set)
     _pending: _Pending | None = None
+    _code: _CodeSent = _CodeSent.NOT_YET
     _tried: set[str] = field(default_factory=set)
 
     @property
@@ -164,7 +206,7 @@ class ToolAgent:
             match pending.awaiting:
                 case Awaiting.VOICE:
                     return self._answer_voice(pending, text, audio)
-                case Awaiting.PIN | Awaiting.TOTP:
+                case Awaiting.PIN | Awaiting.TOTP | Awaiting.CODE:
                     return self._answer_factor(pending, text)
                 case Awaiting.SLOT:
                     return self._answer_slot(pending, text)
@@ -206,7 +248,7 @@ class ToolAgent:
             if pending.awaiting is Awaiting.ACCEPT:
                 return self._answer_offer(pending, answer)
             return self._answer_confirmation(pending, answer)
-        if pending.awaiting in (Awaiting.PIN, Awaiting.TOTP):
+        if pending.awaiting in (Awaiting.PIN, Awaiting.TOTP, Awaiting.CODE):
             return self._answer_factor(pending, digits)
         return None  # a voice check needs the voice, a slot the caller's words
 
@@ -302,8 +344,47 @@ class ToolAgent:
         if Factor.TOTP not in self.passed and self.credentials.totp_secret(self.caller):
             pending.awaiting = Awaiting.TOTP
             return AgentTurn(self.settings.totp_prompt, "step_up.totp")
+        # No authenticator: a code out of band, to the contact the caller registered.
+        if Factor.OUT_OF_BAND not in self.passed and (turn := self._send_code(pending)):
+            return turn
         self._pending = None
         return AgentTurn(self.settings.cannot_verify, "step_up.unavailable")
+
+    def _send_code(self, pending: _Pending) -> AgentTurn | None:
+        """Send a one-time code (once a call; asked again, the same code is awaited), or say
+        it could not be sent and offer a person; None when there is no code to offer."""
+        codes = self.factors.codes
+        contact = self.credentials.contact(self.caller) if codes is not None else None
+        if codes is None or not contact or not codes.reaches(contact):
+            return None
+        if codes.locked(self.caller):  # no fresh code for a guesser, no flood of e-mails
+            self._pending = None
+            return AgentTurn(self.settings.locked_reply, "identity.locked")
+        if self._code is _CodeSent.NOT_YET:
+            try:
+                codes.issue(self.caller, contact)
+            except ApplianceError as exc:  # the relay is down, refused, or may not be used
+                self._code = _CodeSent.FAILED
+                log.warning("no one-time code was sent: %s", exc.code)
+                self._report("oob_code_failed", "failed", exc.code)
+            else:
+                self._code = _CodeSent.SENT
+                self._report("oob_code_sent", "ok", "")
+        if self._code is _CodeSent.FAILED:
+            self._pending = None
+            if self.offer_person():
+                return AgentTurn(self.settings.code_not_sent, "step_up.code_unsent")
+            return AgentTurn(self.settings.cannot_verify, "step_up.code_unsent")
+        pending.awaiting = Awaiting.CODE
+        return AgentTurn(self.settings.code_prompt, "step_up.code")
+
+    def _report(self, action: str, outcome: str, error: str) -> None:
+        if self.record is None:
+            return
+        try:
+            self.record(action, outcome, error)
+        except ApplianceError as exc:  # the audit trail failing must not fail the caller's turn
+            log.warning("identity event %s not recorded: %s", action, exc.code)
 
     def _answer_voice(self, pending: _Pending, text: str, audio: bytes) -> AgentTurn | None:
         """The caller said the challenge: their voice and the digits must both match."""
@@ -332,14 +413,22 @@ class ToolAgent:
             if _NO.search(text):
                 return AgentTurn(self.settings.declined_reply, "step_up.declined")
             return None
-        factor = self.factors.pin if pending.awaiting is Awaiting.PIN else self.factors.totp
+        factor: SecretFactor | TotpFactor | OneTimeCodes
         try:
-            if isinstance(factor, SecretFactor):
-                factor.verify(self.caller, digits, self.credentials.pin(self.caller))
-                self.passed.add(Factor.PIN)
-            else:
-                factor.verify(self.caller, digits, self.credentials.totp_secret(self.caller))
-                self.passed.add(Factor.TOTP)
+            match pending.awaiting:
+                case Awaiting.PIN:
+                    factor = self.factors.pin
+                    factor.verify(self.caller, digits, self.credentials.pin(self.caller))
+                    self.passed.add(Factor.PIN)
+                case Awaiting.TOTP:
+                    factor = self.factors.totp
+                    factor.verify(self.caller, digits, self.credentials.totp_secret(self.caller))
+                    self.passed.add(Factor.TOTP)
+                case _:
+                    assert self.factors.codes is not None  # offered only with a notifier
+                    factor = self.factors.codes
+                    factor.verify(self.caller, digits)
+                    self.passed.add(Factor.OUT_OF_BAND)
         except FactorError as exc:
             if factor.locked(self.caller):  # this failure (or an earlier call's) locked it
                 self._pending = None

@@ -84,6 +84,10 @@ class DemoBank:
         entry = self.data.get("credentials", {}).get(caller, {}).get("totp_base32")
         return totp_secret_from_base32(entry) if entry else None
 
+    def contact(self, caller: str) -> str | None:
+        """The demo callers get no out-of-band code: nothing is sent anywhere."""
+        return None
+
     def transfer(self, caller: str, args: Mapping[str, Any]) -> str:
         self.transfers.append(caller)
         return "I'm transferring you to a member of our team now."

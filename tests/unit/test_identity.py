@@ -116,12 +116,13 @@ def test_out_of_band_codes_are_single_use_and_expire() -> None:
     codes = OneTimeCodes(
         lambda who, code: outbox.append((who, code)), AttemptLimiter(), ttl_s=300, clock=clock
     )
-    codes.issue("c")
+    codes.issue("c", "c@example.org")
+    assert outbox[-1][0] == "c@example.org"
     code = outbox[-1][1]
     codes.verify("c", f"{code[:3]} {code[3:]}")  # read out in two groups
     with pytest.raises(FactorError):
         codes.verify("c", code)
-    codes.issue("c")
+    codes.issue("c", "c@example.org")
     clock.now += 301
     with pytest.raises(FactorError):
         codes.verify("c", outbox[-1][1])
