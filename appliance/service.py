@@ -20,9 +20,11 @@ from appliance.core.models import require_verified
 from appliance.core.ports import (
     AudioSink,
     AudioSource,
+    CallControl,
     CallerDirectory,
     CallRecorder,
     CodeNotifier,
+    NoCallControl,
     TurnAgent,
     TurnGuard,
     VoiceEmbedder,
@@ -262,6 +264,7 @@ class VoiceService:
         recorder: CallRecorder | None = None,
         guard: TurnGuard | None = None,
         agent: TurnAgent | None = None,
+        control: CallControl | None = None,
         **overrides: Any,
     ) -> CallSession:
         """A new call on the shared engines, with its own guardrails (always on: a new
@@ -277,6 +280,7 @@ class VoiceService:
             guard=guard or self.new_guard(),
             agent=agent,
             knowledge=self.knowledge,
+            control=control,
         )
 
     def toolbox(
@@ -297,11 +301,16 @@ class VoiceService:
         )
 
     def tool_agent(
-        self, storage: Storage | None, call_id: str, caller_id: str | None
+        self,
+        storage: Storage | None,
+        call_id: str,
+        caller_id: str | None,
+        control: CallControl | None = None,
     ) -> ToolAgent | None:
         """Tools inside one call (the demo tools; the callers' factors from the demo data or the
         caller directory, as ``[tools] credentials`` says), or None when no tool is enabled or
-        the model cannot answer under a grammar."""
+        the model cannot answer under a grammar. A transfer is possible only when ``control``
+        (the call's line) has a destination; callback requests go to ``storage``."""
         if not self.settings.tools.enabled or not isinstance(self.engines.llm, JsonRequester):
             return None
         bank = DemoBank()
@@ -341,6 +350,10 @@ class VoiceService:
             voice=self.voice_check(storage) if storage is not None else None,
             today=datetime.date.today().isoformat(),
             record=record,
+            can_transfer=control is not None and bool(control.destinations),
+            transfer=self.settings.transfer,
+            callbacks=storage,
+            call_id=call_id,
         )
 
     def code_notifier(self) -> CodeNotifier | None:
@@ -452,6 +465,7 @@ async def run_call(
     channel: str = "wav",
     on_event: EventHandler | None = None,
     consent: Consent | None = None,
+    control: CallControl | None = None,
 ) -> CallOutcome:
     """One call, start to end, with admission, abuse handling, storage and guardrails.
 
@@ -465,7 +479,11 @@ async def run_call(
     "a caller" is that number as seen from where it came: the digest ``identity`` the peer
     proved, else its ``address``. A stranger sending a customer's number from elsewhere uses
     up their own quota, never the customer's.
+
+    ``control`` is what the channel can do to the call (the SIP line: transfer); without it
+    (the microphone, a file) a request for a person becomes the callback offer.
     """
+    control = control if control is not None else NoCallControl()
     monitor = service.monitor
     assert monitor is not None
     caller_key = await asyncio.to_thread(storage.caller_hash, caller_id) if caller_id else None
@@ -555,13 +573,14 @@ async def run_call(
 
             decided.add_done_callback(after_day_count)
 
-        agent = service.tool_agent(storage, record.call_id, caller_id)
+        agent = service.tool_agent(storage, record.call_id, caller_id, control)
         session = service.session(
             source,
             sink,
             on_event=watch,
             recorder=record,
             agent=agent,
+            control=control,
             output_sample_rate_hz=sink.sample_rate_hz,  # 8 kHz on a phone line
         )
         service.active.add(session)

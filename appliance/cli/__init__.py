@@ -10,12 +10,23 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from appliance import __version__
-from appliance.cli import bench, callers, calls, data, knowledge, models, operate, redteam, tools
+from appliance.cli import (
+    bench,
+    callbacks,
+    callers,
+    calls,
+    data,
+    knowledge,
+    models,
+    operate,
+    redteam,
+    tools,
+)
 from appliance.cli.common import EXIT_ERROR, EXIT_USAGE
 from appliance.config.settings import load_settings
 from appliance.core.errors import ApplianceError, ConfigError
 
-AREAS = (calls, operate, models, knowledge, data, callers, tools, redteam, bench)
+AREAS = (calls, operate, models, knowledge, data, callers, callbacks, tools, redteam, bench)
 """Each module's ``register(commands)`` adds its subcommands; each sets ``run`` to the function
 that carries it out: ``run(args, settings) -> exit status``."""
 

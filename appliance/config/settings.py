@@ -829,6 +829,63 @@ class SipSettings:
                 ) from exc
 
 
+class TransferMode(enum.StrEnum):
+    """How a caller is put through to a person."""
+
+    BLIND = "blind"
+    """REFER (RFC 3515) in the caller's dialog: their phone calls the person, we leave."""
+    WARM = "warm"
+    """Declared for configurations written ahead; refused at load (not implemented yet)."""
+
+
+_SIP_URI = re.compile(r"sips?:(?:[^@\s<>;]+@)?[A-Za-z0-9.\-\[\]:]+(?:;[^\s<>]*)?", re.I)
+
+
+@dataclass(frozen=True)
+class TransferSettings:
+    """Putting a caller through to a person over SIP (the transfer tool), and the callback
+    request when no one can be reached."""
+
+    destinations: tuple[str, ...] = ()
+    """SIP URIs of the people or queues to transfer to, tried in order (``sip:desk@10.0.0.5``).
+    Empty: no transfer; a request for a person becomes the callback offer."""
+    mode: TransferMode = TransferMode.BLIND
+    ring_timeout_s: float = 30.0
+    """How long one destination may take to answer (the REFER's final NOTIFY) before the
+    next is tried."""
+    announce: str = "I'm transferring you to a member of our team now. Please hold."
+    """Said only when a transfer is really started (a destination is configured and the line
+    can transfer), just before the REFER."""
+    unreachable_reply: str = (
+        "I'm sorry, no one from our team could be reached right now. Would you like us to call "
+        "you back? Please say yes or no."
+    )
+    unavailable_reply: str = (
+        "I can't put you through to a person on this line, but a member of our team can call "
+        "you back. Would you like that? Please say yes or no."
+    )
+    callback_stored_reply: str = (
+        "Thank you. I've asked a member of our team to call you back as soon as they can."
+    )
+    callback_declined_reply: str = "All right. Is there anything else I can help you with?"
+
+    def __post_init__(self) -> None:
+        for value in self.destinations:
+            _check(
+                bool(_SIP_URI.fullmatch(value)),
+                "transfer.destinations",
+                f"{value!r} is not a sip: or sips: URI (sip:user@host)",
+            )
+        _check(
+            self.mode is not TransferMode.WARM,
+            "transfer.mode",
+            '"warm" is not implemented yet; use "blind"',
+        )
+        _check(1 <= self.ring_timeout_s <= 300, "transfer.ring_timeout_s", "1 to 300 seconds")
+        for key in ("announce", "unreachable_reply", "unavailable_reply", "callback_stored_reply"):
+            _check(bool(getattr(self, key).strip()), f"transfer.{key}", "must not be empty")
+
+
 @dataclass(frozen=True)
 class AdminSettings:
     """The admin web panel (``appliance admin serve``): TLS only, argon2id + TOTP, roles."""
@@ -901,6 +958,7 @@ class Settings:
     retention: RetentionSettings = field(default_factory=RetentionSettings)
     service: ServiceSettings = field(default_factory=ServiceSettings)
     sip: SipSettings = field(default_factory=SipSettings)
+    transfer: TransferSettings = field(default_factory=TransferSettings)
     admin: AdminSettings = field(default_factory=AdminSettings)
     source: str = "defaults"
     """Where the settings came from (the file path, or 'defaults'), for messages."""
@@ -924,6 +982,7 @@ SECTIONS: dict[str, type[Any]] = {
     "retention": RetentionSettings,
     "service": ServiceSettings,
     "sip": SipSettings,
+    "transfer": TransferSettings,
     "admin": AdminSettings,
 }
 
@@ -1064,6 +1123,8 @@ __all__ = [
     "Settings",
     "StorageSettings",
     "SttSettings",
+    "TransferMode",
+    "TransferSettings",
     "TtsSettings",
     "load_settings",
 ]

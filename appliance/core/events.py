@@ -6,7 +6,9 @@ is answered, with the knowledge entries it cites), FIRST_TOKEN, FIRST_SENTENCE, 
 TURN_END; a turn answered without the model (an approved answer, the honest unknown, a tool)
 has no FIRST_TOKEN or FIRST_SENTENCE; a turn the tool agent answers has AGENT (with its outcome)
 just before ROUTE; a turn of key presses (DTMF) has KEYPAD (with how many keys, never which),
-AGENT, FIRST_AUDIO and TURN_END. GUARD_OUTPUT (a reply stopped
+AGENT, FIRST_AUDIO and TURN_END. A turn that transfers the call has, after the announcement's
+FIRST_AUDIO, one TRANSFER per destination tried (its result and SIP status) and a second AGENT
+with the outcome. GUARD_OUTPUT (a reply stopped
 before it was spoken), BARGE_IN and ERROR may appear before TURN_END; a turn whose transcript
 is empty, that got a fixed reply (no model), or that was interrupted or failed, skips the
 stages it never reached.
@@ -45,6 +47,7 @@ class EventType(enum.StrEnum):
     FIRST_TOKEN = "first_token"
     FIRST_SENTENCE = "first_sentence"
     FIRST_AUDIO = "first_audio"
+    TRANSFER = "transfer"
     GUARD_OUTPUT = "guard_output"
     BARGE_IN = "barge_in"
     ERROR = "error"

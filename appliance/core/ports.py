@@ -139,6 +139,9 @@ class AgentTurn:
     """What happened, as a code for events and the turn record (never the caller's words)."""
     secret: bool = False
     """The caller's words answered a factor (a PIN, a code): keep neither transcript nor audio."""
+    transfer: bool = False
+    """The reply announces a transfer: once it is said, the reply path starts it through the
+    call's ``CallControl`` and speaks what ``TurnAgent.after_transfer`` makes of the outcome."""
 
 
 @runtime_checkable
@@ -162,6 +165,92 @@ class TurnAgent(Protocol):
     def offer_person(self) -> bool:
         """The caller was offered a person: their next yes transfers the call. False when no
         transfer tool is enabled (then nothing was offered)."""
+        ...
+
+    def after_transfer(self, outcome: TransferOutcome) -> AgentTurn:
+        """What the caller hears once a transfer it announced is over: nothing when they were
+        put through (the line hangs up), else that no one could be reached and the offer of a
+        callback. The words come from the outcome, never from the model."""
+        ...
+
+
+class TransferResult(enum.StrEnum):
+    """How one attempt to put the caller through ended."""
+
+    CONNECTED = "connected"
+    """The destination answered (a 2xx in the REFER's NOTIFY, RFC 3515)."""
+    DECLINED = "declined"
+    """The destination answered with a final failure: busy (486), unavailable (480),
+    declined (603), ... (the sipfrag's status)."""
+    REFUSED = "refused"
+    """The caller's side refused the REFER itself (403, 501, ...)."""
+    NO_ANSWER = "no_answer"
+    """No final answer within the ring timeout (or no answer to the REFER at all)."""
+    UNAVAILABLE = "unavailable"
+    """This channel cannot transfer (the microphone), or the call is gone."""
+
+
+@dataclass(frozen=True, slots=True)
+class TransferAttempt:
+    destination: str
+    result: TransferResult
+    status: int = 0
+    """The SIP status that decided it (the REFER's response or the sipfrag's), 0 if none."""
+
+
+@dataclass(frozen=True, slots=True)
+class TransferOutcome:
+    """Every attempt of one transfer, in the order the destinations were tried."""
+
+    attempts: tuple[TransferAttempt, ...] = ()
+
+    @property
+    def connected(self) -> bool:
+        return any(a.result is TransferResult.CONNECTED for a in self.attempts)
+
+
+@runtime_checkable
+class CallControl(Protocol):
+    """What the pipeline may do to the call itself, besides listening and speaking: transfer
+    it (the SIP line, telephony's REFER; the microphone has ``NoCallControl``)."""
+
+    @property
+    def destinations(self) -> tuple[str, ...]:
+        """Where a transfer may go, in order; empty when this channel cannot transfer."""
+        ...
+
+    async def transfer(self, destination: str) -> TransferAttempt:
+        """Put the caller through to ``destination``; returns when that is decided (at most
+        the ring timeout). On CONNECTED the line leaves the call."""
+        ...
+
+
+class NoCallControl:
+    """A channel that cannot transfer (the microphone, a file): a request for a person becomes
+    the callback offer."""
+
+    @property
+    def destinations(self) -> tuple[str, ...]:
+        return ()
+
+    async def transfer(self, destination: str) -> TransferAttempt:
+        return TransferAttempt(destination, TransferResult.UNAVAILABLE)
+
+
+class CallbackState(enum.StrEnum):
+    """A callback request as staff work it."""
+
+    OPEN = "open"
+    CALLED_BACK = "called_back"
+    CLOSED = "closed"
+
+
+class CallbackDesk(Protocol):
+    """Where a caller's consented request to be called back is kept for staff (the store)."""
+
+    def request_callback(self, call_id: str, caller: str | None, reason: str) -> str:
+        """Store an open request for ``caller`` (the caller ID, kept sealed; None: unknown);
+        returns its id. Audited by pseudonym."""
         ...
 
 

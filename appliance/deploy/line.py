@@ -14,9 +14,9 @@ import re
 import time
 
 from appliance.audio_io.screening import ScreenedSource
-from appliance.config.settings import Settings
+from appliance.config.settings import Settings, TransferSettings
 from appliance.core.audio import PIPELINE_SAMPLE_RATE_HZ
-from appliance.core.ports import AudioSource
+from appliance.core.ports import AudioSource, TransferAttempt, TransferResult
 from appliance.service import Consent, VoiceService, run_call
 from appliance.storage.repository import Storage
 from appliance.telephony.rtp import RATE_HZ, RtpSink
@@ -62,6 +62,7 @@ class SipLine:
             identity=call.account or None,
             channel="sip",
             consent=consent,
+            control=SipCallControl(self.ua, call, self.settings.transfer),
         )
 
     async def _ask_consent(self, call: SipCall) -> Consent:
@@ -90,6 +91,30 @@ class SipLine:
             record.call_id, consent.decision, consent.disclosure_version, consent.method
         )
         self.storage.end_call(record.call_id, "ended:no_consent")
+
+
+class SipCallControl:
+    """The ``CallControl`` of one SIP call: blind transfer by REFER in its dialog (RFC 3515).
+    When the destination answers, the appliance leaves the call (our BYE); otherwise the call
+    goes on with the agent."""
+
+    def __init__(self, ua: SipUserAgent, call: SipCall, settings: TransferSettings) -> None:
+        self.ua = ua
+        self.call = call
+        self.settings = settings
+
+    @property
+    def destinations(self) -> tuple[str, ...]:
+        return self.settings.destinations
+
+    async def transfer(self, destination: str) -> TransferAttempt:
+        if self.call.ended.is_set():
+            return TransferAttempt(destination, TransferResult.UNAVAILABLE)
+        attempt = await self.ua.refer(self.call.call_id, destination, self.settings.ring_timeout_s)
+        log.info("transfer attempt: %s (%d)", attempt.result.value, attempt.status)
+        if attempt.result is TransferResult.CONNECTED:
+            self.call.hang_up()  # the caller is with the person now: our leg ends
+        return attempt
 
 
 class Keypad:

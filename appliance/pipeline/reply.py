@@ -34,6 +34,7 @@ from appliance.core.audio import PIPELINE_SAMPLE_RATE_HZ
 from appliance.core.events import EventType, Route, Stage
 from appliance.core.ports import (
     AgentTurn,
+    CallControl,
     ChatMessage,
     ChatModel,
     InputDecision,
@@ -42,6 +43,9 @@ from appliance.core.ports import (
     SpeechDetector,
     Synthesizer,
     Transcriber,
+    TransferAttempt,
+    TransferOutcome,
+    TransferResult,
     TurnAgent,
     TurnGuard,
 )
@@ -139,6 +143,19 @@ class TurnOutput(Protocol):
 
     def play(self, pcm: bytes) -> None: ...
 
+    async def played(self) -> None:
+        """Return once the audio given so far has been played (to the last partial frame)."""
+        ...
+
+    def hold(self, on: bool) -> None:
+        """While on, the caller's speech neither interrupts this reply nor starts a turn (they
+        are being transferred)."""
+        ...
+
+    def end_call(self, reason: str) -> None:
+        """End the call once this reply is over (the caller was put through)."""
+        ...
+
 
 @dataclass(frozen=True)
 class Plan:
@@ -153,6 +170,8 @@ class Plan:
     """What the caller asked (a model answer must not merely say it back)."""
     passages: tuple[str, ...] = ()
     """The knowledge passages of an answer from them (it must not contradict them)."""
+    transfer: bool = False
+    """After the text, transfer the call (the agent announced it) and say how it went."""
 
 
 @dataclass
@@ -168,6 +187,8 @@ class ReplyPath:
     dialogue: Dialogue
     max_reply_tokens: int = 96
     output_sample_rate_hz: int = 22_050
+    control: CallControl | None = None
+    """What the call itself can do (transfer); None: nothing (the red team's text runs)."""
     _caller_said: list[str] = field(default_factory=list)
     _agent_said: list[str] = field(default_factory=list)
 
@@ -179,6 +200,7 @@ class ReplyPath:
         guard: TurnGuard | None,
         agent: TurnAgent | None = None,
         knowledge: Knowledge | None = None,
+        control: CallControl | None = None,
     ) -> ReplyPath:
         """A call's reply path; tools and knowledge work behind the guard (none without it)."""
         prompt = guard.system_prompt if guard is not None else config.system_prompt
@@ -192,6 +214,7 @@ class ReplyPath:
             Dialogue(prompt, config.history_turns),
             max_reply_tokens=config.max_reply_tokens,
             output_sample_rate_hz=config.output_sample_rate_hz,
+            control=control,
         )
 
     # -- the stages -----------------------------------------------------------------------------
@@ -275,7 +298,7 @@ class ReplyPath:
         if self.agent is not None and self.agent.wants(heard):
             handled = await self._agent_turn(out, heard, decision, audio)
             if handled is not None:
-                return Plan(Route.TOOL, text=handled.reply)
+                return Plan(Route.TOOL, text=handled.reply, transfer=handled.transfer)
         given = (*self._caller_said, decision.query, *self._agent_said)
         if self.knowledge is None:  # the model alone: it must still not say the turn back
             out.state.model_saw = decision.llm_text
@@ -341,6 +364,8 @@ class ReplyPath:
         """Say the plan's text, or the model's reply sentence by sentence, each vetted first."""
         if plan.text is not None:
             await self._say_fixed(out, plan.text)
+            if plan.transfer:
+                await self._transfer(out)
             return
         assert plan.messages is not None
         sentences: asyncio.Queue[str | None] = asyncio.Queue()
@@ -452,6 +477,42 @@ class ReplyPath:
         offers = self.guard is None or text in (self._honest(), self.guard.close_reply)
         out.state.offered_person = out.state.offered_person or offers
         return text
+
+    async def _transfer(self, out: TurnOutput) -> None:
+        """The announced transfer: once the announcement is heard, each destination in turn
+        (the caller is on hold meanwhile), each attempt a TRANSFER event; then what the agent
+        makes of the outcome is said (nothing when the caller was put through: the call ends)."""
+        control, agent = self.control, self.agent
+        assert agent is not None
+        attempts: list[TransferAttempt] = []
+        out.hold(True)
+        try:
+            await out.played()
+            for index, destination in enumerate(control.destinations if control else (), 1):
+                if out.cancelled:
+                    break
+                attempt = await control.transfer(destination) if control else None
+                if attempt is None:
+                    break
+                attempts.append(attempt)
+                out.emit(
+                    EventType.TRANSFER, attempt=index, result=attempt.result.value,
+                    status=attempt.status,
+                )  # fmt: skip
+                if attempt.result is TransferResult.CONNECTED:
+                    break
+        finally:
+            out.hold(False)
+        outcome = TransferOutcome(tuple(attempts))
+        handled = await asyncio.to_thread(agent.after_transfer, outcome)
+        self._took_agent_turn(out, handled)
+        if outcome.connected:
+            out.end_call("transferred")
+            return
+        if handled.reply:
+            said = out.state.reply
+            await self.speak(out, handled.reply, urgent=True)
+            out.state.reply = f"{said} {handled.reply}".strip()
 
     async def _say_fixed(self, out: TurnOutput, text: str) -> None:
         """A fixed text (an approved answer, a guard's or a tool's reply): no model, one

@@ -33,6 +33,7 @@ from appliance.core.events import EventType, Route, Stage, TurnEvent
 from appliance.core.ports import (
     AudioSink,
     AudioSource,
+    CallControl,
     CallRecorder,
     Knowledge,
     ScreenedAudio,
@@ -97,6 +98,8 @@ class _Response:
         self.held_events: list[TurnEvent] = []
         self.utterance = b""
         self.task: asyncio.Task[None] | None = None
+        self.holding = False
+        """The caller is being transferred: their speech neither interrupts nor starts a turn."""
 
     @property
     def cancelled(self) -> bool:
@@ -123,6 +126,17 @@ class _Response:
         self.audio.extend(pcm)
         self.changed.set()
 
+    async def played(self) -> None:
+        frame = self._session._out_frame
+        while len(self.audio) >= frame and not self.cancelled:
+            await asyncio.sleep(self._session._frame_ms / 1000)
+
+    def hold(self, on: bool) -> None:
+        self.holding = on
+
+    def end_call(self, reason: str) -> None:
+        self._session.end(reason)
+
 
 class CallSession:
     """One call: a source, a sink, the shared engines and this call's dialogue."""
@@ -139,9 +153,10 @@ class CallSession:
         guard: TurnGuard | None = None,
         agent: TurnAgent | None = None,
         knowledge: Knowledge | None = None,
+        control: CallControl | None = None,
     ) -> None:
         """``agent`` (tools inside the call) and ``knowledge`` work behind the input guard:
-        they need ``guard``."""
+        they need ``guard``. ``control``: what the call's channel can do (a transfer)."""
         if source.sample_rate_hz != PIPELINE_SAMPLE_RATE_HZ:
             raise ValueError(f"sources must deliver {PIPELINE_SAMPLE_RATE_HZ} Hz audio")
         if sink.sample_rate_hz != config.output_sample_rate_hz:
@@ -158,7 +173,7 @@ class CallSession:
         self._storing: list[asyncio.Task[None]] = []
         self._frame_ms = source.frame_ms
         self._endpointer = Endpointer(config.endpointing, source.frame_ms)
-        self.reply = ReplyPath.build(engines, config, guard, self._agent, knowledge)
+        self.reply = ReplyPath.build(engines, config, guard, self._agent, knowledge, control)
         self._out_frame = frame_bytes(config.output_sample_rate_hz, source.frame_ms)
         self._silence = bytes(self._out_frame)
         self._t0 = 0.0
@@ -272,8 +287,10 @@ class CallSession:
         agent_busy = self._speaking is not None or (
             self._response is not None and self._response.released
         )
-        if agent_busy and not self._config.endpointing.barge_in:
-            is_speech = False  # half duplex: the agent does not listen while it talks
+        on_hold = any(r is not None and r.holding for r in (self._speaking, self._response))
+        if on_hold or (agent_busy and not self._config.endpointing.barge_in):
+            # half duplex: the agent does not listen while it talks, nor while it transfers
+            is_speech = False
         else:
             is_speech = self._engines.vad.is_speech(frame, PIPELINE_SAMPLE_RATE_HZ)
         decision = self._endpointer.process(frame, is_speech)

@@ -130,6 +130,15 @@ class TextOutput:
     def play(self, pcm: bytes) -> None:
         return None
 
+    async def played(self) -> None:
+        return None
+
+    def hold(self, on: bool) -> None:
+        return None
+
+    def end_call(self, reason: str) -> None:
+        return None
+
 
 async def reply(service: VoiceService, heard: str) -> tuple[TextOutput, CallGuard]:
     """What a call's reply path does with ``heard``, as the first turn of a fresh call."""

@@ -10,6 +10,7 @@ from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from appliance.core.errors import StorageError
+from appliance.storage.callbacks import Callbacks
 from appliance.storage.directory import Directory, normalize_number
 from appliance.storage.schema import (
     Call,
@@ -33,7 +34,7 @@ class ErasureReport:
     """The caller's directory entry (their credentials) was removed and its key shredded."""
 
 
-class Erasure(Voiceprints, Directory):
+class Erasure(Voiceprints, Directory, Callbacks):
     """Crypto-shredding of a caller or a call."""
 
     def erase_caller(self, caller_id: str, actor: str) -> ErasureReport:
@@ -44,6 +45,7 @@ class Erasure(Voiceprints, Directory):
         listed = self.caller_hash(normalize_number(caller_id) or caller_id)
         with self.session("erase caller") as session:
             removed = self._remove_entry_in(session, listed)  # credentials: never held
+            callbacks = self._erase_callbacks_in(session, hashed)
             caller = session.scalars(select(Caller).where(Caller.caller_hash == hashed)).first()
             report = ErasureReport(0, 0, False)
             if caller is not None:
@@ -58,7 +60,7 @@ class Erasure(Voiceprints, Directory):
                     session.delete(caller)
             caller_erased = caller is not None and report.calls_held == 0
             if caller is None:
-                outcome = "ok" if removed else "not_found"
+                outcome = "ok" if removed or callbacks else "not_found"
             else:
                 outcome = "ok" if caller_erased else "partial"
             self.audit_in(
@@ -71,9 +73,10 @@ class Erasure(Voiceprints, Directory):
                     "calls_erased": report.calls_erased,
                     "calls_held": report.calls_held,
                     "directory_removed": removed,
+                    "callbacks_erased": callbacks,
                 },
             )
-        if caller is not None or removed:
+        if caller is not None or removed or callbacks:
             self.after_erasure()
         return ErasureReport(report.calls_erased, report.calls_held, caller_erased, removed)
 

@@ -17,6 +17,7 @@ from appliance.core.errors import StorageError
 from appliance.storage.schema import (
     ApiToken,
     Base,
+    CallbackRequest,
     CallerCredential,
     DirectoryEntry,
     LimitEvent,
@@ -68,6 +69,10 @@ def _directory(connection: Connection) -> None:
         cast(Table, table).create(connection, checkfirst=True)
 
 
+def _callbacks(connection: Connection) -> None:
+    cast(Table, CallbackRequest.__table__).create(connection, checkfirst=True)
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(
         1, "calls, turns, keys, consents, recordings, tools, incidents, users, audit", _initial
@@ -81,6 +86,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(
         6, "directory_entries and caller_credentials (the caller directory, sealed)", _directory
     ),
+    Migration(7, "callback_requests (callers' consented callback requests, sealed)", _callbacks),
 )
 LATEST = MIGRATIONS[-1].version
 

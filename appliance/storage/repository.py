@@ -1,6 +1,7 @@
 """The storage facade: one class, ``Storage``, made of one module per concern (``base``: the
 engine, sealing and the audit trail; ``calls``, ``voiceprints``, ``directory`` (the enrolled
-callers), ``accounts``, ``incidents``, ``erasure``, ``rotation``, ``limits``); ``reports`` holds
+callers), ``callbacks`` (callers' callback requests), ``accounts``, ``incidents``, ``erasure``,
+``rotation``, ``limits``); ``reports`` holds
 the panel's read-only queries.
 
 Every write is one transaction that commits before the method returns, so a turn that was

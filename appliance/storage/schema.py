@@ -203,6 +203,27 @@ class ToolCall(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utc_now, index=True)
 
 
+class CallbackRequest(Base):
+    """A caller's consented request to be called back (no one could take a transfer). The
+    number is sealed under the request's own data key (erasing the caller destroys it) and
+    kept as its pseudonym (``caller_hash``); the state is a ``CallbackState`` value, with who
+    changed it last and when."""
+
+    __tablename__ = "callback_requests"
+    __table_args__ = (Index("ix_callback_requests_state_created", "state", "created_at"),)
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    call_id: Mapped[str | None] = mapped_column(String(36), index=True)
+    """The call it came from (no foreign key: a request outlives its call's purge)."""
+    caller_hash: Mapped[str | None] = mapped_column(String(64), index=True)
+    data_key_id: Mapped[str | None] = mapped_column(String(36))
+    number: Mapped[bytes | None] = mapped_column(LargeBinary)
+    reason: Mapped[str] = mapped_column(String(32))
+    state: Mapped[str] = mapped_column(String(16), default="open")
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utc_now)
+    changed_at: Mapped[datetime] = mapped_column(DateTime, default=utc_now)
+    changed_by: Mapped[str] = mapped_column(String(128), default="system")
+
+
 class Incident(Base):
     __tablename__ = "incidents"
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)

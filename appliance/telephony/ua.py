@@ -16,6 +16,10 @@ What it does, per RFC 3261:
 - BYE in a dialog: 200, and the call's media ends; a BYE for no dialog: 481.
   ``SipCall.hang_up`` sends our BYE, retransmitted on Timer E (T1 doubling to T2) until a
   final response or Timer F (64*T1).
+- Blind transfer (RFC 3515): ``SipUserAgent.refer`` sends REFER in the caller's dialog
+  (Refer-To the destination, Referred-By us); a 2xx (202 Accepted) is followed by NOTIFYs of
+  the implicit subscription, each answered 200, whose ``message/sipfrag`` bodies carry the
+  progress of the caller's call to the destination: a final sipfrag decides the attempt.
 - OPTIONS: 200 with Allow. Other methods: 405. A malformed request: 400; a malformed
   response: dropped. Responses to requests we did not send are dropped.
 
@@ -42,6 +46,7 @@ from typing import cast
 
 from appliance.config.settings import SipSettings
 from appliance.core.errors import ApplianceError
+from appliance.core.ports import TransferAttempt, TransferResult
 from appliance.identity.limits import SlidingWindow
 from appliance.telephony import sdp
 from appliance.telephony.digest import (
@@ -68,7 +73,8 @@ log = logging.getLogger(__name__)
 
 T1 = 0.5
 T2 = 4.0
-ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS"
+ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, NOTIFY"
+_SIPFRAG_STATUS = re.compile(rb"^\s*SIP/2\.0 ([1-6]\d\d)\b")
 
 
 @dataclass
@@ -105,6 +111,8 @@ class _Dialog:
     local_cseq: int = 1
     session_id: int = field(default_factory=lambda: secrets.randbelow(2**30))
     sdp_version: int = 0
+    refer_progress: asyncio.Queue[int] | None = None
+    """While a REFER of ours is pending: the statuses of its NOTIFYs' sipfrag bodies."""
 
 
 Handler = Callable[[SipCall], Awaitable[None]]
@@ -251,6 +259,7 @@ class SipUserAgent(asyncio.DatagramProtocol):
             "CANCEL": self._on_cancel,
             "BYE": self._on_bye,
             "OPTIONS": self._on_options,
+            "NOTIFY": self._on_notify,
         }
         handler = handlers.get(message.method)
         if handler is None:
@@ -258,7 +267,7 @@ class SipUserAgent(asyncio.DatagramProtocol):
             reply.set("allow", ALLOW)
             self._send(reply.encode(), addr)
             return
-        if message.method != "ACK" and (refusal := _refusal(message)) is not None:
+        if message.method not in ("ACK", "NOTIFY") and (refusal := _refusal(message)) is not None:
             self._send(refusal.encode(), addr)
             return
         handler(message, addr)
@@ -519,6 +528,88 @@ class SipUserAgent(asyncio.DatagramProtocol):
         reply.set("allow", ALLOW)
         reply.set("accept", "application/sdp")
         self._send(reply.encode(), addr)
+
+    def _on_notify(self, notify: SipMessage, addr: tuple[str, int]) -> None:
+        """A NOTIFY of the subscription our REFER made (RFC 3515 2.4.4): 200, and its sipfrag
+        status to the waiting ``refer``. Outside a pending REFER: 481 (no subscription)."""
+        dialog = self.dialogs.get(notify.call_id)
+        if (
+            dialog is None
+            or dialog.closed
+            or dialog.refer_progress is None
+            or not _of_dialog(dialog, notify, addr, confirmed=True)
+            or notify.get("event").split(";", 1)[0].strip().lower() != "refer"
+        ):
+            self._send(response(notify, 481).encode(), addr)
+            return
+        kind = notify.get("content-type").split(";", 1)[0].strip().lower()
+        if notify.body and kind != "message/sipfrag":
+            reply = response(notify, 415)
+            reply.set("accept", "message/sipfrag")
+            self._send(reply.encode(), addr)
+            return
+        self._send(response(notify, 200, to_tag=dialog.local_tag).encode(), addr)
+        found = _SIPFRAG_STATUS.match(notify.body)
+        if found is not None:
+            dialog.refer_progress.put_nowait(int(found.group(1)))
+        elif notify.get("subscription-state").lower().startswith("terminated"):
+            dialog.refer_progress.put_nowait(0)  # ended without saying how: no answer
+
+    async def refer(self, call_id: str, target: str, timeout_s: float) -> TransferAttempt:
+        """Blind transfer (RFC 3515): REFER the caller's phone to ``target`` and wait for the
+        final sipfrag of its NOTIFYs, at most ``timeout_s`` in all. The dialog stays ours: the
+        caller decides (CONNECTED) and we hang up, or not, and the call goes on."""
+        dialog = self.dialogs.get(call_id)
+        if dialog is None or dialog.closed or not dialog.acked:
+            return TransferAttempt(target, TransferResult.UNAVAILABLE)
+        progress: asyncio.Queue[int] = asyncio.Queue()
+        dialog.refer_progress = progress
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        try:
+            answer = await self._refer_once(dialog, target, timeout_s)
+            if answer is None:
+                return TransferAttempt(target, TransferResult.NO_ANSWER)
+            if not 200 <= answer.status < 300:
+                return TransferAttempt(target, TransferResult.REFUSED, answer.status)
+            while True:
+                left = deadline - asyncio.get_running_loop().time()
+                try:
+                    status = await asyncio.wait_for(progress.get(), max(0.0, left))
+                except TimeoutError:
+                    return TransferAttempt(target, TransferResult.NO_ANSWER)
+                if status == 0:
+                    return TransferAttempt(target, TransferResult.NO_ANSWER)
+                if 200 <= status < 300:
+                    return TransferAttempt(target, TransferResult.CONNECTED, status)
+                if status >= 300:
+                    return TransferAttempt(target, TransferResult.DECLINED, status)
+                # 1xx: the destination is trying or ringing; wait on
+        finally:
+            if dialog.refer_progress is progress:
+                dialog.refer_progress = None
+
+    async def _refer_once(
+        self, dialog: _Dialog, target: str, timeout_s: float
+    ) -> SipMessage | None:
+        invite = dialog.invite
+        dialog.local_cseq += 1
+        ours = f"<sip:appliance@{self.advertise}:{self.port}>"
+        refer = SipMessage(f"REFER {uri_of(invite.get('contact') or invite.get('from'))} SIP/2.0")
+        refer.headers += [
+            ("via", self._via(dialog.peer)),
+            ("max-forwards", "70"),
+            ("from", f"{invite.get('to')};tag={dialog.local_tag}"),
+            ("to", invite.get("from")),
+            ("call-id", invite.call_id),
+            ("cseq", f"{dialog.local_cseq} REFER"),
+            ("contact", ours),
+            ("refer-to", f"<{target}>"),
+            ("referred-by", ours),
+        ]
+        try:
+            return await asyncio.wait_for(self._transaction(refer, dialog.peer), timeout_s)
+        except TimeoutError:
+            return None
 
     # -- our BYE ---------------------------------------------------------------------------
 

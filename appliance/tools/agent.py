@@ -19,7 +19,13 @@ Between the input guard and the model, for each turn:
    never from model text. Every attempt is audited by the ToolBox.
 
 When the caller was offered a person (``offer_person``: the honest unknown offers one), their
-next yes transfers the call. Anything the agent does not handle goes on as an ordinary turn.
+next yes transfers the call. A transfer is announced only when one is really started (the
+call's line can transfer and a destination is configured: ``AgentTurn.transfer``); its outcome
+comes back in ``after_transfer``, and what the caller hears is decided by it, never by the
+model: put through (the line hangs up), or "no one could be reached" and the offer of a
+callback, which a yes stores for staff (``CallbackDesk``). Where no transfer is possible (the
+microphone) the request for a person is the callback offer at once. Anything the agent does
+not handle goes on as an ordinary turn.
 """
 
 from __future__ import annotations
@@ -34,10 +40,18 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
-from appliance.config.settings import ToolsSettings
+from appliance.config.settings import ToolsSettings, TransferSettings
 from appliance.core.audio import PIPELINE_SAMPLE_RATE_HZ
 from appliance.core.errors import ApplianceError
-from appliance.core.ports import AgentTurn, ChatMessage, CodeNotifier, Counters, VoiceEmbedder
+from appliance.core.ports import (
+    AgentTurn,
+    CallbackDesk,
+    ChatMessage,
+    CodeNotifier,
+    Counters,
+    TransferOutcome,
+    VoiceEmbedder,
+)
 from appliance.identity.factors import (
     AttemptLimiter,
     FactorError,
@@ -144,6 +158,8 @@ class Awaiting(enum.StrEnum):
     CONFIRM = "confirm"
     ACCEPT = "accept"
     """A yes to the offer of a person."""
+    CALLBACK = "callback"
+    """A yes to the offer of a callback (no one could be reached, or no transfer here)."""
 
 
 _QUESTION = re.compile(r"\?|^\s*(?:what|when|where|why|how|who|which|do|does|is|are|can)\b", re.I)
@@ -185,6 +201,12 @@ class ToolAgent:
     today: str = ""
     record: IdentityEvent | None = None
     """Where the agent reports identity events (a code sent or not) for the audit trail."""
+    can_transfer: bool = False
+    """The call's line can transfer and a destination is configured (``CallControl``)."""
+    transfer: TransferSettings = field(default_factory=TransferSettings)
+    callbacks: CallbackDesk | None = None
+    """Where a consented callback request goes (the store); None: none can be kept."""
+    call_id: str = ""
     passed: set[Factor] = field(default_factory=set)
     _pending: _Pending | None = None
     _code: _CodeSent = _CodeSent.NOT_YET
@@ -215,6 +237,10 @@ class ToolAgent:
                     if answered is not None:
                         return answered
                     # neither yes nor no: the offer lapses and the words are a new request
+                case Awaiting.CALLBACK:
+                    answered = self._answer_callback(text)
+                    if answered is not None:
+                        return answered
                 case _:
                     return self._answer_confirmation(pending, text)
         if self._pending is not None:
@@ -243,10 +269,12 @@ class ToolAgent:
         digits = keys.rstrip("#")
         if pending is None or not digits:
             return None
-        if pending.awaiting in (Awaiting.CONFIRM, Awaiting.ACCEPT):
+        if pending.awaiting in (Awaiting.CONFIRM, Awaiting.ACCEPT, Awaiting.CALLBACK):
             answer = "yes" if digits == "1" else "no"
             if pending.awaiting is Awaiting.ACCEPT:
                 return self._answer_offer(pending, answer)
+            if pending.awaiting is Awaiting.CALLBACK:
+                return self._answer_callback(answer)
             return self._answer_confirmation(pending, answer)
         if pending.awaiting in (Awaiting.PIN, Awaiting.TOTP, Awaiting.CODE):
             return self._answer_factor(pending, digits)
@@ -322,7 +350,53 @@ class ToolAgent:
             self._pending = None
             return AgentTurn(self.settings.failed_reply, exc.code)
         self._pending = None
+        if pending.tool.name == TRANSFER_TOOL:
+            return self._start_transfer(pending)
         return AgentTurn(result, "tool.ok")
+
+    # -- a person, or a callback ------------------------------------------------------------------
+
+    def _start_transfer(self, pending: _Pending) -> AgentTurn:
+        """The transfer is announced only when it will really be attempted; the words are the
+        configuration's, never the tool's or the model's."""
+        if self.can_transfer:
+            return AgentTurn(self.transfer.announce, "transfer.started", transfer=True)
+        self._offer_callback(pending)
+        return AgentTurn(self.transfer.unavailable_reply, "transfer.unavailable")
+
+    def after_transfer(self, outcome: TransferOutcome) -> AgentTurn:
+        """Each attempt is audited (the ToolBox's trail and the call's tool calls); put through,
+        nothing more is said; else the caller hears that no one could be reached and is
+        offered a callback."""
+        audit = self.toolbox.audit
+        for index, attempt in enumerate(outcome.attempts, 1):
+            if audit is not None:
+                code = f"transfer.{attempt.result.value}"
+                details = {"attempt": index, "destination": attempt.destination}
+                audit(self.caller, TRANSFER_TOOL, {**details, "status": attempt.status}, code)
+        if outcome.connected:
+            return AgentTurn("", "transfer.connected")
+        tool = self.toolbox.tools.get(TRANSFER_TOOL)
+        if tool is not None:
+            self._offer_callback(_Pending(tool, {}))
+        return AgentTurn(self.transfer.unreachable_reply, "transfer.failed")
+
+    def _offer_callback(self, pending: _Pending) -> None:
+        pending.awaiting = Awaiting.CALLBACK
+        self._pending = pending
+
+    def _answer_callback(self, text: str) -> AgentTurn | None:
+        """The caller's own yes (never the model's) stores the request; a no is respected;
+        anything else lets the offer lapse and goes on as a new turn."""
+        self._pending = None
+        if _YES.search(text) and not _NO.search(text):
+            if self.callbacks is None:
+                return AgentTurn(self.settings.failed_reply, "callback.unavailable")
+            self.callbacks.request_callback(self.call_id, self.caller or None, "transfer")
+            return AgentTurn(self.transfer.callback_stored_reply, "callback.requested")
+        if _NO.search(text) and len(text.split()) <= 6:
+            return AgentTurn(self.transfer.callback_declined_reply, "callback.declined")
+        return None
 
     def _step_up(self, pending: _Pending) -> AgentTurn:
         voice = self.voice

@@ -89,8 +89,11 @@ class DemoBank:
         return None
 
     def transfer(self, caller: str, args: Mapping[str, Any]) -> str:
+        """The request for a person, checked and audited like any tool call. It transfers
+        nothing itself: the agent announces a transfer only when the call's line can make one
+        (tools/agent.py), and what the caller hears comes from the transfer's real outcome."""
         self.transfers.append(caller)
-        return "I'm transferring you to a member of our team now."
+        return ""
 
 
 def _spoken(slot: str) -> str:

@@ -287,9 +287,10 @@ def test_a_database_at_the_previous_schema_gains_the_directory_and_keeps_its_dat
     with old.session("downgrade") as session:  # as the appliance before the directory left it
         session.execute(text("DROP TABLE caller_credentials"))
         session.execute(text("DROP TABLE directory_entries"))
-        session.execute(text("DELETE FROM schema_migrations WHERE version = :v"), {"v": LATEST})
+        session.execute(text("DROP TABLE callback_requests"))  # migration 7 came later still
+        session.execute(text("DELETE FROM schema_migrations WHERE version >= 6"))
     old.close()
-    assert LATEST == 6
+    assert LATEST >= 6
     upgraded = Storage.open_sqlite(db, key)
     try:
         assert applied_versions(upgraded.engine) == set(range(1, LATEST + 1))
@@ -298,7 +299,7 @@ def test_a_database_at_the_previous_schema_gains_the_directory_and_keeps_its_dat
         enrol(upgraded, ALICE)
         assert upgraded.credential(ALICE, CredentialKind.TOTP) == SECRET
         with upgraded.session("look") as session:
-            row = session.get(SchemaMigration, LATEST)
+            row = session.get(SchemaMigration, 6)
             assert row is not None and "directory" in row.description
         assert upgraded.verify_audit().ok
     finally:

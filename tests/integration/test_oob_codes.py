@@ -68,7 +68,6 @@ SENDER = "codes@bank.example.org"
 WAIT_S = 30.0  # a bound on each wait for the relay, never a measure of speed
 WORDS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 BALANCE = "Your current account balance is 1250.40 pounds."
-TRANSFERRING = "I'm transferring you to a member of our team now."
 
 
 # -- a test CA, certificates, and the relay --------------------------------------------------------
@@ -448,13 +447,17 @@ def test_a_wrong_code_is_refused_and_counts_toward_the_lockout(
 
 def check_unsent(tmp_path: Path, store: Storage, notify: NotifySettings, error: str) -> None:
     """In a call: PIN, then the agent says it could not send a code and offers a person (a yes
-    transfers); the audit trail says why, by code."""
+    asks for a person: here, with no line to transfer on, the callback offer); the audit trail
+    says why, by code."""
     service = service_for(tmp_path, notify)
     tools = service.settings.tools
     agent = agent_for(service, store)
     say(agent, "What's my account balance?")
     assert say(agent, "one three five seven") == ("step_up.code_unsent", tools.code_not_sent)
-    assert say(agent, "yes please") == ("tool.ok", TRANSFERRING)
+    assert say(agent, "yes please") == (
+        "transfer.unavailable",
+        service.settings.transfer.unavailable_reply,
+    )
     failed = audit_events(store, "oob_code_sent", "oob_code_failed")[-1]
     assert (failed.action, failed.outcome) == ("oob_code_failed", "failed")
     assert json.loads(failed.details) == {"error": error}

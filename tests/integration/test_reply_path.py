@@ -197,7 +197,9 @@ def test_a_model_that_declines_gives_way_to_the_honest_answer_and_the_offer(
     service = make_service(tmp_path, settings, [decline])
     turns = call(service, [EXPRESS, "Yes please."])
     unknown = settings.knowledge.unknown_reply
-    assert spoken(service) == [unknown, "I'm transferring you to a member of our team now."]
+    # No line that can transfer (a memory source): the yes gets the callback offer, never a
+    # claim of a transfer.
+    assert spoken(service) == [unknown, settings.transfer.unavailable_reply]
     assert [t.route for t in turns] == ["grounded", "tool"]
 
 
@@ -211,13 +213,13 @@ def test_a_stopped_later_sentence_ends_the_reply_with_a_close_not_a_withdrawal(
     assert spoken(service) == ["Express delivery costs 6 pounds.", settings.policy.output_close]
 
 
-def test_nothing_relevant_gets_the_honest_unknown_and_a_yes_transfers(
+def test_nothing_relevant_gets_the_honest_unknown_and_a_yes_gets_what_the_line_can_do(
     tmp_path: Path, settings: Settings
 ) -> None:
     service = make_service(tmp_path, settings, ["The model must not be asked."])
     turns = call(service, ["Do you sell gift vouchers?", "Yes please."])
     unknown = settings.knowledge.unknown_reply
-    assert spoken(service) == [unknown, "I'm transferring you to a member of our team now."]
+    assert spoken(service) == [unknown, settings.transfer.unavailable_reply]
     assert [t.route for t in turns] == ["unknown", "tool"]
     assert not any(ch.isdigit() for ch in spoken(service)[0])
 

@@ -426,3 +426,29 @@ def test_a_sipp_flood_is_shed_while_a_call_from_elsewhere_still_completes(
     assert status == "ended" and transcripts and wer(QUESTION, transcripts[0] or "") <= 0.25
     shed = re.search(r"503 <-+\s+(\d+)", screen)
     assert shed is not None and int(shed.group(1)) >= 1500, screen[-3000:]  # shed, not served
+
+
+def test_a_caller_who_asks_for_a_person_gets_a_refer_to_the_destination_then_our_bye(
+    service: VoiceService,
+    real_settings: Settings,
+    line_env: dict[str, str],
+    lines: list[Line],
+    tmp_path: Path,
+) -> None:
+    """SIPp's phone acts on the REFER (202, NOTIFY sipfrag 100 then 200); the appliance then
+    leaves the call with its BYE, and the call record says it was transferred."""
+    desk = "sip:desk@192.0.2.10"
+    env = {**line_env, "APPLIANCE_TRANSFER__DESTINATIONS": desk}
+    lines.append(line := start_line(env))
+    stream = spoken(service, "I would like to speak to a person, please.", PCMU, tail_s=30.0)
+    result, _ = sipp(
+        line, "uac_transfer.xml", tmp_path, stream=stream, talk_ms=60000,
+        extra=("-trace_msg", "-message_file", str(tmp_path / "messages.log")),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-3000:]
+    trace = (tmp_path / "messages.log").read_text(errors="replace")
+    refer = trace[trace.index("REFER sip:") :]
+    assert re.search(rf"(?im)^Refer-To: <{re.escape(desk)}>", refer), refer[:800]
+    assert re.search(r"(?im)^Referred-By: <sip:appliance@", refer)
+    channel, status, _, _ = last_call(real_settings)
+    assert (channel, status) == ("sip", "ended:transferred")

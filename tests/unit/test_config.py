@@ -73,6 +73,28 @@ def test_config_file_from_the_environment(tmp_path: Path) -> None:
             "config.invalid",
             "speculate_after_ms",
         ),
+        (
+            "[transfer]\ndestinations = ['tel:+15550199']\n",
+            {},
+            "config.invalid",
+            "transfer.destinations",
+        ),
+        (
+            "[transfer]\ndestinations = ['desk@10.0.0.5']\n",
+            {},
+            "config.invalid",
+            "transfer.destinations",
+        ),
+        (
+            "",
+            {"APPLIANCE_TRANSFER__DESTINATIONS": "sip:a b@x"},
+            "config.invalid",
+            "transfer.destinations",
+        ),
+        ("[transfer]\nmode = 'cold'\n", {}, "config.invalid", "transfer.mode"),
+        ("[transfer]\nmode = 'warm'\n", {}, "config.invalid", "not implemented yet"),
+        ("[transfer]\nring_timeout_s = 0\n", {}, "config.invalid", "transfer.ring_timeout_s"),
+        ("[transfer]\nring = 5\n", {}, "config.unknown_key", "ring"),
     ],
 )
 def test_bad_settings_are_refused_with_the_key(
@@ -166,3 +188,16 @@ def test_models_install_brings_a_configured_model_that_is_missing(
     settings = load_settings(None, environ=env)
     assert install_models(argparse.Namespace(name=None), settings) == 1  # still missing
     assert asked == ["absent-llm"]
+
+
+def test_transfer_destinations_are_sip_uris_tried_in_order(tmp_path: Path) -> None:
+    config = tmp_path / "t.toml"
+    config.write_text(
+        "[transfer]\ndestinations = ['sip:desk@10.0.0.5', 'sips:queue@pbx.example;transport=tls']\n"
+    )
+    settings = load_settings(config, environ={})
+    assert settings.transfer.destinations == (
+        "sip:desk@10.0.0.5",
+        "sips:queue@pbx.example;transport=tls",
+    )
+    assert settings.transfer.mode == "blind"
