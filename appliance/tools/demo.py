@@ -199,7 +199,9 @@ def demo_tools(bank: DemoBank) -> dict[str, Tool]:
             required_level=Assurance.ANONYMOUS,
             handler=bank.transfer,
             triggers=(
-                r"\b(?:speak|talk|chat) (?:to|with) (?:a |an |the |some )?(?:real |actual |live )?"
+                # "to" optional: speech recognition drops it now and then ("speak a person")
+                r"\b(?:speak|talk|chat) (?:(?:to|with) )?(?:a |an |the |some )?"
+                r"(?:real |actual |live )?"
                 r"(?:person|human|someone|somebody|agent|advis[eo]r|staff|operator|manager|"
                 r"member of (?:staff|the team))\b",
                 r"\b(?:put me through|transfer me|connect me|get me (?:a|someone|somebody))\b",

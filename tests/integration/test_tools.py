@@ -127,3 +127,10 @@ def test_a_grammar_makes_even_a_random_model_emit_a_valid_tool_request(
     )
     request = json.loads(text)  # gibberish weights, well-formed JSON
     assert request["tool"] in {"account_balance", "book_appointment", "transfer_to_human", "none"}
+
+
+def test_a_request_for_a_person_is_known_when_recognition_drops_a_word() -> None:
+    person = demo_tools(DemoBank())["transfer_to_human"]
+    for said in ("I'd like to speak to a person.", "I would like to speak a person, please."):
+        assert person.triggered_by(said), said  # Whisper heard the second from Piper's first
+    assert not person.triggered_by("Do your staff speak Spanish?")

@@ -445,7 +445,7 @@ def test_a_caller_who_asks_for_a_person_gets_a_refer_to_the_destination_then_our
         line, "uac_transfer.xml", tmp_path, stream=stream, talk_ms=60000,
         extra=("-trace_msg", "-message_file", str(tmp_path / "messages.log")),
     )  # fmt: skip
-    assert result.returncode == 0, result.stdout[-3000:]
+    assert result.returncode == 0, (last_call(real_settings), result.stdout[-3000:])
     trace = (tmp_path / "messages.log").read_text(errors="replace")
     refer = trace[trace.index("REFER sip:") :]
     assert re.search(rf"(?im)^Refer-To: <{re.escape(desk)}>", refer), refer[:800]
