@@ -12,6 +12,7 @@ recipient.
 
 from __future__ import annotations
 
+import contextlib
 import email.utils
 import os
 import re
@@ -71,7 +72,8 @@ class SmtpNotifier:
             if options.username:
                 client.login(options.username, password)
             client.send_message(message)
-            client.quit()
+            with contextlib.suppress(smtplib.SMTPException, OSError):
+                client.quit()  # the message is the relay's now: a lost goodbye unsends nothing
         except NotifyError:
             raise
         except ssl.SSLCertVerificationError as exc:

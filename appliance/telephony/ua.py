@@ -113,6 +113,11 @@ class _Dialog:
     sdp_version: int = 0
     refer_progress: asyncio.Queue[int] | None = None
     """While a REFER of ours is pending: the statuses of its NOTIFYs' sipfrag bodies."""
+    refer_cseq: int = 0
+    """The CSeq of our latest REFER: its subscription's ``Event: refer;id=``."""
+    notifies: set[int] = field(default_factory=set)
+    """The CSeqs of the NOTIFYs answered: a retransmission gets the same 200 again, never
+    counted twice nor refused once the REFER is over (RFC 3261 17.2.2)."""
 
 
 Handler = Callable[[SipCall], Awaitable[None]]
@@ -533,12 +538,20 @@ class SipUserAgent(asyncio.DatagramProtocol):
         """A NOTIFY of the subscription our REFER made (RFC 3515 2.4.4): 200, and its sipfrag
         status to the waiting ``refer``. Outside a pending REFER: 481 (no subscription)."""
         dialog = self.dialogs.get(notify.call_id)
+        event, _, params = notify.get("event").partition(";")
+        ids = re.search(r"(?i)\bid\s*=\s*(\d+)", params)
+        number = notify.cseq[0]
+        ours = dialog is not None and _of_dialog(dialog, notify, addr, confirmed=True)
+        if dialog is not None and ours and number in dialog.notifies:
+            self._send(response(notify, 200, to_tag=dialog.local_tag).encode(), addr)
+            return  # a retransmission: answered already
         if (
             dialog is None
             or dialog.closed
             or dialog.refer_progress is None
-            or not _of_dialog(dialog, notify, addr, confirmed=True)
-            or notify.get("event").split(";", 1)[0].strip().lower() != "refer"
+            or not ours
+            or event.strip().lower() != "refer"
+            or (ids is not None and int(ids.group(1)) != dialog.refer_cseq)  # an earlier REFER's
         ):
             self._send(response(notify, 481).encode(), addr)
             return
@@ -548,12 +561,16 @@ class SipUserAgent(asyncio.DatagramProtocol):
             reply.set("accept", "message/sipfrag")
             self._send(reply.encode(), addr)
             return
+        dialog.notifies.add(number)
         self._send(response(notify, 200, to_tag=dialog.local_tag).encode(), addr)
         found = _SIPFRAG_STATUS.match(notify.body)
-        if found is not None:
-            dialog.refer_progress.put_nowait(int(found.group(1)))
-        elif notify.get("subscription-state").lower().startswith("terminated"):
-            dialog.refer_progress.put_nowait(0)  # ended without saying how: no answer
+        terminated = notify.get("subscription-state").lower().startswith("terminated")
+        if found is None and not terminated:
+            return
+        status = int(found.group(1)) if found is not None else 0
+        if terminated and status < 200:
+            status = 0  # the subscription ended without a final answer: no answer
+        dialog.refer_progress.put_nowait(status)
 
     async def refer(self, call_id: str, target: str, timeout_s: float) -> TransferAttempt:
         """Blind transfer (RFC 3515): REFER the caller's phone to ``target`` and wait for the
@@ -593,6 +610,7 @@ class SipUserAgent(asyncio.DatagramProtocol):
     ) -> SipMessage | None:
         invite = dialog.invite
         dialog.local_cseq += 1
+        dialog.refer_cseq = dialog.local_cseq
         ours = f"<sip:appliance@{self.advertise}:{self.port}>"
         refer = SipMessage(f"REFER {uri_of(invite.get('contact') or invite.get('from'))} SIP/2.0")
         refer.headers += [

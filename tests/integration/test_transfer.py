@@ -157,7 +157,7 @@ class Phone:
             self.rtp.sendto(self.queued.pop(0), self.far)
             await asyncio.sleep(0.02)
 
-    def notify(self, ua_port: int, sipfrag: str, *, final: bool = True) -> None:
+    def notify(self, ua_port: int, sipfrag: str, *, final: bool = True) -> SipMessage:
         self.cseq += 1
         message = self._in_dialog("NOTIFY", self.cseq)
         message.headers += [
@@ -167,6 +167,7 @@ class Phone:
         ]
         message.body = f"{sipfrag}\r\n".encode()
         self.send(message, ua_port)
+        return message
 
     def _in_dialog(self, method: str, cseq: int) -> SipMessage:
         assert self.ok is not None
@@ -230,6 +231,39 @@ def cli(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
         [sys.executable, "-m", "appliance", *args],
         capture_output=True, text=True, env=env, cwd=ROOT, timeout=120, check=False,
     )  # fmt: skip
+
+
+def test_a_retransmitted_notify_gets_its_200_again_after_the_transfer_is_over(
+    settings: Settings,
+) -> None:
+    """The phone did not hear our 200 to its final NOTIFY and sends it again after our BYE:
+    it gets the same 200 (RFC 3261 17.2.2), not a 481 that a phone takes for a failure."""
+    service = make_service(settings, [ASK], destinations=(DESK,))
+    store = open_storage(service.settings)
+
+    async def test(line: SipLine, phone: Phone) -> None:
+        await answered(service, line, phone)
+        phone.say()
+        refer = await phone.request()
+        assert refer.method == "REFER"
+        phone.send(response(refer, 202), line.ua.port)
+        final = phone.notify(line.ua.port, "SIP/2.0 200 OK")
+        bye = await phone.request()
+        while bye.method == "REFER":  # a retransmission raced the 202
+            bye = await phone.request()
+        assert bye.method == "BYE"
+        phone.send(final, line.ua.port)  # the transfer is over on our side
+        while (answer := await phone.recv()) is not None:
+            if not answer.is_request and answer.get("cseq").endswith("NOTIFY"):
+                break
+        assert answer is not None and answer.status == 200
+        phone.send(response(bye, 200), line.ua.port)
+        await until(lambda: not service.active, 20)
+
+    try:
+        on_line(service, store, test)
+    finally:
+        store.close()
 
 
 def test_a_refer_whose_notify_says_200_puts_the_caller_through_and_our_bye_ends_our_leg(

@@ -6,8 +6,8 @@ from __future__ import annotations
 import difflib
 import re
 import selectors
-import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -42,14 +42,17 @@ def read_until(process: subprocess.Popen[str], stream: str, needle: str, timeout
 
 def start_listen(pulse: dict[str, str], home: Path) -> subprocess.Popen[str]:
     """`appliance listen` on the private sound server (its output read line by line)."""
+    # Ctrl-C ends it: SIGINT's default is given back before exec (this run may have inherited
+    # it ignored), by a tiny launcher, since preexec_fn is unsafe in a process with threads
+    launcher = "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); " + (
+        "os.execv(sys.argv[1], sys.argv[1:])"
+    )
     return subprocess.Popen(
-        [str(APPLIANCE), "listen"],
+        [sys.executable, "-c", launcher, str(APPLIANCE), "listen"],
         env={**pulse, "APPLIANCE_HOME": str(home)},
         text=True,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
-        # Ctrl-C ends it: give SIGINT its default back, in case this run inherited it ignored
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
 
 
