@@ -32,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import errno
 import functools
 import ipaddress
 import logging
@@ -121,6 +122,8 @@ class _Dialog:
 
 
 Handler = Callable[[SipCall], Awaitable[None]]
+_PORT_TRIES = 20
+"""Ports tried when any free one will do (``listen`` port 0) and UDP's is taken on TCP."""
 
 
 def _of_dialog(
@@ -202,11 +205,26 @@ class SipUserAgent(asyncio.DatagramProtocol):
         """Listen on UDP, and on TCP at the same port when ``[sip] tcp`` is on; register with
         the PBX when ``[sip] registrar`` is set."""
         loop = asyncio.get_running_loop()
-        await loop.create_datagram_endpoint(lambda: self, local_addr=(self.host, self.port))
+        wanted = self.port
+        for attempt in range(_PORT_TRIES):
+            await loop.create_datagram_endpoint(lambda: self, local_addr=(self.host, wanted))
+            if not self.settings.tcp:
+                break
+            try:
+                self._server = await loop.create_server(
+                    lambda: _SipStream(self), self.host, self.port
+                )
+                break
+            except OSError as exc:
+                # Any free port asked for (0): the system chose one free for UDP whose number
+                # something holds on TCP; another one. A port configured is an error to report.
+                if wanted != 0 or exc.errno != errno.EADDRINUSE or attempt == _PORT_TRIES - 1:
+                    raise
+                assert self.transport is not None
+                self.transport.close()
+                self.transport = None
         if self.settings.registrar:
             self._spawn(self._register_loop())
-        if self.settings.tcp:
-            self._server = await loop.create_server(lambda: _SipStream(self), self.host, self.port)
         if self.settings.tls_listen:
             host, _, port = self.settings.tls_listen.rpartition(":")
             self._tls_server = await loop.create_server(
