@@ -24,6 +24,7 @@ from appliance.core.ports import (
     CallerDirectory,
     CallRecorder,
     CodeNotifier,
+    KeyInbox,
     NoCallControl,
     TurnAgent,
     TurnGuard,
@@ -107,6 +108,9 @@ def pipeline_config(settings: Settings) -> PipelineConfig:
         max_call_s=settings.limits.max_call_s,
         turns_per_minute=settings.limits.turns_per_minute,
         goodbye_reply=settings.limits.goodbye_reply,
+        slower_pace=settings.tts.slower_pace,
+        offer_after_failures=settings.transfer.offer_after_failures,
+        offer_prompt=settings.transfer.offer_prompt,
     )
 
 
@@ -466,6 +470,7 @@ async def run_call(
     on_event: EventHandler | None = None,
     consent: Consent | None = None,
     control: CallControl | None = None,
+    keypad: KeyInbox | None = None,
 ) -> CallOutcome:
     """One call, start to end, with admission, abuse handling, storage and guardrails.
 
@@ -481,7 +486,8 @@ async def run_call(
     up their own quota, never the customer's.
 
     ``control`` is what the channel can do to the call (the SIP line: transfer); without it
-    (the microphone, a file) a request for a person becomes the callback offer.
+    (the microphone, a file) a request for a person becomes the callback offer. ``keypad``
+    takes the channel's key presses to this call's session while it runs.
     """
     control = control if control is not None else NoCallControl()
     monitor = service.monitor
@@ -584,9 +590,13 @@ async def run_call(
             output_sample_rate_hz=sink.sample_rate_hz,  # 8 kHz on a phone line
         )
         service.active.add(session)
+        if keypad is not None:
+            keypad.connect(session.keys)
         try:
             turns = await session.run()
         finally:
+            if keypad is not None:
+                keypad.disconnect()
             service.active.discard(session)
         await asyncio.gather(*writes, return_exceptions=True)
         return CallOutcome(record.call_id, turns, end_reason=session.end_reason)

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from appliance.core.errors import ConfigError
+from appliance.core.hours import HoursError, OpeningHours
 
 PACKAGE_ROOT = Path(__file__).resolve().parents[2]
 """The checkout (or install prefix) holding ``config/`` and ``models/`` beside the package."""
@@ -148,11 +149,15 @@ class TtsSettings:
     model: str = "piper-joe-medium"
     path: str = ""
     length_scale: float = 1.0
+    slower_pace: float = 1.35
+    """How much longer the last reply takes when the caller asks to hear it slower ("slower,
+    please"): a multiplier of ``length_scale``."""
     threads: int = 1
 
     def __post_init__(self) -> None:
         _check(bool(self.model), "tts.model", "must name a model of the manifest")
         _check(0.3 <= self.length_scale <= 3, "tts.length_scale", "0.3 to 3")
+        _check(1 < self.slower_pace <= 3, "tts.slower_pace", "above 1, at most 3")
         _check(self.threads >= 1, "tts.threads", "at least 1")
 
 
@@ -868,8 +873,30 @@ class TransferSettings:
         "Thank you. I've asked a member of our team to call you back as soon as they can."
     )
     callback_declined_reply: str = "All right. Is there anything else I can help you with?"
+    hours: tuple[str, ...] = ()
+    """When staff take calls, one line per range: ``"mon-fri 09:00-17:30"``, ``"sat 10:00-14:00"``
+    (core/hours.py). Empty: at any time. Outside them a request for a person hears
+    ``after_hours_reply`` and the callback offer instead of a transfer."""
+    holidays: tuple[str, ...] = ()
+    """Dates (YYYY-MM-DD) on which no one takes calls, whatever ``hours`` say."""
+    timezone: str = "UTC"
+    """The zone ``hours`` and ``holidays`` are read in (an IANA name: ``Europe/London``)."""
+    after_hours_reply: str = (
+        "Our team isn't available at the moment, but a member of our team can call you back. "
+        "Would you like that? Please say yes or no."
+    )
+    offer_after_failures: int = 2
+    """After this many turns in a row that got the caller nowhere (a blocked or refused
+    request, a guard's fallback, a tool that failed), the agent offers a person; a failed
+    verification (locked, or no factor left) offers one at once. 0: only when asked."""
+    offer_prompt: str = "Would you like me to put you through to a person? Please say yes or no."
 
     def __post_init__(self) -> None:
+        try:
+            self.opening_hours()
+        except HoursError as exc:
+            raise ConfigError("config.invalid", f"transfer.hours: {exc}") from exc
+        _check(0 <= self.offer_after_failures <= 20, "transfer.offer_after_failures", "0 to 20")
         for value in self.destinations:
             _check(
                 bool(_SIP_URI.fullmatch(value)),
@@ -882,8 +909,19 @@ class TransferSettings:
             '"warm" is not implemented yet; use "blind"',
         )
         _check(1 <= self.ring_timeout_s <= 300, "transfer.ring_timeout_s", "1 to 300 seconds")
-        for key in ("announce", "unreachable_reply", "unavailable_reply", "callback_stored_reply"):
+        for key in (
+            "announce",
+            "unreachable_reply",
+            "unavailable_reply",
+            "callback_stored_reply",
+            "after_hours_reply",
+            "offer_prompt",
+        ):
             _check(bool(getattr(self, key).strip()), f"transfer.{key}", "must not be empty")
+
+    def opening_hours(self) -> OpeningHours:
+        """``hours``, ``holidays`` and ``timezone`` read (HoursError names what is wrong)."""
+        return OpeningHours.parse(self.hours, self.holidays, self.timezone)
 
 
 @dataclass(frozen=True)

@@ -75,6 +75,9 @@ class Route(enum.StrEnum):
     """Key presses (DTMF) answered an open tool dialogue."""
     FIXED = "fixed"
     """A fixed prompt of the call itself (a goodbye, the slow-down reply)."""
+    REPEAT = "repeat"
+    """The caller asked to hear the last reply again ("say that again", "slower, please"):
+    said again as it was (slower when asked), no model."""
 
 
 @dataclass(frozen=True, slots=True)

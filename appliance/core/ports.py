@@ -159,7 +159,13 @@ class TurnAgent(Protocol):
         ...
 
     def handle_keys(self, keys: str) -> AgentTurn | None:
-        """Key presses (DTMF) answering the open dialogue: a PIN, a code, 1 (yes) or 2 (no)."""
+        """Key presses (DTMF) answering the open dialogue: a PIN, a code, 1 (yes) or 2 (no);
+        0 alone asks for a person."""
+        ...
+
+    def may_offer_person(self) -> bool:
+        """Whether ``offer_person`` would offer one now (a transfer tool is enabled and no
+        dialogue is open); no side effects."""
         ...
 
     def offer_person(self) -> bool:
@@ -235,6 +241,28 @@ class NoCallControl:
 
     async def transfer(self, destination: str) -> TransferAttempt:
         return TransferAttempt(destination, TransferResult.UNAVAILABLE)
+
+
+class KeyInbox:
+    """Where a channel's key presses (DTMF) go: to the call's session while it runs
+    (``run_call`` connects it), never to another call's; before and after, nowhere (the line
+    reads the consent digits itself)."""
+
+    def __init__(self) -> None:
+        self._handler: Callable[[str], None] | None = None
+
+    def connect(self, handler: Callable[[str], None]) -> None:
+        self._handler = handler
+
+    def disconnect(self) -> None:
+        self._handler = None
+
+    def deliver(self, keys: str) -> bool:
+        """Hand ``keys`` to the session; False when no session takes them (they are dropped)."""
+        if self._handler is None or not keys:
+            return False
+        self._handler(keys)
+        return True
 
 
 class CallbackState(enum.StrEnum):
@@ -339,9 +367,12 @@ class ChatModel(Protocol):
 
 @runtime_checkable
 class Synthesizer(Protocol):
-    """Speaks text; yields audio chunks at ``sample_rate_hz`` as they are ready."""
+    """Speaks text; yields audio chunks at ``sample_rate_hz`` as they are ready. ``pace``
+    above 1 speaks that much longer (a caller asked for it slower)."""
 
-    def synthesize(self, text: str, sample_rate_hz: int) -> Iterator[AudioChunk]: ...
+    def synthesize(
+        self, text: str, sample_rate_hz: int, pace: float = 1.0
+    ) -> Iterator[AudioChunk]: ...
 
 
 @runtime_checkable

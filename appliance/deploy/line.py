@@ -16,7 +16,7 @@ import time
 from appliance.audio_io.screening import ScreenedSource
 from appliance.config.settings import Settings, TransferSettings
 from appliance.core.audio import PIPELINE_SAMPLE_RATE_HZ
-from appliance.core.ports import AudioSource, TransferAttempt, TransferResult
+from appliance.core.ports import KeyInbox, TransferAttempt, TransferResult
 from appliance.service import Consent, VoiceService, run_call
 from appliance.storage.repository import Storage
 from appliance.telephony.rtp import RATE_HZ, RtpSink
@@ -51,7 +51,8 @@ class SipLine:
             await media.play(await asyncio.to_thread(self.say, sip.no_consent_reply))
             return
         source = ScreenedSource(media)  # clipping and held tones on the line
-        media.on_digit = Keypad(self.service, source).press
+        keypad = Keypad()
+        media.on_digit = keypad.press
         await run_call(
             self.service,
             self.storage,
@@ -63,6 +64,7 @@ class SipLine:
             channel="sip",
             consent=consent,
             control=SipCallControl(self.ua, call, self.settings.transfer),
+            keypad=keypad.inbox,
         )
 
     async def _ask_consent(self, call: SipCall) -> Consent:
@@ -118,16 +120,15 @@ class SipCallControl:
 
 
 class Keypad:
-    """Collects a call's key presses and hands them to its session at '#' or after a pause
-    (for the tool dialogue: a PIN, a code, 1 for yes). Before the call's session starts (the
-    consent question) the line reads the digits itself."""
+    """Collects a call's key presses and hands them to its session (``inbox``, connected by
+    ``run_call``) at '#' or after a pause (for the tool dialogue: a PIN, a code, 1 for yes, 0
+    for a person). Before the call's session starts (the consent question) the line reads the
+    digits itself."""
 
     PAUSE_S = 2.0
 
-    def __init__(self, service: VoiceService, source: AudioSource) -> None:
-        self.service = service
-        self.source = source
-        """The audio source of the call's session (its keys go to that session)."""
+    def __init__(self) -> None:
+        self.inbox = KeyInbox()
         self.keys = ""
         self._timer: asyncio.TimerHandle | None = None
 
@@ -142,6 +143,4 @@ class Keypad:
 
     def flush(self) -> None:
         keys, self.keys = self.keys, ""
-        for session in list(self.service.active):
-            if session.source is self.source and keys:
-                session.keys(keys)
+        self.inbox.deliver(keys)

@@ -44,14 +44,18 @@ class PiperSynthesizer:
         for _ in self.synthesize("Hello.", self.native_rate_hz):
             pass
 
-    def synthesize(self, text: str, sample_rate_hz: int) -> Iterator[AudioChunk]:
+    def synthesize(self, text: str, sample_rate_hz: int, pace: float = 1.0) -> Iterator[AudioChunk]:
         import soxr
+        from piper import SynthesisConfig
 
         if not text.strip():
             return
+        config = self._config
+        if pace != 1.0:
+            config = SynthesisConfig(length_scale=(config.length_scale or 1.0) * pace)
         try:
             with self._lock:
-                chunks = list(self._voice.synthesize(text, syn_config=self._config))
+                chunks = list(self._voice.synthesize(text, syn_config=config))
         except Exception as exc:
             raise TtsError("tts.failed", f"synthesis failed: {type(exc).__name__}") from exc
         for chunk in chunks:

@@ -98,6 +98,11 @@ class PipelineConfig:
     slow_down_reply: str = (
         "I'm sorry, that's a lot of requests in a short time. Please wait a moment."
     )
+    slower_pace: float = 1.35
+    """The last reply said again "slower, please" takes this much longer."""
+    offer_after_failures: int = 2
+    """Turns in a row that got the caller nowhere before a person is offered (0: never)."""
+    offer_prompt: str = "Would you like me to put you through to a person? Please say yes or no."
 
 
 @dataclass
@@ -172,6 +177,8 @@ class Plan:
     """The knowledge passages of an answer from them (it must not contradict them)."""
     transfer: bool = False
     """After the text, transfer the call (the agent announced it) and say how it went."""
+    pace: float = 1.0
+    """Above 1 the text is spoken slower (the caller asked for it)."""
 
 
 @dataclass
@@ -189,8 +196,15 @@ class ReplyPath:
     output_sample_rate_hz: int = 22_050
     control: CallControl | None = None
     """What the call itself can do (transfer); None: nothing (the red team's text runs)."""
+    slower_pace: float = 1.35
+    offer_after_failures: int = 2
+    offer_prompt: str = "Would you like me to put you through to a person? Please say yes or no."
     _caller_said: list[str] = field(default_factory=list)
     _agent_said: list[str] = field(default_factory=list)
+    _last_reply: str = ""
+    """What the caller heard last ("say that again" says it again)."""
+    _failures: int = 0
+    """Turns in a row that got the caller nowhere (``_failed``)."""
 
     @classmethod
     def build(
@@ -215,6 +229,9 @@ class ReplyPath:
             max_reply_tokens=config.max_reply_tokens,
             output_sample_rate_hz=config.output_sample_rate_hz,
             control=control,
+            slower_pace=config.slower_pace,
+            offer_after_failures=config.offer_after_failures,
+            offer_prompt=config.offer_prompt,
         )
 
     # -- the stages -----------------------------------------------------------------------------
@@ -295,6 +312,8 @@ class ReplyPath:
             return Plan(Route.MODEL, messages=self.dialogue.messages_for(heard))
         if decision.fixed_reply is not None:
             return Plan(Route.GUARD, text=decision.fixed_reply)
+        if self._last_reply and (pace := asked_again(heard, self.slower_pace)):
+            return Plan(Route.REPEAT, text=self._last_reply, pace=pace)
         if self.agent is not None and self.agent.wants(heard):
             handled = await self._agent_turn(out, heard, decision, audio)
             if handled is not None:
@@ -358,14 +377,18 @@ class ReplyPath:
         out.state.route = Route.KEYPAD
         if handled is not None:
             self._took_agent_turn(out, handled)
-            await self.answer(out, Plan(Route.KEYPAD, text=handled.reply))
+            plan = Plan(Route.KEYPAD, text=handled.reply, transfer=handled.transfer)
+            await self.answer(out, plan)
 
     async def answer(self, out: TurnOutput, plan: Plan) -> None:
-        """Say the plan's text, or the model's reply sentence by sentence, each vetted first."""
+        """Say the plan's text, or the model's reply sentence by sentence, each vetted first;
+        then, when the caller is getting nowhere, the offer of a person (``_offer_if_stuck``)."""
         if plan.text is not None:
-            await self._say_fixed(out, plan.text)
+            await self._say_fixed(out, plan.text, plan.pace)
             if plan.transfer:
                 await self._transfer(out)
+            else:
+                await self._offer_if_stuck(out)
             return
         assert plan.messages is not None
         sentences: asyncio.Queue[str | None] = asyncio.Queue()
@@ -418,6 +441,7 @@ class ReplyPath:
                 speaker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await speaker
+        await self._offer_if_stuck(out)
 
     def vet(
         self, out: TurnOutput, spoken: str, sentence: str, plan: Plan
@@ -431,17 +455,19 @@ class ReplyPath:
             out.emit(EventType.GUARD_OUTPUT, reasons=",".join(reasons))
         return sentence, reasons
 
-    async def speak(self, out: TurnOutput, sentence: str, *, urgent: bool) -> None:
+    async def speak(
+        self, out: TurnOutput, sentence: str, *, urgent: bool, pace: float = 1.0
+    ) -> None:
         """One sentence to the caller (the first is urgent: the caller waits in silence)."""
         if not out.audible or out.cancelled:
             return
-        pcm = await SCHEDULER.run(Stage.TTS, self.synthesize, sentence, urgent=urgent)
+        pcm = await SCHEDULER.run(Stage.TTS, self.synthesize, sentence, pace, urgent=urgent)
         if not out.cancelled:
             out.play(pcm)
 
-    def synthesize(self, text: str) -> bytes:
+    def synthesize(self, text: str, pace: float = 1.0) -> bytes:
         rate = self.output_sample_rate_hz
-        return b"".join(chunk.pcm for chunk in self.tts.synthesize(text, rate))
+        return b"".join(chunk.pcm for chunk in self.tts.synthesize(text, rate, pace))
 
     # -- the turn is over -----------------------------------------------------------------------
 
@@ -459,6 +485,11 @@ class ReplyPath:
             self.dialogue.commit(state.model_saw or decision.llm_text, state.reply)
         if state.route is Route.TOOL and state.reply:
             self._agent_said.append(state.reply)  # a tool's result may be repeated later
+        if state.route is not Route.REPEAT:
+            stuck = _failed(state) and not state.offered_person
+            self._failures = self._failures + 1 if stuck else 0
+        if state.reply:
+            self._last_reply = state.reply
         if state.offered_person and self.agent is not None:
             self.agent.offer_person()
 
@@ -514,11 +545,28 @@ class ReplyPath:
             await self.speak(out, handled.reply, urgent=True)
             out.state.reply = f"{said} {handled.reply}".strip()
 
-    async def _say_fixed(self, out: TurnOutput, text: str) -> None:
+    async def _say_fixed(self, out: TurnOutput, text: str, pace: float = 1.0) -> None:
         """A fixed text (an approved answer, a guard's or a tool's reply): no model, one
         synthesis (a voice speaks a two-sentence answer faster than a model drafts one)."""
         out.state.reply = text
-        await self.speak(out, text, urgent=True)
+        await self.speak(out, text, urgent=True, pace=pace)
+
+    async def _offer_if_stuck(self, out: TurnOutput) -> None:
+        """Escalation, decided in code: after ``offer_after_failures`` turns in a row that got
+        the caller nowhere (this one the last), or at once when verification failed, the offer
+        of a person is said after the reply; the caller's yes next transfers (the agent's
+        ACCEPT). Nothing is offered where no person can be (no transfer tool) or already was."""
+        state, agent = out.state, self.agent
+        if out.cancelled or state.offered_person or agent is None or not _failed(state):
+            return
+        verification_failed = _outcome(state) in _VERIFICATION_FAILED
+        stuck = self.offer_after_failures and self._failures + 1 >= self.offer_after_failures
+        if not (verification_failed or stuck) or not agent.may_offer_person():
+            return
+        state.offered_person = True
+        out.emit(EventType.AGENT, outcome="escalation.offered")
+        await self.speak(out, self.offer_prompt, urgent=False)
+        state.reply = f"{state.reply} {self.offer_prompt}".strip()
 
     async def _speak_queue(self, out: TurnOutput, sentences: asyncio.Queue[str | None]) -> None:
         first = True
@@ -565,6 +613,63 @@ class ReplyPath:
 
 
 _DEFAULT_HONEST = "I'm sorry, I don't have that information."
+_GOT_NOWHERE = frozenset({"block", "refused_topic"})
+"""Input verdicts that refuse the request (distress has its own path; a flag is answered)."""
+_VERIFICATION_FAILED = frozenset({"identity.locked", "step_up.unavailable"})
+"""The caller cannot be verified on this call: a person is offered at once."""
+_TOOL_FAILED = ("tools.", "identity.wrong", "identity.reused", "step_up.code_unsent")
+
+
+def _outcome(state: ReplyState) -> str:
+    """The agent's last outcome of the turn (a voice check reads "voice.x;step_up.pin")."""
+    return state.agent_outcome.rsplit(";", 1)[-1]
+
+
+def _failed(state: ReplyState) -> bool:
+    """The turn got the caller nowhere: a refused request, a reply the output guard replaced,
+    a tool that failed, a wrong or refused factor."""
+    if state.route is Route.GUARD:
+        return state.decision is not None and state.decision.verdict in _GOT_NOWHERE
+    if state.route in (Route.TOOL, Route.KEYPAD):
+        outcome = _outcome(state)
+        return outcome in _VERIFICATION_FAILED or outcome.startswith(_TOOL_FAILED)
+    return bool(state.output_reasons)
+
+
+_AGAIN = re.compile(
+    r"\b(?:repeat(?:\s+(?:that|it|this|yourself))?|say\s+(?:that|it|this)\s+again|"
+    r"once\s+more|one\s+more\s+time|come\s+again|pardon(?:\s+me)?|"
+    r"what\s+did\s+you\s+(?:just\s+)?say|"
+    r"(?:didn'?t|did\s+not|couldn'?t|could\s+not)\s+(?:catch|hear|get|understand)\s+"
+    r"(?:that|it|you|what\s+you\s+said))\b",
+    re.I,
+)
+_SLOWER = re.compile(
+    r"\b(?:(?:a\s+(?:bit|little)\s+)?(?:slower|more\s+slowly|slowly)|slow\s+down|"
+    r"too\s+(?:fast|quick(?:ly)?))\b",
+    re.I,
+)
+_FILLER = frozenset({
+    "a", "again", "and", "bit", "but", "can", "could", "er", "excuse", "go", "hello", "i", "it",
+    "just", "little", "me", "much", "oh", "ok", "okay", "please", "said", "say", "so", "sorry",
+    "speak", "speaking", "talk", "talking", "thanks", "that", "the", "then", "this", "uh", "um",
+    "way", "what", "will", "would", "you", "you're", "are",
+})  # fmt: skip
+"""Words that leave a request to hear the reply again just that ("could you say that again,
+please?"); any other word makes it a new request."""
+
+
+def asked_again(heard: str, slower_pace: float) -> float | None:
+    """The pace to say the last reply again at when ``heard`` only asks for that ("sorry, could
+    you say that again?": 1.0; "slower, please": ``slower_pace``); None for anything else ("can
+    you repeat my balance" asks for the balance)."""
+    again, slower = _AGAIN.search(heard), _SLOWER.search(heard)
+    if again is None and slower is None:
+        return None
+    rest = _SLOWER.sub(" ", _AGAIN.sub(" ", heard))
+    if any(word not in _FILLER for word in re.findall(r"[a-z']+", rest.lower())):
+        return None
+    return slower_pace if slower else 1.0
 
 
 def _passages_do_not_answer(plan: Plan, reasons: tuple[str, ...]) -> bool:

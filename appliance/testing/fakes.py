@@ -88,11 +88,10 @@ class ToneSynthesizer:
         self.ms_per_char = ms_per_char
         self.spoken: list[str] = []
 
-    def synthesize(self, text: str, sample_rate_hz: int) -> Iterator[AudioChunk]:
+    def synthesize(self, text: str, sample_rate_hz: int, pace: float = 1.0) -> Iterator[AudioChunk]:
         self.spoken.append(text)
-        yield AudioChunk(
-            tone(len(text) * self.ms_per_char / 1000, sample_rate_hz, 440.0), sample_rate_hz
-        )
+        seconds = len(text) * self.ms_per_char * pace / 1000
+        yield AudioChunk(tone(seconds, sample_rate_hz, 440.0), sample_rate_hz)
 
 
 class FakeKnowledge:

@@ -162,6 +162,10 @@ class Awaiting(enum.StrEnum):
     """A yes to the offer of a callback (no one could be reached, or no transfer here)."""
 
 
+def _utc_now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
 _QUESTION = re.compile(r"\?|^\s*(?:what|when|where|why|how|who|which|do|does|is|are|can)\b", re.I)
 TRANSFER_TOOL = "transfer_to_human"
 
@@ -207,6 +211,8 @@ class ToolAgent:
     callbacks: CallbackDesk | None = None
     """Where a consented callback request goes (the store); None: none can be kept."""
     call_id: str = ""
+    clock: Callable[[], dt.datetime] = field(default=_utc_now)
+    """Now, for the opening hours ([transfer] hours): outside them, the callback offer."""
     passed: set[Factor] = field(default_factory=set)
     _pending: _Pending | None = None
     _code: _CodeSent = _CodeSent.NOT_YET
@@ -254,19 +260,27 @@ class ToolAgent:
         self._pending = _Pending(tool, self._arguments(tool, text, {}))
         return self._advance()
 
+    def may_offer_person(self) -> bool:
+        """Whether ``offer_person`` would offer one now (no side effects)."""
+        return self._transfer_tool() is not None and self._pending is None
+
     def offer_person(self) -> bool:
         """The caller was offered a person: a yes next transfers them."""
-        tool = self.toolbox.tools.get(TRANSFER_TOOL)
-        if tool is None or tool.name not in self.toolbox.enabled or self._pending is not None:
+        tool = self._transfer_tool()
+        if tool is None or self._pending is not None:
             return False
         self._pending = _Pending(tool, {"reason": "request"}, Awaiting.ACCEPT)
         return True
 
     def handle_keys(self, keys: str) -> AgentTurn | None:
         """Key presses answer the open dialogue: digits for a PIN or a code, 1 (yes) or 2 (no)
-        to a confirmation; with no dialogue open they mean nothing."""
+        to a confirmation; with no dialogue open they mean nothing. 0 alone asks for a person,
+        whatever is open (no PIN or code is a single digit)."""
         pending = self._pending
         digits = keys.rstrip("#")
+        if digits == "0" and (tool := self._transfer_tool()) is not None:
+            self._pending = _Pending(tool, {"reason": "request"})
+            return self._advance()
         if pending is None or not digits:
             return None
         if pending.awaiting in (Awaiting.CONFIRM, Awaiting.ACCEPT, Awaiting.CALLBACK):
@@ -281,6 +295,10 @@ class ToolAgent:
         return None  # a voice check needs the voice, a slot the caller's words
 
     # -- steps ---------------------------------------------------------------------------------
+
+    def _transfer_tool(self) -> Tool | None:
+        tool = self.toolbox.tools.get(TRANSFER_TOOL)
+        return tool if tool is not None and tool.name in self.toolbox.enabled else None
 
     def _candidates(self, text: str) -> frozenset[str]:
         return frozenset(t.name for t in self.toolbox.visible() if t.triggered_by(text))
@@ -358,7 +376,11 @@ class ToolAgent:
 
     def _start_transfer(self, pending: _Pending) -> AgentTurn:
         """The transfer is announced only when it will really be attempted; the words are the
-        configuration's, never the tool's or the model's."""
+        configuration's, never the tool's or the model's. Outside the opening hours (or on a
+        holiday) no one would answer: the callback offer instead."""
+        if not self.transfer.opening_hours().open_at(self.clock()):
+            self._offer_callback(pending)
+            return AgentTurn(self.transfer.after_hours_reply, "transfer.after_hours")
         if self.can_transfer:
             return AgentTurn(self.transfer.announce, "transfer.started", transfer=True)
         self._offer_callback(pending)

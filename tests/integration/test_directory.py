@@ -20,7 +20,7 @@ import pytest
 from sqlalchemy import func, select, text
 
 from appliance.audio_io.memory import MemorySink, MemorySource
-from appliance.config.settings import CredentialSource, Settings, load_settings
+from appliance.config.settings import CredentialSource, Settings, TransferSettings, load_settings
 from appliance.core.errors import ConfigError, DirectoryError, IntegrityError
 from appliance.core.events import EventType
 from appliance.core.ports import ChatMessage, CredentialKind, EntryState, TurnRecord
@@ -463,7 +463,8 @@ def test_the_demo_pin_is_refused_for_a_directory_caller_and_a_lock_stops_every_f
     store.remove_caller(ALICE, "admin:test")
     said = call(tmp_path, store, ["What's my account balance?", "four nine two one"])
     # the third wrong PIN for the number, across calls: the factor locks
-    assert said == [f"step_up.pin: {tools.pin_prompt}", f"identity.locked: {tools.locked_reply}"]
+    locked = f"{tools.locked_reply} {TransferSettings().offer_prompt}"  # and a person offered
+    assert said == [f"step_up.pin: {tools.pin_prompt}", f"identity.locked: {locked}"]
 
 
 # -- the commands ---------------------------------------------------------------------------------

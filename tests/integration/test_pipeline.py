@@ -233,10 +233,10 @@ def test_a_call_waiting_for_a_model_never_blocks_another_calls_audio() -> None:
 class BrokenSynthesizer(ToneSynthesizer):
     """A voice with a bug: fails with an exception that is not an ApplianceError."""
 
-    def synthesize(self, text: str, sample_rate_hz: int) -> Iterator[AudioChunk]:
+    def synthesize(self, text: str, sample_rate_hz: int, pace: float = 1.0) -> Iterator[AudioChunk]:
         if text != "Sorry, please say that again.":
             raise KeyError("a bug")
-        yield from super().synthesize(text, sample_rate_hz)
+        yield from super().synthesize(text, sample_rate_hz, pace)
 
 
 def test_an_unexpected_bug_in_a_stage_is_caught_at_the_turn_boundary() -> None:

@@ -13,7 +13,7 @@ from typing import Any
 from sqlalchemy import select
 
 from appliance.audio_io.memory import MemorySink, MemorySource
-from appliance.config.settings import PolicySettings, ToolsSettings
+from appliance.config.settings import PolicySettings, ToolsSettings, TransferSettings
 from appliance.core.events import EventType, TurnEvent
 from appliance.core.ports import ChatMessage
 from appliance.guard.call import CallGuard
@@ -212,14 +212,16 @@ def test_wrong_pins_lock_the_factor_and_calling_again_does_not_unlock_it(tmp_pat
     _, tts, store, _ = run(tmp_path, texts, model, DemoBank(), factors)
     store.close()
     settings = ToolsSettings()
+    offer = TransferSettings().offer_prompt  # verification failed: a person is offered at once
     assert tts.spoken == [
         settings.pin_prompt,
         settings.wrong_answer,
         settings.wrong_answer,
         settings.locked_reply,
+        offer,
     ]
     _, tts, store, _ = run(tmp_path, ["What is my balance?", "4 9 2 1"], model, DemoBank(), factors)
-    assert tts.spoken == [settings.pin_prompt, settings.locked_reply]  # even the right PIN
+    assert tts.spoken == [settings.pin_prompt, settings.locked_reply, offer]  # even the right PIN
     store.close()
 
 
