@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import datetime
+import logging
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -15,6 +16,7 @@ from typing import Any
 from appliance.config.manifest import model_spec
 from appliance.config.settings import CredentialSource, Settings
 from appliance.core.audio import frame_bytes
+from appliance.core.errors import ConfigError
 from appliance.core.events import EventType, TurnEvent
 from appliance.core.models import require_verified
 from appliance.core.ports import (
@@ -38,8 +40,10 @@ from appliance.engines.vad import WebRtcVad
 from appliance.guard.call import CallGuard
 from appliance.guard.classifier import GuardClassifier, GuardHead
 from appliance.identity.abuse import AbuseMonitor, Action, CallAnomalies
+from appliance.identity.app_token import AppTokens
 from appliance.identity.directory import DirectoryCredentials, NoDirectory
-from appliance.identity.factors import AttemptLimiter
+from appliance.identity.factors import AttemptLimiter, FactorError
+from appliance.identity.levels import Factor
 from appliance.identity.voice import VoiceTemplate, VoiceVerifier
 from appliance.knowledge.base import KnowledgeBase, KnowledgeChange
 from appliance.notifiers.smtp import SmtpNotifier
@@ -63,6 +67,8 @@ from appliance.storage.repository import Storage
 from appliance.tools.agent import CallerFactors, Credentials, JsonRequester, ToolAgent, VoiceCheck
 from appliance.tools.demo import DemoBank, demo_tools
 from appliance.tools.registry import ToolBox
+
+log = logging.getLogger(__name__)
 
 
 def database_path(settings: Settings) -> Path:
@@ -215,6 +221,8 @@ class VoiceService:
             timings[name] = round(now - since, 3)
             return now
 
+        if settings.app_token.enabled:  # a missing or wrong key fails here, naming the key
+            AppTokens(settings.app_token)
         mark = started
         vad = WebRtcVad(settings.endpointing.vad_aggressiveness)
         stt = WhisperTranscriber(
@@ -310,6 +318,7 @@ class VoiceService:
         call_id: str,
         caller_id: str | None,
         control: CallControl | None = None,
+        app_token: str | None = None,
     ) -> ToolAgent | None:
         """Tools inside one call (the demo tools; the callers' factors from the demo data or the
         caller directory, as ``[tools] credentials`` says), or None when no tool is enabled or
@@ -344,6 +353,12 @@ class VoiceService:
             details = {"error": error} if error else None
             storage.log_event(who, action, f"call:{call_id}", outcome, details)
 
+        passed: set[Factor] = set()
+        if app_token is not None and self.settings.app_token.enabled:
+            refused = self.app_token_refusal(storage, caller_id or "", app_token)
+            record("app_token", "refused" if refused else "ok", refused)
+            if not refused:
+                passed.add(Factor.APP_TOKEN)
         return ToolAgent(
             self.toolbox(storage, call_id, bank),
             caller=caller_id or "",
@@ -358,7 +373,20 @@ class VoiceService:
             transfer=self.settings.transfer,
             callbacks=storage,
             call_id=call_id,
+            passed=passed,
         )
+
+    def app_token_refusal(self, storage: Storage | None, caller: str, token: str) -> str:
+        """Why the app's session token does not count for this call ("" when it does: then it
+        is used up). The key is read for each call, so a rotated key needs no restart."""
+        try:
+            AppTokens(self.settings.app_token, counters=storage).verify(token, caller)
+        except FactorError as exc:
+            return exc.code
+        except ConfigError as exc:  # the key file went away or was replaced by garbage
+            log.warning("app tokens cannot be checked: %s", exc)
+            return exc.code
+        return ""
 
     def code_notifier(self) -> CodeNotifier | None:
         """Where out-of-band codes go ([notify]): the SMTP relay, or None when none is set."""
@@ -471,6 +499,7 @@ async def run_call(
     consent: Consent | None = None,
     control: CallControl | None = None,
     keypad: KeyInbox | None = None,
+    app_token: str | None = None,
 ) -> CallOutcome:
     """One call, start to end, with admission, abuse handling, storage and guardrails.
 
@@ -487,7 +516,9 @@ async def run_call(
 
     ``control`` is what the channel can do to the call (the SIP line: transfer); without it
     (the microphone, a file) a request for a person becomes the callback offer. ``keypad``
-    takes the channel's key presses to this call's session while it runs.
+    takes the channel's key presses to this call's session while it runs. ``app_token`` is the
+    session token the organization's gateway passed for a caller signed in to its app
+    (``[app_token]``): verified, it is a possession factor of this call.
     """
     control = control if control is not None else NoCallControl()
     monitor = service.monitor
@@ -579,7 +610,9 @@ async def run_call(
 
             decided.add_done_callback(after_day_count)
 
-        agent = service.tool_agent(storage, record.call_id, caller_id, control)
+        agent = await asyncio.to_thread(
+            service.tool_agent, storage, record.call_id, caller_id, control, app_token
+        )
         session = service.session(
             source,
             sink,

@@ -925,6 +925,43 @@ class TransferSettings:
 
 
 @dataclass(frozen=True)
+class AppTokenSettings:
+    """A session token from the organization's own app (identity/app_token.py): a signed JWT
+    that the organization's SIP gateway passes in a header of the INVITE for a caller already
+    signed in to the app. Verified, it counts as a possession factor. Off without a key."""
+
+    public_key_file: str = ""
+    """The app's signing key (PEM public key: Ed25519 for EdDSA, P-256 for ES256, RSA for
+    RS256; the algorithm follows the key, never the token's header). Empty: no app tokens."""
+    header: str = "X-App-Token"
+    """The INVITE header that carries the token (the gateway sets it)."""
+    issuer: str = ""
+    """The ``iss`` every token must carry (required with a key)."""
+    audience: str = "voice-appliance"
+    """The ``aud`` every token must carry."""
+    max_lifetime_s: int = 300
+    """``exp`` may be at most this long after ``iat``: a long-lived token is refused."""
+    leeway_s: int = 30
+    """Clock difference allowed between the app's server and the appliance."""
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.public_key_file)
+
+    def __post_init__(self) -> None:
+        if self.enabled:
+            _check(bool(self.issuer.strip()), "app_token.issuer", "needed with a key")
+            _check(bool(self.audience.strip()), "app_token.audience", "needed with a key")
+        _check(
+            bool(re.fullmatch(r"[A-Za-z0-9-]{1,64}", self.header)),
+            "app_token.header",
+            "a SIP header name (letters, digits, '-')",
+        )
+        _check(10 <= self.max_lifetime_s <= 3600, "app_token.max_lifetime_s", "10 to 3600")
+        _check(0 <= self.leeway_s <= 300, "app_token.leeway_s", "0 to 300")
+
+
+@dataclass(frozen=True)
 class AdminSettings:
     """The admin web panel (``appliance admin serve``): TLS only, argon2id + TOTP, roles."""
 
@@ -997,6 +1034,7 @@ class Settings:
     service: ServiceSettings = field(default_factory=ServiceSettings)
     sip: SipSettings = field(default_factory=SipSettings)
     transfer: TransferSettings = field(default_factory=TransferSettings)
+    app_token: AppTokenSettings = field(default_factory=AppTokenSettings)
     admin: AdminSettings = field(default_factory=AdminSettings)
     source: str = "defaults"
     """Where the settings came from (the file path, or 'defaults'), for messages."""
@@ -1021,6 +1059,7 @@ SECTIONS: dict[str, type[Any]] = {
     "service": ServiceSettings,
     "sip": SipSettings,
     "transfer": TransferSettings,
+    "app_token": AppTokenSettings,
     "admin": AdminSettings,
 }
 
@@ -1150,6 +1189,7 @@ def load_settings(
 
 
 __all__ = [
+    "AppTokenSettings",
     "AudioSettings",
     "EndpointingSettings",
     "KnowledgeSettings",

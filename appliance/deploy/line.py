@@ -65,7 +65,15 @@ class SipLine:
             consent=consent,
             control=SipCallControl(self.ua, call, self.settings.transfer),
             keypad=keypad.inbox,
+            app_token=self._app_token(call),
         )
+
+    def _app_token(self, call: SipCall) -> str | None:
+        """The app's session token from the INVITE, when app tokens are configured."""
+        tokens = self.settings.app_token
+        if not tokens.enabled or call.invite is None:
+            return None
+        return call.invite.get(tokens.header.lower()) or None
 
     async def _ask_consent(self, call: SipCall) -> Consent:
         sip, media = self.settings.sip, call.media

@@ -18,9 +18,11 @@ class Factor(enum.StrEnum):
     VOICE = "voice"
     TOTP = "totp"
     OUT_OF_BAND = "out_of_band"
+    APP_TOKEN = "app_token"
+    """A signed session token from the organization's app (identity/app_token.py)."""
 
 
-POSSESSION = frozenset({Factor.TOTP, Factor.OUT_OF_BAND})
+POSSESSION = frozenset({Factor.TOTP, Factor.OUT_OF_BAND, Factor.APP_TOKEN})
 
 
 def assurance(passed: Iterable[Factor]) -> Assurance:

@@ -92,6 +92,8 @@ class SipCall:
     ended: asyncio.Event = field(default_factory=asyncio.Event)
     account: str = ""
     """The digest account the peer proved (empty: an allowlisted address, unauthenticated)."""
+    invite: SipMessage | None = None
+    """The INVITE that opened the call (a header the gateway adds: an app's session token)."""
 
 
 @dataclass
@@ -431,7 +433,7 @@ class SipUserAgent(asyncio.DatagramProtocol):
         caller = user_of(invite.get("p-asserted-identity") or invite.get("from"))
         dialog.call = SipCall(
             invite.call_id, caller, dialog.peer, media, codec,
-            lambda: self.hang_up(invite.call_id), account=dialog.account,
+            lambda: self.hang_up(invite.call_id), account=dialog.account, invite=invite,
         )  # fmt: skip
         await self._retransmit_ok(dialog)
 
