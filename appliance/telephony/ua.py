@@ -128,6 +128,20 @@ _PORT_TRIES = 20
 """Ports tried when any free one will do (``listen`` port 0) and UDP's is taken on TCP."""
 
 
+def _with_route_set(answer: SipMessage, invite: SipMessage) -> SipMessage:
+    """A 1xx/2xx to an INVITE carries its Record-Route headers back (RFC 3261 12.1.1), so the
+    proxies that asked to stay in the dialog (a PBX: Kamailio's record_route) see it too."""
+    answer.headers += [("record-route", value) for value in invite.get_all("record-route")]
+    return answer
+
+
+def _route(invite: SipMessage) -> list[tuple[str, str]]:
+    """The Route headers of our requests in the dialog: the INVITE's Record-Route set, in its
+    order (RFC 3261 12.1.1, loose routing). They go to the peer the INVITE came from (the
+    proxy at the top of the set)."""
+    return [("route", value) for value in invite.get_all("record-route")]
+
+
 def _of_dialog(
     dialog: _Dialog, request: SipMessage, addr: tuple[str, int], *, confirmed: bool
 ) -> bool:
@@ -401,7 +415,8 @@ class SipUserAgent(asyncio.DatagramProtocol):
             return
         if policy == "off" or not wants_srtp:
             offer = dataclasses.replace(offer, crypto=None)
-        self._respond(dialog, response(invite, 180, to_tag=dialog.local_tag))
+        ringing = response(invite, 180, to_tag=dialog.local_tag)
+        self._respond(dialog, _with_route_set(ringing, invite))
         self._spawn(self._answer(dialog, offer, codec))
 
     async def _answer(self, dialog: _Dialog, offer: sdp.Offer, codec: int) -> None:
@@ -423,7 +438,7 @@ class SipUserAgent(asyncio.DatagramProtocol):
         if offer.crypto is not None:  # SRTP: their keys in, ours out (SDES)
             media.srtp_in, media.srtp_out = offer.crypto[1], SrtpContext.new()
             crypto = (offer.crypto[0], media.srtp_out)
-        ok = response(invite, 200, to_tag=dialog.local_tag)
+        ok = _with_route_set(response(invite, 200, to_tag=dialog.local_tag), invite)
         ok.set("contact", f"<sip:appliance@{self.advertise}:{self.port}>")
         ok.set("allow", ALLOW)
         ok.set("content-type", "application/sdp")
@@ -643,6 +658,7 @@ class SipUserAgent(asyncio.DatagramProtocol):
             ("contact", ours),
             ("refer-to", f"<{target}>"),
             ("referred-by", ours),
+            *_route(invite),
         ]
         try:
             return await asyncio.wait_for(self._transaction(refer, dialog.peer), timeout_s)
@@ -670,6 +686,7 @@ class SipUserAgent(asyncio.DatagramProtocol):
             ("to", invite.get("from")),
             ("call-id", invite.call_id),
             ("cseq", f"{dialog.local_cseq} BYE"),
+            *_route(invite),
         ]
         if await self._transaction(bye, dialog.peer) is None:
             log.info("no answer to our BYE")
