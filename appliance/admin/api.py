@@ -11,7 +11,7 @@ from typing import Any
 from flask import Blueprint, abort, g, jsonify, request
 from flask.typing import ResponseReturnValue
 
-from appliance.admin.app import PUBLIC, mask, requires
+from appliance.admin.access import PUBLIC, mask, requires
 from appliance.core.errors import StorageError
 from appliance.storage import reports
 from appliance.storage.repository import Storage

@@ -17,12 +17,17 @@ import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any
 
 from flask import Blueprint, Flask, abort, g, redirect, render_template, request, url_for
 from flask.typing import ResponseReturnValue
 
+from appliance.admin.access import ALL, PUBLIC, mask, requires
 from appliance.admin.accounts import AccountError, LoginLimiter, username_of, verify_password
+from appliance.admin.api import api_blueprint
+from appliance.admin.callbacks import callbacks_blueprint
+from appliance.admin.callers import callers_blueprint
+from appliance.admin.compliance import compliance_blueprint
 from appliance.config.settings import Settings
 from appliance.core.errors import StorageError
 from appliance.core.ports import Counters
@@ -31,9 +36,6 @@ from appliance.storage import reports
 from appliance.storage.repository import Storage
 
 COOKIE = "__Host-appliance"
-PUBLIC = ("public",)
-ALL = ("admin", "operator", "auditor")
-View = TypeVar("View", bound=Callable[..., ResponseReturnValue])
 HEADERS = {
     "Strict-Transport-Security": "max-age=63072000; includeSubDomains",
     "Content-Security-Policy": (
@@ -57,24 +59,6 @@ class PanelSession:
     stage: str = "anonymous"  # anonymous -> enrol|totp -> ready
     enrol_secret: bytes = b""
     data: dict[str, str] = field(default_factory=dict)
-
-
-def requires(*roles: str) -> Callable[[View], View]:
-    """Declare who may use a route; the app refuses everyone else (checked for every route)."""
-
-    def mark(view: View) -> View:
-        view.required_roles = roles  # type: ignore[attr-defined]
-        return view
-
-    return mark
-
-
-def mask(text: str | None) -> str:
-    """A transcript as an operator sees it without a reason: digits and e-mail hidden."""
-    if not text:
-        return ""
-    text = re.sub(r"\S+@\S+", "[email]", text)
-    return re.sub(r"\d", "•", text)
 
 
 MAX_SESSIONS = 2000
@@ -212,11 +196,10 @@ def create_app(
     app.register_blueprint(_auth(settings, storage, sessions, new_session, limiter))
     app.register_blueprint(_pages(storage, actor))
     app.register_blueprint(_users(storage, actor))
-    from appliance.admin.api import api_blueprint
-    from appliance.admin.compliance import compliance_blueprint
-
     app.register_blueprint(api_blueprint(storage))
     app.register_blueprint(compliance_blueprint(settings, storage, actor))
+    app.register_blueprint(callers_blueprint(storage, actor))
+    app.register_blueprint(callbacks_blueprint(storage, actor))
     static: Any = app.view_functions["static"]
     static.required_roles = PUBLIC
     return app

@@ -13,7 +13,7 @@ from typing import Any
 from flask import Blueprint, Response, render_template, request
 from flask.typing import ResponseReturnValue
 
-from appliance.admin.app import requires
+from appliance.admin.access import requires
 from appliance.config.settings import Settings
 from appliance.storage import reports
 from appliance.storage.repository import Storage
@@ -56,7 +56,12 @@ def flows(settings: Settings) -> list[Flow]:
         Flow("Caller directory (number, name, PIN hash, TOTP secret, contact)",
              "appliance callers -> storage", "sealed under each entry's own key; the number "
              "also as a keyed hash", "until removed or erased with the caller",
-             "admins (the CLI; audited); the factors in a call"),
+             "admins (the CLI and the panel's Callers page, numbers masked; audited); the "
+             "factors in a call"),
+        Flow("Callback requests (the caller's number)", "transfer tool's callback offer -> "
+             "storage", "sealed under each request's own key; the number also as a keyed hash",
+             "until erased with the caller", "operators, admins (the CLI and the panel's "
+             "Callbacks page: masked, a number shown on purpose is audited)"),
         Flow("Call records", "storage", "SQLCipher (AES-256)", f"{r.calls_days} days",
              "operators, admins"),
         Flow("Audit trail", "storage", "hash-chained, signed exports (Ed25519)",

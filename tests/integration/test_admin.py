@@ -832,3 +832,256 @@ def test_a_lockout_and_a_used_code_outlive_a_restart_of_the_panel(
     page = d.get("/login").get_data(as_text=True)
     data = {"csrf": csrf_of(page), "username": "olga", "password": PASSWORDS["olga"]}
     assert d.post("/login", data=data).status_code == 429  # still locked out
+
+
+# -- the caller directory and the callback queue (issue 15) -----------------------------------
+
+NUMBER = "+15550123"
+PIN = "480613"
+
+
+def audit_events(storage: Storage, *prefixes: str) -> list[AuditEvent]:
+    with storage.session("read") as session:
+        events = list(session.scalars(select(AuditEvent).order_by(AuditEvent.seq)))
+    return [e for e in events if e.action.startswith(prefixes)]
+
+
+def handle_of(page: str) -> str:
+    found = re.search(r'action="/callers/([0-9a-f]{16})"', page)
+    assert found, page
+    return found.group(1)
+
+
+def test_the_caller_directory_page_enrols_resets_locks_and_removes_audited(
+    world: tuple[Flask, Storage],
+) -> None:
+    import base64
+    from urllib.parse import parse_qs, urlparse
+
+    from appliance.core.ports import CredentialKind, EntryState
+
+    app, storage = world
+    c = client(app)
+    log_in(c, storage, "root")
+    listing = c.get("/callers").get_data(as_text=True)
+    assert "No callers enrolled" in listing
+    added = c.post(
+        "/callers",
+        data={"csrf": csrf_of(listing), "action": "add", "number": NUMBER, "name": "Ann Example"},
+    )
+    page = added.get_data(as_text=True)
+    assert added.status_code == 200 and "Enrolled" in page and "Ann Example" in page
+    assert NUMBER not in page and "+••••••23" in page  # masked: the last digits only
+    handle = handle_of(page)
+    url = f"/callers/{handle}"
+    pin = c.post(url, data={"csrf": csrf_of(page), "action": "pin", "pin": PIN, "pin_again": PIN})
+    page = pin.get_data(as_text=True)
+    assert pin.status_code == 200 and "PIN set." in page and PIN not in page
+    assert storage.credential(NUMBER, CredentialKind.PIN) is not None
+    again = c.post(url, data={"csrf": csrf_of(page), "action": "pin", "pin": "917364",
+                              "pin_again": "917364"})  # fmt: skip
+    assert "PIN reset." in again.get_data(as_text=True)
+    enrol = c.post(url, data={"csrf": csrf_of(page), "action": "totp"})
+    page = enrol.get_data(as_text=True)
+    assert enrol.status_code == 200 and "Authenticator enrolled." in page
+    uri = re.search(r'id="provisioning-uri">([^<]+)<', page)
+    assert uri and '<svg width="' in page and 'class="qr"' in page  # the QR code inline
+    assert "<img" not in page and "http" not in page.split('id="enrolment"')[1].split("</svg>")[0]
+    secret = parse_qs(urlparse(uri.group(1).replace("&amp;", "&")).query)["secret"][0]
+    stored = storage.credential(NUMBER, CredentialKind.TOTP)
+    assert stored is not None and base64.b32encode(stored).decode().rstrip("=") == secret
+    assert secret not in c.get(url).get_data(as_text=True)  # shown once
+    refused = c.post(url, data={"csrf": csrf_of(page), "action": "totp"})  # replace unasked
+    assert refused.status_code == 409 and "already enrolled" in refused.get_data(as_text=True)
+    assert storage.credential(NUMBER, CredentialKind.TOTP) == stored
+    replaced = c.post(url, data={"csrf": csrf_of(page), "action": "totp", "replace": "yes"})
+    assert "Authenticator replaced." in replaced.get_data(as_text=True)
+    assert storage.credential(NUMBER, CredentialKind.TOTP) not in (None, stored)
+    locked = c.post(url, data={"csrf": csrf_of(page), "action": "lock"}).get_data(as_text=True)
+    assert "Locked." in locked and storage.entry_state(NUMBER) is EntryState.LOCKED
+    assert 'value="unlock"' in locked
+    c.post(url, data={"csrf": csrf_of(page), "action": "unlock"})
+    assert storage.entry_state(NUMBER) is EntryState.ACTIVE
+    keep = c.post(url, data={"csrf": csrf_of(page), "action": "remove"})  # not confirmed
+    assert keep.status_code == 400 and "remove for good" in keep.get_data(as_text=True)
+    assert storage.entry_state(NUMBER) is EntryState.ACTIVE
+    gone = c.post(url, data={"csrf": csrf_of(page), "action": "remove", "confirm": "yes"})
+    assert gone.status_code == 200 and "Removed" in gone.get_data(as_text=True)
+    assert storage.entry_state(NUMBER) is EntryState.ABSENT
+    stale = c.get(url)
+    assert stale.status_code == 404 and "find them below" in stale.get_data(as_text=True)
+    events = audit_events(storage, "directory_")
+    mine = [(e.action, e.object, e.outcome) for e in events if e.actor == "admin:root"]
+    entry = f"caller:{handle}"
+    for expected in [("directory_add", entry, "ok"), ("directory_credential", entry, "ok"),
+                     ("directory_credential", entry, "exists"), ("directory_lock", entry, "ok"),
+                     ("directory_unlock", entry, "ok"), ("directory_remove", entry, "refused"),
+                     ("directory_remove", entry, "ok"), ("directory_list", "directory", "ok"),
+                     ("directory_read", entry, "ok")]:  # fmt: skip
+        assert expected in mine, (expected, mine)
+    trail = json.dumps([(e.actor, e.action, e.object, e.details) for e in events])
+    for secret_text in (PIN, "917364", NUMBER, NUMBER[1:], "5550123", secret, "Ann"):
+        assert secret_text not in trail
+
+
+def test_the_caller_directory_says_what_was_wrong_and_keeps_what_was_there(
+    world: tuple[Flask, Storage],
+) -> None:
+    from appliance.core.ports import CredentialKind
+
+    app, storage = world
+    storage.add_caller(NUMBER, "Ann", "test")
+    c = client(app)
+    log_in(c, storage, "root")
+    page = c.get("/callers").get_data(as_text=True)
+    token = csrf_of(page)
+    bad = c.post("/callers", data={"csrf": token, "action": "add", "number": "12ab34",
+                                   "name": "Bob Typo"})  # fmt: skip
+    text = bad.get_data(as_text=True)
+    assert bad.status_code == 400 and "3 to 15 digits" in text
+    assert 'value="12ab34"' in text and 'value="Bob Typo"' in text  # kept for the fix
+    exists = c.post("/callers", data={"csrf": token, "action": "add", "number": "+1 555 0123"})
+    assert exists.status_code == 409 and "already in the directory" in exists.get_data(as_text=True)
+    long_name = c.post("/callers", data={"csrf": token, "action": "add", "number": "+15550999",
+                                         "name": "x" * 201})  # fmt: skip
+    assert long_name.status_code == 400 and "at most 200" in long_name.get_data(as_text=True)
+    unknown = c.post("/callers", data={"csrf": token, "action": "find", "number": "+15559999"})
+    assert unknown.status_code == 404 and "not in the directory" in unknown.get_data(as_text=True)
+    malformed = c.post("/callers", data={"csrf": token, "action": "find", "number": "hello"})
+    assert malformed.status_code == 400 and "3 to 15 digits" in malformed.get_data(as_text=True)
+    found = c.post("/callers", data={"csrf": token, "action": "find", "number": "+1-555-0123"})
+    assert found.status_code == 200
+    url = f"/callers/{handle_of(found.get_data(as_text=True))}"
+    for pin, again, status, message in [
+        ("2222", "2222", 400, "too easy to guess"),
+        ("3456", "3456", 400, "too easy to guess"),
+        ("12a4", "12a4", 400, "4 to 12 digits"),
+        ("480613", "480614", 400, "the two PINs differ"),
+    ]:
+        answer = c.post(url, data={"csrf": token, "action": "pin", "pin": pin, "pin_again": again})
+        text = answer.get_data(as_text=True)
+        assert answer.status_code == status and message in text, (pin, text)
+        assert f'value="{pin}"' not in text and pin not in text.split("<main>")[1]
+    assert storage.credential(NUMBER, CredentialKind.PIN) is None  # nothing stored, nothing lost
+    odd = c.post(url, data={"csrf": token, "action": "drop-tables"})
+    assert odd.status_code == 400 and "no action" in odd.get_data(as_text=True)
+    assert c.get("/callers/not-a-handle").status_code == 404
+    assert [n.number for n in storage.directory("test")] == [NUMBER]
+    refusals = [
+        (e.action, json.loads(e.details)["code"])
+        for e in audit_events(storage, "directory_")
+        if e.outcome == "refused"
+    ]
+    assert refusals == [
+        ("directory_add", "directory.bad_number"),
+        ("directory_add", "directory.bad_name"),
+        ("directory_read", "directory.bad_number"),
+        ("directory_credential", "directory.weak_pin"),
+        ("directory_credential", "directory.weak_pin"),
+        ("directory_credential", "directory.bad_pin"),
+        ("directory_credential", "directory.pin_mismatch"),
+        ("directory_action", "directory.bad_action"),
+    ]
+    trail = json.dumps([(e.object, e.details) for e in audit_events(storage, "")])
+    assert "480613" not in trail and "2222" not in trail and "12ab34" not in trail
+
+
+def test_the_directory_is_for_admins_the_callback_queue_for_staff_and_posts_need_csrf(
+    world: tuple[Flask, Storage],
+) -> None:
+    app, storage = world
+    storage.add_caller(NUMBER, "", "test")
+    request_id = storage.request_callback("", NUMBER, "transfer")
+    operator = client(app)
+    log_in(operator, storage, "olga")
+    page = operator.get("/callbacks").get_data(as_text=True)
+    assert request_id in page and "Callers</a>" not in page and "Callbacks</a>" in page
+    assert operator.get("/callers").status_code == 403
+    form = {"csrf": csrf_of(page), "action": "add", "number": "+15550888"}
+    assert operator.post("/callers", data=form).status_code == 403
+    assert operator.post("/callers/0123456789abcdef", data=form).status_code == 403
+    auditor = client(app)
+    log_in(auditor, storage, "audrey")
+    assert auditor.get("/callers").status_code == 403
+    assert auditor.get("/callbacks").status_code == 403
+    assert "Callbacks</a>" not in auditor.get("/").get_data(as_text=True)
+    root = client(app)
+    log_in(root, storage, "root")
+    page = root.get("/callers").get_data(as_text=True)
+    assert "Callers</a>" in page
+    no_csrf = {"action": "add", "number": "+15550888"}
+    assert root.post("/callers", data=no_csrf).status_code == 403
+    assert root.post("/callers", data={**no_csrf, "csrf": "forged"}).status_code == 403
+    assert [v.number for v in storage.directory("test")] == [NUMBER]
+    found = root.post("/callers", data={"csrf": csrf_of(page), "action": "find", "number": NUMBER})
+    entry = handle_of(found.get_data(as_text=True))
+    assert root.post(f"/callers/{entry}", data={"action": "lock"}).status_code == 403
+    close = {"id": request_id, "action": "closed"}
+    assert operator.post("/callbacks", data=close).status_code == 403
+    assert [v.state.value for v in storage.callbacks("test")] == ["open"]
+    assert storage.entry_state(NUMBER).value == "active"
+
+
+def test_the_callback_queue_filters_marks_called_back_and_closes_audited(
+    world: tuple[Flask, Storage],
+) -> None:
+    app, storage = world
+    call_id = storage.list_calls(limit=1)[0].id
+    first = storage.request_callback(call_id, "+15550177", "transfer")
+    second = storage.request_callback("", None, "transfer")
+    c = client(app)
+    log_in(c, storage, "olga")
+    page = c.get("/callbacks").get_data(as_text=True)
+    assert first in page and second in page and "(no caller ID)" in page
+    assert "+15550177" not in page and "+••••••77" in page  # masked in the queue
+    assert f'href="/calls/{call_id}"' in page
+    token = csrf_of(page)
+    shown = c.post("/callbacks", data={"csrf": token, "id": first, "action": "show"})
+    assert "+15550177" in shown.get_data(as_text=True)
+    marked = c.post("/callbacks", data={"csrf": token, "id": first, "action": "called_back"})
+    text = marked.get_data(as_text=True)
+    assert marked.status_code == 200 and f"Request {first}: called back." in text
+    (view,) = [v for v in storage.callbacks("test") if v.id == first]
+    assert view.state.value == "called_back" and view.changed_by == "admin:olga"
+    only = c.get("/callbacks?state=called_back").get_data(as_text=True)
+    assert first in only and second not in only
+    assert second in c.get("/callbacks").get_data(as_text=True)  # open, the default
+    again = c.post("/callbacks", data={"csrf": token, "id": first, "action": "called_back"})
+    assert again.status_code == 409 and "called back already" in again.get_data(as_text=True)
+    c.post("/callbacks", data={"csrf": token, "id": first, "action": "closed", "state": "all"})
+    c.post("/callbacks", data={"csrf": token, "id": second, "action": "closed"})
+    assert {v.state.value for v in storage.callbacks("test")} == {"closed"}
+    reopened = c.post("/callbacks", data={"csrf": token, "id": second, "action": "called_back"})
+    assert reopened.status_code == 409 and "closed already" in reopened.get_data(as_text=True)
+    closed = c.get("/callbacks?state=closed").get_data(as_text=True)
+    assert first in closed and ">Close<" not in closed and ">Mark called back<" not in closed
+    nobody = "00000000-0000-4000-8000-000000000000"
+    unknown = c.post("/callbacks", data={"csrf": token, "id": nobody, "action": "closed"})
+    text = unknown.get_data(as_text=True)
+    assert unknown.status_code == 404 and f"no callback request {nobody}" in text
+    malformed = c.post("/callbacks", data={"csrf": token, "id": "<x>'", "action": "closed"})
+    text = malformed.get_data(as_text=True)
+    assert malformed.status_code == 400 and "not a callback request id" in text
+    assert "<x>" not in text and "&lt;x&gt;" in text  # named, and escaped
+    odd = c.post("/callbacks", data={"csrf": token, "id": first, "action": "open"})
+    assert odd.status_code == 400 and "no action" in odd.get_data(as_text=True)
+    bad_state = c.get("/callbacks?state=pending")
+    assert bad_state.status_code == 400 and "no state “pending”" in bad_state.get_data(as_text=True)
+    events = [
+        (e.actor, e.action, e.object, e.outcome)
+        for e in audit_events(storage, "callback_")
+        if e.action != "callback_list"
+    ]
+    assert events == [
+        ("caller:" + storage.caller_hash("+15550177")[:16], "callback_request", f"callback:{first}",
+         "ok"),
+        ("caller:anonymous", "callback_request", f"callback:{second}", "ok"),
+        ("admin:olga", "callback_reveal", f"callback:{first}", "ok"),
+        ("admin:olga", "callback_called_back", f"callback:{first}", "ok"),
+        ("admin:olga", "callback_called_back", f"callback:{first}", "refused"),
+        ("admin:olga", "callback_closed", f"callback:{first}", "ok"),
+        ("admin:olga", "callback_closed", f"callback:{second}", "ok"),
+        ("admin:olga", "callback_called_back", f"callback:{second}", "refused"),
+        ("admin:olga", "callback_closed", f"callback:{nobody}", "unknown"),
+    ]  # fmt: skip
+    assert "5550177" not in json.dumps([e.details for e in audit_events(storage, "")])

@@ -1,9 +1,12 @@
 """The admin panel in a real browser: headless Chromium (Debian's) driven by Playwright over
-HTTPS against the real server. Screenshots of each page go to test-artifacts/screenshots/."""
+HTTPS against the real server. Screenshots of each page go to test-artifacts/screenshots/.
+What the browser changes is checked with the ``appliance`` command, as another process reads
+the store."""
 
 from __future__ import annotations
 
 import base64
+import json
 import os
 import re
 import shutil
@@ -28,7 +31,8 @@ ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "screenshot
 CHROMIUM = shutil.which("chromium")
 APPLIANCE = Path(sys.executable).parent / "appliance"
 ADMIN_PAGES = ["/", "/calls", "/audit", "/users", "/incidents", "/tools", "/retention",
-               "/consent", "/access-review", "/redteam", "/data-flow", "/compliance"]  # fmt: skip
+               "/consent", "/access-review", "/redteam", "/data-flow", "/compliance",
+               "/callers", "/callbacks"]  # fmt: skip
 
 
 @pytest.fixture
@@ -115,5 +119,82 @@ def test_the_panel_in_chromium(panel: tuple[str, Storage]) -> None:
             page.goto(f"{base}/audit")
             audit = page.inner_text("main")
             assert re.search(r"admin:olga\s+read\s+call:", audit), audit
+        finally:
+            browser.close()
+
+
+def cli(home: Path, *args: str) -> object:
+    """What ``appliance ARGS --json`` prints, run as its own process on the same home."""
+    done = subprocess.run(
+        [str(APPLIANCE), *args, "--json"],
+        env={**os.environ, "APPLIANCE_HOME": str(home)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+def submit(page: object, selector: str) -> str:
+    """Click ``selector``'s submit button, wait for the page it posts to; its notice."""
+    with page.expect_navigation():  # type: ignore[attr-defined]
+        page.click(selector)  # type: ignore[attr-defined]
+    return str(page.inner_text("main"))  # type: ignore[attr-defined]
+
+
+def test_callers_and_callbacks_changed_in_chromium_are_in_the_store(
+    panel: tuple[str, Storage], tmp_path: Path
+) -> None:
+    """Add a caller, set a PIN, enrol an authenticator, lock and unlock; mark a callback
+    request called back: each as the CLI then reads it."""
+    if CHROMIUM is None:
+        pytest.fail("chromium is missing: scripts/setup installs Debian's chromium")
+    from playwright.sync_api import sync_playwright
+
+    base, storage = panel
+    number, pin = "+15550123", "480613"
+    call_id = storage.list_calls(limit=1)[0].id
+    request_id = storage.request_callback(call_id, "+15550177", "transfer")
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        try:
+            page = browser.new_context(ignore_https_errors=True).new_page()
+            errors: list[str] = []
+            page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            log_in(page, base, "root", "an admin passphrase, long", storage)
+            page.goto(f"{base}/callers")
+            page.fill("#add-caller input[name=number]", number)
+            page.fill("#add-caller input[name=name]", "Ann Example")
+            assert "Enrolled" in submit(page, "#add-caller button")
+            page.fill("#set-pin input[name=pin]", pin)
+            page.fill("#set-pin input[name=pin_again]", pin)
+            assert "PIN set." in submit(page, "#set-pin button")
+            assert pin not in page.content()
+            assert "Authenticator enrolled." in submit(page, "#enrol-totp button")
+            assert page.is_visible("#enrolment svg.qr")
+            assert page.inner_text("#provisioning-uri").startswith("otpauth://totp/")
+            page.screenshot(path=str(ARTIFACTS / "admin-caller-totp.png"), full_page=True)
+            assert "Locked." in submit(page, "#lock button")
+            shown = cli(tmp_path, "callers", "show", number)
+            assert shown == {**shown, "state": "locked", "factors": ["pin", "totp"]}, shown
+            assert shown["name"] == "Ann Example"  # type: ignore[index]
+            assert "Unlocked." in submit(page, "#lock button")
+            assert cli(tmp_path, "callers", "show", number)["state"] == "active"  # type: ignore[index]
+            (listed,) = cli(tmp_path, "callers", "list")  # type: ignore[misc]
+            assert listed["number"] == number
+
+            page.goto(f"{base}/callbacks")
+            row = f"#callback-{request_id}"
+            assert "+15550177" not in page.inner_text(row)  # masked
+            page.screenshot(path=str(ARTIFACTS / "admin-callbacks-open.png"), full_page=True)
+            notice = submit(page, f"{row} button[value=called_back]")
+            assert f"Request {request_id}: called back." in notice
+            (request,) = cli(tmp_path, "callbacks", "list")  # type: ignore[misc]
+            assert request["id"] == request_id and request["state"] == "called_back"
+            assert request["changed_by"] == "admin:root"
+            assert errors == []  # no console errors, no CSP violations (the QR code is inline)
         finally:
             browser.close()
