@@ -22,6 +22,7 @@ from appliance.core.models import require_verified
 from appliance.core.ports import (
     AudioSink,
     AudioSource,
+    CallbackDesk,
     CallControl,
     CallerDirectory,
     CallRecorder,
@@ -47,6 +48,7 @@ from appliance.identity.levels import Factor
 from appliance.identity.voice import VoiceTemplate, VoiceVerifier
 from appliance.knowledge.base import KnowledgeBase, KnowledgeChange
 from appliance.notifiers.smtp import SmtpNotifier
+from appliance.notifiers.staff import AlertingDesk
 from appliance.pipeline.reply import ReplyPath
 from appliance.pipeline.session import (
     CallSession,
@@ -353,6 +355,10 @@ class VoiceService:
             details = {"error": error} if error else None
             storage.log_event(who, action, f"call:{call_id}", outcome, details)
 
+        callbacks: CallbackDesk | None = storage
+        notify = self.settings.notify
+        if storage is not None and notify.staff_address:
+            callbacks = AlertingDesk(storage, SmtpNotifier(notify), notify.staff_message, record)
         passed: set[Factor] = set()
         if app_token is not None and self.settings.app_token.enabled:
             refused = self.app_token_refusal(storage, caller_id or "", app_token)
@@ -371,7 +377,7 @@ class VoiceService:
             record=record,
             can_transfer=control is not None and bool(control.destinations),
             transfer=self.settings.transfer,
-            callbacks=storage,
+            callbacks=callbacks,
             call_id=call_id,
             passed=passed,
         )

@@ -550,6 +550,15 @@ class NotifySettings:
         "Do not share it with anyone."
     )
     """The e-mail's text: the code and its validity, nothing about the caller or account."""
+    staff_address: str = ""
+    """Where staff are told of a new callback request (an e-mail address, by the same relay);
+    empty: they see it on the panel's Callbacks page and ``appliance callbacks list`` only."""
+    staff_subject: str = "A caller asked to be called back"
+    staff_message: str = (
+        "A caller asked to be called back (request {request}). The number is on the admin "
+        "panel's Callbacks page."
+    )
+    """The notice's text: the request's id, never the caller's number or words."""
 
     @property
     def enabled(self) -> bool:
@@ -583,6 +592,14 @@ class NotifySettings:
         _check(60 <= self.code_ttl_s <= 900, "notify.code_ttl_s", "60 to 900")
         _check("{code}" in self.message, "notify.message", "must hold {code}")
         _check(bool(self.subject.strip()), "notify.subject", "must not be empty")
+        if self.staff_address:
+            _check(bool(self.relay), "notify.staff_address", "needs notify.relay")
+            _check(
+                bool(_MAIL_ADDRESS.fullmatch(self.staff_address)),
+                "notify.staff_address",
+                "an e-mail address",
+            )
+        _check("{request}" in self.staff_message, "notify.staff_message", "must hold {request}")
 
 
 @dataclass(frozen=True)

@@ -282,6 +282,15 @@ class CallbackDesk(Protocol):
         ...
 
 
+class StaffNotifier(Protocol):
+    """Tells staff something needs them (notifiers/smtp.py: an e-mail to ``[notify]
+    staff_address``); the text names no caller, only what to look up."""
+
+    def tell_staff(self, text: str) -> None:
+        """Deliver ``text``, or raise NotifyError naming what failed."""
+        ...
+
+
 @dataclass(frozen=True, slots=True)
 class KnowledgePassage:
     """A piece of the organization's own content a reply may rest on."""

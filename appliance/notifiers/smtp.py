@@ -52,10 +52,21 @@ class SmtpNotifier:
     def send(self, contact: str, code: str) -> None:
         if not self.reaches(contact):
             raise NotifyError("notify.not_an_address", "the contact is not an e-mail address")
+        minutes = max(1, self.settings.code_ttl_s // 60)
+        text = self.settings.message.format(code=code, minutes=minutes)
+        self._deliver(self.message(contact, self.settings.subject, text))
+
+    def tell_staff(self, text: str) -> None:
+        """The ``StaffNotifier``: ``text`` to ``staff_address`` (a callback request's id)."""
+        options = self.settings
+        if not options.staff_address:
+            raise NotifyError("notify.no_staff_address", "no notify.staff_address is set")
+        self._deliver(self.message(options.staff_address, options.staff_subject, text))
+
+    def _deliver(self, message: EmailMessage) -> None:
         options = self.settings
         password = read_password(options.password_file) if options.username else ""
         context = tls_context(options.ca_file)
-        message = self.message(contact, code)
         client = _RelayClient(options.server_name, options.timeout_s)
         # Each failure is translated without its cause (``from None``): smtplib's and the
         # relay's texts may quote the recipient, which must not reach a log or a traceback.
@@ -103,18 +114,17 @@ class SmtpNotifier:
         finally:
             client.close()
 
-    def message(self, contact: str, code: str) -> EmailMessage:
+    def message(self, to: str, subject: str, text: str) -> EmailMessage:
         options = self.settings
         message = EmailMessage()
         message["From"] = options.from_address
-        message["To"] = contact
-        message["Subject"] = options.subject
+        message["To"] = to
+        message["Subject"] = subject
         message["Date"] = email.utils.formatdate(usegmt=True)
         # With a domain given, make_msgid looks no name up (it would ask for this host's).
         domain = options.from_address.rpartition("@")[2]
         message["Message-ID"] = email.utils.make_msgid(domain=domain)
-        minutes = max(1, options.code_ttl_s // 60)
-        message.set_content(options.message.format(code=code, minutes=minutes) + "\n")
+        message.set_content(text + "\n")
         return message
 
 
