@@ -60,7 +60,8 @@ def flows(settings: Settings) -> list[Flow]:
              "factors in a call"),
         Flow("Callback requests (the caller's number)", "transfer tool's callback offer -> "
              "storage", "sealed under each request's own key; the number also as a keyed hash",
-             "until erased with the caller", "operators, admins (the CLI and the panel's "
+             f"open until handled, then {r.callbacks_days} days; erased with the caller",
+             "operators, admins (the CLI and the panel's "
              "Callbacks page: masked, a number shown on purpose is audited)"),
         Flow("Call records", "storage", "SQLCipher (AES-256)", f"{r.calls_days} days",
              "operators, admins"),

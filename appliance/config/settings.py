@@ -628,12 +628,16 @@ class RetentionSettings:
     calls_days: int = 90
     tool_calls_days: int = 90
     incidents_days: int = 365
+    callbacks_days: int = 30
+    """A callback request that was called back or closed goes this long after (an open one
+    stays until staff handle it)."""
     audit_years: int = 7
     batch_size: int = 500
 
     def __post_init__(self) -> None:
         _check(0 <= self.recordings_hours <= 24 * 365, "retention.recordings_hours", "0 to 8760")
-        for key in ("transcripts_days", "calls_days", "tool_calls_days", "incidents_days"):
+        keys = ("transcripts_days", "calls_days", "tool_calls_days", "incidents_days")
+        for key in (*keys, "callbacks_days"):
             _check(1 <= getattr(self, key) <= 36_500, f"retention.{key}", "1 to 36500")
         _check(
             self.transcripts_days <= self.calls_days,

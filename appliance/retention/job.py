@@ -11,12 +11,14 @@ from typing import Any
 from sqlalchemy import Select, func, or_, select, update
 from sqlalchemy.orm import Session
 
+from appliance.core.ports import CallbackState
 from appliance.retention.policy import DataClass, RetentionPolicy
 from appliance.storage import audit
 from appliance.storage.repository import Storage
 from appliance.storage.schema import (
     AuditEvent,
     Call,
+    CallbackRequest,
     Incident,
     Recording,
     RetentionRun,
@@ -55,6 +57,9 @@ def _candidates(data_class: DataClass, cutoff: datetime) -> Select[Any]:
         return select(Call.id).where(Call.started_at < cutoff, Call.legal_hold.is_(False))
     if data_class is DataClass.INCIDENTS:
         return select(Incident.id).where(Incident.opened_at < cutoff)
+    if data_class is DataClass.CALLBACKS:
+        handled = CallbackRequest.state != CallbackState.OPEN.value
+        return select(CallbackRequest.id).where(handled, CallbackRequest.changed_at < cutoff)
     # Only a prefix of the chain can go (its last hash becomes the anchor): stop at the first
     # event that is still within its period, even if a later one looks older (clock steps).
     first_kept = select(func.min(AuditEvent.seq)).where(AuditEvent.at >= cutoff).scalar_subquery()
@@ -83,6 +88,9 @@ def _purge(
         storage.erase_calls_in(session, calls)
     elif data_class is DataClass.INCIDENTS:
         session.query(Incident).filter(Incident.id.in_(ids)).delete(synchronize_session=False)
+    elif data_class is DataClass.CALLBACKS:
+        rows = list(session.scalars(select(CallbackRequest).where(CallbackRequest.id.in_(ids))))
+        storage.delete_callbacks_in(session, rows)
     else:
         events = list(
             session.scalars(

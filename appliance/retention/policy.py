@@ -17,6 +17,9 @@ class DataClass(enum.StrEnum):
     TOOL_CALLS = "tool_calls"
     CALLS = "calls"
     INCIDENTS = "incidents"
+    CALLBACKS = "callback_requests"
+    """Handled ones (called back, closed), counted from when they were handled; an open
+    request stays until staff handle it."""
     AUDIT = "audit_events"
 
 
@@ -34,6 +37,7 @@ class RetentionPolicy:
                 DataClass.TOOL_CALLS: timedelta(days=settings.tool_calls_days),
                 DataClass.CALLS: timedelta(days=settings.calls_days),
                 DataClass.INCIDENTS: timedelta(days=settings.incidents_days),
+                DataClass.CALLBACKS: timedelta(days=settings.callbacks_days),
                 DataClass.AUDIT: timedelta(days=365 * settings.audit_years),
             }
         )

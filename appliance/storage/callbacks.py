@@ -9,6 +9,7 @@ audit trail or a log.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -105,6 +106,10 @@ class Callbacks(StoreBase):
         rows = session.scalars(
             select(CallbackRequest).where(CallbackRequest.caller_hash == hashed)
         ).all()
+        return self.delete_callbacks_in(session, rows)
+
+    def delete_callbacks_in(self, session: Session, rows: Sequence[CallbackRequest]) -> int:
+        """Delete ``rows`` and shred their keys, in ``session`` (erasure, retention)."""
         for row in rows:
             key_id = row.data_key_id
             session.delete(row)

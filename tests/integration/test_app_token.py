@@ -274,3 +274,12 @@ def test_without_a_token_or_with_app_tokens_off_the_header_counts_for_nothing(
         assert app_events(store) == []
     finally:
         store.close()
+
+
+def test_an_unusable_key_stops_the_service_at_load_before_any_model(
+    settings: Settings, tmp_path: Path
+) -> None:
+    (tmp_path / "app.pub").write_text("not a key")
+    broken = dataclasses.replace(settings, app_token=token_settings(tmp_path))
+    with pytest.raises(ConfigError, match=r"app_token\.public_key_file"):
+        VoiceService.load(broken)  # raised before Whisper, the model or Piper is touched

@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy import func, select
 
 from appliance.config.settings import RetentionSettings
-from appliance.core.ports import TurnRecord
+from appliance.core.ports import CallbackState, TurnRecord
 from appliance.retention.job import run_retention
 from appliance.retention.policy import DataClass, RetentionPolicy
 from appliance.storage.keys import load_or_create
@@ -127,3 +127,25 @@ def test_audit_purge_takes_only_a_prefix_of_the_chain(store: Storage, clock: Clo
         reasons = [e.details for e in session.scalars(select(AuditEvent).order_by(AuditEvent.seq))]
     assert not any('"old"' in r for r in reasons)
     assert any("stamped in the past" in r for r in reasons)
+
+
+def test_handled_callback_requests_go_after_their_period_open_ones_stay(
+    store: Storage, clock: Clock
+) -> None:
+    policy = RetentionPolicy.from_settings(RetentionSettings(callbacks_days=30))
+    open_id = store.request_callback("", "+15550100", "transfer")
+    handled = store.request_callback("", "+15550101", "transfer")
+    closed = store.request_callback("", "+15550102", "transfer")
+    keys = count(store, DataKey)
+    clock.advance(days=20)
+    store.set_callback_state(handled, CallbackState.CALLED_BACK, "admin:test")
+    store.set_callback_state(closed, CallbackState.CLOSED, "admin:test")
+    clock.advance(days=25)  # 45 days after the requests, 25 after they were handled
+    assert run_retention(store, policy).purged["callback_requests"] == 0
+    clock.advance(days=6)
+    assert run_retention(store, policy).purged["callback_requests"] == 2
+    assert [r.id for r in store.callbacks("admin:test")] == [open_id]
+    # Their sealed numbers' keys went with them (each request has its own).
+    assert count(store, DataKey) == keys - 2
+    clock.advance(days=365)
+    assert [r.id for r in store.callbacks("admin:test")] == [open_id]  # never while open
