@@ -73,6 +73,13 @@ def _callbacks(connection: Connection) -> None:
     cast(Table, CallbackRequest.__table__).create(connection, checkfirst=True)
 
 
+def _call_status(connection: Connection) -> None:
+    """calls.status widened from 16 to 64 characters ("ended:abuse:block_caller" is 24). SQLite
+    keeps any length in a VARCHAR column, so only other servers need the change."""
+    if connection.dialect.name == "postgresql":
+        connection.execute(text("ALTER TABLE calls ALTER COLUMN status TYPE VARCHAR(64)"))
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(
         1, "calls, turns, keys, consents, recordings, tools, incidents, users, audit", _initial
@@ -87,6 +94,7 @@ MIGRATIONS: tuple[Migration, ...] = (
         6, "directory_entries and caller_credentials (the caller directory, sealed)", _directory
     ),
     Migration(7, "callback_requests (callers' consented callback requests, sealed)", _callbacks),
+    Migration(8, "calls.status holds 64 characters (end reasons are longer than 16)", _call_status),
 )
 LATEST = MIGRATIONS[-1].version
 

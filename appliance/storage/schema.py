@@ -144,7 +144,8 @@ class Call(Base):
     caller_id: Mapped[str | None] = mapped_column(ForeignKey("callers.id"), index=True)
     data_key_id: Mapped[str | None] = mapped_column(ForeignKey("data_keys.id"))
     channel: Mapped[str] = mapped_column(String(16))
-    status: Mapped[str] = mapped_column(String(16), default="active")
+    status: Mapped[str] = mapped_column(String(64), default="active")
+    """"active", "ended" or "ended:<why>" ("ended:abuse:block_caller" is 24 characters)."""
     started_at: Mapped[datetime] = mapped_column(DateTime, default=utc_now, index=True)
     ended_at: Mapped[datetime | None] = mapped_column(DateTime)
     turn_count: Mapped[int] = mapped_column(Integer, default=0)

@@ -592,3 +592,15 @@ def test_a_voice_template_is_sealed_audited_and_shredded_with_its_caller(
         assert session.scalars(select(Voiceprint)).first() is None
         assert session.get(DataKey, key_id) is None  # crypto-shredded
     assert all(CANARY.encode() not in f.read_bytes() for f in files_of(db))
+
+
+def test_every_end_status_a_call_can_have_fits_its_column() -> None:
+    """A server that enforces VARCHAR lengths (PostgreSQL) must take every status the code
+    writes; SQLite would take any, so the lengths are checked here."""
+    from appliance.identity.abuse import Action
+    from appliance.storage.schema import Call
+
+    reasons = ["transferred", "max_call_length", "shutdown", "no_consent", "media_timeout"]
+    reasons += [f"abuse:{action}" for action in Action]
+    width = Call.__table__.c.status.type.length  # type: ignore[attr-defined]
+    assert max(len(f"ended:{reason}") for reason in reasons) <= width

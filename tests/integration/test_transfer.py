@@ -464,10 +464,10 @@ def test_a_database_at_schema_6_gains_callback_requests_and_keeps_its_data(
         session.execute(text("DROP TABLE callback_requests"))
         session.execute(text("DELETE FROM schema_migrations WHERE version = 7"))
     old.close()
-    assert LATEST == 7
+    assert LATEST >= 7
     upgraded = Storage.open_sqlite(db, key)
     try:
-        assert applied_versions(upgraded.engine) == set(range(1, 8))
+        assert applied_versions(upgraded.engine) == set(range(1, LATEST + 1))
         view = upgraded.read_call(handle.call_id, "admin:test", "check")
         assert view.turns[0].transcript == "kept across the upgrade"
         request = upgraded.request_callback(handle.call_id, CALLER, "transfer")
