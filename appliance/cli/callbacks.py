@@ -5,9 +5,8 @@ request id and pseudonym, never the number)."""
 from __future__ import annotations
 
 import argparse
-import json
 
-from appliance.cli.common import Commands, actor, command
+from appliance.cli.common import Commands, Row, actor, command, print_rows
 from appliance.config.settings import Settings
 from appliance.core.ports import CallbackState
 
@@ -15,13 +14,12 @@ from appliance.core.ports import CallbackState
 def register(commands: Commands) -> None:
     callbacks = commands.add_parser("callbacks", help="callers waiting to be called back")
     sub = callbacks.add_subparsers(dest="callbacks_command", required=True)
-    listing = command(sub, "list", list_callbacks, "the callback requests, oldest first")
-    listing.add_argument("--json", action="store_true")
+    listing = command(
+        sub, "list", list_callbacks, "the callback requests, oldest first", json_option=True
+    )
     listing.add_argument("--state", choices=[s.value for s in CallbackState])
-    called = command(sub, "mark-called", mark_called, "a member of staff called the caller back")
-    called.add_argument("id")
-    close = command(sub, "close", close_callback, "close a request (done, or not to be called)")
-    close.add_argument("id")
+    command(sub, "mark-called", mark_called, "a member of staff called the caller back", "id")
+    command(sub, "close", close_callback, "close a request (done, or not to be called)", "id")
 
 
 def list_callbacks(args: argparse.Namespace, settings: Settings) -> int:
@@ -42,16 +40,15 @@ def list_callbacks(args: argparse.Namespace, settings: Settings) -> int:
             }
             for v in storage.callbacks(actor(), state)
         ]
-    if args.json:
-        print(json.dumps(rows, indent=2))
-        return 0
-    print(f"{'id':36} {'state':11} {'number':16} {'created (UTC)':19} changed by")
-    for r in rows:
-        print(
+
+    def line(r: Row) -> str:
+        return (
             f"{r['id']:36} {r['state']:11} {r['number'] or '-':16} {r['created_at']:19} "
             f"{r['changed_by']}"
         )
-    return 0
+
+    header = f"{'id':36} {'state':11} {'number':16} {'created (UTC)':19} changed by"
+    return print_rows(rows, args.json, header, line)
 
 
 def mark_called(args: argparse.Namespace, settings: Settings) -> int:

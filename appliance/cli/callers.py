@@ -15,7 +15,7 @@ import re
 import sys
 from typing import TYPE_CHECKING, Any
 
-from appliance.cli.common import Commands, actor, command
+from appliance.cli.common import Commands, Row, actor, command, print_rows
 from appliance.config.settings import Settings
 from appliance.core.errors import DirectoryError
 from appliance.core.ports import CredentialKind
@@ -34,27 +34,20 @@ def register(commands: Commands) -> None:
     add = command(sub, "add", add_caller, "enrol a caller by number (factors come next)")
     add.add_argument("number", help="the caller ID, E.164 (+15550100)")
     add.add_argument("--name", default="", help="a display name for staff")
-    listing = command(sub, "list", list_callers, "every enrolled caller and their factors")
-    listing.add_argument("--json", action="store_true")
-    show = command(sub, "show", show_caller, "one enrolled caller: factors, lock, dates")
-    show.add_argument("number")
-    show.add_argument("--json", action="store_true")
-    remove = command(sub, "remove", remove_caller, "remove a caller (their key is shredded)")
-    remove.add_argument("number")
-    pin = command(sub, "set-pin", set_pin, "set or reset the PIN (read from standard input)")
-    pin.add_argument("number")
-    totp = command(sub, "enrol-totp", enrol_totp, "make an authenticator secret, show it once")
-    totp.add_argument("number")
+    command(sub, "list", list_callers, "every enrolled caller and their factors", json_option=True)
+    command(sub, "show", show_caller, "a caller's factors, lock, dates", "number", json_option=True)
+    command(sub, "remove", remove_caller, "remove a caller (their key is shredded)", "number")
+    command(sub, "set-pin", set_pin, "set or reset the PIN (read from standard input)", "number")
+    totp = command(
+        sub, "enrol-totp", enrol_totp, "make an authenticator secret, show it once", "number"
+    )
     totp.add_argument("--replace", action="store_true", help="replace an enrolled secret")
     totp.add_argument("--issuer", default=DEFAULT_ISSUER, help="the name the app shows")
     totp.add_argument("--no-qr", action="store_true", help="print the URI only")
-    contact = command(sub, "set-contact", set_contact, "where one-time codes go")
-    contact.add_argument("number")
+    contact = command(sub, "set-contact", set_contact, "where one-time codes go", "number")
     contact.add_argument("contact", help="an e-mail address or a phone number")
-    lock = command(sub, "lock", lock_caller, "lock a caller: every factor fails, voice too")
-    lock.add_argument("number")
-    unlock = command(sub, "unlock", unlock_caller, "unlock a caller")
-    unlock.add_argument("number")
+    command(sub, "lock", lock_caller, "lock a caller: every factor fails, voice too", "number")
+    command(sub, "unlock", unlock_caller, "unlock a caller", "number")
 
 
 def add_caller(args: argparse.Namespace, settings: Settings) -> int:
@@ -71,13 +64,11 @@ def list_callers(args: argparse.Namespace, settings: Settings) -> int:
 
     with open_storage(settings) as storage:
         rows = [_row(view) for view in storage.directory(actor())]
-    if args.json:
-        print(json.dumps(rows, indent=2))
-        return 0
-    print(f"{'number':16} {'state':7} {'factors':24} name")
-    for r in rows:
-        print(f"{r['number']:16} {r['state']:7} {','.join(r['factors']) or '-':24} {r['name']}")
-    return 0
+
+    def line(r: Row) -> str:
+        return f"{r['number']:16} {r['state']:7} {','.join(r['factors']) or '-':24} {r['name']}"
+
+    return print_rows(rows, args.json, f"{'number':16} {'state':7} {'factors':24} name", line)
 
 
 def show_caller(args: argparse.Namespace, settings: Settings) -> int:

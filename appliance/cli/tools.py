@@ -3,18 +3,18 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
-from appliance.cli.common import EXIT_ERROR, Commands, actor, command
+from appliance.cli.common import EXIT_ERROR, Commands, Row, actor, command, print_rows
 from appliance.config.settings import Settings
 
 
 def register(commands: Commands) -> None:
     tools = commands.add_parser("tools", help="the agent's tools")
     tools_cmd = tools.add_subparsers(dest="tools_command", required=True)
-    tools_list = command(tools_cmd, "list", list_tools, "each tool: scopes, changes data, level")
-    tools_list.add_argument("--json", action="store_true")
+    command(
+        tools_cmd, "list", list_tools, "each tool: scopes, changes data, level", json_option=True
+    )
     voice = commands.add_parser("voice", help="voice biometrics: enrol, forget, status")
     voice_cmd = voice.add_subparsers(dest="voice_command", required=True)
     enrol = command(voice_cmd, "enrol", enrol_voice, "enrol a caller's voice from WAV files")
@@ -31,16 +31,15 @@ def list_tools(args: argparse.Namespace, settings: Settings) -> int:
 
     box = ToolBox(demo_tools(DemoBank()), frozenset(settings.tools.enabled))
     rows = [tool.describe(tool.name in box.enabled) for tool in box.tools.values()]
-    if args.json:
-        print(json.dumps(rows, indent=2))
-        return 0
-    print(f"{'tool':20} {'enabled':8} {'level':6} {'changes':8} scopes")
-    for r in rows:
-        print(
+
+    def line(r: Row) -> str:
+        return (
             f"{r['name']:20} {'yes' if r['enabled'] else 'no':8} {r['assurance_level']:<6} "
             f"{'yes' if r['changes_data'] else 'no':8} {', '.join(r['scopes'])}"
         )
-    return 0
+
+    header = f"{'tool':20} {'enabled':8} {'level':6} {'changes':8} scopes"
+    return print_rows(rows, args.json, header, line)
 
 
 def voice_status(args: argparse.Namespace, settings: Settings) -> int:

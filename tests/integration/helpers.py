@@ -1,19 +1,42 @@
-"""Run a call on fake engines in lockstep and return what happened."""
+"""Run a call on fake engines in lockstep and return what happened; the service on fake
+engines, as the call-path tests build it; the ``appliance`` command of this checkout."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
-from collections.abc import Sequence
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import text
 
 from appliance.audio_io.memory import MemorySink, MemorySource
-from appliance.config.settings import EndpointingSettings
+from appliance.config.settings import CredentialSource, EndpointingSettings, Settings, load_settings
 from appliance.core.events import EventType, TurnEvent
-from appliance.core.ports import ChatModel, Transcriber
+from appliance.core.ports import ChatMessage, ChatModel, Transcriber, TurnRecord
 from appliance.pipeline.session import CallSession, Engines, PipelineConfig, TurnResult
-from appliance.testing.fakes import EnergyVad, FakeTranscriber, ScriptedChatModel, ToneSynthesizer
+from appliance.service import CallOutcome, VoiceService, pipeline_config
+from appliance.service import run_call as serve
+from appliance.storage.keys import load_or_create
+from appliance.storage.migrations import LATEST, applied_versions
+from appliance.storage.repository import Storage
+from appliance.testing.fakes import (
+    EnergyVad,
+    FakeTranscriber,
+    ScriptedChatModel,
+    ToneSynthesizer,
+    quiet,
+    tone,
+)
 
+ROOT = Path(__file__).resolve().parents[2]
 RATE_OUT = 16_000
 ENDPOINTING = EndpointingSettings(
     start_window_ms=100,
@@ -78,3 +101,114 @@ def run_call(
     )
     turns = asyncio.run(asyncio.wait_for(session.run(), timeout=60))
     return Call(turns, sink, events, stt, llm, tts, session)
+
+
+# -- the service on fake engines -------------------------------------------------------------
+
+
+class NoToolModel(ScriptedChatModel):
+    """A scripted model that can also be asked for a tool request, and answers none (where
+    exactly one tool's intent matches, the agent does not ask)."""
+
+    def request_json(
+        self, messages: Sequence[ChatMessage], schema: dict[str, Any], max_tokens: int = 128
+    ) -> str:
+        return json.dumps({"tool": "none"})
+
+
+def tool_settings(home: Path, credentials: CredentialSource, **changes: Any) -> Settings:
+    """The settings of a home of its own with the balance and transfer tools on, callers
+    verified against ``credentials``; ``changes`` replace whole sections."""
+    settings = load_settings(environ={"APPLIANCE_HOME": str(home)})
+    tools = dataclasses.replace(
+        settings.tools, enabled=("account_balance", "transfer_to_human"), credentials=credentials
+    )
+    return dataclasses.replace(settings, tools=tools, **changes)
+
+
+def fake_service(
+    settings: Settings, stt: Transcriber, llm: ChatModel, tts: ToneSynthesizer, **config: Any
+) -> VoiceService:
+    """The service on fake engines, with the quick endpointing above; ``config`` changes the
+    pipeline's configuration."""
+    engines = Engines(EnergyVad(), stt, llm, tts)
+    pipeline = dataclasses.replace(pipeline_config(settings), endpointing=ENDPOINTING, **config)
+    return VoiceService(settings, engines, pipeline)
+
+
+def serve_utterances(
+    service: VoiceService, store: Storage, utterances: int, caller_id: str, **options: Any
+) -> CallOutcome:
+    """One call through the service (admission, guard, storage) from memory: ``utterances``
+    tones, each followed by 3 s of quiet (the fake transcriber decides what each says)."""
+    pcm = b"".join(tone(0.8) + quiet(3.0) for _ in range(utterances))
+    call = serve(
+        service, store, MemorySource(pcm), MemorySink(16_000), caller_id=caller_id, **options
+    )
+    return asyncio.run(asyncio.wait_for(call, timeout=60))
+
+
+def agent_said(turns: Sequence[TurnResult]) -> list[str]:
+    """Each turn as ``outcome: reply``, the outcome the agent's (``-`` for none)."""
+    said = []
+    for turn in turns:
+        agent = turn.first(EventType.AGENT)
+        said.append(f"{agent.data['outcome'] if agent else '-'}: {turn.reply}")
+    return said
+
+
+# -- the store ---------------------------------------------------------------------------------
+
+
+def plaintext_dump(store: Storage, path: Path) -> bytes:
+    """Every live page of the database, decrypted (SQLCipher's export to a plain file)."""
+    raw = store.engine.raw_connection()
+    try:
+        raw.driver_connection.execute(f"ATTACH DATABASE '{path}' AS plaintext KEY ''")  # type: ignore[union-attr]
+        raw.driver_connection.execute("SELECT sqlcipher_export('plaintext')")  # type: ignore[union-attr]
+        raw.driver_connection.execute("DETACH DATABASE plaintext")  # type: ignore[union-attr]
+    finally:
+        raw.close()
+    return path.read_bytes()
+
+
+@contextlib.contextmanager
+def upgraded(folder: Path, caller: str, *downgrade: str) -> Iterator[tuple[Storage, str]]:
+    """A store taken back to an earlier schema, then opened again (which migrates it): a call
+    of ``caller`` with one turn is stored, then ``downgrade`` (SQL) leaves the store as the
+    earlier appliance did. Yields the reopened store, checked to have every migration and the
+    turn, and the call's id; closed after."""
+    db, key = folder / "a.db", load_or_create(folder / "k")
+    old = Storage.open_sqlite(db, key)
+    handle = old.start_call(caller, "test")
+    handle.record_turn(TurnRecord(1, "kept across the upgrade", "noted"))
+    handle.finish("ended")
+    with old.session("downgrade") as session:
+        for statement in downgrade:
+            session.execute(text(statement))
+    old.close()
+    store = Storage.open_sqlite(db, key)
+    try:
+        assert applied_versions(store.engine) == set(range(1, LATEST + 1))
+        view = store.read_call(handle.call_id, "admin:test", "check")
+        assert view.turns[0].transcript == "kept across the upgrade"
+        yield store, handle.call_id
+    finally:
+        store.close()
+
+
+# -- the command -------------------------------------------------------------------------------
+
+
+def cli(home: Path, *args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
+    """The ``appliance`` command of this checkout, as an operator runs it."""
+    return subprocess.run(
+        [sys.executable, "-m", "appliance", *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+        cwd=ROOT,
+        env={**os.environ, "APPLIANCE_HOME": str(home), "PYTHONPATH": str(ROOT)},
+    )

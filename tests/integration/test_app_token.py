@@ -32,7 +32,6 @@ from appliance.deploy.line import SipLine
 from appliance.identity.app_token import AppTokens
 from appliance.identity.factors import FactorError
 from appliance.service import VoiceService, open_storage
-from appliance.storage.keys import load_or_create
 from appliance.storage.repository import Storage
 from appliance.storage.schema import AuditEvent
 from appliance.telephony.sip import SipMessage
@@ -79,13 +78,6 @@ def refusal(tokens: AppTokens, text: str, caller: str = CALLER) -> str:
     except FactorError as exc:
         return exc.code
     return ""
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Any:
-    opened = Storage.open_sqlite(tmp_path / "a.db", load_or_create(tmp_path / "k"))
-    yield opened
-    opened.close()
 
 
 def test_a_token_counts_once_even_after_a_restart(

@@ -5,20 +5,19 @@ never the caller; a relay that is down loses nothing."""
 
 from __future__ import annotations
 
-import asyncio
 import ssl
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from appliance.audio_io.memory import MemorySink, MemorySource
 from appliance.config.settings import NotifySettings
 from appliance.core.errors import ConfigError
-from appliance.service import VoiceService, run_call
+from appliance.service import VoiceService
 from appliance.storage.repository import Storage
-from appliance.testing.fakes import ToneSynthesizer, quiet, tone
+from appliance.testing.fakes import ToneSynthesizer
 from tests.integration import test_oob_codes as oob
+from tests.integration.helpers import serve_utterances
 from tests.integration.test_oob_codes import (
     ALICE,
     Authority,
@@ -30,22 +29,14 @@ from tests.integration.test_oob_codes import (
     start_relay,
 )
 
-ca, relay, store = oob.ca, oob.relay, oob.store  # the relay, its CA and the store: fixtures
+ca, relay = oob.ca, oob.relay  # the relay and its CA: fixtures
 
 STAFF = "desk@bank.example.org"
 TEXTS = ["I'd like to speak to a person, please.", "Yes, please."]
 
 
 def call(service: VoiceService, store: Storage) -> None:
-    pcm = b"".join(tone(0.8) + quiet(3.0) for _ in TEXTS)
-
-    async def run() -> None:
-        await run_call(
-            service, store, MemorySource(pcm), MemorySink(16_000), caller_id=ALICE,
-            channel="microphone",
-        )  # fmt: skip
-
-    asyncio.run(asyncio.wait_for(run(), 60))
+    serve_utterances(service, store, len(TEXTS), ALICE, channel="microphone")
 
 
 def said(service: VoiceService) -> list[str]:

@@ -97,6 +97,28 @@ def test_installing_again_keeps_the_key_and_the_configuration(installed: Path) -
     assert (installed / "etc/appliance/appliance.toml").read_text() == "# edited by the site\n"
 
 
+def test_the_voice_units_allowlist_holds_the_egress_peers_and_the_notify_relay(
+    installed: Path,
+) -> None:
+    """The install's drop-in (scripts/install; README, Deployment): the voice unit's
+    IPAddressAllow= gains ``[service] egress_allow`` and the ``[notify]`` relay (an IPv6 one
+    without its brackets, as systemd takes it), from the site's configuration; the admin
+    unit's does not."""
+    (installed / "etc/appliance/appliance.toml").write_text(
+        '[service]\negress_allow = ["192.0.2.0/24"]\n\n[notify]\nrelay = "[2001:db8::25]"\n'
+        'server_name = "smtp.bank.test"\nfrom_address = "codes@bank.example.org"\n'
+    )
+    again = install(installed, "--venv", str(VENV), "--no-start")
+    assert again.returncode == 0, again.stderr
+    units = installed / "etc/systemd/system"
+    voice = (units / "appliance-voice.service.d/site.conf").read_text()
+    allowed = re.findall(r"^IPAddressAllow=(\S+)$", voice, re.M)
+    assert {"192.0.2.0/24", "2001:db8::25"} <= set(allowed), voice  # beside [sip] allowed_peers
+    assert not any("[" in a for a in allowed)
+    admin = (units / "appliance-admin.service.d/site.conf").read_text()
+    assert "2001:db8::25" not in admin and "192.0.2.0" not in admin
+
+
 def test_every_installed_unit_verifies(installed: Path) -> None:
     units = installed / "etc/systemd/system"
     names = [*SERVICES, *TIMERS]

@@ -3,27 +3,20 @@ erasure, audited without personal data; its commands; and calls that verify agai
 
 from __future__ import annotations
 
-import asyncio
 import base64
-import dataclasses
 import json
 import os
 import re
-import subprocess
-import sys
 import time
-from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
 from sqlalchemy import func, select, text
 
-from appliance.audio_io.memory import MemorySink, MemorySource
-from appliance.config.settings import CredentialSource, Settings, TransferSettings, load_settings
+from appliance.config.settings import CredentialSource, TransferSettings, load_settings
 from appliance.core.errors import ConfigError, DirectoryError, IntegrityError
-from appliance.core.events import EventType
-from appliance.core.ports import ChatMessage, CredentialKind, EntryState, TurnRecord
+from appliance.core.ports import CredentialKind, EntryState, TurnRecord
 from appliance.identity.directory import DirectoryCredentials, NoDirectory, pin_record
 from appliance.identity.factors import (
     AttemptLimiter,
@@ -33,10 +26,9 @@ from appliance.identity.factors import (
     totp,
 )
 from appliance.identity.voice import VoiceTemplate
-from appliance.pipeline.session import Engines
-from appliance.service import VoiceService, pipeline_config, run_call
+from appliance.service import VoiceService
 from appliance.storage.keys import load_or_create
-from appliance.storage.migrations import LATEST, applied_versions
+from appliance.storage.migrations import LATEST
 from appliance.storage.repository import Storage
 from appliance.storage.schema import (
     AuditEvent,
@@ -45,30 +37,24 @@ from appliance.storage.schema import (
     DirectoryEntry,
     SchemaMigration,
 )
-from appliance.testing.fakes import (
-    EnergyVad,
-    FakeTranscriber,
-    ScriptedChatModel,
-    ToneSynthesizer,
-    quiet,
-    tone,
-)
+from appliance.testing.fakes import FakeTranscriber, ToneSynthesizer
 from appliance.tools.agent import CallerFactors
-from tests.integration.helpers import ENDPOINTING
+from tests.integration.helpers import (
+    NoToolModel,
+    agent_said,
+    cli,
+    fake_service,
+    plaintext_dump,
+    serve_utterances,
+    tool_settings,
+    upgraded,
+)
 
-ROOT = Path(__file__).resolve().parents[2]
 ALICE, BOB = "+15550100", "+15550199"  # ALICE is also the demo caller (demo PIN 4921)
 NAME = "Alice Pelican-Canary"
 CONTACT = "alice.pelican@example.org"
 SECRET = b"directory-totp-secret-20"  # 24 bytes, over the 128 bits RFC 4226 asks for
 FROZEN_S = 1_764_590_400.0  # the authenticator's clock stands still in the in-call tests
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[Storage]:
-    storage = Storage.open_sqlite(tmp_path / "a.db", load_or_create(tmp_path / "k"))
-    yield storage
-    storage.close()
 
 
 def enrol(store: Storage, number: str = ALICE, pin: str = "1357", name: str = NAME) -> None:
@@ -81,18 +67,6 @@ def enrol(store: Storage, number: str = ALICE, pin: str = "1357", name: str = NA
 def count(store: Storage, table: type[Any]) -> int:
     with store.session("count") as session:
         return int(session.scalar(select(func.count()).select_from(table)) or 0)
-
-
-def plaintext_dump(store: Storage, path: Path) -> bytes:
-    """Every live page of the database, decrypted (SQLCipher's export to a plain file)."""
-    raw = store.engine.raw_connection()
-    try:
-        raw.driver_connection.execute(f"ATTACH DATABASE '{path}' AS plaintext KEY ''")  # type: ignore[union-attr]
-        raw.driver_connection.execute("SELECT sqlcipher_export('plaintext')")  # type: ignore[union-attr]
-        raw.driver_connection.execute("DETACH DATABASE plaintext")  # type: ignore[union-attr]
-    finally:
-        raw.close()
-    return path.read_bytes()
 
 
 # -- storage -----------------------------------------------------------------------------------
@@ -279,31 +253,20 @@ def test_removal_and_erasure_shred_the_entry_key_and_delete_its_rows(store: Stor
 def test_a_database_at_the_previous_schema_gains_the_directory_and_keeps_its_data(
     tmp_path: Path,
 ) -> None:
-    db, key = tmp_path / "a.db", load_or_create(tmp_path / "k")
-    old = Storage.open_sqlite(db, key)
-    handle = old.start_call(ALICE, "test")
-    handle.record_turn(TurnRecord(1, "kept across the upgrade", "noted"))
-    handle.finish("ended")
-    with old.session("downgrade") as session:  # as the appliance before the directory left it
-        session.execute(text("DROP TABLE caller_credentials"))
-        session.execute(text("DROP TABLE directory_entries"))
-        session.execute(text("DROP TABLE callback_requests"))  # migration 7 came later still
-        session.execute(text("DELETE FROM schema_migrations WHERE version >= 6"))
-    old.close()
     assert LATEST >= 6
-    upgraded = Storage.open_sqlite(db, key)
-    try:
-        assert applied_versions(upgraded.engine) == set(range(1, LATEST + 1))
-        view = upgraded.read_call(handle.call_id, "admin:test", "check")
-        assert view.turns[0].transcript == "kept across the upgrade"
-        enrol(upgraded, ALICE)
-        assert upgraded.credential(ALICE, CredentialKind.TOTP) == SECRET
-        with upgraded.session("look") as session:
+    before_the_directory = (  # as the appliance before the directory left it
+        "DROP TABLE caller_credentials",
+        "DROP TABLE directory_entries",
+        "DROP TABLE callback_requests",  # migration 7 came later still
+        "DELETE FROM schema_migrations WHERE version >= 6",
+    )
+    with upgraded(tmp_path, ALICE, *before_the_directory) as (store, _):
+        enrol(store, ALICE)
+        assert store.credential(ALICE, CredentialKind.TOTP) == SECRET
+        with store.session("look") as session:
             row = session.get(SchemaMigration, 6)
             assert row is not None and "directory" in row.description
-        assert upgraded.verify_audit().ok
-    finally:
-        upgraded.close()
+        assert store.verify_audit().ok
 
 
 def test_every_change_and_read_is_audited_without_personal_data(store: Storage) -> None:
@@ -364,8 +327,8 @@ def test_the_voice_template_comes_only_for_an_enrolled_unlocked_caller(
     template = VoiceTemplate((0.6, 0.8), 3)
     store.save_voiceprint(ALICE, template.to_bytes(), "enrolment")
     store.save_voiceprint(BOB, template.to_bytes(), "enrolment")  # a voice, no directory entry
-    demo = fake_service(tmp_path, CredentialSource.DEMO, [])
-    directory = fake_service(tmp_path, CredentialSource.DIRECTORY, [])
+    demo = service_for(tmp_path, CredentialSource.DEMO, [])
+    directory = service_for(tmp_path, CredentialSource.DIRECTORY, [])
     assert demo.voice_template(store, BOB) == template  # the demo configuration: as before
     assert directory.voice_template(store, BOB) is None  # unknown to the directory
     assert directory.voice_template(store, ALICE) is None
@@ -380,34 +343,16 @@ def test_the_voice_template_comes_only_for_an_enrolled_unlocked_caller(
 # -- in a call -----------------------------------------------------------------------------------
 
 
-class ToolModel(ScriptedChatModel):
-    """A model that can be asked for a tool request (one intent matches: it is not asked)."""
-
-    def request_json(
-        self, messages: Sequence[ChatMessage], schema: dict[str, Any], max_tokens: int = 128
-    ) -> str:
-        return json.dumps({"tool": "none"})
-
-
-def fake_service(tmp_path: Path, source: CredentialSource, texts: list[str]) -> VoiceService:
-    settings: Settings = load_settings(environ={"APPLIANCE_HOME": str(tmp_path)})
-    tools = dataclasses.replace(
-        settings.tools, enabled=("account_balance", "transfer_to_human"), credentials=source
-    )
-    settings = dataclasses.replace(settings, tools=tools)
-    engines = Engines(
-        EnergyVad(), FakeTranscriber(texts), ToolModel(["We open at nine."]), ToneSynthesizer(2)
-    )
-    config = dataclasses.replace(
-        pipeline_config(settings), endpointing=ENDPOINTING, output_sample_rate_hz=16_000
-    )
-    return VoiceService(settings, engines, config)
+def service_for(tmp_path: Path, source: CredentialSource, texts: list[str]) -> VoiceService:
+    model, tts = NoToolModel(["We open at nine."]), ToneSynthesizer(2)
+    settings = tool_settings(tmp_path, source)
+    return fake_service(settings, FakeTranscriber(texts), model, tts, output_sample_rate_hz=16_000)
 
 
 def call(tmp_path: Path, store: Storage, texts: list[str]) -> list[str]:
     """One call of ALICE on fake engines, verified against the directory; the authenticator's
     clock stands still, so a slow machine cannot age the code. Returns what the agent said."""
-    service = fake_service(tmp_path, CredentialSource.DIRECTORY, texts)
+    service = service_for(tmp_path, CredentialSource.DIRECTORY, texts)
     tools = service.settings.tools
     limiter = AttemptLimiter(
         tools.max_factor_attempts, float(tools.lockout_s), clock=time.time, counters=store
@@ -416,18 +361,7 @@ def call(tmp_path: Path, store: Storage, texts: list[str]) -> list[str]:
         SecretFactor("pin", limiter), TotpFactor(limiter, clock=lambda: FROZEN_S)
     )
     service._factors_store = store
-    pcm = b"".join(tone(0.8) + quiet(3.0) for _ in texts)
-    outcome = asyncio.run(
-        asyncio.wait_for(
-            run_call(service, store, MemorySource(pcm), MemorySink(16_000), caller_id=ALICE),
-            timeout=60,
-        )
-    )
-    said = []
-    for turn in outcome.turns:
-        agent = turn.first(EventType.AGENT)
-        said.append(f"{agent.data['outcome'] if agent else '-'}: {turn.reply}")
-    return said
+    return agent_said(serve_utterances(service, store, len(texts), ALICE).turns)
 
 
 def test_a_caller_enrolled_in_the_directory_passes_pin_and_totp_and_hears_the_balance(
@@ -436,7 +370,7 @@ def test_a_caller_enrolled_in_the_directory_passes_pin_and_totp_and_hears_the_ba
     enrol(store, ALICE, pin="1357")
     code = " ".join(totp(SECRET, int(FROZEN_S // 30)))
     said = call(tmp_path, store, ["What's my account balance?", "one three five seven", code])
-    tools = fake_service(tmp_path, CredentialSource.DIRECTORY, []).settings.tools
+    tools = service_for(tmp_path, CredentialSource.DIRECTORY, []).settings.tools
     assert said == [
         f"step_up.pin: {tools.pin_prompt}",
         f"step_up.totp: {tools.totp_prompt}",
@@ -448,7 +382,7 @@ def test_the_demo_pin_is_refused_for_a_directory_caller_and_a_lock_stops_every_f
     tmp_path: Path, store: Storage
 ) -> None:
     enrol(store, ALICE, pin="1357")
-    tools = fake_service(tmp_path, CredentialSource.DIRECTORY, []).settings.tools
+    tools = service_for(tmp_path, CredentialSource.DIRECTORY, []).settings.tools
     said = call(tmp_path, store, ["What's my account balance?", "four nine two one"])
     assert said == [
         f"step_up.pin: {tools.pin_prompt}",
@@ -468,19 +402,6 @@ def test_the_demo_pin_is_refused_for_a_directory_caller_and_a_lock_stops_every_f
 
 
 # -- the commands ---------------------------------------------------------------------------------
-
-
-def cli(home: Path, *args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
-    """The ``appliance`` command of this checkout, as an operator runs it."""
-    return subprocess.run(
-        [sys.executable, "-m", "appliance", *args],
-        input=stdin,
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=120,
-        env={**os.environ, "APPLIANCE_HOME": str(home), "PYTHONPATH": str(ROOT)},
-    )
 
 
 def open_home(home: Path) -> Storage:

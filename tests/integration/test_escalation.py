@@ -14,7 +14,6 @@ from typing import Any
 
 import pytest
 
-from appliance.audio_io.memory import MemorySink, MemorySource
 from appliance.config.settings import (
     CredentialSource,
     Settings,
@@ -29,16 +28,16 @@ from appliance.core.ports import KeyInbox, TransferAttempt, TransferResult
 from appliance.deploy.line import SipLine
 from appliance.pipeline.reply import asked_again
 from appliance.pipeline.session import TurnResult
-from appliance.service import VoiceService, open_storage, run_call
+from appliance.service import VoiceService
 from appliance.storage.repository import Storage
 from appliance.telephony.sip import response
-from appliance.testing.fakes import ToneSynthesizer, quiet, tone
+from appliance.testing.fakes import ToneSynthesizer
+from tests.integration.helpers import serve_utterances
 from tests.integration.test_sip_ua import until
 from tests.integration.test_transfer import (
     CALLER,
     DESK,
     Phone,
-    answered,
     make_service,
     spoken,
     tool_calls,
@@ -80,23 +79,9 @@ def call(
 ) -> list[TurnResult]:
     """One call of ``texts`` (one utterance each) on a channel that transfers with ``control``
     (None: the microphone)."""
-    pcm = b"".join(tone(0.8) + quiet(3.0) for _ in texts)
-
-    async def run() -> list[TurnResult]:
-        outcome = await run_call(
-            service, store, MemorySource(pcm), MemorySink(16_000), caller_id=CALLER,
-            channel="sip" if control else "microphone", control=control,
-        )  # fmt: skip
-        return outcome.turns
-
-    return asyncio.run(asyncio.wait_for(run(), 60))
-
-
-@pytest.fixture
-def store(settings: Settings) -> Iterator[Storage]:
-    opened = open_storage(settings)
-    yield opened
-    opened.close()
+    channel = "sip" if control else "microphone"
+    outcome = serve_utterances(service, store, len(texts), CALLER, channel=channel, control=control)
+    return outcome.turns
 
 
 def service_for(settings: Settings, texts: list[str], **transfer: Any) -> VoiceService:
@@ -106,24 +91,15 @@ def service_for(settings: Settings, texts: list[str], **transfer: Any) -> VoiceS
 # -- the keypad --------------------------------------------------------------------------------
 
 
-class KeyingPhone(Phone):
-    def key(self, digit: str) -> None:
-        """A key press (RFC 4733 telephone-event), sent after what is queued."""
-        self.stream.packets.clear()
-        self.stream.digit(digit)
-        self.queued += [packet for _, packet in self.stream.packets]
-
-
 def test_zero_on_the_keypad_puts_the_caller_through_on_the_lines_own_path(
     settings: Settings, store: Storage
 ) -> None:
     service = service_for(settings, [])
 
     async def test(line: SipLine, phone: Phone) -> None:
-        assert isinstance(phone, KeyingPhone)
-        await answered(service, line, phone)
-        phone.key("0")
-        phone.key("#")
+        await phone.call(line.ua.port)
+        await until(lambda: bool(service.active), 20)
+        phone.key("0#")
         refer = await phone.request()
         assert refer.method == "REFER" and refer.get("refer-to") == f"<{DESK}>"
         assert spoken(service)[-1] == service.settings.transfer.announce
@@ -138,7 +114,7 @@ def test_zero_on_the_keypad_puts_the_caller_through_on_the_lines_own_path(
     async def main() -> None:
         line = SipLine(service.settings, service, store)
         await line.ua.start()
-        phone = KeyingPhone()
+        phone = Phone()
         try:
             await asyncio.wait_for(test(line, phone), 90)
         finally:

@@ -32,34 +32,25 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from sqlalchemy import select
 
-from appliance.audio_io.memory import MemorySink, MemorySource
-from appliance.config.settings import (
-    CredentialSource,
-    NotifySettings,
-    Settings,
-    load_settings,
-)
+from appliance.config.settings import CredentialSource, NotifySettings, load_settings
 from appliance.core.errors import ConfigError, NotifyError
-from appliance.core.events import EventType
-from appliance.core.ports import ChatMessage, CredentialKind, Transcript
+from appliance.core.ports import CredentialKind, Transcript
 from appliance.deploy.egress import allowlist
 from appliance.identity.directory import pin_record
 from appliance.notifiers.smtp import SmtpNotifier
 from appliance.pipeline.reply import SECRET_NOT_RECORDED
-from appliance.pipeline.session import Engines
-from appliance.service import VoiceService, pipeline_config, run_call
-from appliance.storage.keys import load_or_create
+from appliance.service import VoiceService
 from appliance.storage.repository import Storage
 from appliance.storage.schema import AuditEvent
-from appliance.testing.fakes import (
-    EnergyVad,
-    ScriptedChatModel,
-    ToneSynthesizer,
-    quiet,
-    tone,
-)
+from appliance.testing.fakes import ToneSynthesizer
 from appliance.tools.agent import ToolAgent
-from tests.integration.helpers import ENDPOINTING
+from tests.integration.helpers import (
+    NoToolModel,
+    agent_said,
+    fake_service,
+    serve_utterances,
+    tool_settings,
+)
 
 ALICE = "+15550100"
 CONTACT = "alice.pelican@example.org"
@@ -152,10 +143,26 @@ def server_context(ca: Authority, tmp: Path, name: str = RELAY_NAME) -> ssl.SSLC
     return context
 
 
-def free_port() -> int:
+@contextlib.contextmanager
+def closed_port() -> Iterator[int]:
+    """A port of 127.0.0.1 held, bound and not listening, for as long as the block runs: a
+    connection to it is refused, and nothing else can take it meanwhile."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+        yield int(sock.getsockname()[1])
+
+
+class AnyPortController(Controller):
+    """aiosmtpd's threaded relay on a port the system picks when it binds (port 0), read
+    back from the listening socket: no other process can take the port between choosing it
+    and binding it. ``port`` is the bound one once ``start`` returns."""
+
+    def _trigger_server(self) -> None:
+        # Called by start() once the server listens, to make it greet one connection at
+        # ``self.port``: the port has to be the real one by then.
+        assert isinstance(self.server, asyncio.Server)
+        self.port = int(self.server.sockets[0].getsockname()[1])
+        super()._trigger_server()  # type: ignore[no-untyped-call]
 
 
 class Inbox:
@@ -211,14 +218,13 @@ class Relay:
 def start_relay(tmp: Path, context: ssl.SSLContext | None, **options: Any) -> Iterator[Relay]:
     """aiosmtpd on a free port of 127.0.0.1: with ``context``, STARTTLS offered and required."""
     inbox = Inbox()
-    port = free_port()
     tls: dict[str, Any] = {"tls_context": context, "require_starttls": True} if context else {}
-    controller = Controller(
-        inbox, hostname="127.0.0.1", port=port, ready_timeout=WAIT_S, **tls, **options
+    controller = AnyPortController(
+        inbox, hostname="127.0.0.1", port=0, ready_timeout=WAIT_S, **tls, **options
     )
     controller.start()
     try:
-        yield Relay(port, inbox, tmp / "ca.pem")
+        yield Relay(controller.port, inbox, tmp / "ca.pem")
     finally:
         controller.stop()
 
@@ -236,13 +242,6 @@ def relay(tmp_path: Path, ca: Authority) -> Iterator[Relay]:
         yield started
 
 
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[Storage]:
-    storage = Storage.open_sqlite(tmp_path / "a.db", load_or_create(tmp_path / "k"))
-    yield storage
-    storage.close()
-
-
 def enrol(store: Storage, contact: str = CONTACT) -> None:
     """ALICE with a PIN and a contact, and no authenticator."""
     store.add_caller(ALICE, "Alice Pelican-Canary", "admin:test")
@@ -251,13 +250,6 @@ def enrol(store: Storage, contact: str = CONTACT) -> None:
 
 
 # -- the service on fake engines ---------------------------------------------------------------
-
-
-class ToolModel(ScriptedChatModel):
-    def request_json(
-        self, messages: Sequence[ChatMessage], schema: dict[str, Any], max_tokens: int = 128
-    ) -> str:
-        return json.dumps({"tool": "none"})
 
 
 class Transcripts:
@@ -278,18 +270,9 @@ class Transcripts:
 
 
 def service_for(tmp_path: Path, notify: NotifySettings, texts: Sequence[Any] = ()) -> VoiceService:
-    settings: Settings = load_settings(environ={"APPLIANCE_HOME": str(tmp_path)})
-    tools = dataclasses.replace(
-        settings.tools,
-        enabled=("account_balance", "transfer_to_human"),
-        credentials=CredentialSource.DIRECTORY,
-    )
-    settings = dataclasses.replace(settings, tools=tools, notify=notify)
-    engines = Engines(EnergyVad(), Transcripts(texts), ToolModel(["-"]), ToneSynthesizer(2))
-    config = dataclasses.replace(
-        pipeline_config(settings), endpointing=ENDPOINTING, output_sample_rate_hz=16_000
-    )
-    return VoiceService(settings, engines, config)
+    settings = tool_settings(tmp_path, CredentialSource.DIRECTORY, notify=notify)
+    stt, model, tts = Transcripts(texts), NoToolModel(["-"]), ToneSynthesizer(2)
+    return fake_service(settings, stt, model, tts, output_sample_rate_hz=16_000)
 
 
 def agent_for(service: VoiceService, store: Storage) -> ToolAgent:
@@ -337,19 +320,9 @@ def test_the_pin_then_the_emailed_code_read_back_reach_level_2_in_a_call(
         "Thanks!",
     ]
     service = service_for(tmp_path, relay.settings(), texts)
-    pcm = b"".join(tone(0.8) + quiet(3.0) for _ in texts)
-    outcome = asyncio.run(
-        asyncio.wait_for(
-            run_call(service, store, MemorySource(pcm), MemorySink(16_000), caller_id=ALICE),
-            timeout=60,
-        )
-    )
+    outcome = serve_utterances(service, store, len(texts), ALICE)
     tools = service.settings.tools
-    said = []
-    for turn in outcome.turns[:3]:
-        agent = turn.first(EventType.AGENT)
-        said.append(f"{agent.data['outcome'] if agent else '-'}: {turn.reply}")
-    assert said == [
+    assert agent_said(outcome.turns[:3]) == [
         f"step_up.pin: {tools.pin_prompt}",
         f"step_up.code: {tools.code_prompt}",
         f"tool.ok: {BALANCE}",
@@ -505,11 +478,12 @@ def test_a_relay_down_or_silent_gives_the_spoken_fallback_and_an_audit_event(
     configured timeout): no crash, the fallback and the person offered, an audit event."""
     enrol(store)
     ca_file = str(tmp_path / "ca.pem")
-    down = NotifySettings(
-        relay="127.0.0.1", port=free_port(), server_name=RELAY_NAME, ca_file=ca_file,
-        from_address=SENDER,
-    )  # fmt: skip
-    check_unsent(tmp_path, store, down, "notify.unreachable")
+    with closed_port() as port:
+        down = NotifySettings(
+            relay="127.0.0.1", port=port, server_name=RELAY_NAME, ca_file=ca_file,
+            from_address=SENDER,
+        )  # fmt: skip
+        check_unsent(tmp_path, store, down, "notify.unreachable")
     with socket.socket() as silent:  # accepts (the backlog) and never says a word
         silent.bind(("127.0.0.1", 0))
         silent.listen(4)
@@ -557,6 +531,33 @@ def test_the_password_file_must_be_owner_only_and_logs_in_after_starttls(
         assert logins == [b"appliance"]  # logged in once, and only once the file was safe
 
 
+def test_the_password_file_is_read_again_for_each_send(tmp_path: Path, ca: Authority) -> None:
+    """The relay password is read at use (smtp.py ``read_password``): a rotation written to
+    the file between two sends is the password of the second, with no new notifier."""
+    logins: list[tuple[bytes, bytes]] = []
+
+    def check(
+        server: SmtpServer, session: Session, envelope: Envelope, mechanism: str, data: Any
+    ) -> AuthResult:
+        assert isinstance(data, LoginPassword)
+        logins.append((data.login, data.password))
+        return AuthResult(success=True)
+
+    with start_relay(
+        tmp_path, server_context(ca, tmp_path), authenticator=check, auth_require_tls=True,
+        auth_required=True,
+    ) as relay:  # fmt: skip
+        secret = tmp_path / "relay.password"
+        secret.write_text("before-rotation\n")
+        secret.chmod(0o600)
+        notifier = SmtpNotifier(relay.settings(username="appliance", password_file=str(secret)))
+        notifier.send(CONTACT, "123456")
+        secret.write_text("after-rotation\n")
+        notifier.send(CONTACT, "654321")
+        assert len(relay.inbox.wait(2)) == 2
+    assert logins == [(b"appliance", b"before-rotation"), (b"appliance", b"after-rotation")]
+
+
 def test_errors_and_logs_carry_neither_the_code_nor_the_contact(
     tmp_path: Path, store: Storage, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -564,16 +565,17 @@ def test_errors_and_logs_carry_neither_the_code_nor_the_contact(
     no contact."""
     caplog.set_level(logging.DEBUG)
     enrol(store)
-    notify = NotifySettings(
-        relay="127.0.0.1", port=free_port(), server_name=RELAY_NAME,
-        ca_file=str(tmp_path / "ca.pem"), from_address=SENDER,
-    )  # fmt: skip
     (tmp_path / "ca.pem").write_bytes(make_ca("x").cert.public_bytes(serialization.Encoding.PEM))
-    with pytest.raises(NotifyError) as refused:
-        SmtpNotifier(notify).send(CONTACT, "424242")
-    assert refused.value.__cause__ is None and refused.value.__suppress_context__
-    assert "424242" not in str(refused.value) and CONTACT not in str(refused.value)
-    check_unsent(tmp_path, store, notify, "notify.unreachable")
+    with closed_port() as port:
+        notify = NotifySettings(
+            relay="127.0.0.1", port=port, server_name=RELAY_NAME,
+            ca_file=str(tmp_path / "ca.pem"), from_address=SENDER,
+        )  # fmt: skip
+        with pytest.raises(NotifyError) as refused:
+            SmtpNotifier(notify).send(CONTACT, "424242")
+        assert refused.value.__cause__ is None and refused.value.__suppress_context__
+        assert "424242" not in str(refused.value) and CONTACT not in str(refused.value)
+        check_unsent(tmp_path, store, notify, "notify.unreachable")
     logged = "\n".join(r.getMessage() for r in caplog.records)
     assert "pelican" not in logged.lower() and "424242" not in logged
     assert "notify.unreachable" in logged  # the log names what failed, by code

@@ -33,6 +33,7 @@ from appliance.storage.schema import (
     Voiceprint,
 )
 from appliance.storage.sqlite import integrity_check as sqlite_integrity_engine
+from tests.integration.helpers import plaintext_dump
 
 CANARY = "CANARY-PELICAN-7731"
 
@@ -353,15 +354,7 @@ def test_erasing_a_caller_crypto_shreds_and_leaves_others(
 
                 open_sealed(data_key, value or b"", associated_data("turns", "transcript", "x"))
     # Nothing of it in the decrypted database either: a plaintext export of every live page.
-    plain = db.parent / "plain-export.db"
-    raw = store.engine.raw_connection()
-    try:
-        raw.driver_connection.execute(f"ATTACH DATABASE '{plain}' AS plaintext KEY ''")  # type: ignore[union-attr]
-        raw.driver_connection.execute("SELECT sqlcipher_export('plaintext')")  # type: ignore[union-attr]
-        raw.driver_connection.execute("DETACH DATABASE plaintext")  # type: ignore[union-attr]
-    finally:
-        raw.close()
-    dump = plain.read_bytes()
+    dump = plaintext_dump(store, db.parent / "plain-export.db")
     assert wrapped not in dump and all(v not in dump for v in sealed if v)
     assert b"someone else" not in dump  # sealed, not plaintext, inside the database too
     assert erase.actor == "admin:bob" and erase.outcome == "ok"

@@ -8,70 +8,48 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
-import os
 import socket
-import subprocess
-import sys
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select, text
+import pytest
+from sqlalchemy import select
 
-from appliance.audio_io.memory import MemorySink, MemorySource
 from appliance.config.settings import Settings, SipSettings, TransferSettings
 from appliance.core.events import EventType
-from appliance.core.ports import CallbackState, ChatMessage, TurnRecord
+from appliance.core.ports import CallbackState
 from appliance.deploy.line import SipLine
-from appliance.pipeline.session import Engines
-from appliance.service import VoiceService, open_storage, pipeline_config, run_call
-from appliance.storage.keys import load_or_create
-from appliance.storage.migrations import LATEST, applied_versions
+from appliance.service import VoiceService, open_storage
+from appliance.storage.migrations import LATEST
 from appliance.storage.repository import Storage
 from appliance.storage.schema import AuditEvent, CallbackRequest, ToolCall
 from appliance.telephony.sdp import PCMA
 from appliance.telephony.sip import SipMessage, parse, response
-from appliance.testing.fakes import (
-    EnergyVad,
-    FakeTranscriber,
-    ScriptedChatModel,
-    ToneSynthesizer,
-    quiet,
-    tone,
-)
+from appliance.testing.fakes import FakeTranscriber, ToneSynthesizer, quiet, tone
 from appliance.testing.media import Stream
-from tests.integration.helpers import ENDPOINTING
+from tests.integration.helpers import NoToolModel, cli, fake_service, serve_utterances, upgraded
 from tests.integration.test_sip_ua import invite, until
 
-ROOT = Path(__file__).resolve().parents[2]
 CALLER = "+15550100"  # the From of test_sip_ua's INVITE
 ASK = "I'd like to speak to a person, please."
 DESK, QUEUE = "sip:desk@192.0.2.10", "sip:queue@192.0.2.11;transport=udp"
 
 
-class Model(ScriptedChatModel):
-    """A model that can be asked for a tool request (it never is here: one tool matches)."""
-
-    def request_json(
-        self, messages: Sequence[ChatMessage], schema: dict[str, Any], max_tokens: int = 128
-    ) -> str:
-        return json.dumps({"tool": "none"})
-
-
 def make_service(settings: Settings, texts: Sequence[str], **transfer: Any) -> VoiceService:
+    """The service on fake engines (one tool matches a request for a person: the model is
+    never asked which), ``texts`` what the caller says, utterance by utterance."""
+    transfer.setdefault("ring_timeout_s", 5.0)
     settings = dataclasses.replace(
         settings,
-        transfer=TransferSettings(ring_timeout_s=5.0, **transfer),
+        transfer=TransferSettings(**transfer),
         sip=SipSettings(
             listen="127.0.0.1:0", rtp_port_min=42000, rtp_port_max=42999, ring_ms=0,
             media_timeout_s=60,
         ),
     )  # fmt: skip
-    engines = Engines(
-        EnergyVad(), FakeTranscriber(texts), Model(["Not asked."]), ToneSynthesizer(5)
-    )
-    config = dataclasses.replace(pipeline_config(settings), endpointing=ENDPOINTING)
-    return VoiceService(settings, engines, config)
+    model, tts = NoToolModel(["Not asked."]), ToneSynthesizer(5)
+    return fake_service(settings, FakeTranscriber(texts), model, tts)
 
 
 def spoken(service: VoiceService) -> list[str]:
@@ -97,6 +75,7 @@ class Phone:
         self.far: tuple[str, int] = ("127.0.0.1", 0)
         self.ok: SipMessage | None = None
         self.cseq = 1
+        self._taken: set[tuple[str, str]] = set()
         self._sender: asyncio.Task[None] | None = None
 
     def close(self) -> None:
@@ -113,12 +92,18 @@ class Phone:
             return None
 
     async def request(self, timeout: float = 15.0) -> SipMessage:
-        """The next request from the appliance (responses to ours are skipped)."""
+        """The next new request from the appliance. Responses to ours are skipped, and so is
+        a retransmission of a request already taken (the same Via branch and CSeq, RFC 3261
+        17.2.3: our answer was late), which would otherwise pass for the next request."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         while (left := deadline - loop.time()) > 0:
             message = await self.recv(left)
-            if message is not None and message.is_request:
+            if message is None or not message.is_request:
+                continue
+            key = (message.branch, message.get("cseq"))
+            if key not in self._taken:
+                self._taken.add(key)
                 return message
         raise AssertionError("no request from the appliance in time")
 
@@ -146,6 +131,14 @@ class Phone:
         """An utterance (the transcriber decides what it "says")."""
         self.stream.packets.clear()
         self.stream.audio(tone(seconds, 8_000) + quiet(0.1, 8_000))
+        self.queued += [packet for _, packet in self.stream.packets]
+
+    def key(self, digits: str) -> None:
+        """Key presses, as RFC 4733 telephone events in the media."""
+        self.stream.packets.clear()
+        for digit in digits:
+            self.stream.digit(digit)
+            self.stream.silence(0.1)
         self.queued += [packet for _, packet in self.stream.packets]
 
     async def _send_media(self) -> None:
@@ -185,11 +178,17 @@ class Phone:
 def on_line(
     service: VoiceService, store: Storage, test: Callable[[SipLine, Phone], Awaitable[None]]
 ) -> None:
+    """A call on the SIP line: the phone calls, the session listens (the disclosure is over)
+    and the caller asks (the first utterance); then ``test`` plays the phone."""
+
     async def main() -> None:
         line = SipLine(service.settings, service, store)
         await line.ua.start()
         phone = Phone()
         try:
+            await phone.call(line.ua.port)
+            await until(lambda: bool(service.active), 20)
+            phone.say()
             await asyncio.wait_for(test(line, phone), 90)
         finally:
             phone.close()
@@ -197,12 +196,6 @@ def on_line(
             await asyncio.sleep(0.1)
 
     asyncio.run(main())
-
-
-async def answered(service: VoiceService, line: SipLine, phone: Phone) -> None:
-    """The call is set up and its session listens (the disclosure is over)."""
-    await phone.call(line.ua.port)
-    await until(lambda: bool(service.active), 20)
 
 
 def turn_over(service: VoiceService, outcome: str) -> Callable[[], bool]:
@@ -225,56 +218,16 @@ def tool_calls(store: Storage) -> list[tuple[str, str]]:
         return [(r.tool, r.outcome) for r in rows]
 
 
-def cli(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "APPLIANCE_HOME": str(home), "PYTHONPATH": str(ROOT)}
-    return subprocess.run(
-        [sys.executable, "-m", "appliance", *args],
-        capture_output=True, text=True, env=env, cwd=ROOT, timeout=120, check=False,
-    )  # fmt: skip
-
-
-def test_a_retransmitted_notify_gets_its_200_again_after_the_transfer_is_over(
-    settings: Settings,
-) -> None:
-    """The phone did not hear our 200 to its final NOTIFY and sends it again after our BYE:
-    it gets the same 200 (RFC 3261 17.2.2), not a 481 that a phone takes for a failure."""
-    service = make_service(settings, [ASK], destinations=(DESK,))
-    store = open_storage(service.settings)
-
-    async def test(line: SipLine, phone: Phone) -> None:
-        await answered(service, line, phone)
-        phone.say()
-        refer = await phone.request()
-        assert refer.method == "REFER"
-        phone.send(response(refer, 202), line.ua.port)
-        final = phone.notify(line.ua.port, "SIP/2.0 200 OK")
-        bye = await phone.request()
-        while bye.method == "REFER":  # a retransmission raced the 202
-            bye = await phone.request()
-        assert bye.method == "BYE"
-        phone.send(final, line.ua.port)  # the transfer is over on our side
-        while (answer := await phone.recv()) is not None:
-            if not answer.is_request and answer.get("cseq").endswith("NOTIFY"):
-                break
-        assert answer is not None and answer.status == 200
-        phone.send(response(bye, 200), line.ua.port)
-        await until(lambda: not service.active, 20)
-
-    try:
-        on_line(service, store, test)
-    finally:
-        store.close()
-
-
+@pytest.mark.parametrize("notify_again", [False, True], ids=["notify", "notify-again-after-bye"])
 def test_a_refer_whose_notify_says_200_puts_the_caller_through_and_our_bye_ends_our_leg(
-    settings: Settings,
+    settings: Settings, notify_again: bool
 ) -> None:
+    """Put through, the appliance leaves the call with its BYE. ``notify_again``: the phone
+    did not hear our 200 to its final NOTIFY and sends it again after our BYE; it gets the
+    same 200 (RFC 3261 17.2.2), not a 481 that a phone takes for a failure."""
     service = make_service(settings, [ASK], destinations=(DESK,))
-    store = open_storage(service.settings)
 
     async def test(line: SipLine, phone: Phone) -> None:
-        await answered(service, line, phone)
-        phone.say()
         refer = await phone.request()
         assert refer.method == "REFER"
         assert refer.get("refer-to") == f"<{DESK}>"
@@ -284,15 +237,19 @@ def test_a_refer_whose_notify_says_200_puts_the_caller_through_and_our_bye_ends_
         assert spoken(service)[-1] == service.settings.transfer.announce
         phone.send(response(refer, 202), line.ua.port)
         phone.notify(line.ua.port, "SIP/2.0 100 Trying", final=False)
-        phone.notify(line.ua.port, "SIP/2.0 200 OK")
-        bye = await phone.request()
-        while bye.method == "REFER":  # a retransmission raced the 202
-            bye = await phone.request()
+        final = phone.notify(line.ua.port, "SIP/2.0 200 OK")
+        bye = await phone.request()  # (a retransmitted REFER, had it raced the 202, is skipped)
         assert bye.method == "BYE"
+        if notify_again:
+            phone.send(final, line.ua.port)  # the transfer is over on our side
+            while (answer := await phone.recv()) is not None:
+                if not answer.is_request and answer.get("cseq").endswith("NOTIFY"):
+                    break
+            assert answer is not None and answer.status == 200
         phone.send(response(bye, 200), line.ua.port)
         await until(lambda: not service.active, 20)
 
-    try:
+    with open_storage(service.settings) as store:
         on_line(service, store, test)
         (call,) = store.list_calls()
         assert call.status == "ended:transferred"
@@ -306,20 +263,15 @@ def test_a_refer_whose_notify_says_200_puts_the_caller_through_and_our_bye_ends_
                 for e in db.scalars(select(AuditEvent).order_by(AuditEvent.seq))
             ]
         assert ("tool_call", "transfer.connected") in actions
-    finally:
-        store.close()
 
 
 def test_busy_destinations_are_tried_in_order_then_the_caller_gets_the_callback_they_accept(
     settings: Settings,
 ) -> None:
     service = make_service(settings, [ASK, "Yes please."], destinations=(DESK, QUEUE))
-    store = open_storage(service.settings)
     refer_to: list[str] = []
 
     async def test(line: SipLine, phone: Phone) -> None:
-        await answered(service, line, phone)
-        phone.say()
         for sipfrag in ("SIP/2.0 486 Busy Here", "SIP/2.0 603 Decline"):
             refer = await phone.request()
             assert refer.method == "REFER"
@@ -330,7 +282,7 @@ def test_busy_destinations_are_tried_in_order_then_the_caller_gets_the_callback_
         phone.say()  # "Yes please."
         await until(turn_over(service, "callback.requested"), 30)
 
-    try:
+    with open_storage(service.settings) as store:
         on_line(service, store, test)
         assert refer_to == [f"<{DESK}>", f"<{QUEUE}>"]
         transfer = service.settings.transfer
@@ -345,8 +297,6 @@ def test_busy_destinations_are_tried_in_order_then_the_caller_gets_the_callback_
             row = db.scalars(select(CallbackRequest)).one()
             assert row.number is not None and CALLER.encode() not in row.number
             assert row.caller_hash == store.caller_hash(CALLER)
-    finally:
-        store.close()
     listed = cli(service.settings.home, "callbacks", "list", "--json")
     assert listed.returncode == 0, listed.stderr
     (row,) = json.loads(listed.stdout)
@@ -357,8 +307,7 @@ def test_busy_destinations_are_tried_in_order_then_the_caller_gets_the_callback_
     assert closed.returncode == 0, closed.stderr
     unknown = cli(service.settings.home, "callbacks", "close", "no-such-request")
     assert unknown.returncode == 1 and "storage.no_callback" in unknown.stderr
-    store = open_storage(service.settings)
-    try:
+    with open_storage(service.settings) as store:
         (request,) = store.callbacks("admin:test")
         assert request.state is CallbackState.CLOSED and request.changed_by.startswith("cli:")
         with store.session("look") as db:
@@ -370,19 +319,14 @@ def test_busy_destinations_are_tried_in_order_then_the_caller_gets_the_callback_
             assert ("callback_closed", "unknown") in actions
             assert not any(CALLER in json.dumps([e.actor, e.object, e.details]) for e in events)
         assert store.verify_audit().ok
-    finally:
-        store.close()
 
 
 def test_a_refer_refused_with_501_or_403_falls_back_to_the_callback_offer_and_a_no(
     settings: Settings,
 ) -> None:
     service = make_service(settings, [ASK, "No thanks."], destinations=(DESK, QUEUE))
-    store = open_storage(service.settings)
 
     async def test(line: SipLine, phone: Phone) -> None:
-        await answered(service, line, phone)
-        phone.say()
         for status in (501, 403):
             refer = await phone.request()
             assert refer.method == "REFER"
@@ -392,90 +336,103 @@ def test_a_refer_refused_with_501_or_403_falls_back_to_the_callback_offer_and_a_
         await until(turn_over(service, "callback.declined"), 30)
         assert service.active  # the call goes on with the agent
 
-    try:
+    with open_storage(service.settings) as store:
         on_line(service, store, test)
         outcomes = [o for tool, o in tool_calls(store) if tool == "transfer_to_human"]
         assert outcomes == ["ok", "transfer.refused", "transfer.refused"]
         assert spoken(service)[-1] == service.settings.transfer.callback_declined_reply
         assert store.callbacks("admin:test") == []
-    finally:
-        store.close()
+
+
+def test_key_1_to_the_callback_offer_stores_a_callback_request(settings: Settings) -> None:
+    """The callback offer answered on the keypad (RFC 4733 events), through the call's own
+    path: the line's keypad, the session's keys, the agent, the callback desk; 1 is yes."""
+    service = make_service(settings, [ASK], destinations=(DESK,))
+
+    async def test(line: SipLine, phone: Phone) -> None:
+        refer = await phone.request()
+        phone.send(response(refer, 202), line.ua.port)
+        phone.notify(line.ua.port, "SIP/2.0 486 Busy Here")
+        await until(turn_over(service, "transfer.failed"), 30)
+        phone.key("1")  # no '#': the keypad hands the key on after its pause
+        await until(turn_over(service, "callback.requested"), 30)
+
+    with open_storage(service.settings) as store:
+        on_line(service, store, test)
+        assert spoken(service)[-1] == service.settings.transfer.callback_stored_reply
+        (request,) = store.callbacks("admin:test")
+        assert request.state is CallbackState.OPEN and request.number == CALLER
+        (call,) = store.list_calls()
+        assert request.call_id == call.id
+        keyed = store.read_call(call.id, "admin:test", "check").turns[-1]
+        assert keyed.route == "keypad" and "1" not in (keyed.transcript or "")
 
 
 def test_no_final_notify_within_the_ring_timeout_is_no_answer(settings: Settings) -> None:
-    service = make_service(settings, [ASK], destinations=(DESK,))
-    service = dataclasses.replace(
-        service,
-        settings=dataclasses.replace(
-            service.settings, transfer=TransferSettings(destinations=(DESK,), ring_timeout_s=1.0)
-        ),
-    )
-    store = open_storage(service.settings)
+    service = make_service(settings, [ASK], destinations=(DESK,), ring_timeout_s=1.0)
 
     async def test(line: SipLine, phone: Phone) -> None:
-        await answered(service, line, phone)
-        phone.say()
         refer = await phone.request()
         phone.send(response(refer, 202), line.ua.port)
         phone.notify(line.ua.port, "SIP/2.0 180 Ringing", final=False)  # and then nothing
         await until(turn_over(service, "transfer.failed"), 30)
 
-    try:
+    with open_storage(service.settings) as store:
         on_line(service, store, test)
         outcomes = [o for tool, o in tool_calls(store) if tool == "transfer_to_human"]
         assert outcomes == ["ok", "transfer.no_answer"]
-    finally:
-        store.close()
 
 
 def test_on_the_microphone_a_request_for_a_person_is_the_callback_offer_never_transferring(
     settings: Settings,
 ) -> None:
     service = make_service(settings, [ASK, "Yes."], destinations=(DESK,))
-    store = open_storage(service.settings)
-    pcm = b"".join(tone(0.8) + quiet(3.0) for _ in range(2))
-
-    async def run() -> None:
-        await run_call(
-            service, store, MemorySource(pcm), MemorySink(16_000), caller_id=CALLER,
-            channel="microphone",
-        )  # fmt: skip
-
-    try:
-        asyncio.run(asyncio.wait_for(run(), 60))
+    with open_storage(service.settings) as store:
+        serve_utterances(service, store, 2, CALLER, channel="microphone")
         transfer = service.settings.transfer
         assert spoken(service) == [transfer.unavailable_reply, transfer.callback_stored_reply]
         assert not any("transferring" in s.lower() for s in spoken(service))
         (request,) = store.callbacks("admin:test")
         assert request.state is CallbackState.OPEN and request.number == CALLER
-    finally:
-        store.close()
+
+
+def test_callbacks_list_state_shows_only_the_requests_in_that_state(settings: Settings) -> None:
+    """``appliance callbacks list --state open|called_back|closed`` (README, Transfer): each
+    state lists only its own requests; without it, every request; a state that is none is
+    refused by argparse, which names the choices."""
+    numbers = {"open": "+15550101", "called_back": "+15550102", "closed": "+15550103"}
+    with open_storage(settings) as store:
+        for state, number in numbers.items():
+            handle = store.start_call(number, "test")
+            handle.finish("ended")
+            request = store.request_callback(handle.call_id, number, "transfer")
+            if state != "open":
+                store.set_callback_state(request, CallbackState(state), "admin:test")
+    for state, number in numbers.items():
+        listed = cli(settings.home, "callbacks", "list", "--json", "--state", state)
+        assert listed.returncode == 0, listed.stderr
+        assert [(r["state"], r["number"]) for r in json.loads(listed.stdout)] == [(state, number)]
+        table = cli(settings.home, "callbacks", "list", "--state", state).stdout
+        assert number in table and not any(n in table for n in numbers.values() if n != number)
+    every = json.loads(cli(settings.home, "callbacks", "list", "--json").stdout)
+    assert sorted(r["number"] for r in every) == sorted(numbers.values())
+    wrong = cli(settings.home, "callbacks", "list", "--state", "called")
+    assert wrong.returncode == 2 and "called_back" in wrong.stderr
 
 
 def test_a_database_at_schema_6_gains_callback_requests_and_keeps_its_data(
     tmp_path: Path,
 ) -> None:
-    db, key = tmp_path / "a.db", load_or_create(tmp_path / "k")
-    old = Storage.open_sqlite(db, key)
-    handle = old.start_call(CALLER, "test")
-    handle.record_turn(TurnRecord(1, "kept across the upgrade", "noted"))
-    handle.finish("ended")
-    with old.session("downgrade") as session:  # as the appliance at schema 6 left it
-        session.execute(text("DROP TABLE callback_requests"))
-        session.execute(text("DELETE FROM schema_migrations WHERE version = 7"))
-    old.close()
-    assert LATEST >= 7
-    upgraded = Storage.open_sqlite(db, key)
-    try:
-        assert applied_versions(upgraded.engine) == set(range(1, LATEST + 1))
-        view = upgraded.read_call(handle.call_id, "admin:test", "check")
-        assert view.turns[0].transcript == "kept across the upgrade"
-        request = upgraded.request_callback(handle.call_id, CALLER, "transfer")
-        (listed,) = upgraded.callbacks("admin:test")
+    assert LATEST >= 7  # so the upgrade (to every migration) is from 6 on
+    at_schema_6 = (  # as the appliance at schema 6 left it
+        "DROP TABLE callback_requests",
+        "DELETE FROM schema_migrations WHERE version = 7",
+    )
+    with upgraded(tmp_path, CALLER, *at_schema_6) as (store, call_id):
+        request = store.request_callback(call_id, CALLER, "transfer")
+        (listed,) = store.callbacks("admin:test")
         assert listed.id == request and listed.number == CALLER
         # Erasing the caller takes their callback requests too.
-        upgraded.erase_caller(CALLER, "admin:test")
-        assert upgraded.callbacks("admin:test") == []
-        assert upgraded.verify_audit().ok
-    finally:
-        upgraded.close()
+        store.erase_caller(CALLER, "admin:test")
+        assert store.callbacks("admin:test") == []
+        assert store.verify_audit().ok

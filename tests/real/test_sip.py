@@ -18,6 +18,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -223,72 +224,105 @@ def last_call(settings: Settings) -> tuple[str, str, list[str | None], list[Cons
         store.close()
 
 
+@dataclass
+class Rig:
+    """What a test of the line works with: the environment of `appliance sip`, the settings
+    of its home (the calls it stored), the test's folder (SIPp's files) and the lines it
+    started, stopped after the test; the real service (its voice speaks for the caller, its
+    ear hears the appliance) is loaded when first asked for."""
+
+    env: dict[str, str]
+    settings: Settings
+    folder: Path
+    lines: list[Line]
+    request: pytest.FixtureRequest
+
+    @property
+    def service(self) -> VoiceService:
+        service: VoiceService = self.request.getfixturevalue("service")
+        return service
+
+    def start(self, env: dict[str, str] | None = None, **settings: str) -> Line:
+        """`appliance sip` on a free port (``settings``: [sip] keys), stopped after the test."""
+        line = start_line(self.env if env is None else env, **settings)
+        self.lines.append(line)
+        return line
+
+    def sipp(
+        self, line: Line, scenario: str, **options: Any
+    ) -> tuple[subprocess.CompletedProcess[str], Capture]:
+        return sipp(line, scenario, self.folder, **options)
+
+    def spoken(self, text: str, codec: int = PCMU, **options: Any) -> Stream:
+        return spoken(self.service, text, codec, **options)
+
+    def last_call(self) -> tuple[str, str, list[str | None], list[Consent]]:
+        return last_call(self.settings)
+
+    def heard(self, capture: Capture, codec: int = PCMU) -> str:
+        """What the appliance said on the call, as the real speech recognition hears it."""
+        return self.service.engines.stt.transcribe(capture.audio(codec), 16_000).text
+
+
+@pytest.fixture
+def rig(
+    line_env: dict[str, str],
+    real_settings: Settings,
+    lines: list[Line],
+    tmp_path: Path,
+    request: pytest.FixtureRequest,
+) -> Rig:
+    return Rig(line_env, real_settings, tmp_path, lines, request)
+
+
 @pytest.mark.parametrize(
     ("codec", "transport"),
     [(PCMU, "u1"), (PCMA, "u1"), (PCMU, "t1")],
     ids=["ulaw-udp", "alaw-udp", "ulaw-tcp"],
 )
 def test_a_call_is_answered_with_the_disclosure_first_then_transcribed_and_replied(
-    service: VoiceService,
-    real_settings: Settings,
-    line_env: dict[str, str],
-    lines: list[Line],
-    tmp_path: Path,
-    codec: int,
-    transport: str,
+    rig: Rig, codec: int, transport: str
 ) -> None:
-    lines.append(line := start_line(line_env))
-    stream = spoken(service, QUESTION, codec)
-    result, capture = sipp(
-        line, "uac_call.xml", tmp_path, codec=codec, stream=stream, transport=transport
+    line = rig.start()
+    stream = rig.spoken(QUESTION, codec)
+    result, capture = rig.sipp(
+        line, "uac_call.xml", codec=codec, stream=stream, transport=transport
     )
     assert result.returncode == 0, result.stdout[-3000:]
-    heard = service.engines.stt.transcribe(capture.audio(codec), 16_000).text
+    heard = rig.heard(capture, codec)
     assert heard.lower().startswith("this call is with an automated assistant"), heard
-    channel, status, transcripts, consents = last_call(real_settings)
+    channel, status, transcripts, consents = rig.last_call()
     assert (channel, status) == ("sip", "ended")
     assert transcripts and wer(QUESTION, transcripts[0] or "") <= 0.25, transcripts
     assert len(heard.split()) > len(DISCLOSURE.split()) + 1, heard  # the reply came after it
     assert [(c.decision, c.method) for c in consents] == [("not_required", "configuration")]
 
 
-def test_consent_by_dtmf_and_without_consent_only_a_minimal_record_and_our_bye(
-    service: VoiceService,
-    real_settings: Settings,
-    line_env: dict[str, str],
-    lines: list[Line],
-    tmp_path: Path,
-) -> None:
-    lines.append(line := start_line(line_env, consent_required="true", consent_timeout_s="4"))
-    result, _ = sipp(
-        line, "uac_call.xml", tmp_path, stream=spoken(service, QUESTION, PCMU, digits="1"),
-        wait_ms=3500, talk_ms=20000,
+def test_consent_by_dtmf_and_without_consent_only_a_minimal_record_and_our_bye(rig: Rig) -> None:
+    line = rig.start(consent_required="true", consent_timeout_s="4")
+    result, _ = rig.sipp(
+        line, "uac_call.xml", stream=rig.spoken(QUESTION, digits="1"), wait_ms=3500,
+        talk_ms=20000,
     )  # fmt: skip
     assert result.returncode == 0, result.stdout[-3000:]
-    _, _, transcripts, consents = last_call(real_settings)
+    _, _, transcripts, consents = rig.last_call()
     assert [(c.decision, c.method) for c in consents] == [("granted", "dtmf")]
     assert transcripts and "1" not in (transcripts[0] or "")  # a key press is no transcript
     # Refused: the caller hears the alternative, the appliance hangs up (its BYE), and only
     # the minimal record stays.
-    result, capture = sipp(
-        line, "uac_wait_bye.xml", tmp_path, stream=spoken(service, "", PCMU, digits="2"),
-        wait_ms=3500, talk_ms=30000,
+    result, capture = rig.sipp(
+        line, "uac_wait_bye.xml", stream=rig.spoken("", digits="2"), wait_ms=3500,
+        talk_ms=30000,
     )  # fmt: skip
     assert result.returncode == 0, result.stdout[-3000:]
-    _, status, transcripts, consents = last_call(real_settings)
+    _, status, transcripts, consents = rig.last_call()
     assert status == "ended:no_consent" and transcripts == []
     assert [(c.decision, c.method) for c in consents] == [("refused", "dtmf")]
-    heard = service.engines.stt.transcribe(capture.audio(PCMU), 16_000).text.lower()
+    heard = rig.heard(capture).lower()
     assert "nothing from this call will be kept" in heard, heard
 
 
-def test_keypad_digits_over_sip_arrive_in_order_and_step_a_caller_up_to_a_tool(
-    service: VoiceService,
-    real_settings: Settings,
-    line_env: dict[str, str],
-    lines: list[Line],
-    tmp_path: Path,
-) -> None:
+def test_keypad_digits_over_sip_arrive_in_order_and_step_a_caller_up_to_a_tool(rig: Rig) -> None:
     """The caller asks for their balance, then keys the PIN and the authenticator code as
     RFC 4733 events: only digits that arrive whole and in order pass both factors, and the
     level-2 tool runs (its outcome is in the call's tool_calls)."""
@@ -299,22 +333,21 @@ def test_keypad_digits_over_sip_arrive_in_order_and_step_a_caller_up_to_a_tool(
     from appliance.tools.demo import DemoBank
 
     caller = "+15550100"  # demo data: PIN 4921 and a TOTP secret
-    env = {**line_env, "APPLIANCE_TOOLS__ENABLED": "account_balance"}
-    lines.append(line := start_line(env))
+    line = rig.start({**rig.env, "APPLIANCE_TOOLS__ENABLED": "account_balance"})
     secret = DemoBank().totp_secret(caller)
     assert secret is not None
     code = totp(secret, int(time.time() // 30))  # good for this step and the next
-    stream = spoken(service, "What is my account balance?", PCMU, tail_s=8.0)
+    stream = rig.spoken("What is my account balance?", tail_s=8.0)
     for keys, pause in (("4921#", 6.0), (f"{code}#", 15.0)):  # still sending at our BYE
         for key in keys:
             stream.digit(key)
             stream.silence(0.2)
         stream.silence(pause)
-    result, _ = sipp(line, "uac_call.xml", tmp_path, stream=stream, talk_ms=30_000, caller=caller)
+    result, _ = rig.sipp(line, "uac_call.xml", stream=stream, talk_ms=30_000, caller=caller)
     assert result.returncode == 0, result.stdout[-3000:]
-    channel, status, transcripts, _ = last_call(real_settings)
+    channel, status, transcripts, _ = rig.last_call()
     assert (channel, status) == ("sip", "ended")
-    store = open_storage(real_settings)
+    store = open_storage(rig.settings)
     try:
         with store.session("tool calls") as db:
             outcomes = [(t.tool, t.outcome) for t in db.scalars(select(ToolCall))]
@@ -324,52 +357,40 @@ def test_keypad_digits_over_sip_arrive_in_order_and_step_a_caller_up_to_a_tool(
     assert code not in " ".join(t or "" for t in transcripts)  # keys are never transcribed
 
 
-def test_cancel_while_ringing_gets_487(
-    line_env: dict[str, str], lines: list[Line], tmp_path: Path
-) -> None:
-    lines.append(line := start_line(line_env, ring_ms="3000"))
-    result, capture = sipp(line, "uac_cancel.xml", tmp_path)
+def test_cancel_while_ringing_gets_487(rig: Rig) -> None:
+    line = rig.start(ring_ms="3000")
+    result, capture = rig.sipp(line, "uac_cancel.xml")
     assert result.returncode == 0, result.stdout[-3000:]
     assert capture.packets == []  # never answered: no media
 
 
-def test_a_caller_from_an_address_that_is_not_allowed_gets_403(
-    line_env: dict[str, str], lines: list[Line], tmp_path: Path
-) -> None:
-    lines.append(line := start_line(line_env, allowed_peers="10.0.0.0/8"))
-    result, _ = sipp(line, "uac_forbidden.xml", tmp_path)
+def test_a_caller_from_an_address_that_is_not_allowed_gets_403(rig: Rig) -> None:
+    line = rig.start(allowed_peers="10.0.0.0/8")
+    result, _ = rig.sipp(line, "uac_forbidden.xml")
     assert result.returncode == 0, result.stdout[-3000:]
 
 
 def test_a_peer_outside_the_allowlist_is_challenged_and_taken_only_with_right_credentials(
-    service: VoiceService,
-    real_settings: Settings,
-    line_env: dict[str, str],
-    lines: list[Line],
-    tmp_path: Path,
+    rig: Rig,
 ) -> None:
-    accounts = tmp_path / "sip-accounts"
+    accounts = rig.folder / "sip-accounts"
     accounts.write_text(f"trunk1:appliance:{ha1('trunk1', 'appliance', 'pa55-w0rd')}\n")
     accounts.chmod(0o600)
-    lines.append(
-        line := start_line(line_env, allowed_peers="10.0.0.0/8", accounts_file=str(accounts))
-    )
-    before = call_count(real_settings)
+    line = rig.start(allowed_peers="10.0.0.0/8", accounts_file=str(accounts))
+    before = call_count(rig.settings)
     # SIPp answers the 401 with MD5 qop=auth digest credentials; the call is set up and ended.
-    result, _ = sipp(
-        line, "uac_auth.xml", tmp_path, wait_ms=5000, extra=("-au", "trunk1", "-ap", "pa55-w0rd")
+    result, _ = rig.sipp(
+        line, "uac_auth.xml", wait_ms=5000, extra=("-au", "trunk1", "-ap", "pa55-w0rd")
     )  # past the disclosure, so the call is recorded
     assert result.returncode == 0, result.stdout[-3000:]
-    assert call_count(real_settings, at_least=before + 1) == before + 1
+    assert call_count(rig.settings, at_least=before + 1) == before + 1
     # A wrong password: 401, then 403, and no call.
-    result, _ = sipp(
-        line, "uac_auth_refused.xml", tmp_path, extra=("-au", "trunk1", "-ap", "guess")
-    )
+    result, _ = rig.sipp(line, "uac_auth_refused.xml", extra=("-au", "trunk1", "-ap", "guess"))
     assert result.returncode == 0, result.stdout[-3000:]
     # No credentials at all: challenged (401), not answered.
-    result, _ = sipp(line, "uac_forbidden.xml", tmp_path, refusal=401)
+    result, _ = rig.sipp(line, "uac_forbidden.xml", refusal=401)
     assert result.returncode == 0, result.stdout[-3000:]
-    assert call_count(real_settings) == before + 1
+    assert call_count(rig.settings) == before + 1
 
 
 def test_bench_calls_reports_latency_gaps_cpu_and_memory_per_round(
@@ -392,15 +413,9 @@ def test_bench_calls_reports_latency_gaps_cpu_and_memory_per_round(
     assert round_["rss_mib"] > 0 and round_["rtp_gaps"] >= 0
 
 
-def test_a_sipp_flood_is_shed_while_a_call_from_elsewhere_still_completes(
-    service: VoiceService,
-    real_settings: Settings,
-    line_env: dict[str, str],
-    lines: list[Line],
-    tmp_path: Path,
-) -> None:
-    lines.append(line := start_line(line_env))
-    flood_dir = tmp_path / "flood"
+def test_a_sipp_flood_is_shed_while_a_call_from_elsewhere_still_completes(rig: Rig) -> None:
+    line = rig.start()
+    flood_dir = rig.folder / "flood"
     flood_dir.mkdir()
     xml = flood_dir / "flood.xml"
     xml.write_text(
@@ -415,42 +430,33 @@ def test_a_sipp_flood_is_shed_while_a_call_from_elsewhere_still_completes(
     )  # fmt: skip
     try:
         time.sleep(2.0)  # the flood is on
-        result, _ = sipp(
-            line, "uac_call.xml", tmp_path, stream=spoken(service, QUESTION, PCMU),
-            source="127.0.0.2",
-        )  # fmt: skip
+        result, _ = rig.sipp(line, "uac_call.xml", stream=rig.spoken(QUESTION), source="127.0.0.2")
     finally:
         screen, _ = flood.communicate(timeout=120)
     assert result.returncode == 0, result.stdout[-3000:]
-    _, status, transcripts, _ = last_call(real_settings)
+    _, status, transcripts, _ = rig.last_call()
     assert status == "ended" and transcripts and wer(QUESTION, transcripts[0] or "") <= 0.25
     shed = re.search(r"503 <-+\s+(\d+)", screen)
     assert shed is not None and int(shed.group(1)) >= 1500, screen[-3000:]  # shed, not served
 
 
 def test_a_caller_who_asks_for_a_person_gets_a_refer_to_the_destination_then_our_bye(
-    service: VoiceService,
-    real_settings: Settings,
-    line_env: dict[str, str],
-    lines: list[Line],
-    tmp_path: Path,
+    rig: Rig,
 ) -> None:
     """SIPp's phone acts on the REFER (202, NOTIFY sipfrag 100 then 200); the appliance then
     leaves the call with its BYE, and the call record says it was transferred."""
     desk = "sip:desk@192.0.2.10"
-    env = {**line_env, "APPLIANCE_TRANSFER__DESTINATIONS": desk}
-    lines.append(line := start_line(env))
+    line = rig.start({**rig.env, "APPLIANCE_TRANSFER__DESTINATIONS": desk})
     # Two ways of asking in one turn: a word Whisper drops from one still leaves the other
     ask = "I would like to speak to a person, please. Put me through."
-    stream = spoken(service, ask, PCMU, tail_s=30.0)
-    result, _ = sipp(
-        line, "uac_transfer.xml", tmp_path, stream=stream, talk_ms=60000,
-        extra=("-trace_msg", "-message_file", str(tmp_path / "messages.log")),
+    result, _ = rig.sipp(
+        line, "uac_transfer.xml", stream=rig.spoken(ask, tail_s=30.0), talk_ms=60000,
+        extra=("-trace_msg", "-message_file", str(rig.folder / "messages.log")),
     )  # fmt: skip
-    assert result.returncode == 0, (last_call(real_settings), result.stdout[-3000:])
-    trace = (tmp_path / "messages.log").read_text(errors="replace")
+    assert result.returncode == 0, (rig.last_call(), result.stdout[-3000:])
+    trace = (rig.folder / "messages.log").read_text(errors="replace")
     refer = trace[trace.index("REFER sip:") :]
     assert re.search(rf"(?im)^Refer-To: <{re.escape(desk)}>", refer), refer[:800]
     assert re.search(r"(?im)^Referred-By: <sip:appliance@", refer)
-    channel, status, _, _ = last_call(real_settings)
+    channel, status, _, _ = rig.last_call()
     assert (channel, status) == ("sip", "ended:transferred")

@@ -91,6 +91,18 @@ def test_config_file_from_the_environment(tmp_path: Path) -> None:
             "config.invalid",
             "transfer.destinations",
         ),
+        (  # sips: is a destination (test_transfer_destinations_are_sip_uris...), not one hostless
+            "[transfer]\ndestinations = ['sip:desk@10.0.0.5', 'sips:queue@']\n",
+            {},
+            "config.invalid",
+            "transfer.destinations",
+        ),
+        (
+            "",
+            {"APPLIANCE_TRANSFER__DESTINATIONS": "sips:"},
+            "config.invalid",
+            "transfer.destinations: 'sips:'",
+        ),
         ("[transfer]\nmode = 'cold'\n", {}, "config.invalid", "transfer.mode"),
         ("[transfer]\nmode = 'warm'\n", {}, "config.invalid", "not implemented yet"),
         ("[transfer]\nring_timeout_s = 0\n", {}, "config.invalid", "transfer.ring_timeout_s"),

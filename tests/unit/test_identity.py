@@ -128,6 +128,34 @@ def test_out_of_band_codes_are_single_use_and_expire() -> None:
         codes.verify("c", outbox[-1][1])
 
 
+def test_a_lockout_voids_the_pending_code_so_the_right_one_fails_after_it() -> None:
+    """OneTimeCodes: "a lockout voids the pending code". Three wrong guesses lock the factor;
+    once the lockout is over, the code sent before it (still within its ttl) opens nothing,
+    and a fresh code does."""
+    clock = Clock()
+    outbox: list[str] = []
+    limiter = AttemptLimiter(max_failures=3, base_lockout_s=30, clock=clock)
+    codes = OneTimeCodes(lambda _, code: outbox.append(code), limiter, ttl_s=300, clock=clock)
+    codes.issue("c", "c@example.org")
+    earlier = outbox[-1]
+    wrong = f"{(int(earlier) + 1) % 10**6:06d}"
+    for _ in range(3):
+        with pytest.raises(FactorError) as refused:
+            codes.verify("c", wrong)
+        assert refused.value.code == "identity.wrong"
+    assert codes.locked("c")
+    with pytest.raises(FactorError) as refused:
+        codes.verify("c", earlier)
+    assert refused.value.code == "identity.locked"  # during the lockout: locked, not checked
+    clock.now += 31  # the lockout is over; the earlier code's 300 s are not
+    assert not codes.locked("c")
+    with pytest.raises(FactorError) as refused:
+        codes.verify("c", earlier)
+    assert refused.value.code == "identity.wrong"
+    codes.issue("c", "c@example.org")
+    codes.verify("c", outbox[-1])
+
+
 def test_sliding_window_limits_each_key_and_forgets_old_ones() -> None:
     clock = Clock()
     window = SlidingWindow(limit=5, window_s=60, max_keys=100, clock=clock)
