@@ -68,7 +68,9 @@ from appliance.storage.keys import (
 from appliance.storage.repository import Storage
 from appliance.tools.agent import CallerFactors, Credentials, JsonRequester, ToolAgent, VoiceCheck
 from appliance.tools.demo import DemoBank, demo_tools
-from appliance.tools.registry import ToolBox
+from appliance.tools.http import http_tools
+from appliance.tools.plugins import plugin_tools
+from appliance.tools.registry import Tool, ToolBox, ToolError
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +104,36 @@ def open_storage(settings: Settings, *, create_key: bool = True) -> Storage:
     if settings.storage.url:
         return Storage.open_url(settings.storage.url, master, checkpoint=checkpoint)
     return Storage.open_sqlite(database_path(settings), master, checkpoint=checkpoint)
+
+
+def demo_bookings_file(settings: Settings) -> Path | None:
+    """Where the demo backend keeps its bookings: a file under APPLIANCE_HOME in the demo
+    configuration (``[tools] credentials = "demo"``), else none (they live for one call)."""
+    if settings.tools.credentials is CredentialSource.DEMO:
+        return settings.home / "demo" / "bookings.json"
+    return None
+
+
+def extra_tools(settings: Settings) -> dict[str, Tool]:
+    """The tools beside the demo ones: those declared in ``[[tools.http]]`` and those of the
+    installed plug-ins (the ``appliance.tools`` entry points)."""
+    return merge_tools(http_tools(settings.tools), plugin_tools())
+
+
+def merge_tools(*groups: Mapping[str, Tool]) -> dict[str, Tool]:
+    """One name, one tool: a declared or plug-in tool may not take a name already used."""
+    tools: dict[str, Tool] = {}
+    for group in groups:
+        for name, tool in group.items():
+            if name in tools:
+                raise ToolError("tools.duplicate", f"two tools are named {name!r}")
+            tools[name] = tool
+    return tools
+
+
+def deployment_tools(settings: Settings) -> dict[str, Tool]:
+    """Every tool this deployment knows (``appliance tools list``)."""
+    return merge_tools(demo_tools(DemoBank()), extra_tools(settings))
 
 
 def pipeline_config(settings: Settings) -> PipelineConfig:
@@ -207,6 +239,8 @@ class VoiceService:
     """The learned head of the input guard ([guard]), shared by every call's guard."""
     active: set[CallSession] = field(default_factory=set)
     """The calls in progress (for a clean shutdown: each gets a goodbye)."""
+    _extra_tools: dict[str, Tool] | None = field(default=None, init=False, repr=False)
+    """The HTTP and plug-in tools, made once (their TLS context, the plug-ins loaded)."""
 
     def __post_init__(self) -> None:
         if self.monitor is None:
@@ -261,7 +295,7 @@ class VoiceService:
         tts = load_synthesizer(settings)
         timed("tts", mark)
         timings["total"] = round(time.perf_counter() - started, 3)
-        return cls(
+        service = cls(
             settings,
             Engines(vad, stt, llm, tts),
             pipeline_config(settings),
@@ -269,6 +303,10 @@ class VoiceService:
             knowledge=knowledge,
             classifier=classifier,
         )
+        # At start, not at the first call: a plug-in that fails to load, or a CA bundle or
+        # client certificate that does not, stops the service with the error naming it.
+        service._extra_tools = extra_tools(settings)
+        return service
 
     def session(
         self,
@@ -309,10 +347,19 @@ class VoiceService:
             who = f"caller:{storage.caller_hash(caller)[:16]}" if caller else "caller:anonymous"
             storage.record_tool_call(call_id, tool, arguments, outcome, actor=who)
 
-        tools = demo_tools(bank or DemoBank())
+        if self._extra_tools is None:
+            self._extra_tools = extra_tools(self.settings)
+        tools = merge_tools(demo_tools(bank or self.demo_bank()), self._extra_tools)
         return ToolBox(
             tools, frozenset(self.settings.tools.enabled), audit=audit if storage else None
         )
+
+    def demo_bank(self) -> DemoBank:
+        """The demo backend: in the demo configuration its bookings are kept under
+        APPLIANCE_HOME (they outlive the call); otherwise, where callers are the organization's
+        own, they live for one call, so no caller's number is written outside the encrypted
+        store."""
+        return DemoBank(bookings_file=demo_bookings_file(self.settings))
 
     def tool_agent(
         self,
@@ -328,7 +375,7 @@ class VoiceService:
         (the call's line) has a destination; callback requests go to ``storage``."""
         if not self.settings.tools.enabled or not isinstance(self.engines.llm, JsonRequester):
             return None
-        bank = DemoBank()
+        bank = self.demo_bank()
         credentials: Credentials = bank
         if self.settings.tools.credentials is CredentialSource.DIRECTORY:
             directory: CallerDirectory = NoDirectory() if storage is None else storage

@@ -144,9 +144,16 @@ def compliance_blueprint(
     @requires("admin", "auditor", "operator")
     def tools() -> ResponseReturnValue:
         from appliance.tools.demo import DemoBank, demo_tools
+        from appliance.tools.http import http_tools
+        from appliance.tools.plugins import plugin_tools
 
         enabled = set(settings.tools.enabled)
-        rows = [t.describe(t.name in enabled) for t in demo_tools(DemoBank()).values()]
+        known = {
+            **demo_tools(DemoBank()),
+            **http_tools(settings.tools, load_tls=False),  # a listing: no connection made
+            **plugin_tools(),
+        }
+        rows = [t.describe(t.name in enabled) for t in known.values()]
         return render_template("tools.html", tools=rows)
 
     @pages.route("/access-review")

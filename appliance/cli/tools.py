@@ -26,10 +26,10 @@ def register(commands: Commands) -> None:
 
 
 def list_tools(args: argparse.Namespace, settings: Settings) -> int:
-    from appliance.tools.demo import DemoBank, demo_tools
+    from appliance.service import deployment_tools
     from appliance.tools.registry import ToolBox
 
-    box = ToolBox(demo_tools(DemoBank()), frozenset(settings.tools.enabled))
+    box = ToolBox(deployment_tools(settings), frozenset(settings.tools.enabled))
     rows = [tool.describe(tool.name in box.enabled) for tool in box.tools.values()]
 
     def line(r: Row) -> str:

@@ -462,6 +462,164 @@ class CredentialSource(enum.StrEnum):
     """The organization's own callers, enrolled with ``appliance callers``."""
 
 
+_SERVER_NAME = re.compile(r"(?=.{1,253}$)(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.?)+")
+HTTP_METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")
+IDEMPOTENT_METHODS = frozenset({"GET", "PUT", "DELETE"})
+"""RFC 9110 9.2.2: a request that may be sent again without changing the outcome (retried)."""
+PARAM_KINDS = ("string", "integer", "date", "choice")
+CALLER_PLACEHOLDER = "caller"
+"""``{caller}`` in a URL is the caller ID of the call (the number being verified)."""
+_NAME = re.compile(r"[a-z][a-z0-9_]{0,47}")
+_PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
+_FIELD_PATH = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*")
+
+
+def placeholders(template: str, key: str) -> tuple[str, ...]:
+    """The ``{name}`` (or ``{dotted.path}``) placeholders of ``template``, in order; a stray
+    brace or a format specification is a ConfigError naming ``key``."""
+    names = _PLACEHOLDER.findall(template)
+    rest = _PLACEHOLDER.sub("", template)
+    _check("{" not in rest and "}" not in rest, key, "a brace that opens or closes no {field}")
+    for name in names:
+        _check(bool(_FIELD_PATH.fullmatch(name)), key, f"{{{name}}} is not a field name")
+    return tuple(names)
+
+
+@dataclass(frozen=True)
+class AllowedHost:
+    """A host HTTP tools may reach: the name its certificate carries (and the URLs name) and
+    the address to connect to, so no name is ever looked up."""
+
+    name: str = ""
+    address: str = ""
+
+    def check(self, key: str) -> None:
+        _check(bool(_SERVER_NAME.fullmatch(self.name)), f"{key}.name", "a DNS name is needed")
+        try:  # an address, or a network of one address: the connection needs a single one
+            network = ipaddress.ip_network(self.address, strict=False)
+        except ValueError as exc:
+            raise ConfigError(
+                "config.invalid", f"{key}.address: {self.address!r} is not an address"
+            ) from exc
+        _check(
+            network.num_addresses == 1,
+            f"{key}.address",
+            "one address (a /32 or /128 at most): the connection goes to it",
+        )
+
+    @property
+    def ip(self) -> str:
+        return str(ipaddress.ip_network(self.address, strict=False).network_address)
+
+
+@dataclass(frozen=True)
+class HttpParam:
+    """An argument of an HTTP tool, typed as a Python tool's (tools/registry.py ``Param``)."""
+
+    name: str = ""
+    kind: str = "string"
+    description: str = ""
+    required: bool = True
+    choices: tuple[str, ...] = ()
+    minimum: int | None = None
+    maximum: int | None = None
+    max_length: int = 200
+    pattern: str = ""
+    ask: str = ""
+
+    def check(self, key: str) -> None:
+        _check(bool(_NAME.fullmatch(self.name)), f"{key}.name", "lower-case letters, digits, _")
+        _check(self.name != CALLER_PLACEHOLDER, f"{key}.name", '"caller" is the caller ID')
+        _check(self.kind in PARAM_KINDS, f"{key}.kind", "string, integer, date or choice")
+        _check(self.kind != "choice" or bool(self.choices), f"{key}.choices", "a choice needs them")
+        _check(
+            self.kind in ("date", "choice") or not self.required,
+            f"{key}.required",
+            "a string or integer cannot be taken from the caller's words yet (tools/slots.py): "
+            "make it required = false, or a choice",
+        )
+        _check(1 <= self.max_length <= 2000, f"{key}.max_length", "1 to 2000")
+        if self.minimum is not None and self.maximum is not None:
+            _check(self.minimum <= self.maximum, f"{key}.maximum", "at least minimum")
+        try:
+            re.compile(self.pattern)
+        except re.error as exc:
+            raise ConfigError("config.invalid", f"{key}.pattern: {exc}") from exc
+
+
+@dataclass(frozen=True)
+class HttpTool:
+    """A tool declared in the configuration (``[[tools.http]]``) that calls one of the
+    organization's own HTTPS services (tools/http.py)."""
+
+    name: str = ""
+    description: str = ""
+    method: str = "GET"
+    url: str = ""
+    """``https://`` only, its host one of ``[tools] allowed_hosts``; ``{param}`` and
+    ``{caller}`` placeholders in the path and query are filled URL-encoded."""
+    params: tuple[HttpParam, ...] = ()
+    scopes: tuple[str, ...] = ()
+    required_level: int = 2
+    changes_data: bool = False
+    triggers: tuple[str, ...] = ()
+    timeout_s: float = 5.0
+    retries: int = 0
+    speak: str = ""
+    """What the caller hears: the only fields of the JSON response that are used
+    (``{balance}``, ``{account.balance}``); nothing else of the response is kept."""
+
+    def check(self, key: str, hosts: tuple[AllowedHost, ...]) -> None:
+        from urllib.parse import urlsplit
+
+        _check(bool(_NAME.fullmatch(self.name)), f"{key}.name", "lower-case letters, digits, _")
+        _check(bool(self.description.strip()), f"{key}.description", "is needed")
+        _check(self.method in HTTP_METHODS, f"{key}.method", ", ".join(HTTP_METHODS))
+        _check(bool(self.url), f"{key}.url", "is needed")
+        try:
+            parts = urlsplit(self.url)
+            port = parts.port
+        except ValueError as exc:
+            raise ConfigError("config.invalid", f"{key}.url: {exc}") from exc
+        _check(parts.scheme == "https", f"{key}.url", "https:// only")
+        _check(not parts.username and not parts.password, f"{key}.url", "no user or password")
+        _check(not parts.fragment, f"{key}.url", "no #fragment")
+        _check(port is None or port > 0, f"{key}.url", "a port from 1 to 65535")
+        names = {host.name.lower().rstrip(".") for host in hosts}
+        host = (parts.hostname or "").rstrip(".")
+        _check(
+            host in names,
+            f"{key}.url",
+            f"its host {host!r} is not one of tools.allowed_hosts (a name with its address)",
+        )
+        params = {p.name for p in self.params}
+        _check(len(params) == len(self.params), f"{key}.params", "two with one name")
+        for name in placeholders(f"{parts.path}?{parts.query}", f"{key}.url"):
+            _check(
+                name in params or name == CALLER_PLACEHOLDER,
+                f"{key}.url",
+                f"{{{name}}} is not a parameter (nor {{caller}})",
+            )
+        for index, param in enumerate(self.params):
+            param.check(f"{key}.params[{index}]")
+        _check(self.required_level in (0, 1, 2), f"{key}.required_level", "0, 1 or 2")
+        _check(0.1 <= self.timeout_s <= 30, f"{key}.timeout_s", "0.1 to 30 seconds")
+        _check(0 <= self.retries <= 3, f"{key}.retries", "0 to 3")
+        _check(
+            self.retries == 0 or self.method in IDEMPOTENT_METHODS,
+            f"{key}.retries",
+            f"only GET, PUT and DELETE are sent again, not {self.method}",
+        )
+        _check(bool(self.triggers), f"{key}.triggers", "at least one intent pattern")
+        for pattern in self.triggers:
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ConfigError("config.invalid", f"{key}.triggers: {exc}") from exc
+        _check(bool(self.speak.strip()), f"{key}.speak", "is needed")
+        placeholders(self.speak, f"{key}.speak")
+
+
 @dataclass(frozen=True)
 class ToolsSettings:
     enabled: tuple[str, ...] = (
@@ -508,15 +666,41 @@ class ToolsSettings:
         "Would you like me to put you through to a member of our team?"
     )
     """Said when the code could not be sent; a yes transfers (when transfer_to_human is on)."""
+    http: tuple[HttpTool, ...] = ()
+    """Tools that call the organization's own HTTPS services (``[[tools.http]]``); each is used
+    only when ``enabled`` names it."""
+    allowed_hosts: tuple[AllowedHost, ...] = ()
+    """The hosts HTTP tools may reach, each a name and its address: nothing is looked up, and
+    the addresses join the egress allowlist."""
+    ca_file: str = ""
+    """The CA bundle (PEM) the services' certificates must chain to; empty: the system's."""
+    client_cert: str = ""
+    """A client certificate chain (PEM) and its key, for services that require mutual TLS."""
+    client_key: str = ""
+    bearer_file: str = ""
+    """An owner-only file holding a bearer token, sent as ``Authorization: Bearer``; read at
+    each request (a file group or others can read is refused). Empty: none sent."""
 
     def __post_init__(self) -> None:
         _check(self.max_factor_attempts >= 1, "tools.max_factor_attempts", "at least 1")
+        hosts = [host.name.lower().rstrip(".") for host in self.allowed_hosts]
+        for index, host in enumerate(self.allowed_hosts):
+            host.check(f"tools.allowed_hosts[{index}]")
+            _check(hosts.count(hosts[index]) == 1, f"tools.allowed_hosts[{index}].name", "twice")
+        names = [tool.name for tool in self.http]
+        for index, tool in enumerate(self.http):
+            tool.check(f"tools.http[{index}]", self.allowed_hosts)
+            _check(names.count(tool.name) == 1, f"tools.http[{index}].name", "used twice")
+        _check(
+            bool(self.client_cert) == bool(self.client_key),
+            "tools.client_key",
+            "client_cert and client_key go together",
+        )
         _check(self.lockout_s >= 1, "tools.lockout_s", "at least 1 second")
         _check("{action}" in self.confirm_prompt, "tools.confirm_prompt", "must hold {action}")
         _check("{digits}" in self.voice_prompt, "tools.voice_prompt", "must hold {digits}")
 
 
-_SERVER_NAME = re.compile(r"(?=.{1,253}$)(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.?)+")
 _MAIL_ADDRESS = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+")
 
 
@@ -1132,9 +1316,33 @@ def _coerce(value: Any, kind: Any, key: str) -> Any:
             return tuple(value)
         if from_env or isinstance(value, str):
             return tuple(v.strip() for v in str(value).split(",") if v.strip())
+    elif (table := _table_kind(kind)) is not None:
+        if isinstance(value, list) and all(isinstance(v, dict) for v in value):
+            return tuple(_build_section(f"{key}[{i}]", table, v) for i, v in enumerate(value))
+        raise ConfigError(
+            "config.type", f"{key}: expected an array of tables ([[{key}]]), got {value!r}"
+        )
+    elif _optional_kind(kind) is not None:
+        return _coerce(value, _optional_kind(kind), key)
     raise ConfigError(
         "config.type", f"{key}: expected {getattr(kind, '__name__', kind)}, got {value!r}"
     )
+
+
+def _table_kind(kind: Any) -> type[Any] | None:
+    """X of ``tuple[X, ...]`` when X is a settings dataclass (a TOML array of tables)."""
+    args = typing.get_args(kind)
+    if typing.get_origin(kind) is not tuple or len(args) != 2 or args[1] is not Ellipsis:
+        return None
+    return args[0] if dataclasses.is_dataclass(args[0]) and isinstance(args[0], type) else None
+
+
+def _optional_kind(kind: Any) -> Any:
+    """X of ``X | None`` (TOML has no null: a value given is an X)."""
+    args = typing.get_args(kind)
+    if type(None) in args and len(args) == 2:
+        return next(arg for arg in args if arg is not type(None))
+    return None
 
 
 REPLACED_KEYS = {
@@ -1210,9 +1418,12 @@ def load_settings(
 
 
 __all__ = [
+    "AllowedHost",
     "AppTokenSettings",
     "AudioSettings",
     "EndpointingSettings",
+    "HttpParam",
+    "HttpTool",
     "KnowledgeSettings",
     "LlmSettings",
     "ModelsSettings",

@@ -14,14 +14,13 @@ from __future__ import annotations
 
 import contextlib
 import email.utils
-import os
 import re
 import smtplib
 import ssl
-import stat
 from dataclasses import dataclass
 from email.message import EmailMessage
 
+from appliance.config.secrets import read_owner_only
 from appliance.config.settings import NotifySettings
 from appliance.core.errors import ConfigError, NotifyError
 
@@ -144,21 +143,7 @@ def tls_context(ca_file: str) -> ssl.SSLContext:
 def read_password(path: str) -> str:
     """The relay password from an owner-only file, read at use (a rotation needs no restart);
     a file that group or others can read is refused, naming the key."""
-    try:
-        descriptor = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    except OSError as exc:
-        raise ConfigError(
-            "config.unreadable", f"notify.password_file: cannot read {path} ({exc.strerror})"
-        ) from None
-    with os.fdopen(descriptor, encoding="utf-8") as file:
-        mode = stat.S_IMODE(os.fstat(file.fileno()).st_mode)
-        if mode & 0o077:
-            raise ConfigError(
-                "config.unsafe_file",
-                f"notify.password_file: {path} has mode {mode:04o}, group or others can read "
-                "it (chmod 600 it)",
-            )
-        return file.read().strip()
+    return read_owner_only(path, "notify.password_file")
 
 
 def _address_literal(client: smtplib.SMTP) -> str:

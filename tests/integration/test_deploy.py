@@ -97,26 +97,42 @@ def test_installing_again_keeps_the_key_and_the_configuration(installed: Path) -
     assert (installed / "etc/appliance/appliance.toml").read_text() == "# edited by the site\n"
 
 
-def test_the_voice_units_allowlist_holds_the_egress_peers_and_the_notify_relay(
-    installed: Path,
-) -> None:
+def test_the_voice_units_drop_in_allows_what_the_egress_guard_allows(installed: Path) -> None:
     """The install's drop-in (scripts/install; README, Deployment): the voice unit's
-    IPAddressAllow= gains ``[service] egress_allow`` and the ``[notify]`` relay (an IPv6 one
-    without its brackets, as systemd takes it), from the site's configuration; the admin
+    IPAddressAllow= gains ``[service] egress_allow``, the ``[notify]`` relay (an IPv6 one
+    without its brackets, as systemd takes it) and the HTTP tools' services (by address:
+    nothing is looked up), through the same list the in-process guard is given; the admin
     unit's does not."""
-    (installed / "etc/appliance/appliance.toml").write_text(
-        '[service]\negress_allow = ["192.0.2.0/24"]\n\n[notify]\nrelay = "[2001:db8::25]"\n'
-        'server_name = "smtp.bank.test"\nfrom_address = "codes@bank.example.org"\n'
+    from appliance.config.settings import load_settings
+
+    config = installed / "etc/appliance/appliance.toml"
+    kept = config.read_text()
+    config.write_text(
+        '[service]\negress_allow = ["192.0.2.0/24"]\n'
+        '[notify]\nrelay = "[2001:db8::25]"\nserver_name = "mail.bank.internal"\n'
+        'from_address = "codes@bank.example"\n'
+        "[tools]\nallowed_hosts = [\n"
+        '  { name = "core.bank.internal", address = "10.0.0.7" },\n'
+        '  { name = "cards.bank.internal", address = "fd00::7/128" },\n]\n'
+        '[[tools.http]]\nname = "core_balance"\ndescription = "The balance."\n'
+        'url = "https://core.bank.internal/balance/{caller}"\ntriggers = ["balance"]\n'
+        'speak = "Your balance is {balance} pounds."\n'
     )
-    again = install(installed, "--venv", str(VENV), "--no-start")
-    assert again.returncode == 0, again.stderr
-    units = installed / "etc/systemd/system"
-    voice = (units / "appliance-voice.service.d/site.conf").read_text()
-    allowed = re.findall(r"^IPAddressAllow=(\S+)$", voice, re.M)
-    assert {"192.0.2.0/24", "2001:db8::25"} <= set(allowed), voice  # beside [sip] allowed_peers
+    try:
+        again = install(installed, "--venv", str(VENV), "--no-start")
+        assert again.returncode == 0, again.stderr
+        units = installed / "etc/systemd/system"
+        site = (units / "appliance-voice.service.d/site.conf").read_text()
+        admin = (units / "appliance-admin.service.d/site.conf").read_text()
+        allowed = re.findall(r"^IPAddressAllow=(\S+)$", site, re.MULTILINE)
+        guard = egress.allowlist(load_settings(config, environ={}))
+    finally:
+        config.write_text(kept)
+    assert {"192.0.2.0/24", "2001:db8::25", "10.0.0.7", "fd00::7"} <= set(allowed), site
     assert not any("[" in a for a in allowed)
-    admin = (units / "appliance-admin.service.d/site.conf").read_text()
-    assert "2001:db8::25" not in admin and "192.0.2.0" not in admin
+    local = ("127.0.0.1", "127.0.0.1/32", "::1", "::1/128")
+    assert allowed == [network for network in guard if network not in local]
+    assert "2001:db8::25" not in admin and "192.0.2.0" not in admin and "10.0.0.7" not in admin
 
 
 def test_every_installed_unit_verifies(installed: Path) -> None:
