@@ -47,6 +47,7 @@ from appliance.identity.factors import AttemptLimiter, FactorError
 from appliance.identity.levels import Factor
 from appliance.identity.voice import VoiceTemplate, VoiceVerifier
 from appliance.knowledge.base import KnowledgeBase, KnowledgeChange
+from appliance.notifiers.sms import ByContact, SmsNotifier
 from appliance.notifiers.smtp import SmtpNotifier
 from appliance.notifiers.staff import AlertingDesk
 from appliance.pipeline.reply import ReplyPath
@@ -442,9 +443,22 @@ class VoiceService:
         return ""
 
     def code_notifier(self) -> CodeNotifier | None:
-        """Where out-of-band codes go ([notify]): the SMTP relay, or None when none is set."""
+        """Where out-of-band codes go ([notify]): e-mail addresses by the SMTP relay, phone
+        numbers by the SMS gateway's HTTP tool; None when neither is set."""
         notify = self.settings.notify
-        return SmtpNotifier(notify) if notify.enabled else None
+        notifiers: list[CodeNotifier] = []
+        if notify.enabled:
+            notifiers.append(SmtpNotifier(notify))
+        if notify.sms_tool:
+            gateway = http_tools(self.settings.tools)[notify.sms_tool]
+
+            def send_text(number: str, text: str) -> None:
+                gateway.handler("", {"to": number, "text": text})
+
+            notifiers.append(SmsNotifier(notify, send_text))
+        if not notifiers:
+            return None
+        return notifiers[0] if len(notifiers) == 1 else ByContact(tuple(notifiers))
 
     def prompt_audio(self, text: str, sample_rate_hz: int) -> bytes:
         """A fixed prompt (the busy reply, the disclosure), synthesized once per text and rate:

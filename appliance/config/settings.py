@@ -743,6 +743,13 @@ class NotifySettings:
         "panel's Callbacks page."
     )
     """The notice's text: the request's id, never the caller's number or words."""
+    sms_tool: str = ""
+    """Codes by text message for callers whose contact is a phone number: the name of a
+    ``[[tools.http]]`` entry (method POST, parameters ``to`` and ``text``) that hands a message
+    to the organization's SMS gateway. It must not be in ``[tools] enabled``: no caller may
+    send a text. Empty: codes go by e-mail only."""
+    sms_message: str = "Your verification code is {code}. It is valid for {minutes} minutes."
+    """The text message: the code and its validity, nothing about the caller or account."""
 
     @property
     def enabled(self) -> bool:
@@ -784,6 +791,7 @@ class NotifySettings:
                 "an e-mail address",
             )
         _check("{request}" in self.staff_message, "notify.staff_message", "must hold {request}")
+        _check("{code}" in self.sms_message, "notify.sms_message", "must hold {code}")
 
 
 @dataclass(frozen=True)
@@ -1243,6 +1251,23 @@ class Settings:
     admin: AdminSettings = field(default_factory=AdminSettings)
     source: str = "defaults"
     """Where the settings came from (the file path, or 'defaults'), for messages."""
+
+    def __post_init__(self) -> None:
+        """What spans two sections: the SMS gateway is one of the declared HTTP tools."""
+        name = self.notify.sms_tool
+        if not name:
+            return
+        tool = next((t for t in self.tools.http if t.name == name), None)
+        _check(tool is not None, "notify.sms_tool", f"no [[tools.http]] is named {name!r}")
+        assert tool is not None
+        _check(tool.method == "POST", "notify.sms_tool", f"{name!r} must be a POST")
+        names = {p.name for p in tool.params}
+        _check({"to", "text"} <= names, "notify.sms_tool", f"{name!r} needs parameters to and text")
+        _check(
+            name not in self.tools.enabled,
+            "notify.sms_tool",
+            f"{name!r} is in tools.enabled: no caller may send a text message, leave it out",
+        )
 
 
 SECTIONS: dict[str, type[Any]] = {
