@@ -8,7 +8,7 @@ import dataclasses
 import datetime
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,7 +17,6 @@ from appliance.config.manifest import model_spec
 from appliance.config.settings import CredentialSource, Settings
 from appliance.core.audio import frame_bytes
 from appliance.core.errors import ConfigError
-from appliance.core.events import EventType, TurnEvent
 from appliance.core.models import require_verified
 from appliance.core.ports import (
     AudioSink,
@@ -26,7 +25,9 @@ from appliance.core.ports import (
     CallControl,
     CallerDirectory,
     CallRecorder,
+    CallWatch,
     CodeNotifier,
+    InputDecision,
     KeyInbox,
     NoCallControl,
     TurnAgent,
@@ -40,6 +41,7 @@ from appliance.engines.tts import PiperSynthesizer
 from appliance.engines.vad import WebRtcVad
 from appliance.guard.call import CallGuard
 from appliance.guard.classifier import GuardClassifier, GuardHead
+from appliance.guard.injection import Verdict
 from appliance.identity.abuse import AbuseMonitor, Action, CallAnomalies
 from appliance.identity.app_token import AppTokens
 from appliance.identity.directory import DirectoryCredentials, NoDirectory
@@ -318,6 +320,7 @@ class VoiceService:
         guard: TurnGuard | None = None,
         agent: TurnAgent | None = None,
         control: CallControl | None = None,
+        watch: CallWatch | None = None,
         **overrides: Any,
     ) -> CallSession:
         """A new call on the shared engines, with its own guardrails (always on: a new
@@ -334,6 +337,7 @@ class VoiceService:
             agent=agent,
             knowledge=self.knowledge,
             control=control,
+            watch=watch,
         )
 
     def toolbox(
@@ -645,20 +649,16 @@ async def run_call(
             if action in (Action.END_CALL, Action.BLOCK_CALLER) and session is not None:
                 session.end(f"abuse:{action}", service.settings.limits.goodbye_reply)
 
-        def watch(event: TurnEvent) -> None:
+        def utterance(level: float) -> None:
+            if anomalies.utterance(level):
+                act("volume_spike", "low", "an utterance far louder", anomalies.action())
+
+        def screened(decision: InputDecision) -> None:
             nonlocal probes
-            if on_event is not None:
-                on_event(event)
-            if event.type is EventType.SPEECH_END:
-                if anomalies.utterance(float(event.data.get("level_dbfs", -120.0))):
-                    act("volume_spike", "low", "an utterance far louder", anomalies.action())
-                return
-            if event.type is not EventType.GUARD_INPUT:
-                return
-            if anomalies.turn(bool(event.data.get("on_topic", True))):
+            if anomalies.turn(decision.on_topic):
                 turns = service.settings.limits.topic_drift_turns
                 act("topic_drift", "low", f"{turns} off-topic turns in a row", anomalies.action())
-            if event.data.get("verdict") != "block":
+            if decision.verdict != Verdict.BLOCK:
                 return
             probes += 1
             count = probes
@@ -683,7 +683,8 @@ async def run_call(
         session = service.session(
             source,
             sink,
-            on_event=watch,
+            on_event=on_event,
+            watch=_Watch(utterance, screened),
             recorder=record,
             agent=agent,
             control=control,
@@ -702,6 +703,14 @@ async def run_call(
         return CallOutcome(record.call_id, turns, end_reason=session.end_reason)
     finally:
         monitor.release()
+
+
+@dataclass(frozen=True)
+class _Watch:
+    """The ``CallWatch`` of ``run_call``: its abuse handling, typed."""
+
+    utterance: Callable[[float], None]
+    screened: Callable[[InputDecision], None]
 
 
 def _limit_key(caller_key: str | None, address: str | None, identity: str | None) -> str | None:

@@ -243,6 +243,19 @@ class NoCallControl:
         return TransferAttempt(destination, TransferResult.UNAVAILABLE)
 
 
+class CallWatch(Protocol):
+    """What the service watches in a call as it happens (abuse handling in ``run_call``),
+    handed over typed: a speculation that is discarded never reaches it."""
+
+    def utterance(self, level_dbfs: float) -> None:
+        """An utterance ended, this loud (the caller's speech, before it is answered)."""
+        ...
+
+    def screened(self, decision: InputDecision) -> None:
+        """The input guard's decision on a turn that really happened."""
+        ...
+
+
 class KeyInbox:
     """Where a channel's key presses (DTMF) go: to the call's session while it runs
     (``run_call`` connects it), never to another call's; before and after, nowhere (the line

@@ -35,6 +35,8 @@ from appliance.core.ports import (
     AudioSource,
     CallControl,
     CallRecorder,
+    CallWatch,
+    InputDecision,
     Knowledge,
     ScreenedAudio,
     TurnAgent,
@@ -95,7 +97,7 @@ class _Response:
         self.finished = False
         self.started_audio = False
         self.changed = asyncio.Event()
-        self.held_events: list[TurnEvent] = []
+        self.held_events: list[tuple[TurnEvent, InputDecision | None]] = []
         self.utterance = b""
         self.task: asyncio.Task[None] | None = None
         self.holding = False
@@ -112,10 +114,11 @@ class _Response:
     def emit(self, kind: EventType, **data: Data) -> None:
         """Published now, or held until the speculation is confirmed (with its real time)."""
         event = TurnEvent(kind, self.turn.index, self._session.now_ms(), None, dict(data))
+        decision = self.state.decision if kind is EventType.GUARD_INPUT else None
         if self.released:
-            self._session.publish(self.turn, event)
+            self._session.publish(self.turn, event, decision)
         else:
-            self.held_events.append(event)
+            self.held_events.append((event, decision))
 
     async def wait_released(self) -> None:
         while not self.released:
@@ -154,9 +157,11 @@ class CallSession:
         agent: TurnAgent | None = None,
         knowledge: Knowledge | None = None,
         control: CallControl | None = None,
+        watch: CallWatch | None = None,
     ) -> None:
         """``agent`` (tools inside the call) and ``knowledge`` work behind the input guard:
-        they need ``guard``. ``control``: what the call's channel can do (a transfer)."""
+        they need ``guard``. ``control``: what the call's channel can do (a transfer).
+        ``watch``: who hears of each utterance's loudness and each input decision (typed)."""
         if source.sample_rate_hz != PIPELINE_SAMPLE_RATE_HZ:
             raise ValueError(f"sources must deliver {PIPELINE_SAMPLE_RATE_HZ} Hz audio")
         if sink.sample_rate_hz != config.output_sample_rate_hz:
@@ -166,6 +171,7 @@ class CallSession:
         self._source = source
         self._sink = sink
         self._on_event = on_event
+        self._watch = watch
         self._clock = clock
         self._recorder = recorder
         self._guard = guard
@@ -318,6 +324,8 @@ class CallSession:
         assert turn is not None
         level = round(level_dbfs(self._endpointer.utterance), 1)
         self._emit(turn, EventType.SPEECH_END, frame_index=self._tick, level_dbfs=level)
+        if self._watch is not None:
+            self._watch.utterance(level)
         minute = 60_000 // self._frame_ms
         self._turn_ticks = [t for t in self._turn_ticks if self._tick - t < minute] + [self._tick]
         if len(self._turn_ticks) > self._config.turns_per_minute:
@@ -380,8 +388,8 @@ class CallSession:
     def _release(self, response: _Response) -> None:
         response.released = True
         held, response.held_events = response.held_events, []
-        for event in held:
-            self.publish(response.turn, event)
+        for event, decision in held:
+            self.publish(response.turn, event, decision)
         response.changed.set()
 
     def _discard_speculation(self) -> None:
@@ -526,10 +534,16 @@ class CallSession:
     ) -> None:
         self.publish(turn, TurnEvent(kind, turn.index, self.now_ms(), frame_index, dict(data)))
 
-    def publish(self, turn: TurnResult, event: TurnEvent) -> None:
+    def publish(
+        self, turn: TurnResult, event: TurnEvent, decision: InputDecision | None = None
+    ) -> None:
+        """An event of a turn that really happened; with ``decision`` (the input guard's, of a
+        GUARD_INPUT event) the watch hears of it, typed."""
         turn.events.append(event)
         if self._on_event is not None:
             self._on_event(event)
+        if decision is not None and self._watch is not None:
+            self._watch.screened(decision)
 
 
 __all__ = ["CallSession", "Engines", "EventHandler", "PipelineConfig", "TurnResult"]
