@@ -6,7 +6,6 @@ RFC 4733 key press, so the key travels the line's real path to the call's sessio
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import datetime as dt
 from collections.abc import Iterator
@@ -39,6 +38,7 @@ from tests.integration.test_transfer import (
     DESK,
     Phone,
     make_service,
+    on_line,
     spoken,
     tool_calls,
 )
@@ -97,36 +97,20 @@ def test_zero_on_the_keypad_puts_the_caller_through_on_the_lines_own_path(
     service = service_for(settings, [])
 
     async def test(line: SipLine, phone: Phone) -> None:
-        await phone.call(line.ua.port)
-        await until(lambda: bool(service.active), 20)
         phone.key("0#")
         refer = await phone.request()
         assert refer.method == "REFER" and refer.get("refer-to") == f"<{DESK}>"
         assert spoken(service)[-1] == service.settings.transfer.announce
         phone.send(response(refer, 202), line.ua.port)
         phone.notify(line.ua.port, "SIP/2.0 200 OK")
-        bye = await phone.request()
-        while bye.method == "REFER":  # a retransmission raced the 202
-            bye = await phone.request()
-        assert bye.method == "BYE"
+        assert (await phone.request()).method == "BYE"
         await until(lambda: not service.active, 20)
 
-    async def main() -> None:
-        line = SipLine(service.settings, service, store)
-        await line.ua.start()
-        phone = Phone()
-        try:
-            await asyncio.wait_for(test(line, phone), 90)
-        finally:
-            phone.close()
-            line.ua.close()
-            await asyncio.sleep(0.1)
-
-    asyncio.run(main())
+    on_line(service, store, test)  # the phone's first utterance is silence to the agent
     (record,) = store.list_calls()
     assert record.status == "ended:transferred"
     view = store.read_call(record.id, "admin:test", "check")
-    assert [t.route for t in view.turns] == ["keypad"]
+    assert [t.route for t in view.turns] == ["", "keypad"]  # the silence, then the key
     assert ("transfer_to_human", "transfer.connected") in tool_calls(store)
 
 
