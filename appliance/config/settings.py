@@ -13,6 +13,7 @@ import enum
 import ipaddress
 import os
 import re
+import string
 import tomllib
 import typing
 from collections.abc import Mapping
@@ -1053,10 +1054,34 @@ class TransferMode(enum.StrEnum):
     BLIND = "blind"
     """REFER (RFC 3515) in the caller's dialog: their phone calls the person, we leave."""
     WARM = "warm"
-    """Declared for configurations written ahead; refused at load (not implemented yet)."""
+    """The appliance calls the person itself, briefs them, then bridges the two calls' media
+    (any caller phone will do: nothing is asked of it)."""
 
 
 _SIP_URI = re.compile(r"sips?:(?:[^@\s<>;]+@)?[A-Za-z0-9.\-\[\]:]+(?:;[^\s<>]*)?", re.I)
+_DIAL_HOST = re.compile(
+    r"sip:(?:[^@\s<>;]+@)?(?:\[(?P<v6>[0-9A-Fa-f:.]+)\]|(?P<v4>[^:;\[\]]+))(?::\d{1,5})?"
+    r"(?P<params>(?:;[^\s<>]*)?)",
+    re.I,
+)
+BRIEFING_FIELDS = ("reason", "verified", "summary")
+"""What ``[transfer] briefing`` may name: why, the assurance level in words, what was asked."""
+
+
+def _dialable(uri: str) -> str:
+    """Why a warm transfer cannot call ``uri`` (empty: it can): it must be ``sip:`` with an IP
+    literal host over UDP, since the appliance resolves no names and places calls on UDP."""
+    found = _DIAL_HOST.fullmatch(uri)
+    if found is None:
+        return f"{uri!r}: warm transfer calls sip:user@ADDRESS:PORT (not sips:)"
+    try:
+        ipaddress.ip_address(found.group("v6") or found.group("v4"))
+    except ValueError:
+        return f"{uri!r} names a host: warm transfer needs an IP address (no DNS lookups)"
+    transport = re.search(r";transport=([^;]+)", found.group("params"), re.I)
+    if transport is not None and transport.group(1).lower() != "udp":
+        return f"{uri!r}: warm transfer places calls over UDP only"
+    return ""
 
 
 @dataclass(frozen=True)
@@ -1103,6 +1128,17 @@ class TransferSettings:
     request, a guard's fallback, a tool that failed), the agent offers a person; a failed
     verification (locked, or no factor left) offers one at once. 0: only when asked."""
     offer_prompt: str = "Would you like me to put you through to a person? Please say yes or no."
+    hold_message: str = "Please hold while I tell a member of our team about your call."
+    """Warm mode: said to the caller once the person's phone is being called, followed by a
+    soft tone every few seconds until they are put through. Empty: the tone alone."""
+    briefing: str = (
+        "Hello, this is the voice assistant with a caller for you. {reason}. The caller is "
+        "{verified}. They asked about: {summary}. I am putting them through now."
+    )
+    """Warm mode: what the person hears on answering, before the caller is put through. The
+    fields: ``{reason}``, ``{verified}`` (not verified / verified with one factor / with two
+    factors), ``{summary}`` (what the caller asked, redacted: never a number). Synthesized,
+    never stored or logged."""
 
     def __post_init__(self) -> None:
         try:
@@ -1116,10 +1152,22 @@ class TransferSettings:
                 "transfer.destinations",
                 f"{value!r} is not a sip: or sips: URI (sip:user@host)",
             )
+        if self.mode == TransferMode.WARM:
+            for value in self.destinations:
+                why = _dialable(value)
+                _check(not why, "transfer.destinations", why)
+        try:
+            named = {f for _, f, spec, conv in string.Formatter().parse(self.briefing) if f}
+            plain = all(
+                not spec and not conv
+                for _, f, spec, conv in string.Formatter().parse(self.briefing)
+            )
+        except ValueError as exc:
+            raise ConfigError("config.invalid", f"transfer.briefing: {exc}") from exc
         _check(
-            self.mode is not TransferMode.WARM,
-            "transfer.mode",
-            '"warm" is not implemented yet; use "blind"',
+            named <= set(BRIEFING_FIELDS) and plain,
+            "transfer.briefing",
+            "only {reason}, {verified} and {summary} may be named",
         )
         _check(1 <= self.ring_timeout_s <= 300, "transfer.ring_timeout_s", "1 to 300 seconds")
         for key in (
@@ -1129,6 +1177,7 @@ class TransferSettings:
             "callback_stored_reply",
             "after_hours_reply",
             "offer_prompt",
+            "briefing",
         ):
             _check(bool(getattr(self, key).strip()), f"transfer.{key}", "must not be empty")
 

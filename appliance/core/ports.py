@@ -179,6 +179,12 @@ class TurnAgent(Protocol):
         callback. The words come from the outcome, never from the model."""
         ...
 
+    def briefing(self, asked: Sequence[str]) -> str:
+        """What the person hears before a warm transfer puts the caller through: why, how
+        well the caller is verified, and ``asked`` (the caller's redacted requests, oldest
+        first) made safe to say. From code and configuration only; never stored or logged."""
+        ...
+
 
 class TransferResult(enum.StrEnum):
     """How one attempt to put the caller through ended."""
@@ -218,16 +224,18 @@ class TransferOutcome:
 @runtime_checkable
 class CallControl(Protocol):
     """What the pipeline may do to the call itself, besides listening and speaking: transfer
-    it (the SIP line, telephony's REFER; the microphone has ``NoCallControl``)."""
+    it (the SIP line: telephony's REFER, or a call to the person bridged to the caller's; the
+    microphone has ``NoCallControl``)."""
 
     @property
     def destinations(self) -> tuple[str, ...]:
         """Where a transfer may go, in order; empty when this channel cannot transfer."""
         ...
 
-    async def transfer(self, destination: str) -> TransferAttempt:
+    async def transfer(self, destination: str, briefing: str = "") -> TransferAttempt:
         """Put the caller through to ``destination``; returns when that is decided (at most
-        the ring timeout). On CONNECTED the line leaves the call."""
+        the ring timeout). On CONNECTED the line leaves the call (blind) or has bridged the
+        caller to the person (warm, after saying ``briefing`` to the person alone)."""
         ...
 
 
@@ -239,7 +247,7 @@ class NoCallControl:
     def destinations(self) -> tuple[str, ...]:
         return ()
 
-    async def transfer(self, destination: str) -> TransferAttempt:
+    async def transfer(self, destination: str, briefing: str = "") -> TransferAttempt:
         return TransferAttempt(destination, TransferResult.UNAVAILABLE)
 
 

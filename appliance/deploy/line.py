@@ -9,18 +9,20 @@ the caller hears the configured alternative, and the appliance hangs up.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
 import time
+from collections.abc import Callable
 
 from appliance.audio_io.screening import ScreenedSource
-from appliance.config.settings import Settings, TransferSettings
+from appliance.config.settings import Settings, TransferMode, TransferSettings
 from appliance.core.audio import PIPELINE_SAMPLE_RATE_HZ
 from appliance.core.ports import KeyInbox, TransferAttempt, TransferResult
 from appliance.service import Consent, VoiceService, run_call
 from appliance.storage.repository import Storage
-from appliance.telephony.rtp import RATE_HZ, RtpSink
-from appliance.telephony.ua import SipCall, SipUserAgent
+from appliance.telephony.rtp import RATE_HZ, RtpSink, bridge, hold_tone
+from appliance.telephony.ua import OutboundCall, SipCall, SipUserAgent
 
 log = logging.getLogger(__name__)
 _YES = re.compile(r"\b(?:yes|yeah|yep|okay|ok|sure|continue|agree)\b", re.I)
@@ -53,20 +55,23 @@ class SipLine:
         source = ScreenedSource(media)  # clipping and held tones on the line
         keypad = Keypad()
         media.on_digit = keypad.press
+        sink = RtpSink(media)
+        control = SipCallControl(self.ua, call, self.settings.transfer, self.say, sink)
         await run_call(
             self.service,
             self.storage,
             source,
-            RtpSink(media),
+            sink,
             caller_id=call.caller or None,
             address=call.peer[0],
             identity=call.account or None,
             channel="sip",
             consent=consent,
-            control=SipCallControl(self.ua, call, self.settings.transfer),
+            control=control,
             keypad=keypad.inbox,
             app_token=self._app_token(call),
         )
+        await control.bridged()  # a warm transfer: the caller and the person talk on
 
     def _app_token(self, call: SipCall) -> str | None:
         """The app's session token from the INVITE, when app tokens are configured."""
@@ -104,27 +109,109 @@ class SipLine:
 
 
 class SipCallControl:
-    """The ``CallControl`` of one SIP call: blind transfer by REFER in its dialog (RFC 3515).
-    When the destination answers, the appliance leaves the call (our BYE); otherwise the call
-    goes on with the agent."""
+    """The ``CallControl`` of one SIP call.
 
-    def __init__(self, ua: SipUserAgent, call: SipCall, settings: TransferSettings) -> None:
+    Blind (``[transfer] mode = "blind"``): REFER in its dialog (RFC 3515); when the
+    destination answers, the appliance leaves the call (our BYE); otherwise the call goes on
+    with the agent.
+
+    Warm: the appliance calls the person itself (``SipUserAgent.dial``) while the caller hears
+    ``hold_message`` and a soft tone; the person hears the briefing alone, then the two calls'
+    media are bridged (``rtp.bridge``) and the agent's session ends. Whoever hangs up first,
+    the other leg gets our BYE. A person who does not answer or declines: the hold ends, the
+    outbound leg is gone, and the call goes on with the agent (the callback offer)."""
+
+    HOLD_TONE_EVERY_S = 4.0
+
+    def __init__(
+        self,
+        ua: SipUserAgent,
+        call: SipCall,
+        settings: TransferSettings,
+        say: Callable[[str], bytes] | None = None,
+        sink: RtpSink | None = None,
+    ) -> None:
         self.ua = ua
         self.call = call
         self.settings = settings
+        self.say = say
+        """Text to 8 kHz speech (the hold message and the briefing), the line's own voice."""
+        self.sink = sink
+        """The pipeline's sink on this call: muted while the line holds the caller's audio."""
+        self._bridge: asyncio.Task[None] | None = None
 
     @property
     def destinations(self) -> tuple[str, ...]:
         return self.settings.destinations
 
-    async def transfer(self, destination: str) -> TransferAttempt:
+    async def transfer(self, destination: str, briefing: str = "") -> TransferAttempt:
         if self.call.ended.is_set():
             return TransferAttempt(destination, TransferResult.UNAVAILABLE)
+        if self.settings.mode == TransferMode.WARM:
+            attempt = await self._warm(destination, briefing)
+            log.info("warm transfer attempt: %s (%d)", attempt.result.value, attempt.status)
+            return attempt
         attempt = await self.ua.refer(self.call.call_id, destination, self.settings.ring_timeout_s)
         log.info("transfer attempt: %s (%d)", attempt.result.value, attempt.status)
         if attempt.result is TransferResult.CONNECTED:
             self.call.hang_up()  # the caller is with the person now: our leg ends
         return attempt
+
+    async def bridged(self) -> None:
+        """Return once a warm transfer's bridge is over (at once when there is none)."""
+        if self._bridge is not None:
+            await self._bridge
+
+    async def _warm(self, destination: str, briefing: str) -> TransferAttempt:
+        self._mute(True)
+        hold = asyncio.create_task(self._hold())
+        leg: OutboundCall | None = None
+        try:
+            attempt, leg = await self.ua.dial(
+                destination, self.call.media.codec, self.settings.ring_timeout_s, self.call.ended
+            )
+            if leg is not None and briefing and self.say is not None:
+                pcm = await asyncio.to_thread(self.say, briefing)
+                await leg.media.play(pcm)  # the person alone hears it: the caller is on hold
+            if leg is not None and (leg.ended.is_set() or self.call.ended.is_set()):
+                gone = TransferResult.DECLINED if leg.ended.is_set() else TransferResult.UNAVAILABLE
+                leg.hang_up()
+                leg, attempt = None, TransferAttempt(destination, gone, attempt.status)
+        except BaseException:
+            if leg is not None:
+                leg.hang_up()  # the caller's turn was cancelled (they hung up)
+            raise
+        finally:
+            hold.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await hold
+            if leg is None:
+                self._mute(False)  # back to the agent
+        if leg is not None:
+            self._bridge = asyncio.create_task(self._bridge_legs(leg))
+        return attempt
+
+    async def _bridge_legs(self, leg: OutboundCall) -> None:
+        try:
+            await bridge(self.call.media, leg.media)
+        finally:
+            leg.hang_up()  # each a no-op for the leg that ended
+            self.call.hang_up()
+
+    def _mute(self, on: bool) -> None:
+        if self.sink is not None:
+            self.sink.muted = on
+
+    async def _hold(self) -> None:
+        """What the caller hears while the person is called and briefed: ``hold_message``
+        once, then a soft tone every few seconds (silence between, so the RTP flows)."""
+        media = self.call.media
+        if self.settings.hold_message and self.say is not None:
+            await media.play(await asyncio.to_thread(self.say, self.settings.hold_message))
+        tone, gap = hold_tone(), bytes(2 * int(RATE_HZ * self.HOLD_TONE_EVERY_S))
+        while not media.ended.is_set():
+            await media.play(tone)
+            await media.play(gap)
 
 
 class Keypad:

@@ -54,6 +54,9 @@ from appliance.pipeline.dialogue import Dialogue
 from appliance.pipeline.scheduling import SCHEDULER
 
 SECRET_NOT_RECORDED = "[authentication answer: not recorded]"
+_ASKING = frozenset({Route.MODEL, Route.GROUNDED, Route.FAQ, Route.QUOTED, Route.UNKNOWN})
+"""The routes whose turn was a question or a request of the caller's own (a briefing's)."""
+_ASKED_KEPT = 4
 KEYPAD_NOT_RECORDED = "[keypad: not recorded]"
 _SAYS_UNKNOWN = re.compile(
     r"\b(?:i\s+)?(?:do\s+not|don'?t)\s+have\s+(?:that|this|any|the)\s+(?:information|details)\b|"
@@ -205,6 +208,9 @@ class ReplyPath:
     """What the caller heard last ("say that again" says it again)."""
     _failures: int = 0
     """Turns in a row that got the caller nowhere (``_failed``)."""
+    _asked: list[str] = field(default_factory=list)
+    """What the caller asked, turn by turn, as the guard redacted it (``decision.query``;
+    never a tool dialogue's answer: a PIN, a code): a warm transfer's briefing sums it up."""
 
     @classmethod
     def build(
@@ -485,6 +491,8 @@ class ReplyPath:
             self.dialogue.commit(state.model_saw or decision.llm_text, state.reply)
         if state.route is Route.TOOL and state.reply:
             self._agent_said.append(state.reply)  # a tool's result may be repeated later
+        if state.route in _ASKING and decision.query:
+            self._asked = [*self._asked[-(_ASKED_KEPT - 1) :], decision.query]
         if state.route is not Route.REPEAT:
             stuck = _failed(state) and not state.offered_person
             self._failures = self._failures + 1 if stuck else 0
@@ -522,7 +530,8 @@ class ReplyPath:
             for index, destination in enumerate(control.destinations if control else (), 1):
                 if out.cancelled:
                     break
-                attempt = await control.transfer(destination) if control else None
+                briefing = agent.briefing(self._asked)  # said to the person alone (warm)
+                attempt = await control.transfer(destination, briefing) if control else None
                 if attempt is None:
                     break
                 attempts.append(attempt)

@@ -7,7 +7,9 @@ and played out every 20 ms on the monotonic clock; a packet that arrives after i
 played is dropped as late; a gap plays as silence. Telephone events (RFC 4733) become digits,
 each once, in order; a peer that negotiated none is listened to for in-band tones (dtmf.py).
 Sending: every frame the pipeline writes becomes one packet, with its own SSRC, sequence and
-timestamp.
+timestamp. Bridging (a warm transfer put through, ``bridge``): each audio payload one leg
+receives is sent on the other in that leg's own stream, re-encoded only when the G.711 laws
+differ.
 """
 
 from __future__ import annotations
@@ -193,6 +195,9 @@ class RtpMedia(asyncio.DatagramProtocol):
         self._inband = InbandDetector()
         self.on_hold = False
         """The caller put the call on hold (re-INVITE, sendonly/inactive): no media timeout."""
+        self.relay: Callable[[bytes, int], None] | None = None
+        """While set (a bridged warm transfer), each audio payload that arrives goes to it
+        (the payload and its codec) instead of the jitter buffer."""
 
     # -- network ---------------------------------------------------------------------------
 
@@ -227,7 +232,10 @@ class RtpMedia(asyncio.DatagramProtocol):
         if packet.payload_type == self.event_type:
             self._event(packet)
         elif packet.payload_type == self.codec:
-            self.buffer.push(packet.sequence, packet.payload)
+            if self.relay is not None:
+                self.relay(packet.payload, self.codec)
+            else:
+                self.buffer.push(packet.sequence, packet.payload)
         else:
             self.dropped += 1
 
@@ -246,6 +254,10 @@ class RtpMedia(asyncio.DatagramProtocol):
         self.digits.append(digit)
         if self.on_digit is not None:
             self.on_digit(digit)
+
+    def silent_s(self) -> float:
+        """Seconds since the last valid packet arrived (a bridged call checks its timeout)."""
+        return 0.0 if self.on_hold else time.monotonic() - self._last_packet
 
     def end(self, reason: str) -> None:
         if not self.ended.is_set():
@@ -321,15 +333,29 @@ class RtpMedia(asyncio.DatagramProtocol):
             chunk = samples[start : start + SAMPLES]
             chunk = np.pad(chunk, (0, SAMPLES - len(chunk)))
             codes = ulaw_encode(chunk) if self.codec == PCMU else alaw_encode(chunk)
-            packet = RtpPacket(
-                self.codec, self._seq_out, self._ts_out, self._ssrc_out, codes.tobytes()
-            )
-            data = packet.encode()
-            if self.srtp_out is not None:
-                data = self.srtp_out.protect(data)
-            self.transport.sendto(data, self.remote)
-            self._seq_out = (self._seq_out + 1) & 0xFFFF
-            self._ts_out = (self._ts_out + SAMPLES) & 0xFFFFFFFF
+            self._send_codes(codes.tobytes())
+
+    def send_payload(self, payload: bytes, codec: int) -> None:
+        """Send one G.711 payload another leg received (a bridged call), in our own stream
+        (SSRC, sequence, timestamp); re-encoded when that leg's codec is not ours."""
+        if self.transport is None or self.ended.is_set() or not payload:
+            return
+        if codec != self.codec:
+            codes = np.frombuffer(payload, dtype=np.uint8)
+            samples = ulaw_decode(codes) if codec == PCMU else alaw_decode(codes)
+            encode = ulaw_encode if self.codec == PCMU else alaw_encode
+            payload = encode(samples).tobytes()
+        self._send_codes(payload)
+
+    def _send_codes(self, codes: bytes) -> None:
+        assert self.transport is not None
+        packet = RtpPacket(self.codec, self._seq_out, self._ts_out, self._ssrc_out, codes)
+        data = packet.encode()
+        if self.srtp_out is not None:
+            data = self.srtp_out.protect(data)
+        self.transport.sendto(data, self.remote)
+        self._seq_out = (self._seq_out + 1) & 0xFFFF
+        self._ts_out = (self._ts_out + len(codes)) & 0xFFFFFFFF  # one sample a byte (G.711)
 
 
 class RtpSink:
@@ -338,9 +364,38 @@ class RtpSink:
     def __init__(self, media: RtpMedia) -> None:
         self.media = media
         self.sample_rate_hz = RATE_HZ
+        self.muted = False
+        """While set, the pipeline's frames are not sent: the line itself holds the caller's
+        audio (a warm transfer's hold, then the bridge to the person)."""
 
     async def write_frame(self, pcm: bytes) -> None:
-        self.media.send_pcm(pcm)
+        if not self.muted:
+            self.media.send_pcm(pcm)
 
     async def close(self) -> None:
         return None
+
+
+async def bridge(a: RtpMedia, b: RtpMedia) -> RtpMedia:
+    """Join two calls' media (a warm transfer put through): each audio payload that arrives on
+    one leg is sent on the other at once (re-encoded when their G.711 laws differ), until one
+    leg ends (its BYE, or no media for its ``media_timeout_s``). Returns the leg that ended."""
+    a.relay, b.relay = b.send_payload, a.send_payload
+    try:
+        while not (a.ended.is_set() or b.ended.is_set()):
+            for media in (a, b):
+                if media.silent_s() > media.media_timeout_s:
+                    media.end("media_timeout")
+            await asyncio.sleep(FRAME_MS / 1000)
+    finally:
+        a.relay = b.relay = None
+    return a if a.ended.is_set() else b
+
+
+def hold_tone(seconds: float = 0.4, frequency_hz: float = 425.0) -> bytes:
+    """A soft 425 Hz beep (the comfort tone of ITU-T E.180's tables), -20 dBFS, 8 kHz PCM16,
+    faded in and out so it does not click."""
+    t = np.arange(int(RATE_HZ * seconds)) / RATE_HZ
+    fade = np.minimum(1.0, np.minimum(t, seconds - t) / 0.02)
+    wave = 0.1 * 32767 * fade * np.sin(2 * np.pi * frequency_hz * t)
+    return bytes(wave.astype("<i2").tobytes())

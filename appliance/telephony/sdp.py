@@ -88,6 +88,36 @@ _ANSWER_DIRECTION = {
 }
 
 
+def make_offer(
+    codec: int,
+    telephone_event: int | None,
+    local_address: str,
+    local_port: int,
+    session_id: int,
+    crypto: SrtpContext | None = None,
+) -> bytes:
+    """Our offer for a call we place (the warm transfer's leg to a person): one G.711 codec,
+    RFC 4733 events when given; with ``crypto`` (our keys) an SRTP one (RTP/SAVP, SDES tag 1)."""
+    payloads = [str(codec)] + ([str(telephone_event)] if telephone_event is not None else [])
+    profile = "RTP/SAVP" if crypto else "RTP/AVP"
+    lines = [
+        "v=0",
+        f"o=appliance {session_id} {session_id} IN IP4 {local_address}",
+        "s=Voice Appliance",
+        f"c=IN IP4 {local_address}",
+        "t=0 0",
+        f"m=audio {local_port} {profile} {' '.join(payloads)}",
+    ]
+    if crypto is not None:
+        lines.append(f"a=crypto:1 {SUITE} inline:{crypto.inline}")
+    lines.append(f"a=rtpmap:{codec} {CODECS[codec]}/8000")
+    if telephone_event is not None:
+        lines.append(f"a=rtpmap:{telephone_event} telephone-event/8000")
+        lines.append(f"a=fmtp:{telephone_event} 0-15")
+    lines += ["a=ptime:20", "a=sendrecv"]
+    return ("\r\n".join(lines) + "\r\n").encode()
+
+
 def answer(
     offer: Offer,
     codec: int,

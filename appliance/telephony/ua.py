@@ -20,6 +20,16 @@ What it does, per RFC 3261:
   (Refer-To the destination, Referred-By us); a 2xx (202 Accepted) is followed by NOTIFYs of
   the implicit subscription, each answered 200, whose ``message/sipfrag`` bodies carry the
   progress of the caller's call to the destination: a final sipfrag decides the attempt.
+- Warm transfer's leg to a person (``SipUserAgent.dial``): we place the call ourselves, to a
+  ``sip:user@ADDRESS:PORT`` destination (an IP literal: no DNS lookups), over UDP. The INVITE
+  client transaction per RFC 3261 17.1.1: retransmitted on Timer A (T1 doubling) until a
+  response, given up at Timer B (64*T1); after a provisional the final answer is awaited up to
+  the ring timeout, then CANCEL (9.1; never before a provisional). A non-2xx final is ACKed in
+  its transaction (17.1.1.3); a 2xx in a new one to the Contact (13.2.2.4), again for each
+  retransmitted 2xx; a 2xx to a call we gave up is ACKed and ended with BYE. The offer carries
+  the caller leg's codec and RFC 4733 events (SRTP when ``[sip] srtp = "required"``), on a
+  media port of the configured range. In its dialog the person's BYE is answered 200 and ends
+  the leg, a re-INVITE is answered like the caller's, and ``OutboundCall.hang_up`` sends our BYE.
 - OPTIONS: 200 with Allow. Other methods: 405. A malformed request: 400; a malformed
   response: dropped. Responses to requests we did not send are dropped.
 
@@ -123,6 +133,82 @@ class _Dialog:
     counted twice nor refused once the REFER is over (RFC 3261 17.2.2)."""
 
 
+@dataclass
+class OutboundCall:
+    """A call we placed and the person answered (a warm transfer's leg): its media, and how
+    to end it. ``ended`` is set when either side hangs up."""
+
+    call_id: str
+    peer: tuple[str, int]
+    media: RtpMedia
+    hang_up: Callable[[], None]
+
+    @property
+    def ended(self) -> asyncio.Event:
+        return self.media.ended
+
+
+@dataclass
+class _Outbound:
+    """The client side of a call we placed: our INVITE, then the dialog its 2xx made."""
+
+    invite: SipMessage
+    peer: tuple[str, int]
+    local_tag: str
+    media: RtpMedia
+    responses: asyncio.Queue[SipMessage] = field(default_factory=asyncio.Queue)
+    provisional: bool = False
+    """A 1xx arrived: no more INVITE retransmissions, and a CANCEL may be sent (RFC 3261 9.1)."""
+    abandoned: bool = False
+    """We gave up (no answer in time, CANCEL sent, or the caller left): a 2xx that still
+    comes is ACKed and ended with BYE."""
+    remote_to: str = ""
+    """The To of the 2xx, with the person's tag: the dialog's remote side."""
+    target: str = ""
+    """The Contact of the 2xx: where in-dialog requests go (RFC 3261 12.1.2)."""
+    route: list[str] = field(default_factory=list)
+    ack: bytes = b""
+    """The ACK of the 2xx, sent again for each retransmitted 2xx."""
+    cseq: int = 1
+    closed: bool = False
+
+
+class SipDialError(ApplianceError):
+    def __init__(self, message: str) -> None:
+        super().__init__("sip.destination", message)
+
+
+_DIAL_URI = re.compile(
+    r"sip:(?:[^@\s<>;]+@)?(?P<host>\[[0-9A-Fa-f:.]+\]|[^:;\s<>\[\]]+)(?::(?P<port>\d{1,5}))?"
+    r"(?P<params>(?:;[^\s<>]*)?)",
+    re.I,
+)
+
+
+def dial_address(target: str) -> tuple[str, int]:
+    """Where a call to ``target`` goes: the address and port of a ``sip:`` URI whose host is
+    an IP literal (port 5060 when none). The appliance resolves no names (no DNS lookups from
+    the call path), places calls over UDP only, and so refuses a name, ``sips:`` or another
+    transport (SipDialError, saying which)."""
+    found = _DIAL_URI.fullmatch(target.strip())
+    if found is None:
+        raise SipDialError(f"{target!r} is not a sip:user@ADDRESS:PORT URI")
+    host = found.group("host").strip("[]")
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError as exc:
+        raise SipDialError(
+            f"{target!r} names a host, not an IP address: warm transfer resolves no names"
+        ) from exc
+    transport = re.search(r";transport=([^;]+)", found.group("params"), re.I)
+    if transport is not None and transport.group(1).lower() != "udp":
+        raise SipDialError(f"{target!r}: warm transfer places calls over UDP only")
+    port = int(found.group("port") or 5060)
+    if not 0 < port < 65536:
+        raise SipDialError(f"{target!r}: bad port")
+    return str(address), port
+
+
 Handler = Callable[[SipCall], Awaitable[None]]
 _PORT_TRIES = 20
 """Ports tried when any free one will do (``listen`` port 0) and UDP's is taken on TCP."""
@@ -203,6 +289,8 @@ class SipUserAgent(asyncio.DatagramProtocol):
             self.digest = DigestAuthority(settings.auth_realm, accounts)
         self.transport: asyncio.DatagramTransport | None = None
         self.dialogs: dict[str, _Dialog] = {}
+        self.outbound: dict[str, _Outbound] = {}
+        """The calls we placed (warm transfer), by Call-ID."""
         self.forbidden = 0
         self.malformed = 0
         self.shed = 0
@@ -265,6 +353,8 @@ class SipUserAgent(asyncio.DatagramProtocol):
     def close(self) -> None:
         for dialog in list(self.dialogs.values()):
             self._finish(dialog, "shutdown")
+        for out in list(self.outbound.values()):
+            self._end_outbound(out, "shutdown")
         if self.transport is not None:
             self.transport.close()
         for server in (self._server, self._tls_server):
@@ -286,6 +376,9 @@ class SipUserAgent(asyncio.DatagramProtocol):
             return
         if not message.is_request:
             self._on_response(message)
+            return
+        if message.call_id in self.outbound:  # the person's side of a call we placed
+            self._on_outbound_request(message, addr)
             return
         if not self._allowed(addr[0]) and not self._may_ask(message, addr[0]):
             if message.method != "ACK":
@@ -476,6 +569,11 @@ class SipUserAgent(asyncio.DatagramProtocol):
         self._send(ok.encode(), addr)
 
     async def _open_media(self, offer: sdp.Offer, codec: int) -> tuple[RtpMedia, int]:
+        return await self._open_port(codec, offer.telephone_event, (offer.address, offer.port))
+
+    async def _open_port(
+        self, codec: int, event: int | None, remote: tuple[str, int]
+    ) -> tuple[RtpMedia, int]:
         """A media endpoint on a free port of the configured range, tried in random order: a
         stranger cannot guess the next call's port from this one's."""
         loop = asyncio.get_running_loop()
@@ -483,8 +581,8 @@ class SipUserAgent(asyncio.DatagramProtocol):
         random.SystemRandom().shuffle(ports)
         for port in ports:
             media = RtpMedia(
-                codec, offer.telephone_event, (offer.address, offer.port),
-                self.settings.media_timeout_s, latch=self.settings.symmetric_rtp,
+                codec, event, remote, self.settings.media_timeout_s,
+                latch=self.settings.symmetric_rtp,
             )  # fmt: skip
             try:
                 await loop.create_datagram_endpoint(
@@ -717,9 +815,267 @@ class SipUserAgent(asyncio.DatagramProtocol):
             self._pending.pop(request.branch, None)
 
     def _on_response(self, message: SipMessage) -> None:
+        out = self.outbound.get(message.call_id)
+        if (
+            out is not None
+            and message.cseq == (out.invite.cseq[0], "INVITE")
+            and message.branch == out.invite.branch
+        ):
+            self._on_invite_response(out, message)
+            return
         future = self._pending.get(message.branch)
         if future is not None and message.status >= 200 and not future.done():
             future.set_result(message)
+
+    # -- a call we place (warm transfer) ---------------------------------------------------------
+
+    async def dial(
+        self, target: str, codec: int, timeout_s: float, abort: asyncio.Event
+    ) -> tuple[TransferAttempt, OutboundCall | None]:
+        """Call ``target`` with ``codec`` (the caller leg's) and wait up to ``timeout_s`` for
+        the person to answer; ``abort`` (the caller hung up) gives up at once. CONNECTED comes
+        with the answered call; every other result with None (nothing is left open)."""
+        try:
+            peer = dial_address(target)
+        except SipDialError as exc:
+            log.warning("warm transfer cannot call a destination: %s", exc.message)
+            return TransferAttempt(target, TransferResult.UNAVAILABLE), None
+        try:
+            media, port = await self._open_port(codec, _EVENT_PAYLOAD, ("0.0.0.0", 0))
+        except OSError:
+            return TransferAttempt(target, TransferResult.UNAVAILABLE), None
+        keys = SrtpContext.new() if self.settings.srtp == "required" else None
+        media.srtp_out = keys
+        call_id = f"{secrets.token_hex(12)}@{self.advertise}"
+        local_tag = secrets.token_hex(6)
+        invite = SipMessage(f"INVITE {target} SIP/2.0")
+        invite.headers += [
+            ("via", self._via(peer)),
+            ("max-forwards", "70"),
+            ("from", f"<sip:appliance@{self.advertise}:{self.port}>;tag={local_tag}"),
+            ("to", f"<{target}>"),
+            ("call-id", call_id),
+            ("cseq", "1 INVITE"),
+            ("contact", f"<sip:appliance@{self.advertise}:{self.port}>"),
+            ("allow", ALLOW),
+            ("content-type", "application/sdp"),
+        ]
+        session_id = secrets.randbelow(2**30)
+        invite.body = sdp.make_offer(codec, _EVENT_PAYLOAD, self.advertise, port, session_id, keys)
+        out = _Outbound(invite, peer, local_tag, media)
+        self.outbound[call_id] = out
+        try:
+            final = await self._ring(out, timeout_s, abort)
+        except BaseException:
+            await self._give_up(out)  # the caller's turn was cancelled (they hung up)
+            raise
+        if final is None:
+            await self._give_up(out)
+            result = TransferResult.UNAVAILABLE if abort.is_set() else TransferResult.NO_ANSWER
+            return TransferAttempt(target, result), None
+        if final.status >= 300:
+            self._end_outbound(out, "declined")
+            # Busy (486), unavailable (480), declined (603), ...: as the sipfrag of a blind
+            # transfer; a request timeout (408) or a CANCEL of the far side's: no answer.
+            no_answer = final.status in (408, 487)
+            result = TransferResult.NO_ANSWER if no_answer else TransferResult.DECLINED
+            return TransferAttempt(target, result, final.status), None
+        if not self._take_answer(out, final, codec):
+            self._hang_up_outbound(out)  # ACKed already: ended with BYE
+            return TransferAttempt(target, TransferResult.DECLINED, 488), None
+        leg = OutboundCall(call_id, peer, media, lambda: self._hang_up_outbound(out))
+        return TransferAttempt(target, TransferResult.CONNECTED, final.status), leg
+
+    async def _ring(
+        self, out: _Outbound, timeout_s: float, abort: asyncio.Event
+    ) -> SipMessage | None:
+        """The INVITE's client transaction (RFC 3261 17.1.1.2): Timer A retransmissions until
+        a response, Timer B without one; then the final response, or None at ``timeout_s``
+        (or once ``abort`` is set)."""
+        loop = asyncio.get_running_loop()
+        data = out.invite.encode()
+        started = loop.time()
+        deadline = started + timeout_s
+        interval = T1
+        resend = started + interval
+        self._send(data, out.peer)
+        while not abort.is_set():
+            now = loop.time()
+            if now >= deadline or (not out.provisional and now - started >= 64 * T1):
+                return None
+            wake = deadline if out.provisional else min(deadline, resend)
+            try:  # a short wait at most, so that ``abort`` is seen soon
+                message = await asyncio.wait_for(out.responses.get(), min(wake - now, 0.1))
+            except TimeoutError:
+                if not out.provisional and loop.time() >= resend:
+                    self._send(data, out.peer)
+                    interval *= 2  # Timer A doubles without the T2 cap (17.1.1.2)
+                    resend = loop.time() + interval
+                continue
+            if message.status >= 200:
+                return message
+        return None
+
+    async def _give_up(self, out: _Outbound) -> None:
+        """No answer wanted any more: CANCEL once a provisional came (RFC 3261 9.1), and wait
+        a moment for its 487 (ACKed when it comes); a 2xx that races it is ACKed and ended."""
+        out.abandoned = True
+        if out.provisional and not out.closed:
+            invite = out.invite
+            cancel = SipMessage(f"CANCEL {invite.uri} SIP/2.0")
+            cancel.headers += [
+                ("via", invite.get("via")),  # the INVITE's branch: the CANCEL names it (9.1)
+                ("max-forwards", "70"),
+                ("from", invite.get("from")),
+                ("to", invite.get("to")),
+                ("call-id", invite.call_id),
+                ("cseq", f"{invite.cseq[0]} CANCEL"),
+            ]
+            self._spawn(self._cancel(cancel, out))
+            with contextlib.suppress(TimeoutError):
+                while True:
+                    message = await asyncio.wait_for(out.responses.get(), T2)
+                    if message.status >= 200:
+                        break
+        if out.ack == b"":  # no 2xx came: nothing to end in a dialog
+            self._end_outbound(out, "no_answer")
+
+    async def _cancel(self, cancel: SipMessage, out: _Outbound) -> None:
+        if await self._transaction(cancel, out.peer) is None:
+            log.info("no answer to our CANCEL")
+
+    def _on_invite_response(self, out: _Outbound, message: SipMessage) -> None:
+        status = message.status
+        if status < 200:
+            out.provisional = True
+        elif status >= 300:
+            self._send(self._ack_failure(out, message).encode(), out.peer)  # 17.1.1.3
+        else:
+            if not out.ack:
+                out.remote_to = message.get("to")
+                out.target = uri_of(message.get("contact")) if message.get("contact") else ""
+                out.target = out.target or out.invite.uri
+                out.route = list(reversed(message.get_all("record-route")))
+                out.ack = self._in_outbound(out, "ACK", out.invite.cseq[0]).encode()
+            self._send(out.ack, out.peer)  # each 2xx, retransmitted or not (13.2.2.4)
+            if out.abandoned and not out.closed:
+                self._hang_up_outbound(out)  # answered too late: ended at once
+        out.responses.put_nowait(message)
+
+    def _ack_failure(self, out: _Outbound, final: SipMessage) -> SipMessage:
+        """The ACK of a non-2xx final response: part of the INVITE's transaction (its Via
+        and branch, its Request-URI), To as the response has it (RFC 3261 17.1.1.3)."""
+        invite = out.invite
+        ack = SipMessage(f"ACK {invite.uri} SIP/2.0")
+        ack.headers += [
+            ("via", invite.get("via")),
+            ("max-forwards", "70"),
+            ("from", invite.get("from")),
+            ("to", final.get("to")),
+            ("call-id", invite.call_id),
+            ("cseq", f"{invite.cseq[0]} ACK"),
+        ]
+        return ack
+
+    def _in_outbound(self, out: _Outbound, method: str, cseq: int) -> SipMessage:
+        """A request in the dialog of a call we placed: to the person's Contact, with the
+        reversed Record-Route set as Route (RFC 3261 12.2.1.1)."""
+        request = SipMessage(f"{method} {out.target} SIP/2.0")
+        request.headers += [
+            ("via", self._via(out.peer)),
+            ("max-forwards", "70"),
+            ("from", out.invite.get("from")),
+            ("to", out.remote_to),
+            ("call-id", out.invite.call_id),
+            ("cseq", f"{cseq} {method}"),
+            *[("route", value) for value in out.route],
+        ]
+        return request
+
+    def _take_answer(self, out: _Outbound, ok: SipMessage, codec: int) -> bool:
+        """The person's SDP answer: our codec, SRTP keys where we required them."""
+        try:
+            answer = sdp.parse_offer(ok.body)
+        except sdp.SdpError:
+            return False
+        if codec not in answer.payloads:
+            return False
+        if out.media.srtp_out is not None:
+            if answer.crypto is None:
+                return False
+            out.media.srtp_in = answer.crypto[1]
+        out.media.remote = (answer.address, answer.port)
+        out.media.event_type = answer.telephone_event
+        return True
+
+    def _on_outbound_request(self, request: SipMessage, addr: tuple[str, int]) -> None:
+        """A request in the dialog of a call we placed, from the person's side: only from the
+        host we called, with their tag and ours (anything else: 481)."""
+        out = self.outbound[request.call_id]
+        if request.method == "ACK":
+            return  # of our 200 to a re-INVITE
+        ours = (
+            bool(out.ack)
+            and addr[0] == out.peer[0]
+            and request.tag("from") == _tag_of(out.remote_to)
+            and request.tag("to") == out.local_tag
+        )
+        if not ours:
+            self._send(response(request, 481).encode(), addr)
+            return
+        if request.method == "BYE":
+            self._send(response(request, 200).encode(), addr)
+            self._end_outbound(out, "person_hung_up")
+        elif request.method == "INVITE" and not out.closed:
+            self._reinvite_outbound(out, request, addr)
+        elif request.method == "OPTIONS":
+            self._on_options(request, addr)
+        else:
+            self._send(response(request, 481 if out.closed else 405).encode(), addr)
+
+    def _reinvite_outbound(self, out: _Outbound, invite: SipMessage, addr: tuple[str, int]) -> None:
+        """Hold, resume or a new address from the person's side (RFC 3264 8), as for the
+        caller's re-INVITE: the codec and our port stay."""
+        media = out.media
+        try:
+            offer = sdp.parse_offer(invite.body)
+        except sdp.SdpError:
+            offer = None
+        if offer is None or media.codec not in offer.payloads:
+            self._send(response(invite, 488).encode(), addr)
+            return
+        media.remote = (offer.address, offer.port)
+        media.on_hold = offer.direction in ("sendonly", "inactive")
+        ok = response(invite, 200)
+        ok.set("contact", f"<sip:appliance@{self.advertise}:{self.port}>")
+        ok.set("content-type", "application/sdp")
+        session_id = secrets.randbelow(2**30)
+        ok.body = sdp.answer(offer, media.codec, self.advertise, media.local_port, session_id)
+        self._send(ok.encode(), addr)
+
+    def _hang_up_outbound(self, out: _Outbound) -> None:
+        if out.closed:
+            return
+        if out.ack:
+            out.cseq += 1
+            self._spawn(self._bye_outbound(self._in_outbound(out, "BYE", out.cseq), out.peer))
+        self._end_outbound(out, "appliance_hung_up")
+
+    async def _bye_outbound(self, bye: SipMessage, peer: tuple[str, int]) -> None:
+        if await self._transaction(bye, peer) is None:
+            log.info("no answer to our BYE")
+
+    def _end_outbound(self, out: _Outbound, reason: str) -> None:
+        if out.closed:
+            return
+        out.closed = True
+        out.media.end(reason)
+        out.media.close()
+        self._spawn(self._forget_outbound_later(out.invite.call_id))
+
+    async def _forget_outbound_later(self, call_id: str) -> None:
+        await asyncio.sleep(64 * T1)  # absorb retransmitted 2xx and BYEs, then forget
+        self.outbound.pop(call_id, None)
 
     # -- REGISTER ----------------------------------------------------------------------------
 
@@ -830,6 +1186,15 @@ _ECHOED = {
     "call-id": "call-id", "i": "call-id", "cseq": "cseq",
 }  # fmt: skip
 """The headers a 400 copies from the request it could not parse (name -> long form)."""
+
+
+_EVENT_PAYLOAD = 101
+"""The RFC 4733 telephone-event payload type of the calls we place."""
+
+
+def _tag_of(header_value: str) -> str:
+    found = re.search(r";\s*tag=([^;,\s]+)", header_value, re.I)
+    return found.group(1) if found else ""
 
 
 def _same(media: RtpMedia) -> RtpMedia:

@@ -52,6 +52,7 @@ from appliance.core.ports import (
     TransferOutcome,
     VoiceEmbedder,
 )
+from appliance.guard import pii
 from appliance.identity.factors import (
     AttemptLimiter,
     FactorError,
@@ -72,6 +73,35 @@ from appliance.tools.registry import (
 from appliance.tools.slots import extract
 
 log = logging.getLogger(__name__)
+
+_LEVEL_WORDS = {
+    Assurance.ANONYMOUS: "not verified",
+    Assurance.ONE_FACTOR: "verified with one factor",
+    Assurance.TWO_FACTORS: "verified with two factors",
+}
+"""A warm transfer's briefing says the caller's assurance level in these words."""
+_REASON_WORDS = {
+    "request": "The caller asked to speak to a person",
+    "complaint": "The caller has a complaint",
+    "other": "The caller asked to speak to a person",
+}
+_BRIEFED_TURNS = 2
+"""How many of the caller's latest requests the briefing sums up."""
+_BRIEFED_WORDS = 30
+_NUMBERS = re.compile(r"\d(?:[\d\s.,/-]*\d)?")
+_PLACEHOLDER = re.compile(r"\[[A-Z][A-Z_ ]*\]")
+
+
+def _briefing_safe(text: str) -> str:
+    """One of the caller's requests as the person may hear it: the guard's redaction once
+    more (whatever the policy's kinds), then no number at all (a card's digits in parts, a
+    PIN, a code, an account), each withheld in words; at most ``_BRIEFED_WORDS`` words."""
+    redacted = pii.redact(text).text
+    redacted = _NUMBERS.sub("(a number, withheld)", _PLACEHOLDER.sub("(withheld)", redacted))
+    words = redacted.split()
+    cut = " ".join(words[:_BRIEFED_WORDS])
+    return cut + (" ..." if len(words) > _BRIEFED_WORDS else "")
+
 
 _YES = re.compile(r"\b(?:yes|yeah|yep|correct|confirm|go ahead|please do|sure)\b", re.I)
 _NO = re.compile(r"\b(?:no|nope|don't|do not|cancel|stop|wrong)\b", re.I)
@@ -217,6 +247,8 @@ class ToolAgent:
     _pending: _Pending | None = None
     _code: _CodeSent = _CodeSent.NOT_YET
     _tried: set[str] = field(default_factory=set)
+    _transfer_reason: str = "request"
+    """Why the transfer under way was asked for (the tool's ``reason``): for the briefing."""
 
     @property
     def level(self) -> Assurance:
@@ -382,6 +414,7 @@ class ToolAgent:
             self._offer_callback(pending)
             return AgentTurn(self.transfer.after_hours_reply, "transfer.after_hours")
         if self.can_transfer:
+            self._transfer_reason = str(pending.arguments.get("reason") or "request")
             return AgentTurn(self.transfer.announce, "transfer.started", transfer=True)
         self._offer_callback(pending)
         return AgentTurn(self.transfer.unavailable_reply, "transfer.unavailable")
@@ -402,6 +435,19 @@ class ToolAgent:
         if tool is not None:
             self._offer_callback(_Pending(tool, {}))
         return AgentTurn(self.transfer.unreachable_reply, "transfer.failed")
+
+    def briefing(self, asked: Sequence[str]) -> str:
+        """What the person hears before a warm transfer puts the caller through: the
+        ``[transfer] briefing`` template with the reason, the assurance level in words and
+        the caller's latest requests (``asked``: the guard's redacted text), redacted here
+        once more and stripped of every number. The words come from code and configuration,
+        never from the model; the text is spoken, never stored or logged."""
+        said = [_briefing_safe(t) for t in asked if t.strip()][-_BRIEFED_TURNS:]
+        return self.transfer.briefing.format(
+            reason=_REASON_WORDS.get(self._transfer_reason, _REASON_WORDS["request"]),
+            verified=_LEVEL_WORDS[self.level],
+            summary="; ".join(said) if said else "nothing yet beyond asking for a person",
+        )
 
     def _offer_callback(self, pending: _Pending) -> None:
         pending.awaiting = Awaiting.CALLBACK

@@ -69,7 +69,7 @@ class Desk:
     def destinations(self) -> tuple[str, ...]:
         return (DESK,)
 
-    async def transfer(self, destination: str) -> TransferAttempt:
+    async def transfer(self, destination: str, briefing: str = "") -> TransferAttempt:
         self.attempts.append(destination)
         return TransferAttempt(destination, self.result, 200)
 
