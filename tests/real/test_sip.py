@@ -32,6 +32,7 @@ from appliance.telephony.digest import ha1
 from appliance.telephony.g711 import alaw_decode, ulaw_decode
 from appliance.telephony.rtp import RtpError, parse_packet
 from appliance.telephony.sdp import PCMA, PCMU
+from appliance.testing.fakes import tone
 from appliance.testing.media import CallerMedia, Stream
 from tests.real.conftest import APPLIANCE, wer
 
@@ -458,5 +459,77 @@ def test_a_caller_who_asks_for_a_person_gets_a_refer_to_the_destination_then_our
     refer = trace[trace.index("REFER sip:") :]
     assert re.search(rf"(?im)^Refer-To: <{re.escape(desk)}>", refer), refer[:800]
     assert re.search(r"(?im)^Referred-By: <sip:appliance@", refer)
+    channel, status, _, _ = rig.last_call()
+    assert (channel, status) == ("sip", "ended:transferred")
+
+
+def _has_tone(pcm16k: bytes, freq_hz: float) -> bool:
+    """Whether some 200 ms of ``pcm16k`` is mostly a tone at ``freq_hz`` (a marker, not speech)."""
+    samples = np.frombuffer(pcm16k, dtype="<i2").astype(np.float64)
+    window = 3200
+    bins = np.fft.rfftfreq(window, 1 / 16_000)
+    near = np.abs(bins - freq_hz) <= 40
+    for start in range(0, len(samples) - window, window // 2):
+        power = np.abs(np.fft.rfft(samples[start : start + window])) ** 2
+        if power.sum() > 1e9 and power[near].sum() / power.sum() > 0.8:
+            return True
+    return False
+
+
+@pytest.mark.slow
+def test_a_warm_transfer_briefs_the_person_then_bridges_both_ways(rig: Rig) -> None:
+    """SIPp as the caller, who presses 0 for a person, and a second SIPp as the person (a UAS
+    whose media is the test's socket): the appliance calls the person, the person hears the
+    briefing (Whisper transcribes it), then each side's marker tone reaches the other through
+    the appliance's bridge; the caller's BYE ends the person's leg with ours."""
+    person_capture = Capture()
+    person_port = free_port()
+    scenario = (SCENARIOS / "uas_person.xml").read_text()
+    for key, value in {"@CODEC@": str(PCMU), "@CAPTURE_PORT@": str(person_capture.port),
+                       "@TALK_MS@": "90000"}.items():  # fmt: skip
+        scenario = scenario.replace(key, value)
+    (rig.folder / "uas_person.xml").write_text(scenario)
+    person_side = Stream(codec=PCMU)  # after the briefing (from its first packet): a marker
+    person_side.silence(15.0)
+    person_side.audio(tone(2.0, 8_000, 1800.0))
+    person_side.silence(40.0)
+    person_capture.start(person_side.packets)
+    person = subprocess.Popen(
+        ["sipp", "-sf", str(rig.folder / "uas_person.xml"), "-m", "1", "-i", "127.0.0.1",
+         "-p", str(person_port), "-mp", str(free_media_port()), "-timeout", "120s", "-nostdin",
+         "-t", "u1", "-trace_err", "-error_file", str(rig.folder / "person_errors.log")],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=rig.folder,
+    )  # fmt: skip
+    try:
+        line = rig.start(
+            {**rig.env, "APPLIANCE_TRANSFER__MODE": "warm",
+             "APPLIANCE_TRANSFER__DESTINATIONS": f"sip:person@127.0.0.1:{person_port}"},
+        )  # fmt: skip
+        caller_side = Stream(codec=PCMU)
+        caller_side.silence(8.0)  # the disclosure
+        caller_side.digit("0")
+        caller_side.silence(0.3)
+        caller_side.digit("#")
+        caller_side.silence(25.0)  # the announcement, the hold, the briefing
+        caller_side.audio(tone(2.0, 8_000, 1200.0))
+        caller_side.silence(30.0)
+        result, caller_capture = rig.sipp(
+            line, "uac_call.xml", stream=caller_side, wait_ms=1000, talk_ms=50000
+        )
+        assert result.returncode == 0, (rig.last_call(), result.stdout[-3000:])
+        out, _ = person.communicate(timeout=60)
+        assert person.returncode == 0, out[-3000:]
+    finally:
+        if person.poll() is None:
+            person.kill()
+            person.communicate(timeout=10)
+        person_capture.stop()
+    heard_by_person = person_capture.audio(PCMU)
+    briefing = rig.service.engines.stt.transcribe(heard_by_person[: 16_000 * 2 * 14], 16_000).text
+    assert "caller" in briefing.lower() and "verified" in briefing.lower(), briefing
+    assert _has_tone(heard_by_person, 1200.0), "the caller's marker did not reach the person"
+    assert _has_tone(caller_capture.audio(PCMU), 1800.0), (
+        "the person's marker did not reach the caller"
+    )
     channel, status, _, _ = rig.last_call()
     assert (channel, status) == ("sip", "ended:transferred")
