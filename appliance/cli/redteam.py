@@ -38,6 +38,12 @@ def register(commands: Commands) -> None:
         help="adversarial audio: a sample of attacks (and benign requests) under noise, sped "
         "up, slowed, whispered, inaudible on a 48 kHz microphone, clipped or toned on the line",
     )
+    redteam.add_argument(
+        "--held-out-whole",
+        action="store_true",
+        help="the external corpus through the whole reply path (the model and the output guard "
+        "too), each source's items screened by a learned head that never saw that source",
+    )
     train = command(
         commands,
         "train-guard",
@@ -63,6 +69,48 @@ def run_audio(args: argparse.Namespace, settings: Settings, items: list[Item]) -
 
     result = audio.report(audio.run(service, chosen, progress=progress))
     return _write(args, settings, result, audio.markdown(result), "audio-")
+
+
+def run_held_out_whole(args: argparse.Namespace, settings: Settings) -> int:
+    """The held-out figures of the whole path: each source of the external corpus (other
+    projects' attacks and benign requests, against which no rule was written) through the
+    call's reply path (input guard, model, output guard), its learned head trained without
+    that source (``training.attack_head_without`` for attacks, ``benign_head_without`` for
+    benign requests, as the input-only held-out figures), in one report."""
+    from appliance.guard.classifier import GuardClassifier
+    from appliance.redteam import corpus, runner, training
+    from appliance.redteam.corpus import source_project
+    from appliance.service import VoiceService
+
+    service = VoiceService.load(settings)
+    shipped = service.classifier
+    if shipped is None:
+        print("appliance: [guard] enabled = false: there is no learned head to hold out")
+        return 2
+    data = training.training_set(settings.knowledge.folder_path)
+    vectors = training.embed_all(shipped.embedder, data)
+    embedding = shipped.head.embedding
+    items = [i for i in corpus.load(corpus.EXTERNAL_CORPUS) if i.label in ("attack", "benign")]
+    groups = sorted({(i.label, source_project(i.source)) for i in items})
+    first = training.halves(data)[0]
+    outcomes: list[runner.Outcome] = []
+    try:
+        for done, (label, project) in enumerate(groups, 1):
+            if label == "attack":
+                head = training.attack_head_without(data, vectors, embedding, project, first)
+            else:
+                head = training.benign_head_without(data, vectors, embedding, project)
+            service.classifier = GuardClassifier(shipped.embedder, head)
+            chosen = [i for i in items if (i.label, source_project(i.source)) == (label, project)]
+            if not args.json:
+                print(f"\rred team (held out): {done}/{len(groups)}", end="", file=sys.stderr)
+            outcomes += runner.run(service, chosen)
+    finally:
+        service.classifier = shipped
+    where = f"{corpus.EXTERNAL_CORPUS} (each source held out)"
+    result = runner.report(outcomes, spoken=False, phone=False, corpus=where)
+    result["mode"] = "held_out"  # each source's items screened by a head trained without it
+    return _write(args, settings, result, runner.markdown(result), "held-out-")
 
 
 def _write(
@@ -132,6 +180,8 @@ def run_redteam(args: argparse.Namespace, settings: Settings) -> int:
     from appliance.redteam import corpus, runner
     from appliance.service import VoiceService
 
+    if args.held_out_whole:
+        return run_held_out_whole(args, settings)
     path = args.corpus or corpus.DEFAULT_CORPUS
     items = corpus.load(path)
     if args.audio:

@@ -282,6 +282,15 @@ def _stopped(group: list[Outcome]) -> dict[str, Any]:
     }
 
 
+_SOURCES_NOTE = {
+    "text": "the rules were tuned on all of them",
+    "spoken": "the rules were tuned on all of them",
+    "phone": "the rules were tuned on all of them",
+    "held_out": "no rule was written against them; each screened by a head that never saw it",
+}
+"""What the per-source rates of a report are, by its mode."""
+
+
 def markdown(result: dict[str, Any]) -> str:
     def pct(r: dict[str, Any]) -> str:
         return (
@@ -315,7 +324,7 @@ def markdown(result: dict[str, Any]) -> str:
         f"first: **{pct(result['distress_caught'])}**; straight to the safety message: "
         f"{pct(result['distress_straight'])}",
         "",
-        "| attack source (the rules were tuned on all of them) | blocked or neutralized | "
+        f"| attack source ({_SOURCES_NOTE[result['mode']]}) | blocked or neutralized | "
         "refused at input |",
         "|---|---|---|",
         *(

@@ -252,8 +252,7 @@ def held_out(
         return screen(head, i).fixed_reply is not None
 
     for family in families:
-        train_on = [i for i, e in enumerate(data) if e.attack and e.family != family]
-        head = train(data, vectors, embedding, indices=[*train_on, *first])
+        head = attack_head_without(data, vectors, embedding, family, first)
         tested = [i for i, e in enumerate(data) if e.attack and e.family == family]
         report["attacks"][family] = {
             "rules": rate(sum(refused(None, i) for i in tested), len(tested)),
@@ -303,6 +302,34 @@ def held_out(
     return report
 
 
+def attack_head_without(
+    data: Sequence[Example],
+    vectors: Sequence[Sequence[float]],
+    embedding: str,
+    family: str,
+    first: set[int] | None = None,
+) -> GuardHead:
+    """A head that never saw ``family``'s attacks (nor the second half of the benign and
+    distress turns, ``halves``): what ``held_out`` scores that source's attacks with."""
+    first = halves(data)[0] if first is None else first
+    train_on = [i for i, e in enumerate(data) if e.attack and e.family != family]
+    return train(data, vectors, embedding, indices=[*train_on, *first])
+
+
+def benign_head_without(
+    data: Sequence[Example], vectors: Sequence[Sequence[float]], embedding: str, project: str
+) -> GuardHead:
+    """A head that never saw anything of ``project``, nor the requests written after reading
+    the other projects' (``WRITTEN_AFTER``), nor the benchmark's report half: what
+    ``benign_by_source`` scores that project's benign requests with."""
+    train_on = [
+        i
+        for i, e in enumerate(data)
+        if e.family != project and WRITTEN_AFTER not in e.source and e.group != "held"
+    ]
+    return train(data, vectors, embedding, indices=train_on)
+
+
 def benign_by_source(
     data: Sequence[Example],
     vectors: Sequence[Sequence[float]],
@@ -320,12 +347,7 @@ def benign_by_source(
     refused_texts: list[str] = []
     totals = [0, 0, 0]  # rules, rules and head, requests
     for project in projects:
-        train_on = [
-            i
-            for i, e in enumerate(data)
-            if e.family != project and WRITTEN_AFTER not in e.source and e.group != "held"
-        ]
-        head = train(data, vectors, embedding, indices=train_on)
+        head = benign_head_without(data, vectors, embedding, project)
         tested = [
             i for i, e in enumerate(data) if e.family == project and not e.attack and not e.distress
         ]
