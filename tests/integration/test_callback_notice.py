@@ -23,6 +23,7 @@ from tests.integration.test_oob_codes import (
     Authority,
     Relay,
     audit_events,
+    closed_port,
     make_ca,
     server_context,
     service_for,
@@ -66,10 +67,14 @@ def test_staff_get_a_notice_naming_the_request_and_never_the_caller(
 def test_a_relay_that_is_down_loses_no_request_and_the_failure_is_audited(
     tmp_path: Path, ca: Authority, store: Storage
 ) -> None:
-    with start_relay(tmp_path, None) as gone:  # a port that held a relay a moment ago
-        settings = gone.settings(staff_address=STAFF)
-    service = service_for(tmp_path, settings, TEXTS)
-    call(service, store)
+    with closed_port() as port:  # bound, not listening: the connection is refused
+        settings = NotifySettings(
+            relay="127.0.0.1", port=port, server_name="relay.test",
+            ca_file=str(tmp_path / "ca.pem"), from_address="codes@bank.example.org",
+            staff_address=STAFF,
+        )  # fmt: skip
+        service = service_for(tmp_path, settings, TEXTS)
+        call(service, store)
     assert len(store.callbacks("admin:test")) == 1  # stored all the same
     (event,) = audit_events(store, "callback_notice")
     assert event.outcome == "failed" and "notify.unreachable" in event.details

@@ -101,9 +101,10 @@ def test_a_call_through_kamailio_is_received_and_transferred_through_it(
     lines.append(line := start_line(env, **registration))
     registered = pbx.wait_for(r"registered appliance at \S+")
     assert f":{line.port}" in registered  # the contact is the line's own address
-    # The caller waits out the disclosure, then presses 0 for a person.
+    # The caller waits out the disclosure (about 4 s of audio; a key pressed while it plays is
+    # not the agent's yet), with room to spare, then presses 0 for a person.
     stream = Stream(codec=PCMU)
-    stream.silence(8.0)
+    stream.silence(12.0)
     stream.digit("0")
     stream.silence(0.3)
     stream.digit("#")

@@ -476,60 +476,115 @@ def _has_tone(pcm16k: bytes, freq_hz: float) -> bool:
     return False
 
 
-@pytest.mark.slow
-def test_a_warm_transfer_briefs_the_person_then_bridges_both_ways(rig: Rig) -> None:
-    """SIPp as the caller, who presses 0 for a person, and a second SIPp as the person (a UAS
-    whose media is the test's socket): the appliance calls the person, the person hears the
-    briefing (Whisper transcribes it), then each side's marker tone reaches the other through
-    the appliance's bridge; the caller's BYE ends the person's leg with ours."""
-    person_capture = Capture()
-    person_port = free_port()
-    scenario = (SCENARIOS / "uas_person.xml").read_text()
-    for key, value in {"@CODEC@": str(PCMU), "@CAPTURE_PORT@": str(person_capture.port),
+def _markers(stream: Stream, freq_hz: float, count: int) -> None:
+    """``count`` 1.5 s marker tones 5 s apart: one lands after the bridge is up however long
+    the announcement, the hold and the briefing took on this machine."""
+    for _ in range(count):
+        stream.audio(tone(1.5, 8_000, freq_hz))
+        stream.silence(3.5)
+
+
+def _caller_pressing_zero(markers: int = 0) -> Stream:
+    """The caller waits out the disclosure (about 4 s of audio; a key pressed while it plays is
+    not the agent's yet) with room to spare, presses 0 for a person, then marker tones."""
+    stream = Stream(codec=PCMU)
+    stream.silence(12.0)
+    stream.digit("0")
+    stream.silence(0.3)
+    stream.digit("#")
+    stream.silence(12.0)
+    _markers(stream, 1200.0, markers)
+    stream.silence(30.0)
+    return stream
+
+
+def _person(rig: Rig, scenario: str, capture: Capture) -> tuple[subprocess.Popen[str], int]:
+    """SIPp as the person the appliance calls (``scenario``: a UAS whose SDP names the test's
+    ``capture`` socket), on a free port."""
+    port = free_port()
+    text = (SCENARIOS / scenario).read_text()
+    for key, value in {"@CODEC@": str(PCMU), "@CAPTURE_PORT@": str(capture.port),
                        "@TALK_MS@": "90000"}.items():  # fmt: skip
-        scenario = scenario.replace(key, value)
-    (rig.folder / "uas_person.xml").write_text(scenario)
-    person_side = Stream(codec=PCMU)  # after the briefing (from its first packet): a marker
-    person_side.silence(15.0)
-    person_side.audio(tone(2.0, 8_000, 1800.0))
-    person_side.silence(40.0)
-    person_capture.start(person_side.packets)
-    person = subprocess.Popen(
-        ["sipp", "-sf", str(rig.folder / "uas_person.xml"), "-m", "1", "-i", "127.0.0.1",
-         "-p", str(person_port), "-mp", str(free_media_port()), "-timeout", "120s", "-nostdin",
+        text = text.replace(key, value)
+    (rig.folder / scenario).write_text(text)
+    process = subprocess.Popen(
+        ["sipp", "-sf", str(rig.folder / scenario), "-m", "1", "-i", "127.0.0.1",
+         "-p", str(port), "-mp", str(free_media_port()), "-timeout", "120s", "-nostdin",
          "-t", "u1", "-trace_err", "-error_file", str(rig.folder / "person_errors.log")],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=rig.folder,
     )  # fmt: skip
+    return process, port
+
+
+def _warm_line(rig: Rig, port: int, **transfer: str) -> Line:
+    extra = {f"APPLIANCE_TRANSFER__{k.upper()}": v for k, v in transfer.items()}
+    return rig.start(
+        {**rig.env, "APPLIANCE_TRANSFER__MODE": "warm",
+         "APPLIANCE_TRANSFER__DESTINATIONS": f"sip:person@127.0.0.1:{port}", **extra},
+    )  # fmt: skip
+
+
+def _ended(person: subprocess.Popen[str], capture: Capture) -> None:
+    if person.poll() is None:
+        person.kill()
+        person.communicate(timeout=10)
+    capture.stop()
+
+
+@pytest.mark.slow
+def test_a_warm_transfer_briefs_the_person_then_bridges_both_ways(rig: Rig) -> None:
+    """SIPp as the caller, who presses 0 for a person, and a second SIPp as the person (a UAS
+    whose media is the test's socket): the appliance calls the person, the caller hears the
+    hold tone, the person hears the briefing (Whisper transcribes it), then each side's marker
+    tone reaches the other through the appliance's bridge; the caller's BYE ends the person's
+    leg with ours."""
+    person_capture = Capture()
+    person_side = Stream(codec=PCMU)  # from the briefing's first packet on: markers
+    person_side.silence(10.0)
+    _markers(person_side, 1800.0, 6)
+    person_side.silence(30.0)
+    person_capture.start(person_side.packets)
+    person, port = _person(rig, "uas_person.xml", person_capture)
     try:
-        line = rig.start(
-            {**rig.env, "APPLIANCE_TRANSFER__MODE": "warm",
-             "APPLIANCE_TRANSFER__DESTINATIONS": f"sip:person@127.0.0.1:{person_port}"},
-        )  # fmt: skip
-        caller_side = Stream(codec=PCMU)
-        caller_side.silence(8.0)  # the disclosure
-        caller_side.digit("0")
-        caller_side.silence(0.3)
-        caller_side.digit("#")
-        caller_side.silence(25.0)  # the announcement, the hold, the briefing
-        caller_side.audio(tone(2.0, 8_000, 1200.0))
-        caller_side.silence(30.0)
+        line = _warm_line(rig, port)
         result, caller_capture = rig.sipp(
-            line, "uac_call.xml", stream=caller_side, wait_ms=1000, talk_ms=50000
+            line, "uac_call.xml", stream=_caller_pressing_zero(markers=5), wait_ms=1000,
+            talk_ms=60000,
+        )  # fmt: skip
+        assert result.returncode == 0, (rig.last_call(), result.stdout[-3000:])
+        out, _ = person.communicate(timeout=60)
+        assert person.returncode == 0, out[-3000:]
+    finally:
+        _ended(person, person_capture)
+    heard_by_person = person_capture.audio(PCMU)
+    briefing = rig.service.engines.stt.transcribe(heard_by_person[: 16_000 * 2 * 14], 16_000).text
+    assert "caller" in briefing.lower() and "verified" in briefing.lower(), briefing
+    assert _has_tone(heard_by_person, 1200.0), "the caller's marker did not reach the person"
+    heard_by_caller = caller_capture.audio(PCMU)
+    assert _has_tone(heard_by_caller, 425.0), "the caller heard no hold tone"
+    assert _has_tone(heard_by_caller, 1800.0), "the person's marker did not reach the caller"
+    channel, status, _, _ = rig.last_call()
+    assert (channel, status) == ("sip", "ended:transferred")
+
+
+@pytest.mark.slow
+def test_a_person_who_does_not_answer_gets_the_caller_the_callback_offer(rig: Rig) -> None:
+    """The person's phone (SIPp) rings and never answers: past the ring timeout the appliance
+    cancels (the phone answers 200 and 487, ACKed) and the caller hears that no one could be
+    reached and the offer of a callback (Whisper transcribes it)."""
+    person_capture = Capture()
+    person, port = _person(rig, "uas_no_answer.xml", person_capture)
+    try:
+        line = _warm_line(rig, port, ring_timeout_s="4")
+        result, caller_capture = rig.sipp(
+            line, "uac_call.xml", stream=_caller_pressing_zero(), wait_ms=1000, talk_ms=45000
         )
         assert result.returncode == 0, (rig.last_call(), result.stdout[-3000:])
         out, _ = person.communicate(timeout=60)
         assert person.returncode == 0, out[-3000:]
     finally:
-        if person.poll() is None:
-            person.kill()
-            person.communicate(timeout=10)
-        person_capture.stop()
-    heard_by_person = person_capture.audio(PCMU)
-    briefing = rig.service.engines.stt.transcribe(heard_by_person[: 16_000 * 2 * 14], 16_000).text
-    assert "caller" in briefing.lower() and "verified" in briefing.lower(), briefing
-    assert _has_tone(heard_by_person, 1200.0), "the caller's marker did not reach the person"
-    assert _has_tone(caller_capture.audio(PCMU), 1800.0), (
-        "the person's marker did not reach the caller"
-    )
+        _ended(person, person_capture)
+    heard = rig.heard(caller_capture).lower()
+    assert "call you back" in heard, heard
     channel, status, _, _ = rig.last_call()
-    assert (channel, status) == ("sip", "ended:transferred")
+    assert (channel, status) == ("sip", "ended")
