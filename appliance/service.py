@@ -352,12 +352,16 @@ class VoiceService:
             who = f"caller:{storage.caller_hash(caller)[:16]}" if caller else "caller:anonymous"
             storage.record_tool_call(call_id, tool, arguments, outcome, actor=who)
 
-        if self._extra_tools is None:
-            self._extra_tools = extra_tools(self.settings)
-        tools = merge_tools(demo_tools(bank or self.demo_bank()), self._extra_tools)
+        tools = merge_tools(demo_tools(bank or self.demo_bank()), self.declared_tools())
         return ToolBox(
             tools, frozenset(self.settings.tools.enabled), audit=audit if storage else None
         )
+
+    def declared_tools(self) -> dict[str, Tool]:
+        """The HTTP and plug-in tools, made once for the process (one TLS context for all)."""
+        if self._extra_tools is None:
+            self._extra_tools = extra_tools(self.settings)
+        return self._extra_tools
 
     def demo_bank(self) -> DemoBank:
         """The demo backend: in the demo configuration its bookings are kept under
@@ -454,7 +458,7 @@ class VoiceService:
         if notify.enabled:
             notifiers.append(SmtpNotifier(notify))
         if notify.sms_tool:
-            gateway = http_tools(self.settings.tools)[notify.sms_tool]
+            gateway = self.declared_tools()[notify.sms_tool]  # the same tool and TLS context
 
             def send_text(number: str, text: str) -> None:
                 gateway.handler("", {"to": number, "text": text})

@@ -8,6 +8,7 @@ import contextlib
 import dataclasses
 import json
 import os
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator, Sequence
@@ -101,6 +102,14 @@ def run_call(
     )
     turns = asyncio.run(asyncio.wait_for(session.run(), timeout=60))
     return Call(turns, sink, events, stt, llm, tts, session)
+
+
+def local_udp() -> socket.socket:
+    """A non-blocking UDP socket on a free port of 127.0.0.1 (a test peer's SIP or RTP)."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", 0))
+    sock.setblocking(False)
+    return sock
 
 
 # -- the service on fake engines -------------------------------------------------------------

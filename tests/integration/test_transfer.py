@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
-import socket
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -28,7 +27,14 @@ from appliance.telephony.sdp import PCMA
 from appliance.telephony.sip import SipMessage, parse, response
 from appliance.testing.fakes import FakeTranscriber, ToneSynthesizer, quiet, tone
 from appliance.testing.media import Stream
-from tests.integration.helpers import NoToolModel, cli, fake_service, serve_utterances, upgraded
+from tests.integration.helpers import (
+    NoToolModel,
+    cli,
+    fake_service,
+    local_udp,
+    serve_utterances,
+    upgraded,
+)
 from tests.integration.test_sip_ua import invite, until
 
 CALLER = "+15550100"  # the From of test_sip_ua's INVITE
@@ -63,12 +69,7 @@ class Phone:
     on another, paced at 20 ms."""
 
     def __init__(self) -> None:
-        self.sip = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.sip.bind(("127.0.0.1", 0))
-        self.sip.setblocking(False)
-        self.rtp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.rtp.bind(("127.0.0.1", 0))
-        self.rtp.setblocking(False)
+        self.sip, self.rtp = local_udp(), local_udp()
         self.media_port = int(self.rtp.getsockname()[1])
         self.stream = Stream(codec=PCMA)  # the first codec of test_sip_ua's offer
         self.queued: list[bytes] = []

@@ -10,7 +10,6 @@ import contextlib
 import dataclasses
 import logging
 import math
-import socket
 import struct
 
 import numpy as np
@@ -28,6 +27,7 @@ from appliance.telephony.rtp import RtpError, RtpPacket, parse_packet
 from appliance.telephony.sdp import PCMA, parse_offer
 from appliance.telephony.sip import SipMessage, parse, response
 from appliance.telephony.ua import SipDialError, dial_address
+from tests.integration.helpers import local_udp
 from tests.integration.test_escalation import Desk, call
 from tests.integration.test_sip_ua import until
 from tests.integration.test_transfer import (
@@ -51,12 +51,7 @@ class Person:
     TAG = "person7"
 
     def __init__(self) -> None:
-        self.sip = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.sip.bind(("127.0.0.1", 0))
-        self.sip.setblocking(False)
-        self.rtp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.rtp.bind(("127.0.0.1", 0))
-        self.rtp.setblocking(False)
+        self.sip, self.rtp = local_udp(), local_udp()
         self.received: list[RtpPacket] = []
         self.far: tuple[str, int] = ("127.0.0.1", 0)
         self.ua_port = 0
@@ -303,7 +298,8 @@ def test_a_busy_person_and_one_who_never_answers_give_the_caller_the_callback_of
 
     try:
         on_line(service, store, test)
-        assert waited and waited[0] < 3.0  # the ring timeout (1 s), not Timer B
+        # the ring timeout (1 s), not Timer B (32 s): a bound a busy machine keeps well inside
+        assert waited and waited[0] < 16.0
         outcomes = [o for tool, o in tool_calls(store) if tool == "transfer_to_human"]
         assert outcomes == ["ok", "transfer.declined", "transfer.no_answer"]
         said = spoken(service)
