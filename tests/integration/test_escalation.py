@@ -297,3 +297,16 @@ def test_bad_opening_hours_are_a_configuration_error_naming_the_key(
         OpeningHours.parse(
             changes.get("hours", ()), changes.get("holidays", ()), changes.get("timezone", "UTC")
         )
+
+
+def test_key_1_accepts_the_offer_of_a_person_and_2_declines_it(
+    settings: Settings, store: Storage
+) -> None:
+    service = service_for(settings, [])
+    record = store.start_call(CALLER, "test")
+    for key, outcome in (("1", "transfer.started"), ("2", "transfer.declined")):
+        agent = service.tool_agent(store, record.call_id, CALLER, Desk())
+        assert agent is not None and agent.offer_person()
+        turn = agent.handle_keys(key)
+        assert turn is not None and turn.outcome == outcome
+        assert turn.transfer == (key == "1")
