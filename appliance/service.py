@@ -61,13 +61,7 @@ from appliance.pipeline.session import (
     TurnResult,
 )
 from appliance.storage import audit
-from appliance.storage.keys import (
-    AUDIT_CREDENTIAL_NAME,
-    default_key_path,
-    key_file,
-    load_or_create,
-    read_key,
-)
+from appliance.storage.keys import audit_key_path, default_key_path, load_or_create, read_key
 from appliance.storage.repository import Storage
 from appliance.tools.agent import CallerFactors, Credentials, JsonRequester, ToolAgent, VoiceCheck
 from appliance.tools.demo import DemoBank, demo_tools
@@ -83,9 +77,7 @@ def database_path(settings: Settings) -> Path:
 
 
 def audit_signing_key_path(settings: Settings) -> Path:
-    return key_file(
-        settings.home, settings.storage.audit_key_file, AUDIT_CREDENTIAL_NAME, "audit-signing.key"
-    )
+    return audit_key_path(settings.home, settings.storage.audit_key_file)
 
 
 def audit_checkpoint(settings: Settings, *, create_key: bool = True) -> audit.Checkpoint | None:

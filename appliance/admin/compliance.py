@@ -10,24 +10,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from flask import Blueprint, Response, render_template, request
+from flask import Blueprint, Response, g, render_template, request
 from flask.typing import ResponseReturnValue
 
 from appliance.admin.access import requires
+from appliance.compliance import checks, export
 from appliance.config.settings import Settings
 from appliance.storage import reports
 from appliance.storage.repository import Storage
-
-
-@dataclass(frozen=True)
-class Control:
-    framework: str
-    reference: str
-    control: str
-    evidence: str
-    page: str
-    """The endpoint of the page that shows the evidence."""
-    ok: bool
 
 
 @dataclass(frozen=True)
@@ -39,13 +29,21 @@ class Flow:
     who: str
 
 
+SRTP_FLOW = {
+    "required": "SRTP required (a call without it gets 488)",
+    "optional": "SRTP when the peer offers it, else plain RTP",
+    "off": "plain RTP (SRTP off)",
+}
+
+
 def flows(settings: Settings) -> list[Flow]:
     r = settings.retention
     audio = f"{r.recordings_hours} h" if r.recordings_hours else "not kept"
     return [
         Flow("Caller audio", "SIP/RTP or microphone -> VAD -> STT (memory only)",
-             "SRTP when the peer offers it" + (" (required)" if settings.sip.srtp == "required"
-                                                else ""), audio, "nobody (no audio player)"),
+             SRTP_FLOW[settings.sip.srtp] + (", keys over SIP TLS" if settings.sip.tls_listen
+                                             else ", keys in clear signalling (no SIP TLS)"),
+             audio, "nobody (no audio player)"),
         Flow("Transcripts and replies", "STT -> input guard (redaction) -> model -> storage",
              "redacted; AES-256-GCM per-call key inside SQLCipher (AES-256)",
              f"{r.transcripts_days} days", "operators (masked unless a reason is given)"),
@@ -70,53 +68,6 @@ def flows(settings: Settings) -> list[Flow]:
         Flow("Anything else", "outbound network", "refused in-process (egress guard) and by "
              "the units' IPAddressDeny=", "-", "-"),
     ]  # fmt: skip
-
-
-def controls(settings: Settings, storage: Storage) -> list[Control]:
-    users = storage.admin_users()
-    chain = storage.verify_audit()
-    all_totp = bool(users) and all(u.totp_secret for u in users)
-    r = settings.retention
-    audio = f"kept {r.recordings_hours} h" if r.recordings_hours else "never stored"
-    verified = "verified" if chain.ok else "BROKEN"
-    rows = [
-        ("GDPR", "Art. 5(1)(c), 25", "Data minimisation by default",
-         f"raw audio {audio}; personal data redacted before the model and storage",
-         "compliance.dataflow", True),
-        ("GDPR", "Art. 5(1)(e)", "Storage limitation",
-         f"transcripts {r.transcripts_days} d, calls {r.calls_days} d; hourly purge",
-         "compliance.retention", True),
-        ("GDPR", "Art. 17", "Right to erasure", "crypto-shredding per caller (appliance erase)",
-         "compliance.retention", True),
-        ("GDPR", "Art. 32", "Encryption at rest", "SQLCipher AES-256 + per-call AES-256-GCM keys",
-         "compliance.dataflow", storage.encrypted),
-        ("HIPAA", "164.312(a)(1)", "Access control", "roles admin/operator/auditor on every route",
-         "compliance.access_review", True),
-        ("HIPAA", "164.312(b)", "Audit controls",
-         f"hash-chained audit trail, {chain.events} events, chain {verified}",
-         "pages.audit", chain.ok),
-        ("HIPAA", "164.312(c)(1)", "Integrity", "authenticated encryption; integrity checks",
-         "compliance.dataflow", True),
-        ("HIPAA", "164.312(d)", "Person or entity authentication",
-         "argon2id + TOTP for every panel account; step-up factors for callers",
-         "compliance.access_review", all_totp),
-        ("HIPAA", "164.312(e)(1)", "Transmission security",
-         "panel HTTPS (TLS 1.2+); SIPS and SRTP on the phone line", "compliance.dataflow", True),
-        ("PCI DSS", "3.3 / 3.4", "No sensitive authentication data stored; PAN unreadable",
-         "card numbers and CVV never reach the model or the disk; recording pauses",
-         "compliance.dataflow", True),
-        ("PCI DSS", "8.4", "Multi-factor authentication", "TOTP for every account",
-         "compliance.access_review", all_totp),
-        ("PCI DSS", "10.2", "Audit logs", "every read of content and every admin action",
-         "pages.audit", chain.ok),
-        ("SOC 2", "CC6.1", "Logical access", "least privilege roles, quarterly access review",
-         "compliance.access_review", True),
-        ("SOC 2", "CC7.2", "Monitoring", "guard blocks, floods, anomalies open incidents",
-         "compliance.incidents", True),
-        ("SOC 2", "CC8.1", "Change management", "models pinned by SHA-256; appliance doctor",
-         "compliance.tools", True),
-    ]  # fmt: skip
-    return [Control(*row) for row in rows]
 
 
 def compliance_blueprint(
@@ -156,16 +107,44 @@ def compliance_blueprint(
         rows = [t.describe(t.name in enabled) for t in known.values()]
         return render_template("tools.html", tools=rows)
 
-    @pages.route("/access-review")
+    @pages.route("/access-review", methods=["GET", "POST"])
     @requires("admin", "auditor")
     def access_review() -> ResponseReturnValue:
-        users = storage.admin_users()
-        last = reports.last_logins(storage)
+        """The accounts, roles and last log-ins (GET); an admin records the review (POST):
+        each account confirmed in its role, or removed (disabled), with who and when in the
+        audit trail (SOC 2 CC6.1, HIPAA 164.308(a)(3)(ii)(B))."""
         today = dt.date.today()
         quarter = f"{today.year}-Q{(today.month - 1) // 3 + 1}"
+        message = ""
+        if request.method == "POST":
+            if g.panel.role != "admin":
+                return render_template("error.html", message="only an admin records a review"), 403
+            kept = set(request.form.getlist("confirm"))
+            confirmed, removed = [], []
+            for user in storage.admin_users():
+                if user.disabled:
+                    continue
+                if user.username in kept:
+                    confirmed.append(f"{user.username}:{user.role}")
+                else:
+                    storage.set_admin_disabled(user.username, True, actor())
+                    removed.append(f"{user.username}:{user.role}")
+            details = {"quarter": quarter, "confirmed": confirmed, "removed": removed}
+            storage.log_event(actor(), "access_review", "admin_users", "ok", details)
+            message = f"Review recorded: {len(confirmed)} confirmed, {len(removed)} removed."
+        users = storage.admin_users()
+        last = reports.last_logins(storage)
         rows = [(u, last.get(f"admin:{u.username}")) for u in users]
+        review = reports.last_event(storage, "access_review")
         storage.log_event(actor(), "view", "access_review", "ok", {"quarter": quarter})
-        return render_template("access_review.html", rows=rows, quarter=quarter)
+        return render_template(
+            "access_review.html",
+            rows=rows,
+            quarter=quarter,
+            message=message,
+            review=review,
+            review_details=reports.event_details(review) if review else {},
+        )
 
     @pages.route("/redteam")
     @requires("admin", "auditor")
@@ -187,15 +166,21 @@ def compliance_blueprint(
     @pages.route("/compliance")
     @requires("admin", "auditor")
     def report() -> ResponseReturnValue:
-        rows = controls(settings, storage)
-        storage.log_event(actor(), "view", "compliance_report", "ok")
-        html = render_template("compliance.html", controls=rows, now=dt.datetime.now(dt.UTC))
+        """Every control read now; ``?download=html`` is the signed page an auditor keeps
+        (``appliance compliance verify`` checks it), and its export is audited."""
+        rows = checks.controls(settings, storage)
+        body = export.document(settings, rows)
         if request.args.get("download") == "html":
+            page = export.render_html(export.sign(body, settings))
+            storage.log_event(
+                actor(), "export", "compliance_report", "ok", {"summary": body["summary"]}
+            )
             return Response(
-                html,
+                page,
                 mimetype="text/html",
                 headers={"Content-Disposition": "attachment; filename=compliance-report.html"},
             )
-        return html
+        storage.log_event(actor(), "view", "compliance_report", "ok")
+        return render_template("compliance.html", controls=rows, summary=body["summary"])
 
     return pages

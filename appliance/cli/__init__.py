@@ -15,6 +15,7 @@ from appliance.cli import (
     callbacks,
     callers,
     calls,
+    compliance,
     data,
     knowledge,
     models,
@@ -26,7 +27,19 @@ from appliance.cli.common import EXIT_ERROR, EXIT_USAGE
 from appliance.config.settings import load_settings
 from appliance.core.errors import ApplianceError, ConfigError
 
-AREAS = (calls, operate, models, knowledge, data, callers, callbacks, tools, redteam, bench)
+AREAS = (
+    calls,
+    operate,
+    models,
+    knowledge,
+    data,
+    callers,
+    callbacks,
+    tools,
+    redteam,
+    compliance,
+    bench,
+)
 """Each module's ``register(commands)`` adds its subcommands; each sets ``run`` to the function
 that carries it out: ``run(args, settings) -> exit status``."""
 

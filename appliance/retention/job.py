@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Select, func, or_, select, update
@@ -156,3 +156,40 @@ def run_retention(
     if not dry_run and any(report.purged.values()):
         storage.after_erasure()
     return report
+
+
+@dataclass(frozen=True)
+class RunView:
+    """The newest finished purge (not a dry run): when, and how many rows of each class."""
+
+    finished_at: datetime
+    purged: dict[str, int]
+
+
+def last_run(storage: Storage) -> RunView | None:
+    with storage.session("last retention run") as session:
+        row = session.scalars(
+            select(RetentionRun)
+            .where(RetentionRun.dry_run.is_(False), RetentionRun.status == "done")
+            .order_by(RetentionRun.finished_at.desc())
+            .limit(1)
+        ).first()
+        if row is None or row.finished_at is None:
+            return None
+        return RunView(row.finished_at, {k: int(v) for k, v in json.loads(row.purged).items()})
+
+
+def overdue(
+    storage: Storage, policy: RetentionPolicy, now: datetime, grace: timedelta
+) -> dict[DataClass, int]:
+    """Rows still kept more than ``grace`` past their period (the purge runs hourly, so a row
+    may outlive its period by up to an hour), per class; legal holds excepted, as the purge
+    excepts them."""
+    found: dict[DataClass, int] = {}
+    with storage.session("overdue rows") as session:
+        for data_class in DataClass:
+            query = _candidates(data_class, policy.cutoff(data_class, now) - grace)
+            count = session.scalar(select(func.count()).select_from(query.subquery())) or 0
+            if count:
+                found[data_class] = int(count)
+    return found

@@ -332,10 +332,33 @@ def export(
         "chain_ok": report.ok,
         "head": report.head,
         "events": events,
-        "public_key": public_key_hex(key),
     }
-    document["signature"] = key.sign(_canonical(document).encode()).hex()
-    return document
+    return sign(document, key)
+
+
+def sign(document: dict[str, Any], key: Ed25519PrivateKey) -> dict[str, Any]:
+    """``document`` with the signing key's public half and an Ed25519 signature over the
+    canonical JSON of the rest (the audit export's key signs every export)."""
+    signed = {**document, "public_key": public_key_hex(key)}
+    signed["signature"] = key.sign(_canonical(signed).encode()).hex()
+    return signed
+
+
+def check_signature(document: dict[str, Any], public_key_hex: str, what: str) -> None:
+    """Raise IntegrityError unless ``document`` was signed by ``public_key_hex`` (the
+    appliance's pinned key, never the one the document names)."""
+    body = {k: v for k, v in document.items() if k != "signature"}
+    key_hex = public_key_hex.strip().lower()
+    if str(document.get("public_key", "")).lower() != key_hex:
+        raise IntegrityError(
+            "audit.signature", f"the {what} names another signing key than the pinned one"
+        )
+    try:
+        Ed25519PublicKey.from_public_bytes(bytes.fromhex(key_hex)).verify(
+            bytes.fromhex(str(document.get("signature", ""))), _canonical(body).encode()
+        )
+    except (InvalidSignature, ValueError) as exc:
+        raise IntegrityError("audit.signature", f"the {what}'s signature does not verify") from exc
 
 
 def public_key_hex(key: Ed25519PrivateKey) -> str:
@@ -348,18 +371,7 @@ def public_key_hex(key: Ed25519PrivateKey) -> str:
 def verify_export(document: dict[str, Any], public_key_hex: str) -> None:
     """Raise IntegrityError unless the export was signed by ``public_key_hex`` (the
     appliance's pinned key, never the one the export names) and its chain holds."""
-    body = {k: v for k, v in document.items() if k != "signature"}
-    key_hex = public_key_hex.strip().lower()
-    if str(document.get("public_key", "")).lower() != key_hex:
-        raise IntegrityError(
-            "audit.signature", "the export names another signing key than the pinned one"
-        )
-    try:
-        Ed25519PublicKey.from_public_bytes(bytes.fromhex(key_hex)).verify(
-            bytes.fromhex(str(document.get("signature", ""))), _canonical(body).encode()
-        )
-    except (InvalidSignature, ValueError) as exc:
-        raise IntegrityError("audit.signature", "the export's signature does not verify") from exc
+    check_signature(document, public_key_hex, "export")
     prev = str(document["anchor"])
     for event in document["events"]:
         at = datetime.fromisoformat(event["at"])

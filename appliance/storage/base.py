@@ -10,6 +10,7 @@ import hmac
 import threading
 from collections.abc import Callable, Iterator
 from datetime import datetime
+from pathlib import Path
 from typing import Any, Self
 
 from sqlalchemy import Engine, func, select
@@ -63,8 +64,11 @@ class StoreBase:
         reopen: Callable[[MasterKey], Engine] | None = None,
         clock: Callable[[], datetime] = utc_now,
         checkpoint: audit.Checkpoint | None = None,
+        path: Path | None = None,
     ) -> None:
         self.engine = engine
+        self.path = path
+        """The SQLite file (None for another database server)."""
         self._repeats: dict[tuple[str, str, str, str], tuple[datetime, int]] = {}
         self._repeats_lock = threading.Lock()
         self.checkpoint = checkpoint

@@ -17,6 +17,7 @@ from appliance.storage.schema import (
     Caller,
     Consent,
     DataKey,
+    ErasureRequest,
     Recording,
     ToolCall,
     Turn,
@@ -63,6 +64,7 @@ class Erasure(Voiceprints, Directory, Callbacks):
                 outcome = "ok" if removed or callbacks else "not_found"
             else:
                 outcome = "ok" if caller_erased else "partial"
+            self._record_request(session, f"caller:{hashed[:16]}", actor, report.calls_held)
             self.audit_in(
                 session,
                 actor,
@@ -86,6 +88,7 @@ class Erasure(Voiceprints, Directory, Callbacks):
             if call is None:
                 raise StorageError("storage.no_call", f"call {call_id} does not exist")
             report = self.erase_calls_in(session, [call])
+            self._record_request(session, f"call:{call_id}", actor, report.calls_held)
             self.audit_in(
                 session,
                 actor,
@@ -96,6 +99,27 @@ class Erasure(Voiceprints, Directory, Callbacks):
             )
         self.after_erasure()
         return report
+
+    def _record_request(self, session: Session, subject: str, actor: str, held: int) -> None:
+        """The request and, unless a legal hold kept something back, its completion; a
+        complete erasure also completes the subject's earlier requests that a hold kept open."""
+        now = self.clock()
+        done = now if held == 0 else None
+        if done is not None:
+            earlier = select(ErasureRequest).where(
+                ErasureRequest.subject == subject, ErasureRequest.completed_at.is_(None)
+            )
+            for row in session.scalars(earlier):
+                row.completed_at = done
+        session.add(
+            ErasureRequest(
+                subject=subject,
+                requested_at=now,
+                requested_by=actor,
+                completed_at=done,
+                calls_held=held,
+            )
+        )
 
     def erase_calls_in(self, session: Session, calls: Sequence[Call]) -> ErasureReport:
         """Crypto-shred and delete ``calls`` (those not on legal hold) in ``session``."""

@@ -44,6 +44,12 @@ def default_key_path(home: Path, configured: str = "") -> Path:
     return key_file(home, configured, CREDENTIAL_NAME, "master.key")
 
 
+def audit_key_path(home: Path, configured: str) -> Path:
+    """The Ed25519 key that signs audit and compliance exports (``[storage] audit_key_file``,
+    or the service's credential, or one under ``home``)."""
+    return key_file(home, configured, AUDIT_CREDENTIAL_NAME, "audit-signing.key")
+
+
 def key_file(home: Path, configured: str, credential: str, name: str) -> Path:
     """A key's file, by the same rule as the master key's (credential, configured, home)."""
     credentials = os.environ.get("CREDENTIALS_DIRECTORY")

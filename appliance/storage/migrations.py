@@ -20,6 +20,7 @@ from appliance.storage.schema import (
     CallbackRequest,
     CallerCredential,
     DirectoryEntry,
+    ErasureRequest,
     LimitEvent,
     LimitState,
     SchemaMigration,
@@ -80,6 +81,10 @@ def _call_status(connection: Connection) -> None:
         connection.execute(text("ALTER TABLE calls ALTER COLUMN status TYPE VARCHAR(64)"))
 
 
+def _erasure_requests(connection: Connection) -> None:
+    cast(Table, ErasureRequest.__table__).create(connection, checkfirst=True)
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(
         1, "calls, turns, keys, consents, recordings, tools, incidents, users, audit", _initial
@@ -95,6 +100,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     ),
     Migration(7, "callback_requests (callers' consented callback requests, sealed)", _callbacks),
     Migration(8, "calls.status holds 64 characters (end reasons are longer than 16)", _call_status),
+    Migration(9, "erasure_requests (erasures, with their completion)", _erasure_requests),
 )
 LATEST = MIGRATIONS[-1].version
 

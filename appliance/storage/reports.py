@@ -4,15 +4,17 @@ the data through this module and the ``Storage`` facade, not through the tables.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session
 
+from appliance.storage import crypto, sqlite
 from appliance.storage.repository import Storage
-from appliance.storage.schema import AuditEvent, Call, Incident, Turn
+from appliance.storage.schema import AuditEvent, Call, ErasureRequest, Incident, Turn
 
 
 @dataclass(frozen=True)
@@ -76,3 +78,67 @@ def last_logins(storage: Storage) -> dict[str, datetime]:
             .group_by(AuditEvent.actor)
         ).all()
     return {str(actor): at for actor, at in rows}
+
+
+def last_event(storage: Storage, action: str, obj: str | None = None) -> AuditEvent | None:
+    """The newest successful audit event of ``action`` (on ``obj``, where given): a backup,
+    an export of the audit trail, an access review."""
+    query = select(AuditEvent).where(AuditEvent.action == action, AuditEvent.outcome == "ok")
+    if obj is not None:
+        query = query.where(AuditEvent.object == obj)
+    with storage.session("last audit event") as session:
+        return session.scalars(query.order_by(AuditEvent.seq.desc()).limit(1)).first()
+
+
+def sealing_sample(storage: Storage, limit: int = 50) -> tuple[int, int]:
+    """Of the newest ``limit`` stored transcripts, how many are in the sealed envelope (the
+    version byte, a nonce and a GCM tag at least): (sealed, sampled)."""
+    with storage.session("sealing sample") as session:
+        values = session.scalars(
+            select(Turn.transcript)
+            .where(Turn.transcript.is_not(None))
+            .order_by(Turn.created_at.desc())
+            .limit(limit)
+        ).all()
+    minimum = 1 + crypto.NONCE_BYTES + 16
+    sealed = sum(1 for v in values if v and v[:1] == crypto.VERSION and len(v) >= minimum)
+    return sealed, len(values)
+
+
+def database_facts(storage: Storage) -> dict[str, str]:
+    """What the database says of its own encryption: SQLCipher's settings, or the TLS of
+    the connection to another server (PostgreSQL's pg_stat_ssl)."""
+    engine = storage.engine
+    if engine.dialect.name == "sqlite" and storage.path is not None:
+        return sqlite.cipher_facts(engine, storage.path)
+    if engine.dialect.name != "postgresql":
+        return {}
+    with engine.connect() as connection:
+        row = connection.execute(
+            text("SELECT ssl, version, cipher FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
+        ).first()
+    if row is None:
+        return {"ssl": "false"}
+    return {"ssl": str(bool(row[0])).lower(), "ssl_version": str(row[1]), "ssl_cipher": str(row[2])}
+
+
+@dataclass(frozen=True)
+class ErasureView:
+    subject: str
+    requested_at: datetime
+    completed_at: datetime | None
+    calls_held: int
+
+
+def erasure_requests(storage: Storage) -> list[ErasureView]:
+    with storage.session("erasure requests") as session:
+        rows = session.scalars(select(ErasureRequest).order_by(ErasureRequest.requested_at))
+        return [ErasureView(r.subject, r.requested_at, r.completed_at, r.calls_held) for r in rows]
+
+
+def event_details(event: AuditEvent) -> dict[str, Any]:
+    try:
+        details = json.loads(event.details or "{}")
+    except ValueError:
+        return {}
+    return details if isinstance(details, dict) else {}

@@ -46,9 +46,8 @@ class Storage(Calls, Accounts, Incidents, Erasure, Rotation, Limits):
         """SQLCipher under the master key's database key; ``master=None`` is plain SQLite and
         plain values (for the benchmark's baseline only)."""
         engine = sqlite.sqlite_engine(path, master.database_key if master else None)
-        return cls(
-            engine, master, reopen=lambda m: sqlite.sqlite_engine(path, m.database_key), **kwargs
-        )
+        reopen = lambda m: sqlite.sqlite_engine(path, m.database_key)  # noqa: E731
+        return cls(engine, master, reopen=reopen, path=path, **kwargs)
 
     @classmethod
     def open_url(cls, url: str, master: MasterKey, **kwargs: Any) -> Storage:

@@ -285,4 +285,18 @@ class RetentionRun(Base):
     purged: Mapped[str] = mapped_column(Text, default="{}")  # JSON: data class -> count
 
 
+class ErasureRequest(Base):
+    """A request to erase a caller or a call (GDPR Art. 17), kept with its completion: a
+    request that met a legal hold stays open until an erasure of the same subject completes.
+    The subject is a keyed hash prefix or a call id, never a number."""
+
+    __tablename__ = "erasure_requests"
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    subject: Mapped[str] = mapped_column(String(64), index=True)
+    requested_at: Mapped[datetime] = mapped_column(DateTime, default=utc_now)
+    requested_by: Mapped[str] = mapped_column(String(128))
+    completed_at: Mapped[datetime | None] = mapped_column(DateTime)
+    calls_held: Mapped[int] = mapped_column(Integer, default=0)
+
+
 Index("ix_turns_call_index", Turn.call_id, Turn.index, unique=True)

@@ -105,6 +105,27 @@ def _pragma(engine: Engine, sql: str) -> list[Any]:
         raw.close()
 
 
+CIPHER_PRAGMAS = (
+    "cipher_version",
+    "cipher_provider",
+    "cipher_provider_version",
+    "cipher_hmac_algorithm",
+    "cipher_page_size",
+)
+
+
+def cipher_facts(engine: Engine, path: Path) -> dict[str, str]:
+    """SQLCipher's settings as the open database reports them, and the file's first bytes
+    as anyone without the key reads them (plain SQLite starts "SQLite format 3")."""
+    facts: dict[str, str] = {}
+    for name in CIPHER_PRAGMAS:
+        rows = _pragma(engine, f"PRAGMA {name}")
+        facts[name] = str(rows[0][0]) if rows and rows[0] else ""
+    with path.open("rb") as file:
+        facts["file_header"] = file.read(16).decode("latin-1")
+    return facts
+
+
 def checkpoint(engine: Engine) -> None:
     """Move the WAL into the file and truncate it (after an erasure: nothing left behind)."""
     _pragma(engine, "PRAGMA wal_checkpoint(TRUNCATE)")

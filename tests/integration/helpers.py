@@ -221,3 +221,37 @@ def cli(home: Path, *args: str, stdin: str = "") -> subprocess.CompletedProcess[
         cwd=ROOT,
         env={**os.environ, "APPLIANCE_HOME": str(home), "PYTHONPATH": str(ROOT)},
     )
+
+
+def self_signed(folder: Path, days: int = 1) -> tuple[Path, Path]:
+    """A self-signed certificate and key for 127.0.0.1 listeners (PEM, ``days`` valid)."""
+    import datetime as dt
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "appliance.test")])
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=1))
+        .not_valid_after(now + dt.timedelta(days=days))
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = folder / "sip.crt", folder / "sip.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return cert_path, key_path

@@ -32,6 +32,7 @@ from appliance.config.settings import load_settings
 from appliance.core.ports import TurnRecord
 from appliance.identity.factors import totp
 from appliance.storage.keys import load_or_create
+from appliance.storage.reports import recent_audit_events
 from appliance.storage.repository import Storage
 from appliance.storage.schema import ApiToken, AuditEvent
 
@@ -1085,3 +1086,24 @@ def test_the_callback_queue_filters_marks_called_back_and_closes_audited(
         ("admin:olga", "callback_closed", f"callback:{nobody}", "unknown"),
     ]  # fmt: skip
     assert "5550177" not in json.dumps([e.details for e in audit_events(storage, "")])
+
+
+def test_only_an_admin_records_an_access_review(world: tuple[Flask, Storage]) -> None:
+    app, storage = world
+    auditor = client(app)
+    log_in(auditor, storage, "audrey")
+    page = auditor.get("/access-review").get_data(as_text=True)
+    answer = auditor.post("/access-review", data={"csrf": csrf_of(page), "confirm": "root"})
+    assert answer.status_code == 403
+    admin = client(app)
+    log_in(admin, storage, "root")
+    page = admin.get("/access-review").get_data(as_text=True)
+    kept = {"csrf": csrf_of(page), "confirm": ["root", "olga", "audrey"]}
+    assert "3 confirmed, 0 removed" in admin.post("/access-review", data=kept).get_data(
+        as_text=True
+    )
+    events = [e for e in recent_audit_events(storage, 20) if e.action == "access_review"]
+    assert len(events) == 1 and events[0].actor == "admin:root"
+    assert json.loads(events[0].details)["confirmed"] == [
+        "audrey:auditor", "olga:operator", "root:admin"
+    ]  # fmt: skip

@@ -198,3 +198,63 @@ def test_callers_and_callbacks_changed_in_chromium_are_in_the_store(
             assert errors == []  # no console errors, no CSP violations (the QR code is inline)
         finally:
             browser.close()
+
+
+def test_the_compliance_page_in_chromium_shows_a_failing_control_until_its_state_changes(
+    panel: tuple[str, Storage], tmp_path: Path
+) -> None:
+    """The report read live: the purge never ran, so storage limitation fails on the page;
+    after `appliance retention run` it passes. An access review recorded in the browser
+    turns CC6.1 from warn to pass, and the signed download verifies with the CLI."""
+    if CHROMIUM is None:
+        pytest.fail("chromium is missing: scripts/setup installs Debian's chromium")
+    from playwright.sync_api import sync_playwright
+
+    base, storage = panel
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        try:
+            context = browser.new_context(ignore_https_errors=True, accept_downloads=True)
+            page = context.new_page()
+            log_in(page, base, "root", "an admin passphrase, long", storage)
+            page.goto(f"{base}/compliance")
+            row = page.locator("tr", has_text="Storage limitation")
+            assert "control-fail" in str(row.get_attribute("class"))
+            assert "the retention job never ran" in row.inner_text()
+            assert "control-warn" in str(
+                page.locator("tr", has_text="CC6.1").get_attribute("class")
+            )
+            ARTIFACTS.mkdir(parents=True, exist_ok=True)
+            page.screenshot(path=str(ARTIFACTS / "admin-compliance-failing.png"), full_page=True)
+            done = subprocess.run(
+                [str(APPLIANCE), "retention", "run"],
+                env={**os.environ, "APPLIANCE_HOME": str(tmp_path)},
+                capture_output=True,
+                text=True,
+                timeout=120,
+            )
+            assert done.returncode == 0, done.stderr
+            page.goto(f"{base}/access-review")
+            page.uncheck("input[name=confirm][value=olga]")
+            assert "1 confirmed, 1 removed" in submit(page, "#record-review button")
+            page.goto(f"{base}/compliance")
+            for name in ("Storage limitation", "CC6.1"):
+                row = page.locator("tr", has_text=name)
+                assert "control-pass" in str(row.get_attribute("class")), row.inner_text()
+            with page.expect_download() as download:
+                page.click("text=Download (signed HTML)")
+            saved = tmp_path / "report.html"
+            download.value.save_as(saved)
+        finally:
+            browser.close()
+    olga = storage.admin_user("olga")
+    assert olga is not None and olga.disabled  # left unticked in the review
+    verified = subprocess.run(
+        [str(APPLIANCE), "compliance", "verify", str(saved)],
+        env={**os.environ, "APPLIANCE_HOME": str(tmp_path)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert verified.returncode == 0, verified.stderr
+    assert "verified, unchanged" in verified.stdout

@@ -23,6 +23,7 @@ from appliance.config.settings import SipSettings
 from appliance.telephony.rtp import RtpPacket, event_payload
 from appliance.telephony.sip import SipMessage, parse, response
 from appliance.telephony.ua import SipCall, SipUserAgent
+from tests.integration.helpers import self_signed
 from tests.unit.test_sip_messages import INVITE
 
 OPEN: list[socket.socket] = []
@@ -359,39 +360,6 @@ def test_srtp_when_offered_and_488_when_required_but_missing() -> None:
         assert (await peer.statuses(until=488))[-1] == 488
 
     run(test)
-
-
-def self_signed(folder: Path) -> tuple[Path, Path]:
-    import datetime as dt
-
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "appliance.test")])
-    now = dt.datetime.now(dt.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=1))
-        .not_valid_after(now + dt.timedelta(days=1))
-        .sign(key, hashes.SHA256())
-    )
-    cert_path, key_path = folder / "sip.crt", folder / "sip.key"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return cert_path, key_path
 
 
 def test_sips_answers_over_tls_12_or_later_and_refuses_older(tmp_path: Path) -> None:

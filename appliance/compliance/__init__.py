@@ -1,0 +1,1 @@
+"""Compliance evidence: live checks, the red-team gate, the vendor register."""
