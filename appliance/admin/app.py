@@ -28,6 +28,7 @@ from appliance.admin.api import api_blueprint
 from appliance.admin.callbacks import callbacks_blueprint
 from appliance.admin.callers import callers_blueprint
 from appliance.admin.compliance import compliance_blueprint
+from appliance.admin.vendors import vendors_blueprint
 from appliance.config.settings import Settings
 from appliance.core.errors import StorageError
 from appliance.core.ports import Counters
@@ -198,6 +199,7 @@ def create_app(
     app.register_blueprint(_users(storage, actor))
     app.register_blueprint(api_blueprint(storage))
     app.register_blueprint(compliance_blueprint(settings, storage, actor))
+    app.register_blueprint(vendors_blueprint(settings, storage, actor))
     app.register_blueprint(callers_blueprint(storage, actor))
     app.register_blueprint(callbacks_blueprint(storage, actor))
     static: Any = app.view_functions["static"]

@@ -1,15 +1,17 @@
-"""Models and settings: ``models list | verify | install [NAME]`` and ``config show``."""
+"""Models and settings: ``models list | verify | install [NAME]``, ``config show``, and the
+vendor register's SBOM: ``sbom [--out FILE]``."""
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
 import json
+from pathlib import Path
 from typing import Any
 
 from appliance.cli.common import EXIT_ERROR, Commands, command
 from appliance.config.settings import Settings
-from appliance.core.errors import ConfigError
+from appliance.core.errors import ComplianceError, ConfigError
 
 
 def register(commands: Commands) -> None:
@@ -30,6 +32,32 @@ def register(commands: Commands) -> None:
     config = commands.add_parser("config", help="the effective configuration")
     config_cmd = config.add_subparsers(dest="config_command", required=True)
     command(config_cmd, "show", show_config, "print the validated settings as JSON")
+    sbom = command(
+        commands,
+        "sbom",
+        write_sbom,
+        "the vendor register (every model and Python package, with licence and hash) as a "
+        "CycloneDX 1.6 JSON SBOM",
+    )
+    sbom.add_argument("--out", type=Path, help="write it to FILE instead of standard output")
+
+
+def write_sbom(args: argparse.Namespace, settings: Settings) -> int:
+    from appliance.compliance.sbom import register, sbom_document
+
+    vendors = register(settings)
+    text = json.dumps(sbom_document(vendors), indent=2) + "\n"
+    if args.out is None:
+        print(text, end="")
+        return 0
+    try:
+        args.out.write_text(text, encoding="utf-8")
+    except OSError as exc:
+        raise ComplianceError(
+            "sbom.write", f"cannot write {args.out}: {exc.strerror or exc}"
+        ) from exc
+    print(f"wrote {args.out}: {len(vendors.models)} models, {len(vendors.packages)} packages")
+    return 0
 
 
 def show_config(args: argparse.Namespace, settings: Settings) -> int:

@@ -69,6 +69,8 @@ CONTROLS: tuple[tuple[str, str, str, str, tuple[Probe, ...]], ...] = (
     ("SOC 2", "CC7.1", "Configuration hardening", "compliance.tools", (probes.unit_hardening,)),
     ("SOC 2", "CC8.1", "Change management: models pinned", "compliance.tools",
      (probes.model_pins,)),
+    ("SOC 2", "CC9.2", "Vendor management: register and SBOM", "vendors.register_page",
+     (probes.vendors,)),
 )  # fmt: skip
 
 

@@ -500,3 +500,25 @@ def disclosure(live: Live) -> Finding:
     if not ai:
         return Finding(Outcome.FAIL, evidence, "the disclosure does not say it is automated")
     return Finding(Outcome.PASS, evidence, "the caller is told they speak with an automated agent")
+
+
+def vendors(live: Live) -> Finding:
+    """The vendor register behind the SBOM: every model in use pinned by SHA-256 with a
+    licence and a source; packages whose licence is undeclared are named for review."""
+    from appliance.compliance.sbom import LicenceSource, register
+
+    found = register(live.settings)
+    in_use = [m for m in found.models if m.configured]
+    unpinned = [m.name for m in in_use if not m.files or not all(f.sha256 for f in m.files)]
+    unlicensed = [m.name for m in in_use if not m.licence]
+    undeclared = [p.name for p in found.packages if p.licence.source is LicenceSource.UNDECLARED]
+    evidence = (
+        f"{len(in_use)} models in use, {len(found.packages)} Python packages "
+        f"({len(undeclared)} without a declared licence); SBOM at /vendors/sbom.json"
+    )
+    if unpinned or unlicensed:
+        names = ", ".join(unpinned + unlicensed)
+        return Finding(Outcome.FAIL, evidence, f"models without pins or licence: {names}")
+    if undeclared:
+        return Finding(Outcome.WARN, evidence, f"licence not declared: {', '.join(undeclared[:8])}")
+    return Finding(Outcome.PASS, evidence, "every model pinned and licensed, every package too")

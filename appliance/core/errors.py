@@ -96,3 +96,7 @@ class KnowledgeError(ApplianceError):
     """A knowledge file is malformed or unreadable, or the index cannot be built or read."""
 
     stage = Stage.KNOWLEDGE
+
+
+class ComplianceError(ApplianceError):
+    """Compliance evidence could not be gathered or written (the SBOM, a report)."""

@@ -32,7 +32,7 @@ CHROMIUM = shutil.which("chromium")
 APPLIANCE = Path(sys.executable).parent / "appliance"
 ADMIN_PAGES = ["/", "/calls", "/audit", "/users", "/incidents", "/tools", "/retention",
                "/consent", "/access-review", "/redteam", "/data-flow", "/compliance",
-               "/callers", "/callbacks"]  # fmt: skip
+               "/callers", "/callbacks", "/vendors"]  # fmt: skip
 
 
 @pytest.fixture

@@ -349,3 +349,19 @@ def test_an_altered_model_fails_change_management(
     found = control(altered, storage, "CC8.1", T0)
     assert found.outcome is Outcome.FAIL and "altered" in found.reason
     assert control(settings, storage, "CC8.1", T0).outcome is Outcome.PASS
+
+
+def test_vendor_management_reads_the_register_and_fails_an_unpinned_model(
+    settings: Settings, storage: Storage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from appliance.compliance import sbom
+
+    real = sbom.register(settings)
+    found = control(settings, storage, "CC9.2", T0)
+    assert f"{len(real.packages)} Python packages" in found.evidence
+    assert found.outcome is not Outcome.FAIL, found
+    model = next(m for m in real.models if m.configured)
+    unpinned = dataclasses.replace(model, files=())
+    monkeypatch.setattr(sbom, "register", lambda s: dataclasses.replace(real, models=(unpinned,)))
+    failed = control(settings, storage, "CC9.2", T0)
+    assert failed.outcome is Outcome.FAIL and model.name in failed.reason
