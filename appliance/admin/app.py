@@ -28,6 +28,8 @@ from appliance.admin.api import api_blueprint
 from appliance.admin.callbacks import callbacks_blueprint
 from appliance.admin.callers import callers_blueprint
 from appliance.admin.compliance import compliance_blueprint
+from appliance.admin.incidents import incidents_blueprint
+from appliance.admin.subject_access import subject_access_blueprint
 from appliance.admin.vendors import vendors_blueprint
 from appliance.config.settings import Settings
 from appliance.core.errors import StorageError
@@ -202,6 +204,8 @@ def create_app(
     app.register_blueprint(vendors_blueprint(settings, storage, actor))
     app.register_blueprint(callers_blueprint(storage, actor))
     app.register_blueprint(callbacks_blueprint(storage, actor))
+    app.register_blueprint(incidents_blueprint(settings.incidents, storage, actor))
+    app.register_blueprint(subject_access_blueprint(storage, actor))
     static: Any = app.view_functions["static"]
     static.required_roles = PUBLIC
     return app

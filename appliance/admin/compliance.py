@@ -14,6 +14,7 @@ from flask import Blueprint, Response, g, render_template, request
 from flask.typing import ResponseReturnValue
 
 from appliance.admin.access import requires
+from appliance.admin.incidents import incident_page  # its actions: admin/incidents.py
 from appliance.compliance import checks, export
 from appliance.config.settings import Settings
 from appliance.storage import reports
@@ -78,7 +79,7 @@ def compliance_blueprint(
     @pages.route("/incidents")
     @requires("admin", "operator", "auditor")
     def incidents() -> ResponseReturnValue:
-        return render_template("incidents.html", incidents=storage.list_incidents())
+        return incident_page(storage, settings.incidents)
 
     @pages.route("/retention")
     @requires("admin", "auditor")

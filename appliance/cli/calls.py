@@ -1,5 +1,5 @@
 """Calls: ``call`` (a WAV file as a call), ``listen`` (the microphone), ``say``, and the stored
-calls (``calls list`` / ``calls show``)."""
+calls (``calls list`` / ``calls show`` / ``calls export-caller``)."""
 
 from __future__ import annotations
 
@@ -51,6 +51,14 @@ def register(commands: Commands) -> None:
     show.add_argument("call_id")
     show.add_argument("--reason", required=True, help="why you read it (audited)")
     show.add_argument("--json", action="store_true")
+    export = command(
+        calls_cmd,
+        "export-caller",
+        export_caller,
+        "a caller's access export (GDPR Art. 15): their data, decrypted, in one file (audited)",
+        "number",
+    )
+    export.add_argument("--out", type=Path, required=True, help="the JSON file (mode 0600)")
 
 
 def run_call(args: argparse.Namespace, settings: Settings) -> int:
@@ -208,4 +216,24 @@ def show_call(args: argparse.Namespace, settings: Settings) -> int:
         if t.route:
             cited = f"; cites {', '.join(t.citations)}" if t.citations else ""
             print(f"     route:  {t.route}{cited}")
+    return 0
+
+
+def export_caller(args: argparse.Namespace, settings: Settings) -> int:
+    """The file is for the data subject: owner-only (0600) until it is handed over."""
+    from appliance.service import open_storage
+    from appliance.storage.keys import write_private
+
+    with open_storage(settings) as storage:
+        document = storage.caller_access_export(args.number, actor())
+    write_private(args.out, json.dumps(document, indent=2, ensure_ascii=False).encode())
+    counts = document["counts"]
+    if not document["found"]:
+        print(f"wrote {args.out}: nothing is held of that caller")
+        return 0
+    print(
+        f"wrote {args.out} (mode 0600): {counts['calls']} call(s), {counts['turns']} turn(s), "
+        f"{counts['tool_calls']} tool call(s), {counts['callbacks']} callback request(s), "
+        f"directory entry: {'yes' if counts['directory_entry'] else 'no'}"
+    )
     return 0

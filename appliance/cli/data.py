@@ -1,5 +1,5 @@
 """The stored data: ``erase``, ``hold``, ``keys rotate|recovery-code|recover``, ``retention
-run``, ``audit``, ``backup``, ``restore`` and ``incidents``."""
+run``, ``audit``, ``backup`` and ``restore`` (``incidents`` has its own area)."""
 
 from __future__ import annotations
 
@@ -69,8 +69,6 @@ def register(commands: Commands) -> None:
     backup.add_argument("--keep", type=int, default=0, help="with --dir: keep the N newest")
     restore = command(commands, "restore", run_restore, "check a backup, then put it in place")
     restore.add_argument("file", type=Path)
-    incidents = command(commands, "incidents", list_incidents, "incidents opened by the guards")
-    incidents.add_argument("--json", action="store_true")
 
 
 def erase_data(args: argparse.Namespace, settings: Settings) -> int:
@@ -303,20 +301,4 @@ def run_restore(args: argparse.Namespace, settings: Settings) -> int:
     checkpoint = audit_checkpoint(settings)
     turns = restore(args.file, database_path(settings), master, actor(), checkpoint)
     print(f"restored {args.file}: verified, {turns} turns")
-    return 0
-
-
-def list_incidents(args: argparse.Namespace, settings: Settings) -> int:
-    from appliance.service import open_storage
-
-    with open_storage(settings) as storage:
-        rows = storage.list_incidents()
-    if args.json:
-        print(json.dumps(rows, indent=2))
-        return 0
-    for r in rows:
-        call = r["call_id"] or "-"
-        print(f"{r['opened_at']}  {r['severity']:6} {r['kind']:12} call {call}  {r['summary']}")
-    if not rows:
-        print("no incidents")
     return 0

@@ -522,3 +522,20 @@ def vendors(live: Live) -> Finding:
     if undeclared:
         return Finding(Outcome.WARN, evidence, f"licence not declared: {', '.join(undeclared[:8])}")
     return Finding(Outcome.PASS, evidence, "every model pinned and licensed, every package too")
+
+
+def incidents(live: Live) -> Finding:
+    """Incidents not resolved within their severity's response time ([incidents]
+    response_minutes), counted from when they were opened."""
+    from appliance.core.ports import IncidentState
+    from appliance.storage.incidents import overdue_incidents
+
+    minutes = live.settings.incidents.response_minutes
+    late = overdue_incidents(live.storage, minutes, live.now)
+    states = (IncidentState.OPEN, IncidentState.ACKNOWLEDGED)
+    unresolved = [i for s in states for i in live.storage.incidents(s, limit=100_000)]
+    evidence = f"{len(unresolved)} unresolved incidents, {len(late)} past their response time"
+    if late:
+        kinds = sorted({i.kind for i in late})
+        return Finding(Outcome.FAIL, evidence, f"past their response time: {', '.join(kinds)}")
+    return Finding(Outcome.PASS, evidence, "every incident handled within its response time")

@@ -23,6 +23,7 @@ from typing import Any
 
 from appliance.core.errors import ConfigError
 from appliance.core.hours import HoursError, OpeningHours
+from appliance.core.ports import IncidentSeverity
 
 PACKAGE_ROOT = Path(__file__).resolve().parents[2]
 """The checkout (or install prefix) holding ``config/`` and ``models/`` beside the package."""
@@ -454,6 +455,92 @@ class LimitsSettings:
         _check(self.topic_drift_turns >= 2, "limits.topic_drift_turns", "at least 2")
 
 
+DEFAULT_RESPONSE_MINUTES: dict[str, int] = {
+    IncidentSeverity.HIGH.value: 15,
+    IncidentSeverity.MEDIUM.value: 240,
+    IncidentSeverity.LOW.value: 1440,
+}
+DEFAULT_RUNBOOKS: dict[str, str] = {
+    "distress": "A caller may be in danger (self-harm or an emergency). Now: open the call "
+    "(Calls, with the incident as your reason) and read the turn named in the summary; call "
+    "the caller back at once if you have their number (callbacks, or the directory). If life "
+    "may be at risk, call the emergency services for them. Acknowledge when you start; "
+    "resolve with what was done (called_back, emergency_services, false_alarm).",
+    "flood": "Calls from one caller or address were refused past the limits of [limits]. "
+    "Check the audit trail's call_refused events for where they come from; if it goes on, "
+    "block the source at the PBX or the firewall. Resolve as blocked, benign or false_alarm.",
+    "probing": "A caller's turns were blocked by the input guard again and again (prompt "
+    "injection or extraction attempts). Read the call with a reason; if it is an attack, "
+    'consider [limits] probe_action = "block_caller" and run `appliance redteam` with its '
+    "wording. Resolve as attack, benign or false_alarm.",
+    "volume_spike": "One utterance was far louder than the caller's others (shouting, or a "
+    "sound played into the line). Read the call's turns with a reason and check whether the "
+    "agent was misled. Resolve as benign, attack or false_alarm.",
+    "topic_drift": "A caller stayed off topic for several turns in a row. Read the call with a "
+    "reason: a confused caller may need a person (offer a callback), an attacker a block. "
+    "Resolve as benign, called_back or attack.",
+    "redteam_gate": "The appliance took calls with no passing red-team report for what now "
+    "decides its behaviour (models, prompt, knowledge, tools). Run `appliance redteam` now; "
+    "resolve once a report passes for the current fingerprint.",
+}
+"""A runbook for each kind of incident the appliance opens (grep ``open_incident(`` and
+``escalation=``): what the person who picks it up does."""
+NO_RUNBOOK = (
+    "No runbook is configured for incidents of kind {kind!r}: add one under "
+    "[incidents.runbooks] in the configuration. Until then: read the summary and the call, "
+    "acknowledge, act, and resolve with a note code."
+)
+RUNBOOK_KIND = re.compile(r"[a-z0-9_]{1,64}")
+
+
+@dataclass(frozen=True)
+class IncidentSettings:
+    """Incident response: how soon each severity must be resolved, and the runbook shown for
+    each kind. The file's tables are merged over the defaults: a severity or kind left out
+    keeps its built-in value."""
+
+    response_minutes: dict[str, int] = field(
+        default_factory=lambda: dict(DEFAULT_RESPONSE_MINUTES), hash=False
+    )
+    """Minutes from opening by which an incident of each severity (high, medium, low) must be
+    resolved; acknowledging does not stop the clock. Past it, it counts as overdue."""
+    runbooks: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_RUNBOOKS), hash=False)
+    """Incident kind -> what to do, shown on the incident page."""
+
+    def __post_init__(self) -> None:
+        severities = {s.value for s in IncidentSeverity}
+        for severity, minutes in self.response_minutes.items():
+            _check(
+                severity in severities,
+                f"incidents.response_minutes.{severity}",
+                "a severity: high, medium or low",
+            )
+            _check(
+                1 <= minutes <= 525_600,
+                f"incidents.response_minutes.{severity}",
+                "1 to 525600 minutes (a year)",
+            )
+        for kind, text in self.runbooks.items():
+            _check(
+                bool(RUNBOOK_KIND.fullmatch(kind)),
+                f"incidents.runbooks.{kind}",
+                "a kind is lower-case letters, digits and _",
+            )
+            _check(
+                0 < len(text.strip()) <= 4000,
+                f"incidents.runbooks.{kind}",
+                "a text of 1 to 4000 characters",
+            )
+        # Frozen: the merged tables are set once, here (dataclasses' documented way).
+        merged_minutes = {**DEFAULT_RESPONSE_MINUTES, **self.response_minutes}
+        object.__setattr__(self, "response_minutes", merged_minutes)
+        object.__setattr__(self, "runbooks", {**DEFAULT_RUNBOOKS, **self.runbooks})
+
+    def runbook(self, kind: str) -> str:
+        """The runbook of ``kind``, or a text saying that none is configured."""
+        return self.runbooks.get(kind) or NO_RUNBOOK.format(kind=kind)
+
+
 class CredentialSource(enum.StrEnum):
     """What callers' factors are checked against."""
 
@@ -821,6 +908,7 @@ class RetentionSettings:
     calls_days: int = 90
     tool_calls_days: int = 90
     incidents_days: int = 365
+    """Resolved incidents, counted from their resolution ([incidents]); one not resolved stays."""
     callbacks_days: int = 30
     """A callback request that was called back or closed goes this long after (an open one
     stays until staff handle it)."""
@@ -1291,6 +1379,7 @@ class Settings:
     tools: ToolsSettings = field(default_factory=ToolsSettings)
     notify: NotifySettings = field(default_factory=NotifySettings)
     limits: LimitsSettings = field(default_factory=LimitsSettings)
+    incidents: IncidentSettings = field(default_factory=IncidentSettings)
     storage: StorageSettings = field(default_factory=StorageSettings)
     retention: RetentionSettings = field(default_factory=RetentionSettings)
     service: ServiceSettings = field(default_factory=ServiceSettings)
@@ -1333,6 +1422,7 @@ SECTIONS: dict[str, type[Any]] = {
     "tools": ToolsSettings,
     "notify": NotifySettings,
     "limits": LimitsSettings,
+    "incidents": IncidentSettings,
     "storage": StorageSettings,
     "retention": RetentionSettings,
     "service": ServiceSettings,
@@ -1396,6 +1486,12 @@ def _coerce(value: Any, kind: Any, key: str) -> Any:
         raise ConfigError(
             "config.type", f"{key}: expected an array of tables ([[{key}]]), got {value!r}"
         )
+    elif typing.get_origin(kind) is dict:
+        # A TOML table of one value type ([incidents.runbooks]); no environment form.
+        if isinstance(value, dict):
+            item = typing.get_args(kind)[1]
+            return {str(k): _coerce(v, item, f"{key}.{k}") for k, v in value.items()}
+        raise ConfigError("config.type", f"{key}: expected a table ([{key}]), got {value!r}")
     elif _optional_kind(kind) is not None:
         return _coerce(value, _optional_kind(kind), key)
     raise ConfigError(
@@ -1498,6 +1594,7 @@ __all__ = [
     "EndpointingSettings",
     "HttpParam",
     "HttpTool",
+    "IncidentSettings",
     "KnowledgeSettings",
     "LlmSettings",
     "ModelsSettings",

@@ -100,3 +100,8 @@ class KnowledgeError(ApplianceError):
 
 class ComplianceError(ApplianceError):
     """Compliance evidence could not be gathered or written (the SBOM, a report)."""
+
+
+class IncidentError(ApplianceError):
+    """A change of an incident's state was refused: there is no such incident, or the states
+    do not allow it (an incident is acknowledged once, resolved once, and never reopened)."""

@@ -294,6 +294,24 @@ class CallbackState(enum.StrEnum):
     CLOSED = "closed"
 
 
+class IncidentState(enum.StrEnum):
+    """An incident as staff work it: open, acknowledged (someone has it), resolved. Only
+    forward: open -> acknowledged -> resolved, or open -> resolved; never back."""
+
+    OPEN = "open"
+    ACKNOWLEDGED = "acknowledged"
+    RESOLVED = "resolved"
+
+
+class IncidentSeverity(enum.StrEnum):
+    """How urgent an incident is; each has its response time (``[incidents]
+    response_minutes``)."""
+
+    HIGH = "high"
+    MEDIUM = "medium"
+    LOW = "low"
+
+
 class CallbackDesk(Protocol):
     """Where a caller's consented request to be called back is kept for staff (the store)."""
 

@@ -11,7 +11,7 @@ from typing import Any
 from sqlalchemy import Select, func, or_, select, update
 from sqlalchemy.orm import Session
 
-from appliance.core.ports import CallbackState
+from appliance.core.ports import CallbackState, IncidentState
 from appliance.retention.policy import DataClass, RetentionPolicy
 from appliance.storage import audit
 from appliance.storage.repository import Storage
@@ -56,7 +56,10 @@ def _candidates(data_class: DataClass, cutoff: datetime) -> Select[Any]:
     if data_class is DataClass.CALLS:
         return select(Call.id).where(Call.started_at < cutoff, Call.legal_hold.is_(False))
     if data_class is DataClass.INCIDENTS:
-        return select(Incident.id).where(Incident.opened_at < cutoff)
+        # An incident nobody resolved stays whatever its age, as an open callback request does
+        # (someone still has to deal with it); a resolved one goes its period after resolution.
+        resolved = Incident.state == IncidentState.RESOLVED.value
+        return select(Incident.id).where(resolved, Incident.resolved_at < cutoff)
     if data_class is DataClass.CALLBACKS:
         handled = CallbackRequest.state != CallbackState.OPEN.value
         return select(CallbackRequest.id).where(handled, CallbackRequest.changed_at < cutoff)

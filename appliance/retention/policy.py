@@ -17,6 +17,7 @@ class DataClass(enum.StrEnum):
     TOOL_CALLS = "tool_calls"
     CALLS = "calls"
     INCIDENTS = "incidents"
+    """Resolved ones, counted from their resolution; an incident not resolved stays."""
     CALLBACKS = "callback_requests"
     """Handled ones (called back, closed), counted from when they were handled; an open
     request stays until staff handle it."""

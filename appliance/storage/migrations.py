@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import cast
 
-from sqlalchemy import Connection, Engine, Index, Table, inspect, select, text
+from sqlalchemy import Connection, DateTime, Engine, Index, String, Table, inspect, select, text
 
 from appliance.core.errors import StorageError
 from appliance.storage.schema import (
@@ -21,6 +21,7 @@ from appliance.storage.schema import (
     CallerCredential,
     DirectoryEntry,
     ErasureRequest,
+    Incident,
     LimitEvent,
     LimitState,
     SchemaMigration,
@@ -85,6 +86,45 @@ def _erasure_requests(connection: Connection) -> None:
     cast(Table, ErasureRequest.__table__).create(connection, checkfirst=True)
 
 
+INCIDENT_COLUMNS = (
+    ("acknowledged_at", DateTime()),
+    ("acknowledged_by", String(128)),
+    ("resolved_at", DateTime()),
+    ("resolved_by", String(128)),
+    ("resolution", String(64)),
+)
+
+
+def _incident_states(connection: Connection) -> None:
+    """incidents.state (open, acknowledged, resolved) with who and when. Only adds what is
+    missing, so it applies on a database that
+    migration 1 made at the newest schema. Each type is compiled for the connection's dialect
+    (SQLite DATETIME, PostgreSQL TIMESTAMP WITHOUT TIME ZONE). An incident closed before
+    (``closed_at``, never written by the appliance) becomes resolved at that time."""
+    columns = {c["name"] for c in inspect(connection).get_columns("incidents")}
+    if "state" not in columns:
+        # NOT NULL needs a default on both dialects: every existing incident is open.
+        connection.execute(
+            text("ALTER TABLE incidents ADD COLUMN state VARCHAR(16) NOT NULL DEFAULT 'open'")
+        )
+    for name, kind in INCIDENT_COLUMNS:
+        if name not in columns:
+            ddl = kind.compile(dialect=connection.dialect)
+            connection.execute(text(f"ALTER TABLE incidents ADD COLUMN {name} {ddl}"))
+    connection.execute(
+        text(
+            "UPDATE incidents SET state = 'resolved', resolved_at = closed_at, "
+            "resolved_by = 'unknown (before schema 10)' "
+            "WHERE closed_at IS NOT NULL AND resolved_at IS NULL"
+        )
+    )
+    indexes = {i["name"] for i in inspect(connection).get_indexes("incidents")}
+    if "ix_incidents_state_opened" not in indexes:
+        table = cast(Table, Incident.__table__)
+        (index,) = [i for i in table.indexes if i.name == "ix_incidents_state_opened"]
+        index.create(connection)
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(
         1, "calls, turns, keys, consents, recordings, tools, incidents, users, audit", _initial
@@ -101,6 +141,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(7, "callback_requests (callers' consented callback requests, sealed)", _callbacks),
     Migration(8, "calls.status holds 64 characters (end reasons are longer than 16)", _call_status),
     Migration(9, "erasure_requests (erasures, with their completion)", _erasure_requests),
+    Migration(10, "incidents.state with who and when acknowledged and resolved", _incident_states),
 )
 LATEST = MIGRATIONS[-1].version
 

@@ -1,7 +1,7 @@
 """The storage facade: one class, ``Storage``, made of one module per concern (``base``: the
 engine, sealing and the audit trail; ``calls``, ``voiceprints``, ``directory`` (the enrolled
 callers), ``callbacks`` (callers' callback requests), ``accounts``, ``incidents``, ``erasure``,
-``rotation``, ``limits``); ``reports`` holds
+``access`` (a caller's access export), ``rotation``, ``limits``); ``reports`` holds
 the panel's read-only queries.
 
 Every write is one transaction that commits before the method returns, so a turn that was
@@ -17,6 +17,7 @@ from typing import Any
 from sqlalchemy import create_engine
 
 from appliance.storage import sqlite
+from appliance.storage.access import SubjectAccess
 from appliance.storage.accounts import Accounts
 from appliance.storage.base import storage_errors
 from appliance.storage.calls import CallHandle, Calls, CallView, TurnView
@@ -38,7 +39,7 @@ __all__ = [
 ]
 
 
-class Storage(Calls, Accounts, Incidents, Erasure, Rotation, Limits):
+class Storage(Calls, Accounts, Incidents, Erasure, SubjectAccess, Rotation, Limits):
     """One database and the master key that opens it."""
 
     @classmethod

@@ -226,7 +226,12 @@ class CallbackRequest(Base):
 
 
 class Incident(Base):
+    """Something for a person to follow up (the distress path, a flood, probing). ``state`` is
+    an ``IncidentState`` value; who acknowledged and resolved it, and when, are kept here and
+    in the audit trail."""
+
     __tablename__ = "incidents"
+    __table_args__ = (Index("ix_incidents_state_opened", "state", "opened_at"),)
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
     call_id: Mapped[str | None] = mapped_column(String(36), index=True)
     caller_id: Mapped[str | None] = mapped_column(String(36), index=True)
@@ -235,6 +240,15 @@ class Incident(Base):
     summary: Mapped[str] = mapped_column(String(500))  # codes and counts, never what was said
     opened_at: Mapped[datetime] = mapped_column(DateTime, default=utc_now, index=True)
     closed_at: Mapped[datetime | None] = mapped_column(DateTime)
+    """Unused since schema 10 (never written before it): ``resolved_at`` took its place, and
+    migration 10 copied any value into it."""
+    state: Mapped[str] = mapped_column(String(16), default="open", server_default="open")
+    acknowledged_at: Mapped[datetime | None] = mapped_column(DateTime)
+    acknowledged_by: Mapped[str | None] = mapped_column(String(128))
+    resolved_at: Mapped[datetime | None] = mapped_column(DateTime)
+    resolved_by: Mapped[str | None] = mapped_column(String(128))
+    resolution: Mapped[str | None] = mapped_column(String(64))
+    """The resolver's note code (``false_alarm``, ``called_back``...): a code, never a text."""
 
 
 class AdminUser(Base):

@@ -365,3 +365,19 @@ def test_vendor_management_reads_the_register_and_fails_an_unpinned_model(
     monkeypatch.setattr(sbom, "register", lambda s: dataclasses.replace(real, models=(unpinned,)))
     failed = control(settings, storage, "CC9.2", T0)
     assert failed.outcome is Outcome.FAIL and model.name in failed.reason
+
+
+def test_an_incident_past_its_response_time_fails_incident_response(
+    settings: Settings, storage: Storage
+) -> None:
+    incident = storage.open_incident("guard_block", "high", "rule:injection x3")
+    assert control(settings, storage, "CC7.2", T0 + timedelta(minutes=10)).outcome is (Outcome.PASS)
+    late = control(settings, storage, "CC7.2", T0 + timedelta(minutes=16))
+    assert late.outcome is Outcome.FAIL and "guard_block" in late.reason
+    storage.acknowledge_incident(incident, "admin:root")  # acknowledging does not stop it
+    assert control(settings, storage, "164.308(a)(6)", T0 + timedelta(minutes=16)).outcome is (
+        Outcome.FAIL
+    )
+    storage.resolve_incident(incident, "admin:root", None)
+    done = control(settings, storage, "CC7.2", T0 + timedelta(minutes=16))
+    assert done.outcome is Outcome.PASS and "0 unresolved" in done.evidence

@@ -193,7 +193,7 @@ def test_incidents_are_listed(home: Path) -> None:
     handle = store.start_call("+1555", "wav")
     handle.record_turn(TurnRecord(1, "[redacted]", "help is coming", escalation="distress"))
     store.close()
-    rows = json.loads(cli(home, "incidents", "--json").stdout)
+    rows = json.loads(cli(home, "incidents", "list", "--json").stdout)
     assert [(r["kind"], r["severity"], r["call_id"]) for r in rows] == [
         ("distress", "high", handle.call_id)
     ]
