@@ -16,6 +16,7 @@ from flask.typing import ResponseReturnValue
 from appliance.admin.access import requires
 from appliance.admin.incidents import incident_page  # its actions: admin/incidents.py
 from appliance.compliance import checks, export
+from appliance.config.consent import configured_scripts, missing_scripts
 from appliance.config.settings import Settings
 from appliance.storage import reports
 from appliance.storage.repository import Storage
@@ -90,7 +91,12 @@ def compliance_blueprint(
     @pages.route("/consent")
     @requires("admin", "auditor")
     def consent() -> ResponseReturnValue:
-        return render_template("consent.html", sip=settings.sip, policy=settings.policy)
+        return render_template(
+            "consent.html",
+            scripts=configured_scripts(settings),
+            missing=missing_scripts(settings),
+            policy=settings.policy,
+        )
 
     @pages.route("/tools")
     @requires("admin", "auditor", "operator")

@@ -492,14 +492,29 @@ def egress(live: Live, units: Path = UNITS) -> Finding:
 
 
 def disclosure(live: Live) -> Finding:
-    sip = live.settings.sip
-    said = sip.disclosure.lower()
-    ai = any(word in said for word in ("automated", "virtual assistant", " ai ", "artificial"))
-    consent = "consent asked" if sip.consent_required else "consent not asked"
-    evidence = f"disclosure {sip.disclosure_version}: {consent}; spoken before any recording"
-    if not ai:
-        return Finding(Outcome.FAIL, evidence, "the disclosure does not say it is automated")
-    return Finding(Outcome.PASS, evidence, "the caller is told they speak with an automated agent")
+    """The consent and disclosure script of every jurisdiction a call on this line can be
+    under (its own, and each a caller's number can suggest), read from config/consent/: each
+    must exist in English and say the caller speaks with an automated assistant."""
+    from appliance.config.consent import configured_scripts, missing_scripts
+    from appliance.config.settings import DISCLOSURE_SAYS_AUTOMATED
+
+    try:
+        scripts = configured_scripts(live.settings)
+        missing = missing_scripts(live.settings)
+    except ApplianceError as exc:
+        return Finding(Outcome.FAIL, "consent scripts unreadable", exc.message)
+    silent = [s.jurisdiction for s in scripts if not DISCLOSURE_SAYS_AUTOMATED.search(s.disclosure)]
+    asked = sorted(s.jurisdiction for s in scripts if s.consent_required)
+    evidence = (
+        f"scripts: {', '.join(f'{s.jurisdiction}/{s.version}' for s in scripts)}; consent "
+        f"asked under: {', '.join(asked) or 'none'}; the disclosure is spoken before the model"
+    )
+    if missing or silent:
+        reasons = ([f"no English script for {', '.join(missing)}"] if missing else []) + (
+            [f"no AI disclosure in {', '.join(silent)}"] if silent else []
+        )
+        return Finding(Outcome.FAIL, evidence, "; ".join(reasons))
+    return Finding(Outcome.PASS, evidence, "every jurisdiction has its script and AI disclosure")
 
 
 def vendors(live: Live) -> Finding:

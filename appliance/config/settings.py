@@ -31,8 +31,16 @@ PACKAGE_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_CONFIG_FILE = PACKAGE_ROOT / "config" / "appliance.toml"
 DEFAULT_MANIFEST_FILE = PACKAGE_ROOT / "models" / "manifest.toml"
 DEFAULT_KNOWLEDGE_FOLDER = PACKAGE_ROOT / "config" / "knowledge"
+DEFAULT_CONSENT_FOLDER = PACKAGE_ROOT / "config" / "consent"
 INSTALLED_HOME = Path("/var/lib/appliance")
 ENV_PREFIX = "APPLIANCE_"
+
+
+DISCLOSURE_SAYS_AUTOMATED = re.compile(r"(?i:\b(?:automated|virtual assistant)\b)|\bAI\b")
+"""What every disclosure must say: that the caller is speaking with an automated assistant
+(the EU AI Act, Art. 50(1), asks that people be told they are interacting with an AI system;
+several US states' bot-disclosure laws, e.g. Cal. Bus. & Prof. Code 17941, likewise)."""
+_JURISDICTION_ID = re.compile(r"[a-z0-9]+(?:-[a-z0-9]+)*")
 
 
 def _check(condition: bool, key: str, rule: str) -> None:
@@ -1068,7 +1076,9 @@ class SipSettings:
         "Hello. You are speaking with an automated assistant. This call is transcribed and "
         "stored to help you and to improve our service."
     )
-    """Spoken first, before anything is recorded or transcribed."""
+    """Spoken first, before anything is recorded or transcribed (with ``jurisdiction`` empty;
+    otherwise the jurisdiction's script speaks its own). It must say the caller is speaking
+    with an automated assistant ("automated", "AI" or "virtual assistant")."""
     disclosure_version: str = "2026-11-en-1"
     consent_required: bool = False
     consent_prompt: str = "To continue, please say yes or press 1. To stop, say no or press 2."
@@ -1077,6 +1087,14 @@ class SipSettings:
         "No problem. Nothing from this call will be kept. Please call our branch team instead. "
         "Goodbye."
     )
+    jurisdiction: str = ""
+    """The line's jurisdiction: the script ``<consent_folder>/<jurisdiction>.en.toml`` is
+    spoken and followed instead of the texts above. Empty: the texts above are the line's
+    script ("configured"). Either way a caller's number may make a call stricter, never laxer
+    (appliance/core/jurisdiction.py)."""
+    consent_folder: str = ""
+    """The consent and disclosure scripts; empty means ``config/consent`` of this
+    installation."""
 
     def __post_init__(self) -> None:
         _check(
@@ -1127,6 +1145,28 @@ class SipSettings:
         _check(self.tcp_idle_s > 0, "sip.tcp_idle_s", "must be positive")
         _check(self.tcp_per_address >= 1, "sip.tcp_per_address", "at least 1")
         _check(bool(self.disclosure.strip()), "sip.disclosure", "must not be empty")
+        _check(
+            bool(DISCLOSURE_SAYS_AUTOMATED.search(self.disclosure)),
+            "sip.disclosure",
+            'must say the caller is speaking with an automated assistant ("automated", "AI" '
+            'or "virtual assistant")',
+        )
+        _check(
+            not self.jurisdiction
+            or (
+                bool(_JURISDICTION_ID.fullmatch(self.jurisdiction))
+                and self.jurisdiction != "configured"
+            ),
+            "sip.jurisdiction",
+            'empty, or a script\'s id (lower-case letters, digits, hyphens; not "configured")',
+        )
+        _check(
+            0 < len(self.disclosure_version) <= 53,
+            "sip.disclosure_version",
+            '1 to 53 characters ("configured/" and it are stored in 64)',
+        )
+        _check(bool(self.consent_prompt.strip()), "sip.consent_prompt", "must not be empty")
+        _check(bool(self.no_consent_reply.strip()), "sip.no_consent_reply", "must not be empty")
         for value in self.allowed_peers:
             try:
                 ipaddress.ip_network(value, strict=False)
@@ -1134,6 +1174,10 @@ class SipSettings:
                 raise ConfigError(
                     "config.invalid", f"sip.allowed_peers: {value!r} is not an address or CIDR"
                 ) from exc
+
+    @property
+    def consent_folder_path(self) -> Path:
+        return Path(self.consent_folder) if self.consent_folder else DEFAULT_CONSENT_FOLDER
 
 
 class TransferMode(enum.StrEnum):

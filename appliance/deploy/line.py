@@ -1,9 +1,13 @@
-"""The SIP phone line: each answered call hears the disclosure first, gives consent where the
-configuration asks for it, then runs through the voice pipeline (``run_call``).
+"""The SIP phone line: each answered call hears the disclosure first, gives consent where its
+script asks for it, then runs through the voice pipeline (``run_call``).
 
-Nothing of a call is recorded or transcribed before its disclosure has been played. Without
-consent only the minimal call record (with the decision and the disclosure version) is kept,
-the caller hears the configured alternative, and the appliance hangs up.
+A call's script is the strictest of the line's jurisdiction and the one its caller's number
+suggests (``LineScripts.for_caller``): a number may only make the rules stricter. The script's
+disclosure is played from the script itself, before any model runs, so no system prompt and
+no model reply can skip or shorten it. Nothing of a call is recorded or transcribed before
+it has been played. Without consent only the minimal call record (with the decision and the
+script's ``<jurisdiction>/<version>``) is kept, the caller hears the script's alternative, and
+the appliance hangs up.
 """
 
 from __future__ import annotations
@@ -16,8 +20,10 @@ import time
 from collections.abc import Callable
 
 from appliance.audio_io.screening import ScreenedSource
+from appliance.config.consent import LineScripts
 from appliance.config.settings import Settings, TransferMode, TransferSettings
 from appliance.core.audio import PIPELINE_SAMPLE_RATE_HZ
+from appliance.core.jurisdiction import ConsentScript
 from appliance.core.ports import KeyInbox, TransferAttempt, TransferResult
 from appliance.service import Consent, VoiceService, run_call
 from appliance.storage.repository import Storage
@@ -34,6 +40,8 @@ class SipLine:
         self.settings = settings
         self.service = service
         self.storage = storage
+        self.scripts = LineScripts.load(settings)
+        """Read once: a malformed or missing script stops the line before it takes a call."""
         self.ua = SipUserAgent(settings.sip, self.handle)
         self.calls = 0
 
@@ -41,16 +49,17 @@ class SipLine:
         return self.service.prompt_audio(text, RATE_HZ)
 
     async def handle(self, call: SipCall) -> None:
-        sip = self.settings.sip
         self.calls += 1
         media = call.media
-        await media.play(await asyncio.to_thread(self.say, sip.disclosure))
-        consent = Consent("not_required", sip.disclosure_version, "configuration")
-        if sip.consent_required:
-            consent = await self._ask_consent(call)
+        script = self.scripts.for_caller(call.caller)
+        log.info("call under consent script %s", script.stored_version)
+        await media.play(await asyncio.to_thread(self.say, script.disclosure))
+        consent = Consent("not_required", script.stored_version, "configuration")
+        if script.consent_required:
+            consent = await self._ask_consent(call, script)
         if consent.decision != "granted" and consent.decision != "not_required":
             await asyncio.to_thread(self._minimal_record, call, consent)
-            await media.play(await asyncio.to_thread(self.say, sip.no_consent_reply))
+            await media.play(await asyncio.to_thread(self.say, script.no_consent_reply))
             return
         source = ScreenedSource(media)  # clipping and held tones on the line
         keypad = Keypad()
@@ -80,10 +89,10 @@ class SipLine:
             return None
         return call.invite.get(tokens.header.lower()) or None
 
-    async def _ask_consent(self, call: SipCall) -> Consent:
+    async def _ask_consent(self, call: SipCall, script: ConsentScript) -> Consent:
         sip, media = self.settings.sip, call.media
         media.digits.clear()
-        await media.play(await asyncio.to_thread(self.say, sip.consent_prompt))
+        await media.play(await asyncio.to_thread(self.say, script.consent_prompt))
         heard = bytearray()
         deadline = time.monotonic() + sip.consent_timeout_s
         while time.monotonic() < deadline and not media.digits:
@@ -91,7 +100,7 @@ class SipLine:
             if frame is None:
                 break
             heard += frame
-        version = sip.disclosure_version
+        version = script.stored_version
         if media.digits:
             granted = media.digits[0] == "1"
             return Consent("granted" if granted else "refused", version, "dtmf")

@@ -457,7 +457,7 @@ def test_every_page_renders_for_the_roles_that_may_see_it(
     pages = {
         "/incidents": "probing",
         "/retention": "30 days",
-        "/consent": "automated assistant",
+        "/consent": "us-all-party/2026-12-en-1",
         "/tools": "account_balance",
         "/access-review": "Access review",
         "/redteam": "spoken-2026-11",

@@ -381,3 +381,20 @@ def test_an_incident_past_its_response_time_fails_incident_response(
     storage.resolve_incident(incident, "admin:root", None)
     done = control(settings, storage, "CC7.2", T0 + timedelta(minutes=16))
     assert done.outcome is Outcome.PASS and "0 unresolved" in done.evidence
+
+
+def test_a_jurisdiction_without_its_script_fails_transparency(
+    tmp_path: Path, settings: Settings, storage: Storage
+) -> None:
+    import shutil
+
+    shipped = settings.sip.consent_folder_path
+    folder = tmp_path / "consent"
+    shutil.copytree(shipped, folder)
+    found = control(with_section(settings, "sip", consent_folder=str(folder)), storage,
+                    "Art. 13; EU AI Act Art. 50", T0)  # fmt: skip
+    assert found.outcome is Outcome.PASS and "us-all-party/" in found.evidence
+    (folder / "uk.en.toml").unlink()
+    missing = control(with_section(settings, "sip", consent_folder=str(folder)), storage,
+                      "Art. 13; EU AI Act Art. 50", T0)  # fmt: skip
+    assert missing.outcome is Outcome.FAIL and "no English script for uk" in missing.reason

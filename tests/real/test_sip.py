@@ -323,6 +323,49 @@ def test_consent_by_dtmf_and_without_consent_only_a_minimal_record_and_our_bye(r
     assert "nothing from this call will be kept" in heard, heard
 
 
+def test_a_california_caller_on_a_one_party_line_is_asked_and_a_refusal_keeps_the_minimum(
+    rig: Rig,
+) -> None:
+    """The line is US one-party; the From is a San Francisco number, so the call is under the
+    all-party script: its disclosure, then its consent question (Whisper hears both); the
+    caller presses 2 and only the call row and the refused consent, with the script's
+    version, are kept: no turns, no recordings."""
+    from sqlalchemy import func, select
+
+    from appliance.config.consent import LineScripts
+    from appliance.storage.schema import Recording
+
+    line = rig.start(jurisdiction="us-one-party", consent_timeout_s="10")
+    script = LineScripts.load(rig.settings).suggested["us-all-party"]
+    stream = Stream(codec=PCMU)
+    stream.silence(0.5)
+    for _ in range(10):  # 2 every 2.5 s: one lands once the question is asked (the disclosure
+        stream.digit("2")  # takes about 9 s here, and a key pressed before the question is
+        stream.silence(2.4)  # not its answer)
+    stream.silence(10.0)
+    result, capture = rig.sipp(
+        line, "uac_wait_bye.xml", stream=stream, wait_ms=1000, talk_ms=60000,
+        caller="+14155550142",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-3000:]
+    heard = rig.heard(capture).lower()
+    assert "speaking with an automated assistant" in heard, heard
+    assert "agree to this call being recorded" in heard, heard
+    assert "nothing from this call will be kept" in heard, heard
+    _, status, transcripts, consents = rig.last_call()
+    assert status == "ended:no_consent" and transcripts == []
+    version = f"us-all-party/{script.version}"
+    assert [(c.decision, c.method, c.disclosure_version) for c in consents] == [
+        ("refused", "dtmf", version)
+    ]
+    store = open_storage(rig.settings)
+    try:
+        with store.session("recordings") as db:
+            assert db.scalar(select(func.count()).select_from(Recording)) == 0
+    finally:
+        store.close()
+
+
 def test_keypad_digits_over_sip_arrive_in_order_and_step_a_caller_up_to_a_tool(rig: Rig) -> None:
     """The caller asks for their balance, then keys the PIN and the authenticator code as
     RFC 4733 events: only digits that arrive whole and in order pass both factors, and the
