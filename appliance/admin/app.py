@@ -31,8 +31,9 @@ from appliance.admin.compliance import compliance_blueprint
 from appliance.admin.incidents import incidents_blueprint
 from appliance.admin.subject_access import subject_access_blueprint
 from appliance.admin.vendors import vendors_blueprint
+from appliance.compliance.gate import gate_state
 from appliance.config.settings import Settings
-from appliance.core.errors import StorageError
+from appliance.core.errors import ApplianceError, StorageError
 from appliance.core.ports import Counters
 from appliance.identity.factors import claim_step, totp
 from appliance.storage import reports
@@ -197,7 +198,7 @@ def create_app(
 
     app.jinja_env.globals["csrf"] = csrf_token
     app.register_blueprint(_auth(settings, storage, sessions, new_session, limiter))
-    app.register_blueprint(_pages(storage, actor))
+    app.register_blueprint(_pages(settings, storage, actor))
     app.register_blueprint(_users(storage, actor))
     app.register_blueprint(api_blueprint(storage))
     app.register_blueprint(compliance_blueprint(settings, storage, actor))
@@ -342,7 +343,20 @@ def _chart(title: str, labels: list[str], values: list[int]) -> dict[str, Any]:
     return {"title": title, "bars": [(day, n, int(100 * n / peak)) for day, n in pairs]}
 
 
-def _pages(storage: Storage, actor: Callable[[], str]) -> Blueprint:
+def _gate_line(settings: Settings) -> tuple[str, str]:
+    """The red-team gate in one line (compliance/gate.py): its status, and what it says."""
+    try:
+        state = gate_state(settings, dt.datetime.now(dt.UTC))
+    except ApplianceError as exc:  # the fingerprint cannot be read: say so, not a 500
+        return "unknown", exc.message
+    age = f"; {state.report_age_days:.1f} days old" if state.report_age_days is not None else ""
+    mode = str(settings.service.redteam_gate)
+    return state.status.value, (
+        f"{state.reason} (fingerprint {state.fingerprint[:12]}{age}; redteam_gate = {mode})"
+    )
+
+
+def _pages(settings: Settings, storage: Storage, actor: Callable[[], str]) -> Blueprint:
     pages = Blueprint("pages", __name__)
 
     @pages.route("/")
@@ -360,7 +374,8 @@ def _pages(storage: Storage, actor: Callable[[], str]) -> Blueprint:
             "Incidents opened": [seen.incidents_by_day.get(d, 0) for d in labels],
         }
         charts = [_chart(title, labels, values) for title, values in series.items()]
-        return render_template("dashboard.html", charts=charts, calls=seen.calls_total)
+        gate = _gate_line(settings)
+        return render_template("dashboard.html", charts=charts, calls=seen.calls_total, gate=gate)
 
     @pages.route("/calls")
     @requires("admin", "operator")

@@ -9,6 +9,7 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 from flask import Blueprint, Response, g, render_template, request
 from flask.typing import ResponseReturnValue
@@ -36,6 +37,74 @@ SRTP_FLOW = {
     "optional": "SRTP when the peer offers it, else plain RTP",
     "off": "plain RTP (SRTP off)",
 }
+
+
+@dataclass(frozen=True)
+class Peer:
+    """Where data goes: a part in this process, or a peer on the network (from the running
+    configuration; everything else is refused by the egress guard)."""
+
+    who: str
+    address: str
+    what: str
+    protection: str
+
+
+def peers(settings: Settings) -> list[Peer]:
+    sip, tools, notify = settings.sip, settings.tools, settings.notify
+    media = SRTP_FLOW[sip.srtp]
+    signalling = f"SIP over TLS ({sip.tls_listen}) or UDP/TCP" if sip.tls_listen else "SIP UDP/TCP"
+    rows = [
+        Peer("Speech recognition (faster-whisper), the language model (llama.cpp), speech "
+             "synthesis (Piper), embeddings (onnxruntime)", "in this process",
+             "the caller's audio and text", "never leave the process"),
+        Peer("Callers' trunks and peers (allowed_peers)", ", ".join(sip.allowed_peers),
+             "calls: signalling and media", f"{signalling}; {media}"),
+    ]  # fmt: skip
+    if sip.registrar:
+        rows.append(
+            Peer(
+                "PBX (registrar)",
+                sip.registrar,
+                "registration, calls",
+                f"{signalling}; digest authentication",
+            )
+        )
+    if settings.transfer.destinations:
+        rows.append(
+            Peer(
+                "Transfer destinations (people)",
+                ", ".join(settings.transfer.destinations),
+                f"the call ({settings.transfer.mode.value} transfer) and a redacted briefing",
+                f"{signalling}; {media}",
+            )
+        )
+    pinned = {h.name: h.address for h in tools.allowed_hosts}
+    for tool in tools.http:
+        if tool.name not in tools.enabled:
+            continue
+        host = urlsplit(tool.url).hostname or "?"
+        mtls = ", client certificate" if tools.client_cert else ""
+        rows.append(
+            Peer(
+                f"Tool {tool.name}",
+                f"{host} ({pinned.get(host, 'unpinned')})",
+                "only the tool's parameters; only the fields named in speak come back",
+                f"HTTPS, TLS verified against {tools.ca_file or 'the system CAs'}{mtls}",
+            )
+        )
+    if notify.relay:
+        rows.append(
+            Peer(
+                "SMTP relay",
+                f"{notify.relay}:{notify.port}",
+                "one-time codes; callback notices (the request id only)",
+                "STARTTLS",
+            )
+        )
+    for network in settings.service.egress_allow:
+        rows.append(Peer("Other allowed address ([service] egress_allow)", network, "-", "-"))
+    return rows
 
 
 def flows(settings: Settings) -> list[Flow]:
@@ -168,7 +237,7 @@ def compliance_blueprint(
     @pages.route("/data-flow")
     @requires("admin", "auditor")
     def dataflow() -> ResponseReturnValue:
-        return render_template("dataflow.html", flows=flows(settings))
+        return render_template("dataflow.html", flows=flows(settings), peers=peers(settings))
 
     @pages.route("/compliance")
     @requires("admin", "auditor")

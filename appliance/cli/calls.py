@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import datetime as dt
 import json
 import sys
 from pathlib import Path
@@ -61,10 +62,21 @@ def register(commands: Commands) -> None:
     export.add_argument("--out", type=Path, required=True, help="the JSON file (mode 0600)")
 
 
+def warn_red_team_gate(settings: Settings) -> None:
+    """A foreground command only warns when the red-team gate is not passed (compliance/
+    gate.py): it is for trying the appliance out; ``appliance serve`` is the one that refuses."""
+    from appliance.compliance.gate import foreground_warning, gate_state
+
+    line = foreground_warning(gate_state(settings, dt.datetime.now(dt.UTC)))
+    if line is not None:
+        print(line, file=sys.stderr)
+
+
 def run_call(args: argparse.Namespace, settings: Settings) -> int:
     from appliance.audio_io.wav import WavSink, WavSource
     from appliance.service import VoiceService, audit_knowledge, open_storage, run_call
 
+    warn_red_team_gate(settings)
     source = WavSource(args.wav, frame_ms=settings.audio.frame_ms, realtime=args.realtime)
     if not args.out.parent.is_dir():
         raise AudioError("audio.write", f"folder {args.out.parent} does not exist")
@@ -141,6 +153,7 @@ def listen(args: argparse.Namespace, settings: Settings) -> int:
     sink = SpeakerSink(
         settings.audio.output_sample_rate_hz, settings.audio.output_device, settings.audio.frame_ms
     )
+    warn_red_team_gate(settings)
     source.check()  # fail early, before the models load, when there is no sound device
     sink.check()
 

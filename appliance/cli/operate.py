@@ -73,7 +73,7 @@ def sip_line(args: argparse.Namespace, settings: Settings) -> int:
 
     sip = dataclasses.replace(settings.sip, listen=args.listen or settings.sip.listen)
     service = dataclasses.replace(settings.service, voice="sip")
-    return serve_voice(dataclasses.replace(settings, sip=sip, service=service))
+    return serve_voice(dataclasses.replace(settings, sip=sip, service=service), foreground=True)
 
 
 def run_doctor(args: argparse.Namespace, settings: Settings) -> int:

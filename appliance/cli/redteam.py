@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import json
 import sys
 import time
@@ -11,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from appliance.cli.common import Commands, command
+from appliance.compliance.gate import Fingerprint, fingerprint, gate_state
 from appliance.config.settings import Settings
 
 if TYPE_CHECKING:
@@ -57,6 +59,7 @@ def run_audio(args: argparse.Namespace, settings: Settings, items: list[Item]) -
     from appliance.redteam import audio, runner
     from appliance.service import VoiceService
 
+    made_with = fingerprint(settings)
     count = args.sample or 8  # attacks, spread over the areas; half as many benign requests
     picked = runner.sample(items, count)
     attacks = [i for i in picked if i.label == "attack"]
@@ -68,7 +71,7 @@ def run_audio(args: argparse.Namespace, settings: Settings, items: list[Item]) -
             print(f"\rred team (audio): {done}/{total}", end="", file=sys.stderr, flush=True)
 
     result = audio.report(audio.run(service, chosen, progress=progress))
-    return _write(args, settings, result, audio.markdown(result), "audio-")
+    return _write(args, settings, result, audio.markdown(result), "audio-", made_with)
 
 
 def run_held_out_whole(args: argparse.Namespace, settings: Settings) -> int:
@@ -82,6 +85,7 @@ def run_held_out_whole(args: argparse.Namespace, settings: Settings) -> int:
     from appliance.redteam.corpus import source_project
     from appliance.service import VoiceService
 
+    made_with = fingerprint(settings)
     service = VoiceService.load(settings)
     shipped = service.classifier
     if shipped is None:
@@ -110,13 +114,33 @@ def run_held_out_whole(args: argparse.Namespace, settings: Settings) -> int:
     where = f"{corpus.EXTERNAL_CORPUS} (each source held out)"
     result = runner.report(outcomes, spoken=False, phone=False, corpus=where)
     result["mode"] = "held_out"  # each source's items screened by a head trained without it
-    return _write(args, settings, result, runner.markdown(result), "held-out-")
+    return _write(args, settings, result, runner.markdown(result), "held-out-", made_with)
 
 
 def _write(
-    args: argparse.Namespace, settings: Settings, result: dict[str, Any], summary: str, kind: str
+    args: argparse.Namespace,
+    settings: Settings,
+    result: dict[str, Any],
+    summary: str,
+    kind: str,
+    made_with: Fingerprint,
 ) -> int:
-    """The report, as report.json and report.md in ``--out`` (or a new folder), and printed."""
+    """The report, as report.json and report.md in ``--out`` (or a new folder), and printed.
+
+    The report records the fingerprint of what decided the replies (compliance/gate.py),
+    taken before the run; when it changed during the run (a knowledge file edited, say) the
+    report records none, and matches no configuration."""
+    after = fingerprint(settings)
+    result["finished_at"] = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+    result["sample"] = args.sample or None
+    result["fingerprint"] = made_with.record() if after == made_with else None
+    if after != made_with:
+        print(
+            "appliance: the configuration changed during the run: this report matches none",
+            file=sys.stderr,
+        )
+    recorded = made_with.digest if result["fingerprint"] else "none (changed during the run)"
+    summary += f"\nMade with the configuration of fingerprint {recorded}.\n"
     out = args.out or settings.home / "redteam" / time.strftime(f"{kind}%Y%m%d-%H%M%S")
     out.mkdir(parents=True, exist_ok=True)
     (out / "report.json").write_text(json.dumps(result, indent=2), encoding="utf-8")
@@ -127,6 +151,8 @@ def _write(
         print(file=sys.stderr)
         print(summary)
         print(f"report: {out / 'report.json'} and {out / 'report.md'}")
+    state = gate_state(settings, dt.datetime.now(dt.UTC))
+    print(f"red-team gate: {state.status.value}: {state.reason}", file=sys.stderr)
     return 0
 
 
@@ -188,6 +214,7 @@ def run_redteam(args: argparse.Namespace, settings: Settings) -> int:
         return run_audio(args, settings, items)
     if args.sample:
         items = runner.sample(items, args.sample)
+    made_with = fingerprint(settings)
     service = VoiceService.load(settings)
 
     def progress(done: int, total: int) -> None:
@@ -197,4 +224,4 @@ def run_redteam(args: argparse.Namespace, settings: Settings) -> int:
     outcomes = runner.run(service, items, spoken=args.spoken, phone=args.phone, progress=progress)
     result = runner.report(outcomes, spoken=args.spoken, phone=args.phone, corpus=str(path))
     result["held_out"] = held_out(service, settings)
-    return _write(args, settings, result, runner.markdown(result), "")
+    return _write(args, settings, result, runner.markdown(result), "", made_with)

@@ -71,8 +71,8 @@ CONTROLS: tuple[tuple[str, str, str, str, tuple[Probe, ...]], ...] = (
     ("SOC 2", "CC7.2", "Monitoring: incidents answered in time", "compliance.incidents",
      (probes.incidents,)),
     ("SOC 2", "CC7.1", "Configuration hardening", "compliance.tools", (probes.unit_hardening,)),
-    ("SOC 2", "CC8.1", "Change management: models pinned", "compliance.tools",
-     (probes.model_pins,)),
+    ("SOC 2", "CC8.1", "Change management: models pinned, red team passed for what runs",
+     "compliance.redteam", (probes.model_pins, probes.redteam)),
     ("SOC 2", "CC9.2", "Vendor management: register and SBOM", "vendors.register_page",
      (probes.vendors,)),
 )  # fmt: skip

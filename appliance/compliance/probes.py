@@ -554,3 +554,21 @@ def incidents(live: Live) -> Finding:
         kinds = sorted({i.kind for i in late})
         return Finding(Outcome.FAIL, evidence, f"past their response time: {', '.join(kinds)}")
     return Finding(Outcome.PASS, evidence, "every incident handled within its response time")
+
+
+REDTEAM_WARN_DAYS = 90.0
+
+
+def redteam(live: Live) -> Finding:
+    """The red-team gate (gate.py): a passing report made with the fingerprint of what runs
+    now (models, prompt and policy, knowledge, tools, guard), and its age."""
+    from appliance.compliance.gate import GateStatus, gate_state
+
+    state = gate_state(live.settings, live.now.replace(tzinfo=UTC))
+    age = f", {state.report_age_days:.0f} days old" if state.report_age_days is not None else ""
+    evidence = f"red-team gate {state.status.value}: report {state.report or 'none'}{age}"
+    if state.status is not GateStatus.PASSED:
+        return Finding(Outcome.FAIL, evidence, state.reason)
+    if state.report_age_days is not None and state.report_age_days > REDTEAM_WARN_DAYS:
+        return Finding(Outcome.WARN, evidence, "the passing red-team report is over 90 days old")
+    return Finding(Outcome.PASS, evidence, state.reason)

@@ -977,6 +977,17 @@ class VoiceprintSettings:
         _check(4 <= self.challenge_digits <= 12, "voiceprint.challenge_digits", "4 to 12")
 
 
+class RedteamGate(enum.StrEnum):
+    """What ``appliance serve`` does when no passing red-team report matches what decides the
+    appliance's behaviour (compliance/gate.py)."""
+
+    REFUSE = "refuse"
+    """The SIP line answers every INVITE 503 (with a Warning naming the gate), and no
+    microphone call starts, until ``appliance redteam`` passes for the running fingerprint."""
+    WARN = "warn"
+    """Calls are taken, and an incident of kind ``redteam_gate`` is opened once per start."""
+
+
 @dataclass(frozen=True)
 class ServiceSettings:
     """How ``appliance serve`` runs (the systemd units run it)."""
@@ -994,6 +1005,9 @@ class ServiceSettings:
     """The voice unit's MemoryMax= (systemd syntax)."""
     shutdown_timeout_s: float = 20.0
     """How long calls in progress get to say goodbye on SIGTERM."""
+    redteam_gate: RedteamGate = RedteamGate.REFUSE
+    """Without a passing red-team report for the current fingerprint: "refuse" calls, or
+    "warn" (take them and open an incident). The foreground commands only warn."""
 
     def __post_init__(self) -> None:
         _check(
@@ -1009,6 +1023,9 @@ class ServiceSettings:
                     ) from exc
         _check(bool(re.fullmatch(r"\d+[KMGT]?", self.memory_max)), "service.memory_max", "like 3G")
         _check(1 <= self.shutdown_timeout_s <= 300, "service.shutdown_timeout_s", "1 to 300")
+        _check(
+            self.redteam_gate in tuple(RedteamGate), "service.redteam_gate", '"refuse" or "warn"'
+        )
 
 
 @dataclass(frozen=True)
@@ -1644,6 +1661,7 @@ __all__ = [
     "ModelsSettings",
     "NotifySettings",
     "PolicySettings",
+    "RedteamGate",
     "RetentionSettings",
     "Settings",
     "StorageSettings",

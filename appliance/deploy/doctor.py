@@ -1,14 +1,16 @@
-"""``appliance doctor``: self-checks, each PASS, FAIL or SKIP (with why), exit 1 on any FAIL.
+"""``appliance doctor``: self-checks, each PASS, WARN, FAIL or SKIP (with why), exit 1 on any FAIL.
 
 Checks: the configuration, the master key file (mode and owner), the database (encrypted, and
 sound under the key), every configured model against its pins, the egress guard and what
 enforces egress below Python, core dumps, file modes, the retention timer, the SIP line's
-secret files, free disk space and the clock. A check that cannot apply
-here (no systemd as PID 1, no admin panel yet) says SKIP and why, never PASS.
+secret files, the red-team gate, free disk space and the clock. A check that cannot apply
+here (no systemd as PID 1, no admin panel yet) says SKIP and why, never PASS; WARN is a
+finding that does not stop the service (exit 0).
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import shutil
@@ -21,8 +23,9 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from appliance.compliance.gate import gate_state
 from appliance.config.manifest import model_spec
-from appliance.config.settings import Settings
+from appliance.config.settings import RedteamGate, Settings
 from appliance.core.errors import ApplianceError
 from appliance.core.models import FileStatus, check_model
 from appliance.deploy import egress, process
@@ -36,7 +39,7 @@ EARLIEST_SANE_YEAR = 2025
 @dataclass(frozen=True)
 class Check:
     name: str
-    status: str  # "PASS", "FAIL" or "SKIP"
+    status: str  # "PASS", "WARN", "FAIL" or "SKIP"
     detail: str
 
 
@@ -50,6 +53,10 @@ def _fail(name: str, detail: str) -> Check:
 
 def _skip(name: str, detail: str) -> Check:
     return Check(name, "SKIP", detail)
+
+
+def _warn(name: str, detail: str) -> Check:
+    return Check(name, "WARN", detail)
 
 
 def key_file(settings: Settings) -> Check:
@@ -332,6 +339,20 @@ def knowledge(settings: Settings) -> Check:
     )
 
 
+def red_team_gate(settings: Settings) -> Check:
+    """The red-team gate (compliance/gate.py): a passing report for the running fingerprint.
+    Not passed: FAIL where ``appliance serve`` refuses calls for it, WARN where it only
+    opens an incident."""
+    state = gate_state(settings, dt.datetime.now(dt.UTC))
+    age = f", {state.report_age_days:.1f} days old" if state.report_age_days is not None else ""
+    detail = f"{state.status.value} (fingerprint {state.fingerprint[:12]}{age}): {state.reason}"
+    if state.passed:
+        return _pass("red-team gate", detail)
+    if settings.service.redteam_gate == RedteamGate.WARN:
+        return _warn("red-team gate", f"{detail}; calls are taken ([service] redteam_gate)")
+    return _fail("red-team gate", f"{detail}; `appliance serve` refuses calls until then")
+
+
 CHECKS: tuple[Callable[[Settings], Check], ...] = (
     key_file,
     database,
@@ -343,6 +364,7 @@ CHECKS: tuple[Callable[[Settings], Check], ...] = (
     home_modes,
     retention_timer,
     sip_secrets,
+    red_team_gate,
     tls,
     disk_space,
     clock,

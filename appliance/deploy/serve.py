@@ -7,18 +7,28 @@ models, then READY=1 to systemd; WATCHDOG=1 follows every half watchdog period w
 loop is alive. SIGTERM (or SIGINT) stops taking calls, lets every call in progress say goodbye
 (``[limits] goodbye_reply``) within ``[service] shutdown_timeout_s``, closes each call's record
 and the storage, and exits 0. The admin panel runs as its own unit, in its own process.
+
+The red-team gate (compliance/gate.py) is read once at start, before the models load: without
+a passing red-team report for the running fingerprint, ``[service] redteam_gate = "refuse"``
+has the SIP line answer every INVITE 503 with a Warning naming the gate, and starts no
+microphone call (restart the service once ``appliance redteam`` passes); ``"warn"`` takes calls
+and opens one incident of kind ``redteam_gate``. ``appliance sip`` (``foreground``) only prints
+a warning.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import logging
 import signal
+import sys
 import time
 
 from appliance.audio_io.device import MicrophoneSource, SpeakerSink
-from appliance.config.settings import Settings
+from appliance.compliance.gate import foreground_warning, gate_state
+from appliance.config.settings import RedteamGate, Settings
 from appliance.deploy import egress
 from appliance.deploy.line import SipLine
 from appliance.deploy.notify import notify, watchdog_interval_s
@@ -29,7 +39,9 @@ from appliance.storage.repository import Storage
 log = logging.getLogger(__name__)
 
 
-def serve(settings: Settings) -> int:
+def serve(settings: Settings, *, foreground: bool = False) -> int:
+    """The voice service; ``foreground``: a command for trying it out (``appliance sip``),
+    which only warns when the red-team gate is not passed."""
     guard = egress.install(egress.allowlist(settings))
     guard.forbid_children()  # the service needs none, and a child would run unguarded
     started = time.monotonic()
@@ -41,15 +53,48 @@ def serve(settings: Settings) -> int:
 
     guard.on_block = audit_block
     try:
+        refuse = red_team_gate(settings, storage, foreground=foreground)
         service = VoiceService.load(settings)
         # Limits and blocks in the store: a restart does not reset them (wall-clock time).
         service.monitor = AbuseMonitor(settings.limits, clock=time.time, counters=storage)
-        return asyncio.run(_run(settings, service, storage, started))
+        return asyncio.run(_run(settings, service, storage, started, refuse))
     finally:
         storage.close()
 
 
-async def _run(settings: Settings, service: VoiceService, storage: Storage, started: float) -> int:
+def red_team_gate(settings: Settings, storage: Storage, *, foreground: bool) -> str | None:
+    """Read the red-team gate and act on it: the reason calls are to be refused (said in the
+    SIP refusal), or None when they are taken."""
+    if settings.service.voice == "none":
+        return None  # this box takes no calls: nothing to refuse or to warn about
+    state = gate_state(settings, dt.datetime.now(dt.UTC))
+    if state.passed:
+        log.info("red-team gate passed (report %s)", state.report)
+        return None
+    said = f"red-team gate {state.status.value}: {state.reason}"
+    if foreground:
+        print(foreground_warning(state), file=sys.stderr)
+        return None
+    if settings.service.redteam_gate == RedteamGate.WARN:
+        log.warning("taking calls although the %s", said)
+        storage.open_incident(
+            "redteam_gate",
+            "high",
+            f"calls taken without a passing red-team report ({state.status.value}; "
+            f"fingerprint {state.fingerprint[:12]}; report {state.report or 'none'})",
+        )
+        return None
+    log.error("refusing calls until a red-team report passes, then a restart: %s", said)
+    return f"red-team gate {state.status.value}: no passing red-team report for this configuration"
+
+
+async def _run(
+    settings: Settings,
+    service: VoiceService,
+    storage: Storage,
+    started: float,
+    refuse: str | None = None,
+) -> int:
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -60,9 +105,10 @@ async def _run(settings: Settings, service: VoiceService, storage: Storage, star
     line: SipLine | None = None
     if settings.service.voice == "sip":
         line = SipLine(settings, service, storage)
+        line.ua.refuse_calls = refuse
         await line.ua.start()
         print(f"sip: listening on udp {line.ua.host}:{line.ua.port}", flush=True)
-    if settings.service.voice == "microphone":
+    if settings.service.voice == "microphone" and refuse is None:
         source = MicrophoneSource(
             settings.audio.input_device, settings.audio.frame_ms, settings.audio.capture_rate_hz
         )
@@ -73,7 +119,8 @@ async def _run(settings: Settings, service: VoiceService, storage: Storage, star
         )
         calls = asyncio.create_task(run_call(service, storage, source, sink, channel="microphone"))
     ready_s = time.monotonic() - started
-    notify(f"READY=1\nSTATUS=ready in {ready_s:.1f} s; voice: {settings.service.voice}")
+    refusing = f"; refusing calls ({refuse})" if refuse else ""
+    notify(f"READY=1\nSTATUS=ready in {ready_s:.1f} s; voice: {settings.service.voice}{refusing}")
     log.info("ready in %.1f s (voice: %s)", ready_s, settings.service.voice)
     waiter = asyncio.create_task(stopping.wait())
     done, _ = await asyncio.wait(

@@ -10,7 +10,9 @@ What it does, per RFC 3261:
   valid credentials (``require_credentials``: from allowed peers too); requests in a dialog
   so opened are taken from the same address. All else gets 403 (counted; an ACK is never
   answered). New INVITEs are rate limited per
-  address before any of that work (503).
+  address before any of that work (503). While ``refuse_calls`` holds a reason (the service's
+  red-team gate), an admitted INVITE gets 503 with ``Warning: 399 appliance "<reason>"``
+  (RFC 3261 20.43; no Retry-After, so a proxy may try another server, 21.5.4).
 - ACK starts the call: the handler gets a ``SipCall`` (its media is an audio source and sink).
 - CANCEL before the 200: 200 to the CANCEL, 487 to the INVITE.
 - BYE in a dialog: 200, and the call's media ends; a BYE for no dialog: 481.
@@ -267,6 +269,16 @@ def _refusal(request: SipMessage) -> SipMessage | None:
     return None
 
 
+def refused(invite: SipMessage, reason: str) -> SipMessage:
+    """503 Service Unavailable to an INVITE the service will not take, with the reason in a
+    Warning header (RFC 3261 20.43: warn-code 399, "miscellaneous"; warn-agent a pseudonym;
+    warn-text a quoted-string, so quotes and backslashes are escaped, and it is kept short)."""
+    reply = response(invite, 503, to_tag=secrets.token_hex(6))  # a final response: 8.2.6.2
+    text = " ".join(reason.split())[:200].replace("\\", "\\\\").replace('"', '\\"')
+    reply.set("warning", f'399 appliance "{text}"')
+    return reply
+
+
 class SipConfigError(ApplianceError):
     def __init__(self, message: str) -> None:
         super().__init__("sip.config", message)
@@ -295,6 +307,9 @@ class SipUserAgent(asyncio.DatagramProtocol):
         self.malformed = 0
         self.shed = 0
         self.refuse_new = False
+        self.refuse_calls: str | None = None
+        """Why new calls are refused (said in the 503's Warning); None: they are taken."""
+        self.refused_calls = 0
         self.streams: dict[tuple[str, int], asyncio.WriteTransport] = {}
         self._server: asyncio.Server | None = None
         self._tls_server: asyncio.Server | None = None
@@ -480,6 +495,10 @@ class SipUserAgent(asyncio.DatagramProtocol):
                 self._send(reply.encode(), addr)
                 return
             account = verdict.user
+        if self.refuse_calls is not None:  # admitted, but the service takes no calls now
+            self.refused_calls += 1
+            self._send(refused(invite, self.refuse_calls).encode(), addr)
+            return
         live = [d for d in self.dialogs.values() if not d.closed]
         unconfirmed = sum(not d.acked and d.peer[0] == addr[0] for d in live)
         if len(live) >= self.settings.max_dialogs or (

@@ -62,6 +62,7 @@ def world(tmp_path: Path) -> Iterator[tuple[Flask, Storage]]:
     handle.record_turn(TurnRecord(5, "[blocked]", "no", guard={"input": "block"}))
     app = create_app(settings, storage, clock=lambda: NOW[0])
     app.testing = True
+    app.config["TEST_HOME"] = str(tmp_path)
     yield app, storage
     storage.close()
 
@@ -1107,3 +1108,22 @@ def test_only_an_admin_records_an_access_review(world: tuple[Flask, Storage]) ->
     assert json.loads(events[0].details)["confirmed"] == [
         "audrey:auditor", "olga:operator", "root:admin"
     ]  # fmt: skip
+
+
+def test_the_dashboard_shows_the_red_team_gate_in_one_line(world: tuple[Flask, Storage]) -> None:
+    """compliance/gate.py's state: no report, then a passing one (a test fixture) made with
+    the running fingerprint."""
+    from appliance.compliance.gate import fingerprint
+    from tests.unit.test_redteam_gate import write_report
+
+    app, storage = world
+    c = client(app)
+    log_in(c, storage, "audrey")
+    settings = load_settings(environ={"APPLIANCE_HOME": app.config["TEST_HOME"]})
+    short = fingerprint(settings).digest[:12]
+    line = re.search(r'<p class="gate gate-(\w+)">(.*?)</p>', c.get("/").get_data(as_text=True))
+    assert line is not None and line.group(1) == "no_report"
+    assert f"fingerprint {short}" in line.group(2) and "redteam_gate = refuse" in line.group(2)
+    write_report(settings.home, "20261201-100000", fingerprint(settings))
+    line = re.search(r'<p class="gate gate-(\w+)">(.*?)</p>', c.get("/").get_data(as_text=True))
+    assert line is not None and line.group(1) == "passed" and "20261201-100000" in line.group(2)

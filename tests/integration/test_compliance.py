@@ -348,7 +348,7 @@ def test_an_altered_model_fails_change_management(
     altered = with_section(settings, "guard", path=str(copy))
     found = control(altered, storage, "CC8.1", T0)
     assert found.outcome is Outcome.FAIL and "altered" in found.reason
-    assert control(settings, storage, "CC8.1", T0).outcome is Outcome.PASS
+    assert probes.model_pins(Live(settings, storage, T0)).outcome is Outcome.PASS
 
 
 def test_vendor_management_reads_the_register_and_fails_an_unpinned_model(
@@ -398,3 +398,48 @@ def test_a_jurisdiction_without_its_script_fails_transparency(
     missing = control(with_section(settings, "sip", consent_folder=str(folder)), storage,
                       "Art. 13; EU AI Act Art. 50", T0)  # fmt: skip
     assert missing.outcome is Outcome.FAIL and "no English script for uk" in missing.reason
+
+
+def test_change_management_fails_until_a_red_team_report_matches_what_runs(
+    settings: Settings, storage: Storage
+) -> None:
+    from appliance.compliance.gate import fingerprint
+    from tests.unit.test_redteam_gate import write_report
+
+    none = control(settings, storage, "CC8.1", T0)
+    assert none.outcome is Outcome.FAIL and "no red-team report" in none.reason
+    write_report(settings.home, "20261130-100000", fingerprint(settings),
+                 finished=(T0 - timedelta(days=1)).replace(tzinfo=UTC))  # fmt: skip
+    assert control(settings, storage, "CC8.1", T0).outcome is Outcome.PASS
+    assert control(settings, storage, "CC8.1", T0 + timedelta(days=100)).outcome is Outcome.WARN
+    changed = with_section(settings, "llm", system_prompt="You are a pirate. " * 3)
+    mismatch = control(changed, storage, "CC8.1", T0)
+    assert mismatch.outcome is Outcome.FAIL and "system_prompt" in mismatch.reason
+
+
+def test_the_data_flow_names_the_in_process_engines_and_every_configured_peer(
+    settings: Settings,
+) -> None:
+    from appliance.admin.compliance import flows, peers
+
+    plain = peers(settings)
+    assert plain[0].address == "in this process" and "llama.cpp" in plain[0].who
+    assert [p.who for p in plain if "PBX" in p.who or "SMTP" in p.who] == []
+    sip = dataclasses.replace(
+        settings.sip, registrar="127.0.0.1:5070", register_user="appliance", srtp="off"
+    )
+    configured = dataclasses.replace(
+        settings,
+        sip=sip,
+        notify=dataclasses.replace(
+            settings.notify, relay="127.0.0.1", server_name="relay.test", from_address="a@b.test"
+        ),
+        transfer=dataclasses.replace(settings.transfer, destinations=("sip:desk@127.0.0.1",)),
+    )
+    found = {p.who: p for p in peers(configured)}
+    assert found["PBX (registrar)"].address == "127.0.0.1:5070"
+    assert found["SMTP relay"].protection == "STARTTLS"
+    assert "plain RTP (SRTP off)" in found["Transfer destinations (people)"].protection
+    audio = flows(configured)[0]
+    assert audio.protection.startswith("plain RTP (SRTP off)")
+    assert "keys in clear signalling" in audio.protection

@@ -97,6 +97,19 @@ def test_installing_again_keeps_the_key_and_the_configuration(installed: Path) -
     assert (installed / "etc/appliance/appliance.toml").read_text() == "# edited by the site\n"
 
 
+def test_the_install_tells_the_operator_to_run_the_red_team_first(installed: Path) -> None:
+    """The red-team gate ([service] redteam_gate): the voice unit refuses calls until a report
+    passes, so the install says how to make one, as the service's user, before calls."""
+    done = install(installed, "--venv", str(VENV), "--no-start")
+    assert done.returncode == 0, done.stderr
+    said = " ".join(line for line in done.stderr.splitlines() if line.startswith("install: "))
+    assert "before the voice unit takes calls, run the red team" in said
+    command = f"sudo -u appliance APPLIANCE_HOME={installed}/var/lib/appliance "
+    command += f"{VENV}/bin/appliance --config {installed}/etc/appliance/appliance.toml redteam"
+    assert command in said and "systemctl restart appliance-voice.service" in said
+    assert 'redteam_gate = "refuse" answers calls 503' in said
+
+
 def test_the_voice_units_drop_in_allows_what_the_egress_guard_allows(installed: Path) -> None:
     """The install's drop-in (scripts/install; README, Deployment): the voice unit's
     IPAddressAllow= gains ``[service] egress_allow``, the ``[notify]`` relay (an IPv6 one

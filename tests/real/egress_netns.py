@@ -180,6 +180,7 @@ def call(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         "XDG_CACHE_HOME": str(work / "user/.cache"),
         "APPLIANCE_HOME": str(args.home),
         "APPLIANCE_SERVICE__VOICE": "sip",
+        "APPLIANCE_SERVICE__REDTEAM_GATE": "warn",  # no red-team report in the test's home
         "APPLIANCE_SIP__LISTEN": f"{APPLIANCE_ADDRESS}:5060",
         "APPLIANCE_SIP__ALLOWED_PEERS": f"{PEER}/32",
     }

@@ -42,6 +42,7 @@ def test_serve_notifies_systemd_and_stops_cleanly_on_sigterm(
     real_home: Path, real_settings: Settings, tmp_path: Path
 ) -> None:
     env = {**os.environ, "APPLIANCE_HOME": str(real_home), "APPLIANCE_SERVICE__VOICE": "none"}
+    env["APPLIANCE_SERVICE__REDTEAM_GATE"] = "warn"  # no red-team report in this home
     process, listener = serve(env, tmp_path)
     with listener:
         try:
@@ -60,6 +61,7 @@ def test_sigterm_during_a_microphone_call_says_goodbye_and_closes_the_record(
     pulse: dict[str, str], real_home: Path, real_settings: Settings, tmp_path: Path
 ) -> None:
     env = {**pulse, "APPLIANCE_HOME": str(real_home), "APPLIANCE_SERVICE__VOICE": "microphone"}
+    env["APPLIANCE_SERVICE__REDTEAM_GATE"] = "warn"  # no red-team report: take the call anyway
     process, listener = serve(env, tmp_path)
     with listener:
         try:
@@ -82,16 +84,20 @@ def test_doctor_passes_then_fails_on_a_readable_key_and_a_tampered_model(
 ) -> None:
     home = tmp_path / "home"
     assert run_cli("calls", "list", home=home).returncode == 0  # creates the key and database
-    ok = run_cli("doctor", "--json", home=home)
+    warn = {"APPLIANCE_SERVICE__REDTEAM_GATE": "warn"}  # a fresh home has no red-team report
+    ok = run_cli("doctor", "--json", home=home, env=warn)
     assert ok.returncode == 0, ok.stdout + ok.stderr
     checks = {c["name"]: c["status"] for c in json.loads(ok.stdout)}
     assert checks["master key"] == checks["database"] == checks["models"] == "PASS"
     assert checks["egress guard"] == "PASS"
     assert checks["core dumps"] == checks["file modes"] == "PASS"
+    assert checks["red-team gate"] == "WARN"
+    refusing = run_cli("doctor", home=home)  # the default: serve would refuse calls
+    assert refusing.returncode == 1 and "FAIL  red-team gate" in refusing.stdout
 
     key = home / "keys" / "master.key"
     key.chmod(0o644)
-    bad = run_cli("doctor", home=home)
+    bad = run_cli("doctor", home=home, env=warn)
     assert bad.returncode == 1 and "FAIL  master key" in bad.stdout
     key.chmod(0o600)
 
@@ -105,7 +111,7 @@ def test_doctor_passes_then_fails_on_a_readable_key_and_a_tampered_model(
         byte = handle.read(1)
         handle.seek(4096)
         handle.write(bytes([byte[0] ^ 0xFF]))
-    tampered = run_cli("doctor", home=home, env={"APPLIANCE_TTS__PATH": str(copy)})
+    tampered = run_cli("doctor", home=home, env={**warn, "APPLIANCE_TTS__PATH": str(copy)})
     assert tampered.returncode == 1
     assert "FAIL  models" in tampered.stdout and "altered" in tampered.stdout
 

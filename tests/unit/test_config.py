@@ -113,6 +113,8 @@ def test_config_file_from_the_environment(tmp_path: Path) -> None:
         ("[transfer]\nbriefing = 'For {caller}'\n", {}, "config.invalid", "transfer.briefing"),
         ("[transfer]\nring_timeout_s = 0\n", {}, "config.invalid", "transfer.ring_timeout_s"),
         ("[transfer]\nring = 5\n", {}, "config.unknown_key", "ring"),
+        ("[service]\nredteam_gate = 'off'\n", {}, "config.invalid", "service.redteam_gate"),
+        ("", {"APPLIANCE_SERVICE__REDTEAM_GATE": "ignore"}, "config.invalid", '"warn"'),
     ],
 )
 def test_bad_settings_are_refused_with_the_key(
