@@ -10,8 +10,9 @@ fingerprint in the report it writes (``APPLIANCE_HOME/redteam/<name>/report.json
 or system-prompt leak.
 
 The fingerprint's parts, each a SHA-256 of its canonical JSON:
-- ``model.<role>``: the manifest entry and the SHA-256 pins of each model in use (stt, llm, tts;
-  the embedding model when the knowledge base or the guard head uses it; the guard head). A
+- ``model.<role>``: the manifest entry and the SHA-256 pins of each model in use
+  (``config.manifest.roles_in_use``: stt, llm, tts; the voice factor's when it is on; the
+  embedding model when the knowledge base or the guard head uses it; the guard head). A
   model file is refused at load unless it matches its pins, so the pins are the files.
 - ``system_prompt``: ``[llm] system_prompt``.
 - ``policy``: every setting of ``[policy]``.
@@ -38,7 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from appliance.config.manifest import ROLE_SECTIONS, load_manifest
+from appliance.config.manifest import ROLE_SECTIONS, load_manifest, roles_in_use
 from appliance.config.settings import Settings
 from appliance.core.errors import ApplianceError, ConfigError
 
@@ -130,20 +131,10 @@ def _files(folder: Path, pattern: str) -> dict[str, str]:
     }
 
 
-def model_roles(settings: Settings) -> list[str]:
-    """The roles whose models decide replies in this configuration."""
-    roles = ["stt", "llm", "tts"]
-    if settings.knowledge.enabled or settings.guard.enabled:
-        roles.append("embedding")
-    if settings.guard.enabled:
-        roles.append("guard")
-    return roles
-
-
 def _model_parts(settings: Settings) -> dict[str, Any]:
     manifest = load_manifest(settings.models.manifest_path)
     parts: dict[str, Any] = {}
-    for role in model_roles(settings):
+    for role in roles_in_use(settings):
         section = ROLE_SECTIONS.get(role, role)
         name = getattr(settings, section).model
         entry = manifest.get(name)

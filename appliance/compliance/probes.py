@@ -19,7 +19,6 @@ from cryptography import x509
 
 from appliance.config.settings import Settings
 from appliance.core.errors import ApplianceError
-from appliance.core.models import FileStatus, check_model
 from appliance.guard.pii import redact
 from appliance.retention.job import last_run, overdue
 from appliance.retention.policy import RetentionPolicy
@@ -405,25 +404,9 @@ def backup(live: Live) -> Finding:
 
 def model_pins(live: Live) -> Finding:
     """Every model the configuration uses, hashed now against its SHA-256 pin."""
-    from appliance.config.manifest import model_spec
+    from appliance.config.manifest import pin_problems
 
-    settings = live.settings
-    roles = ["stt", "llm", "tts"] + (["voiceprint"] if settings.voiceprint.enabled else [])
-    roles += ["embedding"] if settings.knowledge.enabled or settings.guard.enabled else []
-    roles += ["guard"] if settings.guard.enabled else []
-    bad, names = [], []
-    for role in roles:
-        try:
-            spec = model_spec(settings, role)
-        except ApplianceError as exc:
-            bad.append(f"{role}: {exc.message}")
-            continue
-        names.append(spec.name)
-        bad += [
-            f"{spec.name}: {file.path.name} {file.status.value}"
-            for file in check_model(spec)
-            if file.status is not FileStatus.OK
-        ]
+    names, bad = pin_problems(live.settings)
     evidence = f"{len(names)} models hashed now: {', '.join(names)}"
     if bad:
         return Finding(Outcome.FAIL, evidence, "; ".join(bad))

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from appliance.config.settings import PACKAGE_ROOT, Settings
-from appliance.core.errors import ConfigError, ModelError
+from appliance.core.errors import ApplianceError, ConfigError, ModelError
 from appliance.core.models import FileStatus, ModelSpec, check_model
 
 ROLE_SECTIONS = {
@@ -150,6 +150,34 @@ def model_spec(settings: Settings, role: str) -> ModelSpec:
     """The model configured for ``role`` (stt, llm, tts, voiceprint, embedding, guard)."""
     entry, path = _entry_for(settings, role)
     return ModelSpec(entry.name, entry.role, path, entry.files, entry.optional)
+
+
+def roles_in_use(settings: Settings) -> list[str]:
+    """The roles whose models this configuration loads: speech recognition, the language
+    model and the voice always; the voice factor's when it is on; the embedding model for the
+    knowledge base or the guard's head; the head when the guard is on."""
+    roles = ["stt", "llm", "tts"] + (["voiceprint"] if settings.voiceprint.enabled else [])
+    roles += ["embedding"] if settings.knowledge.enabled or settings.guard.enabled else []
+    return roles + (["guard"] if settings.guard.enabled else [])
+
+
+def pin_problems(settings: Settings) -> tuple[list[str], list[str]]:
+    """Every model in use hashed now against its pins: (the models' names, what is wrong)."""
+    names: list[str] = []
+    problems: list[str] = []
+    for role in roles_in_use(settings):
+        try:
+            spec = model_spec(settings, role)
+        except ApplianceError as exc:
+            problems.append(f"{role}: {exc.message}")
+            continue
+        names.append(spec.name)
+        problems += [
+            f"{spec.name}: {file.path} {file.status.value}"
+            for file in check_model(spec)
+            if file.status is not FileStatus.OK
+        ]
+    return names, problems
 
 
 def configured(settings: Settings) -> list[ManifestEntry]:

@@ -24,10 +24,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from appliance.compliance.gate import gate_state
-from appliance.config.manifest import model_spec
+from appliance.config.manifest import pin_problems, roles_in_use
 from appliance.config.settings import RedteamGate, Settings
 from appliance.core.errors import ApplianceError
-from appliance.core.models import FileStatus, check_model
 from appliance.deploy import egress, process
 from appliance.storage.keys import default_key_path
 from appliance.telephony.digest import DigestError, read_accounts
@@ -102,22 +101,10 @@ def database(settings: Settings) -> Check:
 
 
 def models(settings: Settings) -> Check:
-    roles = ["stt", "llm", "tts"] + (["voiceprint"] if settings.voiceprint.enabled else [])
-    roles += ["embedding"] if settings.knowledge.enabled or settings.guard.enabled else []
-    roles += ["guard"] if settings.guard.enabled else []
-    bad = []
-    for role in roles:
-        try:
-            spec = model_spec(settings, role)
-        except ApplianceError as exc:
-            bad.append(f"{role}: {exc}")
-            continue
-        for file in check_model(spec):
-            if file.status is not FileStatus.OK:
-                bad.append(f"{spec.name}: {file.path} {file.status.value}")
+    _, bad = pin_problems(settings)
     if bad:
         return _fail("models", "; ".join(bad))
-    return _pass("models", f"{', '.join(roles)} match their SHA-256 pins")
+    return _pass("models", f"{', '.join(roles_in_use(settings))} match their SHA-256 pins")
 
 
 def egress_guard(settings: Settings) -> Check:

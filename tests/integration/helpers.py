@@ -13,6 +13,7 @@ import subprocess
 import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -255,3 +256,13 @@ def self_signed(folder: Path, days: int = 1) -> tuple[Path, Path]:
         )
     )
     return cert_path, key_path
+
+
+class StepClock:
+    """A store's clock that the test moves (no sleeping, no timed asserts)."""
+
+    def __init__(self, start: datetime) -> None:
+        self.now = start
+
+    def __call__(self) -> datetime:
+        return self.now

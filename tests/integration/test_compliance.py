@@ -28,22 +28,14 @@ from appliance.storage import audit
 from appliance.storage.keys import load_or_create
 from appliance.storage.maintenance import backup
 from appliance.storage.repository import Storage
-from tests.integration.helpers import self_signed
+from tests.integration.helpers import StepClock, self_signed
 
 T0 = datetime(2026, 12, 1, 12, 0)  # naive UTC, as the store keeps its times
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = T0
-
-    def __call__(self) -> datetime:
-        return self.now
-
-
 @pytest.fixture
-def clock() -> Clock:
-    return Clock()
+def clock() -> StepClock:
+    return StepClock(T0)
 
 
 @pytest.fixture
@@ -52,7 +44,7 @@ def settings(tmp_path: Path) -> Settings:
 
 
 @pytest.fixture
-def storage(tmp_path: Path, clock: Clock) -> Iterator[Storage]:
+def storage(tmp_path: Path, clock: StepClock) -> Iterator[Storage]:
     store = Storage.open_sqlite(
         tmp_path / "appliance.db", load_or_create(tmp_path / "k"), clock=clock
     )
@@ -86,7 +78,7 @@ def test_srtp_off_fails_transmission_security_naming_srtp(
 
 
 def test_storage_limitation_fails_until_the_purge_runs_and_when_a_row_outlives_its_period(
-    settings: Settings, storage: Storage, clock: Clock
+    settings: Settings, storage: Storage, clock: StepClock
 ) -> None:
     never = control(settings, storage, "Art. 5(1)(e)", T0)
     assert never.outcome is Outcome.FAIL and "never ran" in never.reason
@@ -141,7 +133,7 @@ def test_the_access_review_warns_when_none_was_recorded_within_90_days(
 
 
 def test_an_erasure_a_legal_hold_kept_open_warns_then_fails_after_a_month(
-    settings: Settings, storage: Storage, clock: Clock
+    settings: Settings, storage: Storage, clock: StepClock
 ) -> None:
     handle = storage.start_call("+15550100", "test")
     storage.set_legal_hold(handle.call_id, "litigation", "t")

@@ -30,26 +30,16 @@ from appliance.storage.keys import load_or_create
 from appliance.storage.migrations import MIGRATIONS, applied_versions
 from appliance.storage.repository import Storage
 from appliance.storage.schema import AuditEvent, Incident
-from tests.integration.helpers import upgraded
+from tests.integration.helpers import StepClock, upgraded
 from tests.integration.test_admin import client, csrf_of, log_in, world  # noqa: F401
 from tests.integration.test_storage_cli import cli
 
 T0 = datetime(2026, 12, 1, 9, 0, 0)
 
 
-class Clock:
-    """The store's clock, moved by the test (no sleeping, no timed asserts)."""
-
-    def __init__(self) -> None:
-        self.now = T0
-
-    def __call__(self) -> datetime:
-        return self.now
-
-
 @pytest.fixture
-def clocked(tmp_path: Path) -> Iterator[tuple[Storage, Clock]]:
-    clock = Clock()
+def clocked(tmp_path: Path) -> Iterator[tuple[Storage, StepClock]]:
+    clock = StepClock(T0)
     storage = Storage.open_sqlite(tmp_path / "a.db", load_or_create(tmp_path / "k"), clock=clock)
     yield storage, clock
     storage.close()
@@ -62,7 +52,7 @@ def events(storage: Storage, action: str) -> list[AuditEvent]:
 
 
 def test_acknowledge_then_resolve_keeps_who_and_when_and_audits_each(
-    clocked: tuple[Storage, Clock],
+    clocked: tuple[Storage, StepClock],
 ) -> None:
     storage, clock = clocked
     incident = storage.open_incident("distress", "high", "turn 2: distress path taken")
@@ -142,7 +132,7 @@ def test_a_resolution_note_is_a_code_not_a_text(store: Storage) -> None:
 
 
 def test_overdue_counts_an_open_high_incident_past_15_minutes_and_not_a_resolved_one(
-    clocked: tuple[Storage, Clock],
+    clocked: tuple[Storage, StepClock],
 ) -> None:
     storage, clock = clocked
     minutes = IncidentSettings().response_minutes
@@ -165,7 +155,7 @@ def test_overdue_counts_an_open_high_incident_past_15_minutes_and_not_a_resolved
 
 
 def test_a_severity_without_a_response_time_gets_the_strictest(
-    clocked: tuple[Storage, Clock],
+    clocked: tuple[Storage, StepClock],
 ) -> None:
     storage, clock = clocked
     odd = storage.open_incident("custom", "critical", "from elsewhere")
@@ -218,7 +208,7 @@ def test_bad_incident_settings_are_refused_with_the_key(
 
 
 def test_retention_keeps_an_unresolved_incident_and_purges_a_resolved_one_after_its_period(
-    clocked: tuple[Storage, Clock],
+    clocked: tuple[Storage, StepClock],
 ) -> None:
     storage, clock = clocked
     unresolved = storage.open_incident("distress", "high", "turn 1: distress path taken")

@@ -21,7 +21,7 @@ from appliance.service import open_storage
 from tests.real.conftest import APPLIANCE
 from tests.real.test_serve_doctor import notifications
 from tests.real.test_serve_doctor import serve as notified_serve
-from tests.real.test_sip import Line, free_port, sipp
+from tests.real.test_sip import Line, free_port, launch, sipp
 from tests.real.test_sip import line_env as line_env  # the environment of the line's tests
 
 # A prompt of these tests alone: whatever reports the shared home holds, none was made with it.
@@ -39,23 +39,14 @@ def served(line_env: dict[str, str]) -> Iterator[list[Line]]:
 
 def serve(env: dict[str, str], served: list[Line], gate: str) -> Line:
     port = free_port()
-    process = subprocess.Popen(
-        [str(APPLIANCE), "serve"],
-        env={
-            "APPLIANCE_LLM__SYSTEM_PROMPT": PROMPT,
-            **env,
-            "APPLIANCE_SERVICE__VOICE": "sip",
-            "APPLIANCE_SERVICE__REDTEAM_GATE": gate,
-            "APPLIANCE_SIP__LISTEN": f"127.0.0.1:{port}",
-        },
-        text=True,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
-    assert process.stdout is not None
-    ready = process.stdout.readline()  # after the models have loaded
-    assert "listening" in ready, process.stderr.read() if process.stderr else ""
-    line = Line(port, process, Path(env["APPLIANCE_HOME"]))
+    environment = {
+        "APPLIANCE_LLM__SYSTEM_PROMPT": PROMPT,
+        **env,
+        "APPLIANCE_SERVICE__VOICE": "sip",
+        "APPLIANCE_SERVICE__REDTEAM_GATE": gate,
+        "APPLIANCE_SIP__LISTEN": f"127.0.0.1:{port}",
+    }
+    line = launch(["serve"], environment, port)
     served.append(line)
     return line
 

@@ -15,7 +15,7 @@ import shutil
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -88,20 +88,26 @@ def line_env(real_home: Path, real_settings: Settings) -> dict[str, str]:
     }
 
 
-def start_line(env: dict[str, str], **settings: str) -> Line:
-    port = free_port()
-    extra = {f"APPLIANCE_SIP__{k.upper()}": v for k, v in settings.items()}
+def launch(args: Sequence[str], env: dict[str, str], port: int) -> Line:
+    """``appliance ARGS`` with its line on ``port``, once it says it is listening (after the
+    models have loaded)."""
     process = subprocess.Popen(
-        [str(APPLIANCE), "sip", "--listen", f"127.0.0.1:{port}"],
-        env={**env, **extra},
+        [str(APPLIANCE), *args],
+        env=env,
         text=True,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )
     assert process.stdout is not None
-    line = process.stdout.readline()  # after the models have loaded
+    line = process.stdout.readline()
     assert "listening" in line, process.stderr.read() if process.stderr else ""
     return Line(port, process, Path(env["APPLIANCE_HOME"]))
+
+
+def start_line(env: dict[str, str], **settings: str) -> Line:
+    port = free_port()
+    extra = {f"APPLIANCE_SIP__{k.upper()}": v for k, v in settings.items()}
+    return launch(["sip", "--listen", f"127.0.0.1:{port}"], {**env, **extra}, port)
 
 
 @pytest.fixture
