@@ -20,7 +20,7 @@ from cryptography import x509
 from appliance.config.settings import Settings
 from appliance.core.errors import ApplianceError
 from appliance.guard.pii import redact
-from appliance.retention.job import last_run, overdue
+from appliance.retention.job import last_run, oldest_kept, overdue
 from appliance.retention.policy import RetentionPolicy
 from appliance.storage import reports
 from appliance.storage.keys import default_key_path
@@ -323,9 +323,14 @@ def retention(live: Live) -> Finding:
             evidence,
             "the hourly purge has not run for over 2 h" if stale else "the purge runs",
         )
+    oldest = oldest_kept(live.storage, live.now)
+    ages = "; ".join(
+        f"{c.value} {_age(at, live.now)} (period {policy.periods[c].days} d)"
+        for c, at in oldest.items()
+    )
     kept = Finding(
         Outcome.FAIL if late else Outcome.PASS,
-        f"rows past their period: {late_text}",
+        f"oldest rows: {ages or 'none'}; rows past their period: {late_text}",
         f"kept past their period: {late_text}" if late else "no row past its period",
     )
     return combine(ran, kept)
@@ -545,13 +550,19 @@ REDTEAM_WARN_DAYS = 90.0
 def redteam(live: Live) -> Finding:
     """The red-team gate (gate.py): a passing report made with the fingerprint of what runs
     now (models, prompt and policy, knowledge, tools, guard), and its age."""
-    from appliance.compliance.gate import GateStatus, gate_state
+    from appliance.compliance.gate import GateStatus, gate_state, reports
 
     state = gate_state(live.settings, live.now.replace(tzinfo=UTC))
     age = f", {state.report_age_days:.0f} days old" if state.report_age_days is not None else ""
     evidence = f"red-team gate {state.status.value}: report {state.report or 'none'}{age}"
     if state.status is not GateStatus.PASSED:
         return Finding(Outcome.FAIL, evidence, state.reason)
+    data = next((r.data for r in reports(live.settings.home) if r.name == state.report), {})
+    if data.get("sample"):  # the gate takes a sample (tests stay fast); an auditor is told
+        n = f"{data.get('n_attack', '?')} attacks, {data.get('n_benign', '?')} benign"
+        return Finding(
+            Outcome.WARN, f"{evidence} (a sample: {n})", "the passing red-team run was a sample"
+        )
     if state.report_age_days is not None and state.report_age_days > REDTEAM_WARN_DAYS:
         return Finding(Outcome.WARN, evidence, "the passing red-team report is over 90 days old")
     return Finding(Outcome.PASS, evidence, state.reason)

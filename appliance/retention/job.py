@@ -196,3 +196,28 @@ def overdue(
             if count:
                 found[data_class] = int(count)
     return found
+
+
+# What each class's period counts from, and its key (the column _candidates selects).
+_AGE_COLUMNS: dict[DataClass, tuple[Any, Any]] = {
+    DataClass.RECORDINGS: (Recording.id, Recording.created_at),
+    DataClass.TRANSCRIPTS: (Turn.id, Turn.created_at),
+    DataClass.TOOL_CALLS: (ToolCall.id, ToolCall.created_at),
+    DataClass.CALLS: (Call.id, Call.started_at),
+    DataClass.INCIDENTS: (Incident.id, Incident.resolved_at),
+    DataClass.CALLBACKS: (CallbackRequest.id, CallbackRequest.changed_at),
+    DataClass.AUDIT: (AuditEvent.seq, AuditEvent.at),
+}
+
+
+def oldest_kept(storage: Storage, now: datetime) -> dict[DataClass, datetime]:
+    """Per class, when its oldest row that the purge governs began its period (rows on legal
+    hold, open callbacks and unresolved incidents excepted, as the purge excepts them)."""
+    found: dict[DataClass, datetime] = {}
+    with storage.session("oldest rows") as session:
+        for data_class, (key, column) in _AGE_COLUMNS.items():
+            governed = _candidates(data_class, now + timedelta(days=1)).order_by(None)
+            oldest = session.scalar(select(func.min(column)).where(key.in_(governed)))
+            if oldest is not None:
+                found[data_class] = oldest
+    return found

@@ -92,6 +92,7 @@ def test_storage_limitation_fails_until_the_purge_runs_and_when_a_row_outlives_i
     late = control(settings, storage, "Art. 5(1)(e)", later)
     assert late.outcome is Outcome.FAIL
     assert "1 transcripts" in late.reason and "last purge 31.0 days ago" in late.evidence
+    assert "transcripts 31.0 days ago (period 30 d)" in late.evidence
     clock.now = later
     run_retention(storage, RetentionPolicy.from_settings(settings.retention))
     assert control(settings, storage, "Art. 5(1)(e)", later).outcome is Outcome.PASS
@@ -404,6 +405,13 @@ def test_change_management_fails_until_a_red_team_report_matches_what_runs(
                  finished=(T0 - timedelta(days=1)).replace(tzinfo=UTC))  # fmt: skip
     assert control(settings, storage, "CC8.1", T0).outcome is Outcome.PASS
     assert control(settings, storage, "CC8.1", T0 + timedelta(days=100)).outcome is Outcome.WARN
+    folder = write_report(settings.home, "20261130-110000", fingerprint(settings),
+                          finished=(T0 - timedelta(hours=1)).replace(tzinfo=UTC))  # fmt: skip
+    sampled = folder / "report.json"
+    sampled.write_text(json.dumps({**json.loads(sampled.read_text()), "sample": 2}))
+    found = control(settings, storage, "CC8.1", T0)
+    assert found.outcome is Outcome.WARN and "a sample" in found.reason
+    sampled.unlink()
     changed = with_section(settings, "llm", system_prompt="You are a pirate. " * 3)
     mismatch = control(changed, storage, "CC8.1", T0)
     assert mismatch.outcome is Outcome.FAIL and "system_prompt" in mismatch.reason
