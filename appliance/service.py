@@ -24,6 +24,7 @@ from appliance.core.ports import (
     CallbackDesk,
     CallControl,
     CallerDirectory,
+    CallMetrics,
     CallRecorder,
     CallWatch,
     CodeNotifier,
@@ -234,6 +235,8 @@ class VoiceService:
     """The learned head of the input guard ([guard]), shared by every call's guard."""
     active: set[CallSession] = field(default_factory=set)
     """The calls in progress (for a clean shutdown: each gets a goodbye)."""
+    metrics: CallMetrics | None = None
+    """Monitoring of the calls (``[service] metrics_listen``), when on."""
     _extra_tools: dict[str, Tool] | None = field(default=None, init=False, repr=False)
     """The HTTP and plug-in tools, made once (their TLS context, the plug-ins loaded)."""
 
@@ -596,6 +599,8 @@ async def run_call(
     # The windows may live in the store: off the event loop, like every store call here.
     admission = await asyncio.to_thread(monitor.admit, limit_key, address)
     if not admission.allowed:
+        if service.metrics is not None:
+            service.metrics.call_refused(admission.reason)
         # Counted by where it came from: a caller ID is the sender's to choose.
         counted = f"address:{address}" if address else who
         await asyncio.to_thread(
@@ -681,7 +686,7 @@ async def run_call(
             sink,
             on_event=on_event,
             watch=_Watch(utterance, screened),
-            recorder=record,
+            recorder=record if service.metrics is None else service.metrics.recording(record),
             agent=agent,
             control=control,
             output_sample_rate_hz=sink.sample_rate_hz,  # 8 kHz on a phone line

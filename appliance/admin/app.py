@@ -29,6 +29,7 @@ from appliance.admin.callbacks import callbacks_blueprint
 from appliance.admin.callers import callers_blueprint
 from appliance.admin.compliance import compliance_blueprint
 from appliance.admin.incidents import incidents_blueprint
+from appliance.admin.metrics import metrics_blueprint
 from appliance.admin.subject_access import subject_access_blueprint
 from appliance.admin.vendors import vendors_blueprint
 from appliance.compliance.gate import gate_state
@@ -207,6 +208,7 @@ def create_app(
     app.register_blueprint(callbacks_blueprint(storage, actor))
     app.register_blueprint(incidents_blueprint(settings.incidents, storage, actor))
     app.register_blueprint(subject_access_blueprint(storage, actor))
+    app.register_blueprint(metrics_blueprint(settings, storage))  # /metrics and /healthz
     static: Any = app.view_functions["static"]
     static.required_roles = PUBLIC
     return app

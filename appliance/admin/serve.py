@@ -9,9 +9,7 @@ cost); and one address holds ``CONNECTIONS_PER_ADDRESS`` connections at most."""
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
-import os
 import socket
 import ssl
 import threading
@@ -26,6 +24,7 @@ from cheroot.ssl.builtin import BuiltinSSLAdapter
 
 from appliance.admin.app import create_app
 from appliance.config.settings import Settings
+from appliance.deploy.scrape import self_signed
 from appliance.storage.repository import Storage
 
 log = logging.getLogger(__name__)
@@ -35,49 +34,8 @@ def certificate(settings: Settings) -> tuple[Path, Path]:
     """The configured certificate and key, or a self-signed pair under APPLIANCE_HOME/admin."""
     if settings.admin.tls_cert:
         return Path(settings.admin.tls_cert), Path(settings.admin.tls_key)
-    folder = settings.home / "admin"
-    cert, key = folder / "tls.crt", folder / "tls.key"
-    if cert.is_file() and key.is_file():
-        return cert, key
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-    private = ec.generate_private_key(ec.SECP256R1())
     host = settings.admin.listen.rpartition(":")[0]
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"appliance {host}")])
-    now = dt.datetime.now(dt.UTC)
-    import ipaddress
-
-    try:
-        alt: x509.GeneralName = x509.IPAddress(ipaddress.ip_address(host))
-    except ValueError:
-        alt = x509.DNSName(host)
-    built = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(private.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=825))
-        .add_extension(x509.SubjectAlternativeName([alt]), critical=False)
-        .sign(private, hashes.SHA256())
-    )
-    fd = os.open(key, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(
-            private.private_bytes(
-                serialization.Encoding.PEM,
-                serialization.PrivateFormat.PKCS8,
-                serialization.NoEncryption(),
-            )
-        )
-    cert.write_bytes(built.public_bytes(serialization.Encoding.PEM))
-    log.info("made a self-signed certificate for the admin panel: %s", cert)
-    return cert, key
+    return self_signed(settings.home / "admin", host, "admin panel")
 
 
 MAX_HEADER_BYTES = 16 * 1024

@@ -1008,10 +1008,37 @@ class ServiceSettings:
     redteam_gate: RedteamGate = RedteamGate.REFUSE
     """Without a passing red-team report for the current fingerprint: "refuse" calls, or
     "warn" (take them and open an incident). The foreground commands only warn."""
+    metrics_listen: str = ""
+    """HOST:PORT of the voice service's own HTTPS listener for ``/metrics`` (Prometheus) and
+    ``/healthz``; empty: no listener. It binds to this address only."""
+    metrics_token_file: str = ""
+    """The scrape token (one line, the file mode 0600): ``/metrics`` of the voice service and
+    of the admin panel answer only ``Authorization: Bearer <token>``; empty: no ``/metrics``."""
+    metrics_tls_cert: str = ""
+    """The certificate chain (PEM) and its key for the metrics listener; empty: a self-signed
+    pair made once under APPLIANCE_HOME/metrics."""
+    metrics_tls_key: str = ""
 
     def __post_init__(self) -> None:
         _check(
             self.voice in ("sip", "microphone", "none"), "service.voice", "sip, microphone or none"
+        )
+        if self.metrics_listen:
+            host, _, port = self.metrics_listen.rpartition(":")
+            _check(
+                bool(host) and port.isascii() and port.isdigit() and int(port) < 65536,
+                "service.metrics_listen",
+                "HOST:PORT (port 0: any free port)",
+            )
+            _check(
+                bool(self.metrics_token_file),
+                "service.metrics_token_file",
+                "set when metrics_listen is (no /metrics without a scrape token)",
+            )
+        _check(
+            bool(self.metrics_tls_cert) == bool(self.metrics_tls_key),
+            "service.metrics_tls_key",
+            "both or neither",
         )
         for key in ("egress_allow", "admin_allow"):
             for value in getattr(self, key):

@@ -387,6 +387,20 @@ class CallRecorder(Protocol):
     def finish(self, status: str) -> None: ...
 
 
+class CallMetrics(Protocol):
+    """What monitoring learns of the calls of a process (deploy/metrics.py): each call taken,
+    refused or stored, from the same records the store keeps (codes and timings, never what
+    was said or who said it)."""
+
+    def call_refused(self, reason: str) -> None:
+        """A call the admission refused; ``reason``: its code (``limit.concurrent``, ...)."""
+        ...
+
+    def recording(self, recorder: CallRecorder) -> CallRecorder:
+        """A call was taken: its recorder, through which monitoring sees each turn stored."""
+        ...
+
+
 @runtime_checkable
 class VoiceEmbedder(Protocol):
     """A speaker embedding of one utterance (PCM16 mono), for voice biometrics."""

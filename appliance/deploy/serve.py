@@ -14,6 +14,9 @@ has the SIP line answer every INVITE 503 with a Warning naming the gate, and sta
 microphone call (restart the service once ``appliance redteam`` passes); ``"warn"`` takes calls
 and opens one incident of kind ``redteam_gate``. ``appliance sip`` (``foreground``) only prints
 a warning.
+
+With ``[service] metrics_listen``, ``/metrics`` and ``/healthz`` are served (deploy/metrics.py)
+from before the models load (``/healthz`` says 503 until READY=1 and again from STOPPING=1).
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from appliance.compliance.gate import foreground_warning, gate_state
 from appliance.config.settings import RedteamGate, Settings
 from appliance.deploy import egress
 from appliance.deploy.line import SipLine
+from appliance.deploy.metrics import MetricsListener, VoiceMetrics, start_metrics
 from appliance.deploy.notify import notify, watchdog_interval_s
 from appliance.identity.abuse import AbuseMonitor
 from appliance.service import VoiceService, open_storage, run_call
@@ -52,13 +56,21 @@ def serve(settings: Settings, *, foreground: bool = False) -> int:
             storage.log_repeated("system", "egress_blocked", target.split()[-1], "refused")
 
     guard.on_block = audit_block
+    metrics: VoiceMetrics | None = None
+    listener: MetricsListener | None = None
     try:
+        if settings.service.metrics_listen:  # before the models: /healthz says 503 meanwhile
+            metrics, listener = start_metrics(settings, storage)
         refuse = red_team_gate(settings, storage, foreground=foreground)
         service = VoiceService.load(settings)
         # Limits and blocks in the store: a restart does not reset them (wall-clock time).
         service.monitor = AbuseMonitor(settings.limits, clock=time.time, counters=storage)
-        return asyncio.run(_run(settings, service, storage, started, refuse))
+        if metrics is not None:
+            service.metrics, metrics.service = metrics, service
+        return asyncio.run(_run(settings, service, storage, started, refuse, metrics))
     finally:
+        if listener is not None:
+            listener.stop()
         storage.close()
 
 
@@ -94,6 +106,7 @@ async def _run(
     storage: Storage,
     started: float,
     refuse: str | None = None,
+    metrics: VoiceMetrics | None = None,
 ) -> int:
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -107,6 +120,8 @@ async def _run(
         line = SipLine(settings, service, storage)
         line.ua.refuse_calls = refuse
         await line.ua.start()
+        if metrics is not None:
+            metrics.ua = line.ua
         print(f"sip: listening on udp {line.ua.host}:{line.ua.port}", flush=True)
     if settings.service.voice == "microphone" and refuse is None:
         source = MicrophoneSource(
@@ -122,11 +137,15 @@ async def _run(
     refusing = f"; refusing calls ({refuse})" if refuse else ""
     notify(f"READY=1\nSTATUS=ready in {ready_s:.1f} s; voice: {settings.service.voice}{refusing}")
     log.info("ready in %.1f s (voice: %s)", ready_s, settings.service.voice)
+    if metrics is not None:
+        metrics.serving = True
     waiter = asyncio.create_task(stopping.wait())
     done, _ = await asyncio.wait(
         {waiter, *([calls] if calls else [])}, return_when=asyncio.FIRST_COMPLETED
     )
     notify("STOPPING=1")
+    if metrics is not None:
+        metrics.serving = False  # /healthz: 503 from now on, so balancers look elsewhere
     begun = time.monotonic()
     deadline = begun + settings.service.shutdown_timeout_s
     if line is not None:

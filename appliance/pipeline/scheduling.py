@@ -97,6 +97,12 @@ class Scheduler:
         """``fn(*args)`` on the stage's thread, awaited from the event loop."""
         return await asyncio.wrap_future(self.submit(stage, lambda: fn(*args), urgent, since))
 
+    def depths(self) -> dict[Stage, int]:
+        """Jobs waiting for each stage's thread (urgent and background; not the one running):
+        the queue depths monitoring shows."""
+        with self._board:
+            return {stage: len(now) + len(later) for stage, (now, later) in self._queues.items()}
+
     def _next(self, stage: Stage) -> _Job:
         urgent, rest = self._queues[stage]
         with self._board:

@@ -12,6 +12,7 @@ from typing import Any
 from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session
 
+from appliance.core.errors import StorageError
 from appliance.storage import crypto, sqlite
 from appliance.storage.repository import Storage
 from appliance.storage.schema import AuditEvent, Call, ErasureRequest, Incident, Turn
@@ -142,3 +143,36 @@ def event_details(event: AuditEvent) -> dict[str, Any]:
     except ValueError:
         return {}
     return details if isinstance(details, dict) else {}
+
+
+def incident_counts(storage: Storage) -> dict[tuple[str, str], int]:
+    """Incidents by kind and state (``IncidentState`` values), every one kept: for monitoring."""
+    with storage.session("metrics") as session:
+        rows = session.execute(
+            select(Incident.kind, Incident.state, func.count()).group_by(
+                Incident.kind, Incident.state
+            )
+        ).all()
+    return {(str(kind), str(state)): int(n) for kind, state, n in rows}
+
+
+def login_counts(storage: Storage) -> dict[str, int]:
+    """The panel's password log-ins by outcome (``ok``, ``failed``, ``limited``), from the
+    audit trail: the same count whichever process reads it, and a restart loses none."""
+    with storage.session("metrics") as session:
+        rows = session.execute(
+            select(AuditEvent.outcome, func.count())
+            .where(AuditEvent.action == "login")
+            .group_by(AuditEvent.outcome)
+        ).all()
+    return {str(outcome): int(n) for outcome, n in rows}
+
+
+def reachable(storage: Storage) -> bool:
+    """Whether the store answers a query now (the panel's ``/healthz``)."""
+    try:
+        with storage.session("health") as session:
+            session.execute(text("SELECT 1"))
+    except StorageError:  # the store failed: "not healthy", never a 500
+        return False
+    return True

@@ -310,6 +310,8 @@ class SipUserAgent(asyncio.DatagramProtocol):
         self.refuse_calls: str | None = None
         """Why new calls are refused (said in the 503's Warning); None: they are taken."""
         self.refused_calls = 0
+        self.busy = 0
+        """INVITEs answered 486: the line's dialogs, or one address's unconfirmed ones, full."""
         self.streams: dict[tuple[str, int], asyncio.WriteTransport] = {}
         self._server: asyncio.Server | None = None
         self._tls_server: asyncio.Server | None = None
@@ -504,6 +506,7 @@ class SipUserAgent(asyncio.DatagramProtocol):
         if len(live) >= self.settings.max_dialogs or (
             unconfirmed >= self.settings.unconfirmed_per_address
         ):  # one address's INVITEs that never ACK cannot fill the line
+            self.busy += 1
             self._send(response(invite, 486).encode(), addr)
             return
         dialog = _Dialog(invite, addr, secrets.token_hex(6), account)

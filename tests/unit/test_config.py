@@ -115,6 +115,24 @@ def test_config_file_from_the_environment(tmp_path: Path) -> None:
         ("[transfer]\nring = 5\n", {}, "config.unknown_key", "ring"),
         ("[service]\nredteam_gate = 'off'\n", {}, "config.invalid", "service.redteam_gate"),
         ("", {"APPLIANCE_SERVICE__REDTEAM_GATE": "ignore"}, "config.invalid", '"warn"'),
+        (
+            "[service]\nmetrics_listen = '127.0.0.1:9464'\n",
+            {},
+            "config.invalid",
+            "service.metrics_token_file",
+        ),
+        (
+            "[service]\nmetrics_listen = '9464'\nmetrics_token_file = 't'\n",
+            {},
+            "config.invalid",
+            "service.metrics_listen",
+        ),
+        (
+            "[service]\nmetrics_tls_cert = 'c.pem'\n",
+            {},
+            "config.invalid",
+            "service.metrics_tls_key",
+        ),
     ],
 )
 def test_bad_settings_are_refused_with_the_key(
