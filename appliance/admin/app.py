@@ -28,6 +28,7 @@ from appliance.admin.api import api_blueprint
 from appliance.admin.callbacks import callbacks_blueprint
 from appliance.admin.callers import callers_blueprint
 from appliance.admin.compliance import compliance_blueprint
+from appliance.admin.directory import Directory, LoginSource, Outcome, is_shadow, shadow_name
 from appliance.admin.incidents import incidents_blueprint
 from appliance.admin.metrics import metrics_blueprint
 from appliance.admin.subject_access import subject_access_blueprint
@@ -62,6 +63,7 @@ class PanelSession:
     username: str = ""
     role: str = ""
     stage: str = "anonymous"  # anonymous -> enrol|totp -> ready
+    source: LoginSource = LoginSource.LOCAL
     enrol_secret: bytes = b""
     data: dict[str, str] = field(default_factory=dict)
 
@@ -78,8 +80,13 @@ def create_app(
     storage: Storage,
     clock: Callable[[], float] = time.time,
     max_sessions: int = MAX_SESSIONS,
+    directory: Directory | None = None,
 ) -> Flask:
+    """The panel; ``directory`` (made from ``[ldap]`` when it has a url) adds directory
+    log-ins beside the local accounts."""
     options = settings.admin
+    if directory is None and settings.ldap.enabled:
+        directory = Directory(settings.ldap)
     app = Flask(__name__)
     app.url_map.merge_slashes = False  # "/calls//x" is no call: 404, not a redirect to one
     app.config["SECRET_KEY"] = secrets.token_bytes(32)
@@ -198,7 +205,7 @@ def create_app(
         return render_template("error.html", code=error.code, name=error.name), error.code
 
     app.jinja_env.globals["csrf"] = csrf_token
-    app.register_blueprint(_auth(settings, storage, sessions, new_session, limiter))
+    app.register_blueprint(_auth(storage, sessions, new_session, limiter, directory))
     app.register_blueprint(_pages(settings, storage, actor))
     app.register_blueprint(_users(storage, actor))
     app.register_blueprint(api_blueprint(storage))
@@ -221,11 +228,11 @@ def _still_allowed(storage: Storage, panel: PanelSession) -> bool:
 
 
 def _auth(
-    settings: Settings,
     storage: Storage,
     sessions: dict[str, PanelSession],
     new_session: Callable[[], tuple[str, PanelSession]],
     limiter: LoginLimiter,
+    directory: Directory | None,
 ) -> Blueprint:
     auth = Blueprint("auth", __name__)
     used_steps: dict[str, int] = {}
@@ -246,16 +253,32 @@ def _auth(
                 # Counted per address, not per name tried: a spray of names is one kind.
                 storage.log_repeated("admin:anonymous", "login", f"address:{address}", "limited")
                 return render_template("login.html", stage="anonymous", failed=True), 429
-            user = storage.admin_user(username)
-            ok = verify_password(user.password_hash if user else None, password)
-            if not ok or user is None or user.disabled:
+            # A local account (break-glass) decides for its own name; any other name goes to
+            # the directory when there is one. Its users' records (ldap:NAME) take no password.
+            local = None if is_shadow(username) else storage.admin_user(username)
+            if local is None and directory is not None:
+                source, user, outcome = LoginSource.DIRECTORY, None, Outcome.REFUSED
+                if _plain_name(username):
+                    answer = directory.authenticate(username, password)
+                    outcome = answer.outcome
+                    if outcome is Outcome.OK:
+                        user = storage.directory_user(
+                            shadow_name(username), answer.role, f"admin:{shadow_name(username)}"
+                        )
+            else:
+                source, outcome = LoginSource.LOCAL, Outcome.REFUSED
+                ok = verify_password(local.password_hash if local else None, password)
+                user = local if ok else None
+            if user is None or user.disabled:
+                # The same answer whatever failed; the trail keeps why (a code, no password).
                 limiter.failed(username, address)
-                storage.log_event("admin:anonymous", "login", f"user:{username}", "failed")
+                details = {"source": source.value, "reason": outcome.value}
+                storage.log_event("admin:anonymous", "login", f"user:{username}", "failed", details)
                 return render_template("login.html", stage="anonymous", failed=True), 401
             sessions.pop(g.token, None)  # rotate: a fresh token once the password is right
             g.token, panel = new_session()
             g.panel = panel
-            panel.username, panel.role = user.username, user.role
+            panel.username, panel.role, panel.source = user.username, user.role, source
             if storage.admin_totp(user.username) is None:
                 panel.stage, panel.enrol_secret = "enrol", secrets.token_bytes(20)
             else:
@@ -291,7 +314,8 @@ def _auth(
             storage.set_admin_totp(panel.username, panel.enrol_secret, f"admin:{panel.username}")
             panel.enrol_secret = b""
         panel.stage = "ready"
-        storage.log_event(f"admin:{panel.username}", "login", "panel", "ok")
+        details = {"source": panel.source.value}
+        storage.log_event(f"admin:{panel.username}", "login", "panel", "ok", details)
         return redirect(url_for("pages.dashboard"))
 
     @auth.route("/logout", methods=["POST"])
@@ -312,6 +336,15 @@ def _account_name(text: str) -> str:
         return username_of(text)
     except AccountError:
         return text
+
+
+def _plain_name(username: str) -> bool:
+    """A name a directory user's record can carry (accounts.username_of's form): anything
+    else, filter syntax included, is refused before the directory is asked."""
+    try:
+        return username_of(username) == username
+    except AccountError:
+        return False
 
 
 def _b32(secret: bytes) -> str:

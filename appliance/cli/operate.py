@@ -45,12 +45,18 @@ def register(commands: Commands) -> None:
     ):
         command(admin_cmd, name, run, text).add_argument("--username", required=True)
     command(admin_cmd, "list-users", list_admin_users, "the panel accounts and their state")
-    command(
+    enrolment = command(
         admin_cmd,
         "enrolment-code",
         new_enrolment_code,
         "a new one-time enrolment code (the authenticator is enrolled again)",
-    ).add_argument("--username", required=True)
+    )
+    enrolment.add_argument("--username", required=True)
+    enrolment.add_argument(
+        "--directory",
+        action="store_true",
+        help="for a directory ([ldap]) user, before or after their first log-in",
+    )
     revoke = command(admin_cmd, "revoke-token", revoke_api_token, "revoke the API tokens of a name")
     revoke.add_argument("--name", required=True)
     command(admin_cmd, "list-tokens", list_api_tokens, "the API tokens (names, roles, state)")
@@ -196,8 +202,18 @@ def new_enrolment_code(args: argparse.Namespace, settings: Settings) -> int:
     from appliance.service import open_storage
 
     username = username_of(args.username)
-    with open_storage(settings) as storage:
-        code = storage.new_enrolment_code(username, actor())
+    if args.directory:
+        from appliance.admin.directory import shadow_name
+
+        if not settings.ldap.enabled:
+            print("appliance: error [ldap] url is not set: no directory users", file=sys.stderr)
+            return 1
+        username = shadow_name(username)
+        with open_storage(settings) as storage:
+            code: str | None = storage.directory_enrolment_code(username, actor())
+    else:
+        with open_storage(settings) as storage:
+            code = storage.new_enrolment_code(username, actor())
     if code is None:
         print(f"appliance: error no user {username!r}", file=sys.stderr)
         return 1

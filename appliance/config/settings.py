@@ -1430,6 +1430,118 @@ class AdminSettings:
             _check(getattr(self, key) >= 1, f"admin.{key}", "at least 1")
 
 
+PANEL_ROLES = ("admin", "operator", "auditor")
+"""The panel's roles (admin/accounts.py ROLES), named here for ``[ldap.role_groups]``."""
+
+
+class LdapMembership(enum.StrEnum):
+    """Where the directory says which groups a user is in."""
+
+    GROUP = "group"
+    """Each role group's entry lists its members' DNs in ``member_attribute`` (groupOfNames
+    ``member``, groupOfUniqueNames ``uniqueMember``): the directory matches the DN."""
+    MEMBER_OF = "member_of"
+    """The user's entry lists the DNs of its groups in ``memberOf`` (Active Directory,
+    OpenLDAP's memberof overlay)."""
+
+
+_LDAP_ATTRIBUTE = re.compile(r"[A-Za-z][A-Za-z0-9-]*")
+
+
+@dataclass(frozen=True)
+class LdapSettings:
+    """Directory logins to the admin panel (admin/directory.py): LDAP over TLS with a service
+    account's bind for the search, then a bind as the user found (search-bind), and the role
+    from the user's group. Empty ``url``: local accounts only."""
+
+    url: str = ""
+    """``ldaps://ADDRESS:PORT`` (TLS from the first byte), or ``ldap://ADDRESS:PORT`` with
+    ``start_tls = true`` (RFC 4513 3); an address, never a name: the appliance looks up no
+    outside names (deploy/egress.py), and the address joins the egress allowlist."""
+    start_tls: bool = False
+    ca_file: str = ""
+    """The CA bundle (PEM) the directory's certificate must chain to; empty: the system's. The
+    certificate is always verified, with the url's address in its names, TLS 1.2 at least."""
+    bind_dn: str = ""
+    """The service account that searches for users ..."""
+    bind_password_file: str = ""
+    """... with the password in this owner-only file (read at each log-in; a file group or
+    others can read is refused)."""
+    user_base: str = ""
+    """Where users are searched for (the whole subtree)."""
+    user_filter: str = "(uid={username})"
+    """The search filter; ``{username}`` is the name typed at log-in, escaped (RFC 4515 3), so
+    ``*`` or ``)`` in it match nothing but themselves. Exactly one entry must match."""
+    membership: LdapMembership = LdapMembership.GROUP
+    member_attribute: str = "member"
+    """With ``membership = "group"``: the group entries' attribute holding members' DNs."""
+    role_groups: dict[str, str] = field(default_factory=dict, hash=False)
+    """Role to group DN (``[ldap.role_groups]``, roles admin, operator, auditor). A user in no
+    mapped group gets no role and cannot log in; one in several is refused too (no default
+    role, no guess: fix the directory)."""
+    timeout_s: int = 5
+    """How long (whole seconds) connecting and each answer may take; past it the directory is
+    unreachable and only local accounts log in."""
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.url)
+
+    @property
+    def address(self) -> tuple[str, int, bool]:
+        """The directory's address, port and whether TLS starts at connect (ldaps)."""
+        scheme, _, rest = self.url.partition("://")
+        host, _, port = rest.rstrip("/").rpartition(":")
+        return host.strip("[]"), int(port), scheme == "ldaps"
+
+    def __post_init__(self) -> None:
+        _check(1 <= self.timeout_s <= 30, "ldap.timeout_s", "1 to 30")
+        if not self.url:
+            return
+        scheme, _, rest = self.url.partition("://")
+        host, _, port = rest.rstrip("/").rpartition(":")
+        _check(
+            scheme in ("ldaps", "ldap") and bool(host) and port.isascii() and port.isdigit(),
+            "ldap.url",
+            "ldaps://ADDRESS:PORT, or ldap://ADDRESS:PORT with start_tls = true",
+        )
+        _check(1 <= int(port) <= 65_535, "ldap.url", "a port of 1 to 65535")
+        try:  # an address: the appliance looks up no outside names (deploy/egress.py)
+            ipaddress.ip_address(host.strip("[]"))
+        except ValueError as exc:
+            raise ConfigError(
+                "config.invalid", "ldap.url: give the directory's address, not a name"
+            ) from exc
+        _check(
+            (scheme == "ldaps") != self.start_tls,
+            "ldap.start_tls",
+            "ldap:// needs start_tls = true (no directory password goes in clear); ldaps:// "
+            "is TLS already",
+        )
+        _check(bool(self.bind_dn), "ldap.bind_dn", "the service account is needed with a url")
+        _check(bool(self.bind_password_file), "ldap.bind_password_file", "needed with bind_dn")
+        _check(bool(self.user_base), "ldap.user_base", "needed with a url")
+        _check(
+            self.user_filter.startswith("(")
+            and self.user_filter.endswith(")")
+            and self.user_filter.count("{username}") >= 1
+            and self.user_filter.replace("{username}", "").count("{") == 0,
+            "ldap.user_filter",
+            "a parenthesized filter holding {username}, e.g. (uid={username})",
+        )
+        _check(
+            bool(_LDAP_ATTRIBUTE.fullmatch(self.member_attribute)),
+            "ldap.member_attribute",
+            "an attribute name",
+        )
+        for role, group in self.role_groups.items():
+            _check(role in PANEL_ROLES, f"ldap.role_groups.{role}", "admin, operator or auditor")
+            _check(bool(group.strip()), f"ldap.role_groups.{role}", "a group's DN")
+        groups = [group.strip().lower() for group in self.role_groups.values()]
+        _check(len(set(groups)) == len(groups), "ldap.role_groups", "one group for two roles")
+        _check(bool(self.role_groups), "ldap.role_groups", "at least one role's group")
+
+
 @dataclass(frozen=True)
 class ModelsSettings:
     manifest: str = ""
@@ -1475,6 +1587,7 @@ class Settings:
     transfer: TransferSettings = field(default_factory=TransferSettings)
     app_token: AppTokenSettings = field(default_factory=AppTokenSettings)
     admin: AdminSettings = field(default_factory=AdminSettings)
+    ldap: LdapSettings = field(default_factory=LdapSettings)
     source: str = "defaults"
     """Where the settings came from (the file path, or 'defaults'), for messages."""
 
@@ -1518,6 +1631,7 @@ SECTIONS: dict[str, type[Any]] = {
     "transfer": TransferSettings,
     "app_token": AppTokenSettings,
     "admin": AdminSettings,
+    "ldap": LdapSettings,
 }
 
 
@@ -1684,6 +1798,8 @@ __all__ = [
     "HttpTool",
     "IncidentSettings",
     "KnowledgeSettings",
+    "LdapMembership",
+    "LdapSettings",
     "LlmSettings",
     "ModelsSettings",
     "NotifySettings",

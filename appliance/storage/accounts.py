@@ -18,6 +18,8 @@ TOTP_KEY = "admin_totp_key_id"
 """The system data key that seals the accounts' TOTP secrets."""
 ENROLMENT_KEY = "admin_enrolment:"
 """Meta rows of the hash of each account's one-time enrolment code."""
+NO_PASSWORD = "!directory"
+"""The password hash of a directory user's record: no argon2 hash, so no password verifies."""
 
 
 class Accounts(StoreBase):
@@ -60,6 +62,40 @@ class Accounts(StoreBase):
         else:
             row.value = digest
         return code
+
+    def directory_user(self, username: str, role: str, actor: str) -> AdminUser:
+        """The local record of a directory user (admin/directory.py, ``ldap:<name>``) after
+        the directory vouched for the password: made at the first log-in, with no password
+        (NO_PASSWORD verifies nothing), and its role the directory's at this log-in (a change
+        is audited). Its TOTP secret and enrolment code are a local account's."""
+        with self.session("directory user") as session:
+            user = session.scalars(select(AdminUser).where(AdminUser.username == username)).first()
+            if user is None:
+                user = AdminUser(username=username, password_hash=NO_PASSWORD, role=role)
+                session.add(user)
+                details = {"role": role, "source": "directory"}
+                self.audit_in(session, actor, "create_user", f"user:{username}", "ok", details)
+            elif user.role != role:
+                details = {"role": role, "was": user.role, "source": "directory"}
+                self.audit_in(session, actor, "change_role", f"user:{username}", "ok", details)
+                user.role = role
+            session.flush()
+            return user
+
+    def directory_enrolment_code(self, username: str, actor: str) -> str:
+        """An enrolment code for a directory user's record (made now if the user has not
+        logged in yet, with no role until the directory gives one): the authenticator is
+        enrolled at the next log-in with the directory password and this code."""
+        with self.session("directory enrolment code") as session:
+            user = session.scalars(select(AdminUser).where(AdminUser.username == username)).first()
+            if user is None:
+                session.add(AdminUser(username=username, password_hash=NO_PASSWORD, role=""))
+                details = {"source": "directory"}
+                self.audit_in(session, actor, "create_user", f"user:{username}", "ok", details)
+            else:
+                user.totp_secret = None
+            self.audit_in(session, actor, "enrolment_code", f"user:{username}", "ok")
+            return self._new_enrolment(session, username)
 
     def admin_user(self, username: str) -> AdminUser | None:
         with self.session("read admin user") as session:
