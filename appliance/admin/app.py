@@ -28,6 +28,8 @@ from appliance.admin.api import api_blueprint
 from appliance.admin.callbacks import callbacks_blueprint
 from appliance.admin.callers import callers_blueprint
 from appliance.admin.compliance import compliance_blueprint
+from appliance.admin.dashboard import dashboard as dashboard_view
+from appliance.admin.dashboard import red_team_trend
 from appliance.admin.directory import Directory, LoginSource, Outcome, is_shadow, shadow_name
 from appliance.admin.incidents import incidents_blueprint
 from appliance.admin.metrics import metrics_blueprint
@@ -364,20 +366,6 @@ def _totp_ok(
     return False
 
 
-def _pct(values: list[float] | None, q: int) -> int:
-    if not values:
-        return 0
-    ordered = sorted(values)
-    return int(ordered[min(len(ordered) - 1, max(0, round(q / 100 * len(ordered)) - 1))])
-
-
-def _chart(title: str, labels: list[str], values: list[int]) -> dict[str, Any]:
-    """Bars drawn on the server (an SVG in the page: no script, nothing fetched)."""
-    peak = max(values, default=0) or 1
-    pairs = zip(labels, values, strict=True)
-    return {"title": title, "bars": [(day, n, int(100 * n / peak)) for day, n in pairs]}
-
-
 def _gate_line(settings: Settings) -> tuple[str, str]:
     """The red-team gate in one line (compliance/gate.py): its status, and what it says."""
     try:
@@ -397,20 +385,12 @@ def _pages(settings: Settings, storage: Storage, actor: Callable[[], str]) -> Bl
     @pages.route("/")
     @requires(*ALL)
     def dashboard() -> ResponseReturnValue:
-        days = [dt.date.today() - dt.timedelta(days=n) for n in range(13, -1, -1)]
-        since = dt.datetime.combine(days[0], dt.time())
-        seen = reports.activity(storage, since)
-        labels = [d.isoformat() for d in days]
-        series = {
-            "Calls per day": [seen.calls_by_day.get(d, 0) for d in labels],
-            "Voice-to-voice p50, ms": [_pct(seen.latency_by_day.get(d), 50) for d in labels],
-            "Voice-to-voice p95, ms": [_pct(seen.latency_by_day.get(d), 95) for d in labels],
-            "Turns blocked by the guard": [seen.input_blocks_by_day.get(d, 0) for d in labels],
-            "Incidents opened": [seen.incidents_by_day.get(d, 0) for d in labels],
-        }
-        charts = [_chart(title, labels, values) for title, values in series.items()]
-        gate = _gate_line(settings)
-        return render_template("dashboard.html", charts=charts, calls=seen.calls_total, gate=gate)
+        # Days in UTC, as the store keeps its times (reports.activity groups by them).
+        today = dt.datetime.now(dt.UTC).date()
+        days = [today - dt.timedelta(days=n) for n in range(13, -1, -1)]
+        seen = reports.activity(storage, dt.datetime.combine(days[0], dt.time()))
+        board = dashboard_view(seen, days, red_team_trend(settings.home))
+        return render_template("dashboard.html", board=board, gate=_gate_line(settings))
 
     @pages.route("/calls")
     @requires("admin", "operator")

@@ -242,19 +242,27 @@ def compliance_blueprint(
     @pages.route("/compliance")
     @requires("admin", "auditor")
     def report() -> ResponseReturnValue:
-        """Every control read now; ``?download=html`` is the signed page an auditor keeps
-        (``appliance compliance verify`` checks it), and its export is audited."""
+        """Every control read now; ``?download=html`` is the signed page an auditor keeps,
+        ``?download=pdf`` a zip of the PDF and its detached signature (one reading: a PDF
+        and a signature fetched apart would be two readings that do not match); ``appliance
+        compliance verify`` checks either, and each export is audited."""
         rows = checks.controls(settings, storage)
         body = export.document(settings, rows)
-        if request.args.get("download") == "html":
-            page = export.render_html(export.sign(body, settings))
-            storage.log_event(
-                actor(), "export", "compliance_report", "ok", {"summary": body["summary"]}
-            )
+        download = request.args.get("download")
+        if download in ("html", "pdf"):
+            signed = export.sign(body, settings)
+            if download == "html":
+                data = export.render_html(signed).encode("utf-8")
+                mimetype, name = "text/html", "compliance-report.html"
+            else:
+                data = export.pdf_bundle(export.sign_pdf(signed, settings))
+                mimetype, name = "application/zip", "compliance-report-pdf.zip"
+            details = {"summary": body["summary"], "format": download}
+            storage.log_event(actor(), "export", "compliance_report", "ok", details)
             return Response(
-                page,
-                mimetype="text/html",
-                headers={"Content-Disposition": "attachment; filename=compliance-report.html"},
+                data,
+                mimetype=mimetype,
+                headers={"Content-Disposition": f"attachment; filename={name}"},
             )
         storage.log_event(actor(), "view", "compliance_report", "ok")
         return render_template("compliance.html", controls=rows, summary=body["summary"])

@@ -18,7 +18,10 @@ def register(commands: Commands) -> None:
         sub, "report", run_report, "read every control now (exit 1 if one fails)", json_option=True
     )
     report.add_argument(
-        "--out", type=Path, help="also write a signed copy: FILE.json, or FILE.html (a page)"
+        "--out",
+        type=Path,
+        help="also write a signed copy: FILE.json, FILE.html (a page), or FILE.pdf (with its "
+        "detached signature FILE.pdf.sig)",
     )
     verify = command(sub, "verify", run_verify, "check a signed report copy", "file")
     verify.add_argument(
@@ -33,16 +36,22 @@ def run_report(args: argparse.Namespace, settings: Settings) -> int:
     with open_storage(settings) as storage:
         rows = checks.controls(settings, storage)
         body = export.document(settings, rows)
+        written = ""
         if args.out is not None:
             signed = export.sign(body, settings)
             suffix = args.out.suffix.lower()
-            text = export.render_html(signed) if suffix in (".html", ".htm") else (
-                json.dumps(signed, indent=1, sort_keys=True)
-            )  # fmt: skip
-            args.out.write_text(text, encoding="utf-8")
-            storage.log_event(
-                actor(), "export", "compliance_report", "ok", {"summary": body["summary"]}
-            )
+            kind = {".pdf": "pdf", ".html": "html", ".htm": "html"}.get(suffix, "json")
+            if kind == "pdf":
+                sig = export.write_pdf(args.out, signed, settings)
+                written = f"wrote {args.out} and its signature {sig}"
+            else:
+                text = export.render_html(signed) if kind == "html" else (
+                    json.dumps(signed, indent=1, sort_keys=True)
+                )  # fmt: skip
+                args.out.write_text(text, encoding="utf-8")
+                written = f"wrote {args.out}, signed"
+            details = {"summary": body["summary"], "format": kind}
+            storage.log_event(actor(), "export", "compliance_report", "ok", details)
     if args.json:
         print(json.dumps(body, indent=2))
     else:
@@ -51,8 +60,8 @@ def run_report(args: argparse.Namespace, settings: Settings) -> int:
             print(f"      {c.reason} | {c.evidence}")
         summary = body["summary"]
         print(f"{summary['pass']} pass, {summary['warn']} warn, {summary['fail']} fail")
-        if args.out is not None:
-            print(f"wrote {args.out}, signed")
+        if written:
+            print(written)
     return EXIT_ERROR if body["summary"]["fail"] else 0
 
 
@@ -62,8 +71,9 @@ def run_verify(args: argparse.Namespace, settings: Settings) -> int:
     pinned = args.key or export.public_key(settings)
     verified = export.verify(Path(args.file), pinned)
     s = verified.summary
+    redrawn = "; drawn again from the signed report: identical" if verified.redrawn else ""
     print(
-        f"{args.file}: signature (key {pinned[:16]}...) verified, unchanged; report of "
+        f"{args.file}: signature (key {pinned[:16]}...) verified, unchanged{redrawn}; report of "
         f"{verified.generated_at}: {s['pass']} pass, {s['warn']} warn, {s['fail']} fail"
     )
     return 0

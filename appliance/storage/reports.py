@@ -5,7 +5,7 @@ the data through this module and the ``Storage`` facade, not through the tables.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -13,6 +13,7 @@ from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session
 
 from appliance.core.errors import StorageError
+from appliance.core.ports import IncidentState
 from appliance.storage import crypto, sqlite
 from appliance.storage.repository import Storage
 from appliance.storage.schema import AuditEvent, Call, ErasureRequest, Incident, Turn
@@ -20,7 +21,9 @@ from appliance.storage.schema import AuditEvent, Call, ErasureRequest, Incident,
 
 @dataclass(frozen=True)
 class Activity:
-    """From a day on: calls, incidents, voice-to-voice times and guard blocks, per day."""
+    """From a day on: calls, incidents, voice-to-voice times and the input guard's verdicts,
+    per day (days as ``YYYY-MM-DD``, UTC, as the store keeps its times); and now: the calls
+    in progress and the incidents not yet resolved."""
 
     calls_total: int
     calls_by_day: dict[str, int]
@@ -29,6 +32,12 @@ class Activity:
     """Voice-to-voice milliseconds of each turn, by day."""
     input_blocks_by_day: dict[str, int]
     """Turns the input guard blocked, by day."""
+    input_verdicts_by_day: dict[str, dict[str, int]] = field(default_factory=dict)
+    """Turns by the input guard's verdict (its value as stored: allow, flag, block), by day."""
+    calls_live: int = 0
+    """Calls with no end recorded: in progress now."""
+    incidents_unresolved: int = 0
+    """Incidents open or acknowledged (not resolved)."""
 
 
 def _per_day(session: Session, column: Any, since: datetime) -> dict[str, int]:
@@ -47,14 +56,40 @@ def activity(storage: Storage, since: datetime) -> Activity:
         ).all()
         incidents_by_day = _per_day(session, Incident.opened_at, since)
         calls = session.scalar(select(func.count()).select_from(Call)) or 0
+        live = session.scalar(select(func.count()).where(Call.ended_at.is_(None))) or 0
+        unresolved = session.scalar(
+            select(func.count()).where(Incident.state != IncidentState.RESOLVED.value)
+        )
     latency: dict[str, list[float]] = {}
-    blocks: dict[str, int] = {}
+    verdicts: dict[str, dict[str, int]] = {}
     for day, v2v, guard in turns:
         if v2v:
             latency.setdefault(str(day), []).append(float(v2v))
-        if guard and '"input": "block"' in guard:
-            blocks[str(day)] = blocks.get(str(day), 0) + 1
-    return Activity(int(calls), calls_by_day, incidents_by_day, latency, blocks)
+        verdict = _input_verdict(guard)
+        if verdict:
+            counts = verdicts.setdefault(str(day), {})
+            counts[verdict] = counts.get(verdict, 0) + 1
+    blocks = {day: n["block"] for day, n in verdicts.items() if n.get("block")}
+    return Activity(
+        int(calls),
+        calls_by_day,
+        incidents_by_day,
+        latency,
+        blocks,
+        verdicts,
+        int(live),
+        int(unresolved or 0),
+    )
+
+
+def _input_verdict(guard: str | None) -> str:
+    """The input guard's verdict a turn's stored verdicts name ("" for none or unreadable)."""
+    try:
+        verdicts = json.loads(guard) if guard else {}
+    except ValueError:
+        return ""
+    value = verdicts.get("input") if isinstance(verdicts, dict) else None
+    return value if isinstance(value, str) else ""
 
 
 def recent_audit_events(storage: Storage, limit: int) -> list[AuditEvent]:

@@ -479,17 +479,67 @@ def test_every_page_renders_for_the_roles_that_may_see_it(
     assert operator.get("/incidents").status_code == 200
 
 
+def test_the_compliance_page_hands_out_the_pdf_with_its_signature_in_one_zip(
+    world: tuple[Flask, Storage], tmp_path: Path
+) -> None:
+    """``?download=pdf``: the PDF and its detached signature of one reading, zipped as
+    ``appliance compliance verify`` finds them; the export is audited with its format."""
+    import io
+    import zipfile
+
+    from appliance.compliance import export
+    from appliance.storage.reports import event_details
+
+    app, storage = world
+    c = client(app)
+    log_in(c, storage, "audrey")
+    assert 'href="/compliance?download=pdf"' in c.get("/compliance").get_data(as_text=True)
+    answer = c.get("/compliance?download=pdf")
+    assert answer.status_code == 200 and answer.mimetype == "application/zip"
+    assert answer.headers["Content-Disposition"] == (
+        "attachment; filename=compliance-report-pdf.zip"
+    )
+    with zipfile.ZipFile(io.BytesIO(answer.get_data())) as bundle:
+        bundle.extractall(tmp_path / "got")
+    settings = load_settings(environ={"APPLIANCE_HOME": app.config["TEST_HOME"]})
+    verified = export.verify(
+        tmp_path / "got" / "compliance-report.pdf", export.public_key(settings)
+    )
+    assert verified.redrawn
+    (event,) = [e for e in recent_audit_events(storage, 20) if e.action == "export"]
+    assert (event.actor, event.object) == ("admin:audrey", "compliance_report")
+    assert event_details(event) == {"summary": verified.summary, "format": "pdf"}
+
+
 def test_the_dashboard_charts_latency_blocks_and_incidents(world: tuple[Flask, Storage]) -> None:
     app, storage = world
     c = client(app)
     log_in(c, storage, "root")
     page = c.get("/").get_data(as_text=True)
-    for title in ("Calls per day", "Voice-to-voice p50, ms", "Voice-to-voice p95, ms",
-                  "Turns blocked by the guard", "Incidents opened"):  # fmt: skip
-        assert title in page
+    for title in ("Calls per day", "Voice-to-voice latency per day, ms (p50 and p95)",
+                  "Input guard verdicts per day, turns", "Incidents opened per day",
+                  "Red team: attacks stopped and benign refused, %"):  # fmt: skip
+        assert f"<h2>{title}</h2>" in page
     today = time.strftime("%Y-%m-%d", time.gmtime())
-    assert f"<title>{today}: 1100</title>" in page  # the median of 900, 1100, 2400
-    assert f"<title>{today}: 2400</title>" in page and f"<title>{today}: 1</title>" in page
+    assert f"<title>{today}: p50 1100 ms</title>" in page  # the median of 900, 1100, 2400
+    assert f"<title>{today}: p95 2400 ms</title>" in page
+    assert f"<title>{today}: blocked 1</title>" in page  # one turn the guard blocked
+    assert f"<title>{today}: 1 calls</title>" in page
+    # the values under the latency chart, as a table: day, p50, p95
+    assert f"<tr><td>{today}</td><td>1100</td><td>2400</td></tr>" in page
+    figures = dict(re.findall(
+        r'<div class="figure-label">([^<]+)</div>\s*<div class="figure-value">([^<]+)</div>', page
+    ))  # fmt: skip
+    assert figures == {
+        "Calls today": "1 call",
+        "Live calls now": "1 call",  # the fixture's call never ended
+        "Voice-to-voice p50 today": "1100 ms",
+        "Voice-to-voice p95 today": "2400 ms",
+        "Guard blocks today": "1 turn",
+        "Open incidents": "0 incidents",
+    }
+    assert "above the 1000 ms target" in page  # p95 2400 ms against issue 19's 1 s
+    assert re.search(r'<line class="threshold"[^>]*/>\s*<text[^>]*>target 1000 ms</text>', page)
 
 
 def test_sessions_end_after_idle_time_and_absolute_lifetime(world: tuple[Flask, Storage]) -> None:

@@ -258,3 +258,78 @@ def test_the_compliance_page_in_chromium_shows_a_failing_control_until_its_state
     )
     assert verified.returncode == 0, verified.stderr
     assert "verified, unchanged" in verified.stdout
+
+
+def test_the_dashboard_in_chromium_prints_its_figures_readably(
+    panel: tuple[str, Storage], tmp_path: Path
+) -> None:
+    """Calls, latencies, guard verdicts, an incident and two red-team reports: the figures
+    are printed as numbers with their units, large enough to read, and the charts carry
+    their y-axis ticks and thresholds; the screenshot is test-artifacts/screenshots/
+    admin-dashboard.png."""
+    if CHROMIUM is None:
+        pytest.fail("chromium is missing: scripts/setup installs Debian's chromium")
+    import datetime as dt
+
+    from playwright.sync_api import sync_playwright
+
+    from tests.unit.test_redteam_gate import write_report
+
+    base, storage = panel
+    ended = storage.start_call("+15550101", "test")
+    for index, v2v in enumerate((900.0, 1100.0, 2400.0), start=1):
+        ended.record_turn(TurnRecord(index, "hello", "hi", voice_to_voice_ms=v2v))
+    ended.record_turn(TurnRecord(4, "[blocked]", "no", guard={"input": "block"}))
+    ended.record_turn(TurnRecord(5, "odd", "ok", guard={"input": "flag"}))
+    ended.finish("ended")
+    storage.open_incident("probing", "medium", "3 blocked turns; action end_call")
+    now = dt.datetime.now(dt.UTC)
+    write_report(tmp_path, "20261120-100000", None, stopped=0.95, refused=0.04,
+                 finished=now - dt.timedelta(days=10))  # fmt: skip
+    write_report(tmp_path, "20261201-100000", None, stopped=0.99, refused=0.01,
+                 finished=now - dt.timedelta(days=1))  # fmt: skip
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        try:
+            page = browser.new_context(
+                ignore_https_errors=True, viewport={"width": 1280, "height": 900}
+            ).new_page()
+            errors: list[str] = []
+            page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+            log_in(page, base, "root", "an admin passphrase, long", storage)
+            page.goto(f"{base}/")
+            page.screenshot(path=str(ARTIFACTS / "admin-dashboard.png"), full_page=True)
+            shown = {
+                page.locator(".figure-label").nth(i).inner_text(): (
+                    page.locator(".figure-value").nth(i)
+                )
+                for i in range(page.locator(".figure").count())
+            }
+            expected = {
+                "Calls today": "2 calls",  # the fixture's call and this one
+                "Live calls now": "1 call",  # the fixture's never ended
+                "Voice-to-voice p50 today": "1100 ms",  # the median of 900, 1100, 2400
+                "Voice-to-voice p95 today": "2400 ms",
+                "Guard blocks today": "1 turn",
+                "Open incidents": "1 incident",
+                "Red team: attacks stopped": "99.0%",  # the newest of the two reports
+                "Red team: benign refused": "1.0%",
+            }
+            assert {k: v.inner_text() for k, v in shown.items()} == expected
+            for label, value in shown.items():
+                box = value.bounding_box()
+                assert value.is_visible() and box is not None, label
+                assert box["height"] >= 20 and box["x"] + box["width"] <= 1280, (label, box)
+            latency = page.locator("#chart-latency svg")
+            ticks = latency.locator("text.tick").all_text_contents()  # SVG text: no innerText
+            assert ticks[0] == "0" and "1000" in ticks, ticks  # a labelled y-axis, ms
+            assert "target 1000 ms" in str(latency.text_content())
+            assert latency.bounding_box()["height"] >= 150  # type: ignore[index]
+            stopped = str(page.locator("#chart-redteam-stopped svg").text_content())
+            assert "target >= 97%" in stopped and "100%" in stopped
+            refused = str(page.locator("#chart-redteam-refused svg").text_content())
+            assert "target <= 2%" in refused
+            assert errors == []  # no CSP violation: no inline style, no script
+        finally:
+            browser.close()
