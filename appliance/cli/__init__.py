@@ -22,6 +22,7 @@ from appliance.cli import (
     models,
     operate,
     redteam,
+    siem,
     tools,
 )
 from appliance.cli.common import EXIT_ERROR, EXIT_USAGE
@@ -40,6 +41,7 @@ AREAS = (
     tools,
     redteam,
     compliance,
+    siem,
     bench,
 )
 """Each module's ``register(commands)`` adds its subcommands; each sets ``run`` to the function

@@ -490,6 +490,11 @@ DEFAULT_RUNBOOKS: dict[str, str] = {
     "redteam_gate": "The appliance took calls with no passing red-team report for what now "
     "decides its behaviour (models, prompt, knowledge, tools). Run `appliance redteam` now; "
     "resolve once a report passes for the current fingerprint.",
+    "siem_queue_full": "Security events are not reaching the SIEM: its collector has been away "
+    "long enough to fill the queue under APPLIANCE_HOME/siem (or its disk is full). Nothing is "
+    "lost (the events wait in the store): check `appliance siem status` and "
+    "`journalctl -u appliance-siem`, bring the collector back or free the disk; the forwarder "
+    "sends the backlog in order by itself. Resolve as collector_restored or disk_freed.",
 }
 """A runbook for each kind of incident the appliance opens (grep ``open_incident(`` and
 ``escalation=``): what the person who picks it up does."""
@@ -888,6 +893,78 @@ class NotifySettings:
             )
         _check("{request}" in self.staff_message, "notify.staff_message", "must hold {request}")
         _check("{code}" in self.sms_message, "notify.sms_message", "must hold {code}")
+
+
+_APP_NAME = re.compile(r"[!-~]{1,48}")
+"""RFC 5424 6.2.5: APP-NAME is 1 to 48 printable US-ASCII characters, no space."""
+
+
+@dataclass(frozen=True)
+class SiemSettings:
+    """Security events to the organization's SIEM: every audit event (incidents among them)
+    as an RFC 5424 syslog message over TLS (RFC 5425), sent by ``appliance siem forward``
+    (its own unit, appliance-siem.service) from a bounded queue under ``APPLIANCE_HOME/siem``
+    (deploy/siem.py). Off by default."""
+
+    enabled: bool = False
+    collector: str = ""
+    """The collector's ``ADDRESS:PORT`` (``[ADDRESS]:PORT`` for IPv6), never a name: the
+    appliance looks no name up, and the address joins the egress allowlist."""
+    server_name: str = ""
+    """The name the collector's certificate must carry (checked, and sent as SNI); empty: the
+    certificate must carry the collector's address (an IP subjectAltName)."""
+    ca_file: str = ""
+    """The CA bundle (PEM) the collector's certificate must chain to (needed when enabled)."""
+    cert_file: str = ""
+    """The appliance's own certificate (PEM), for a collector that asks for one, with ..."""
+    key_file: str = ""
+    """... its private key (PEM). Both or neither."""
+    app_name: str = "voice-appliance"
+    """RFC 5424 APP-NAME of every message (1 to 48 printable ASCII characters, no space)."""
+    queue_max_bytes: int = 16 * 1024 * 1024
+    """The on-disk queue's bound: when full, no more events are taken (they wait in the store)
+    and one ``siem_queue_full`` incident is opened."""
+    poll_s: float = 5.0
+    """How often the forwarder looks for new events."""
+    retry_max_s: float = 60.0
+    """The longest wait between reconnections (the wait doubles from 1 s up to it)."""
+    timeout_s: float = 10.0
+    """How long connecting, the TLS handshake, and each send may take."""
+
+    def __post_init__(self) -> None:
+        if self.collector:
+            host, _, port = self.collector.rpartition(":")
+            try:  # an address: the appliance looks up no outside names (deploy/egress.py)
+                ipaddress.ip_address(host.strip("[]"))
+            except ValueError as exc:
+                raise ConfigError(
+                    "config.invalid", "siem.collector: ADDRESS:PORT, an address, not a name"
+                ) from exc
+            _check(port.isdigit() and 1 <= int(port) <= 65_535, "siem.collector", "port 1-65535")
+        if self.enabled:
+            _check(bool(self.collector), "siem.collector", "needed when siem.enabled")
+            _check(bool(self.ca_file), "siem.ca_file", "needed when siem.enabled")
+        if self.server_name:
+            _check(bool(_SERVER_NAME.fullmatch(self.server_name)), "siem.server_name", "a DNS name")
+        _check(
+            bool(self.cert_file) == bool(self.key_file),
+            "siem.key_file",
+            "cert_file and key_file go together",
+        )
+        _check(bool(_APP_NAME.fullmatch(self.app_name)), "siem.app_name", "1-48 printable ASCII")
+        _check(4096 <= self.queue_max_bytes <= 1 << 40, "siem.queue_max_bytes", "4096 to 1 TiB")
+        _check(0.05 <= self.poll_s <= 3600.0, "siem.poll_s", "0.05 to 3600")
+        _check(1.0 <= self.retry_max_s <= 3600.0, "siem.retry_max_s", "1 to 3600")
+        _check(1.0 <= self.timeout_s <= 120.0, "siem.timeout_s", "1 to 120")
+
+    @property
+    def host(self) -> str:
+        """The collector's address (no brackets)."""
+        return self.collector.rpartition(":")[0].strip("[]")
+
+    @property
+    def port(self) -> int:
+        return int(self.collector.rpartition(":")[2]) if self.collector else 0
 
 
 @dataclass(frozen=True)
@@ -1578,6 +1655,7 @@ class Settings:
     guard: GuardSettings = field(default_factory=GuardSettings)
     tools: ToolsSettings = field(default_factory=ToolsSettings)
     notify: NotifySettings = field(default_factory=NotifySettings)
+    siem: SiemSettings = field(default_factory=SiemSettings)
     limits: LimitsSettings = field(default_factory=LimitsSettings)
     incidents: IncidentSettings = field(default_factory=IncidentSettings)
     storage: StorageSettings = field(default_factory=StorageSettings)
@@ -1622,6 +1700,7 @@ SECTIONS: dict[str, type[Any]] = {
     "guard": GuardSettings,
     "tools": ToolsSettings,
     "notify": NotifySettings,
+    "siem": SiemSettings,
     "limits": LimitsSettings,
     "incidents": IncidentSettings,
     "storage": StorageSettings,
@@ -1807,6 +1886,7 @@ __all__ = [
     "RedteamGate",
     "RetentionSettings",
     "Settings",
+    "SiemSettings",
     "StorageSettings",
     "SttSettings",
     "TransferMode",

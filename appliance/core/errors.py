@@ -105,3 +105,10 @@ class ComplianceError(ApplianceError):
 class IncidentError(ApplianceError):
     """A change of an incident's state was refused: there is no such incident, or the states
     do not allow it (an incident is acknowledged once, resolved once, and never reopened)."""
+
+
+class SiemError(ApplianceError):
+    """Security events could not be handed to the SIEM's collector: it did not answer, its
+    certificate did not verify, or the connection broke before what was sent was known read
+    (the events stay queued and are sent again). The message names what failed, never an
+    event's content."""

@@ -245,14 +245,15 @@ def allowlist(settings: Settings) -> tuple[str, ...]:
     """Where this appliance may connect outside loopback: ``[service] egress_allow``, the SIP
     peers of ``[sip] allowed_peers`` (answers and media go back to them), the registrar, the
     SMTP relay of one-time codes (``[notify] relay``), the services of HTTP tools (the
-    addresses of ``[tools] allowed_hosts``) and the directory of panel log-ins (``[ldap]
-    url``)."""
+    addresses of ``[tools] allowed_hosts``), the directory of panel log-ins (``[ldap] url``)
+    and, when it is on, the SIEM's collector (``[siem] collector``)."""
     registrar = settings.sip.registrar.rpartition(":")[0].strip("[]")
     relay = settings.notify.relay.strip("[]")
     directory = settings.ldap.address[0] if settings.ldap.enabled else ""
     peers = (*settings.service.egress_allow, *settings.sip.allowed_peers)
     services = tuple(host.ip for host in settings.tools.allowed_hosts)
-    named = tuple(address for address in (registrar, relay, directory, *services) if address)
+    siem = settings.siem.host if settings.siem.enabled else ""
+    named = tuple(address for address in (registrar, relay, directory, *services, siem) if address)
     return tuple(dict.fromkeys((*peers, *named)))
 
 

@@ -103,6 +103,11 @@ def _first_seq(session: Session) -> int:
     return int(row.value.split(":", 1)[0]) + 1 if row is not None else 1
 
 
+def chain_start(session: Session) -> int:
+    """The seq of the chain's first event still held (past what retention purged)."""
+    return _first_seq(session)
+
+
 def set_anchor(session: Session, last_purged: AuditEvent) -> None:
     """After purging events up to ``last_purged``: the chain now starts from its hash."""
     value = f"{last_purged.seq}:{last_purged.hash}"

@@ -13,7 +13,7 @@ from sqlalchemy import func, select
 
 from appliance.core.errors import KeyringError, StorageError
 from appliance.core.ports import TurnRecord
-from appliance.storage.base import StoreBase
+from appliance.storage.base import SYSTEM_ACTOR, StoreBase
 from appliance.storage.schema import Call, Consent, Incident, Recording, ToolCall, Turn, new_id
 
 
@@ -94,16 +94,20 @@ class Calls(StoreBase):
                 )
             )
             if record.escalation:
-                session.add(
-                    Incident(
-                        call_id=call_id,
-                        caller_id=call.caller_id,
-                        kind=record.escalation,
-                        severity="high",
-                        summary=f"turn {record.index}: {record.escalation} path taken",
-                        opened_at=self.clock(),
-                    )
+                incident = Incident(
+                    call_id=call_id,
+                    caller_id=call.caller_id,
+                    kind=record.escalation,
+                    severity="high",
+                    summary=f"turn {record.index}: {record.escalation} path taken",
+                    opened_at=self.clock(),
                 )
+                session.add(incident)
+                session.flush()
+                # Every incident leaves its audit event, as open_incident's do: the trail (and
+                # the SIEM it feeds, deploy/siem.py) sees each one, in order.
+                obj = f"incident:{incident.id}"
+                self.audit_in(session, SYSTEM_ACTOR, "incident_opened", obj, record.escalation)
             if record.audio is not None:
                 recording_id = new_id()
                 session.add(

@@ -24,6 +24,7 @@ SERVICES = (
     "appliance-admin.service",
     "appliance-retention.service",
     "appliance-backup.service",
+    "appliance-siem.service",
 )
 TIMERS = ("appliance-retention.timer", "appliance-backup.timer")
 
@@ -146,6 +147,27 @@ def test_the_voice_units_drop_in_allows_what_the_egress_guard_allows(installed: 
     local = ("127.0.0.1", "127.0.0.1/32", "::1", "::1/128")
     assert allowed == [network for network in guard if network not in local]
     assert "2001:db8::25" not in admin and "192.0.2.0" not in admin and "10.0.0.7" not in admin
+
+
+def test_the_siem_units_drop_in_allows_the_collector_only_when_on(installed: Path) -> None:
+    """[siem] collector joins the SIEM forwarder's IPAddressAllow= (an IPv6 address without its
+    brackets) when [siem] is on, and nothing else does; off, the drop-in allows nothing."""
+    units = installed / "etc/systemd/system"
+    off = (units / "appliance-siem.service.d/site.conf").read_text()
+    assert "IPAddressAllow" not in off
+    config = installed / "etc/appliance/appliance.toml"
+    kept = config.read_text()
+    config.write_text(
+        '[siem]\nenabled = true\ncollector = "[2001:db8::514]:6514"\n'
+        'ca_file = "/etc/appliance/siem-ca.pem"\n'
+    )
+    try:
+        again = install(installed, "--venv", str(VENV), "--no-start")
+        assert again.returncode == 0, again.stderr
+        site = (units / "appliance-siem.service.d/site.conf").read_text()
+    finally:
+        config.write_text(kept)
+    assert re.findall(r"^IPAddressAllow=(\S+)$", site, re.MULTILINE) == ["2001:db8::514"]
 
 
 def test_every_installed_unit_verifies(installed: Path) -> None:
