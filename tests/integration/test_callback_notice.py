@@ -20,15 +20,14 @@ from tests.integration import test_oob_codes as oob
 from tests.integration.helpers import serve_utterances
 from tests.integration.test_oob_codes import (
     ALICE,
-    Authority,
     Relay,
     audit_events,
     closed_port,
-    make_ca,
     server_context,
     service_for,
     start_relay,
 )
+from tests.pki import Authority, make_ca
 
 ca, relay = oob.ca, oob.relay  # the relay and its CA: fixtures
 

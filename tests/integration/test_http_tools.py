@@ -21,10 +21,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from sqlalchemy import select
 
 from appliance.audio_io.memory import MemorySink, MemorySource
@@ -66,6 +62,7 @@ from appliance.tools.http import HttpCall, http_tools, tls_context
 from appliance.tools.plugins import plugin_tools
 from appliance.tools.registry import ToolBox, ToolError
 from tests.integration.helpers import make_config
+from tests.pki import make_ca
 
 CALLER = "+15550100"  # demo caller: PIN 4921, TOTP secret in demo_data.json
 NAME = "bank.test"
@@ -85,85 +82,19 @@ class Pki:
     client_key: Path
 
 
-def _key() -> ec.EllipticCurvePrivateKey:
-    return ec.generate_private_key(ec.SECP256R1())
-
-
-def _write_key(key: ec.EllipticCurvePrivateKey, path: Path) -> None:
-    path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    path.chmod(0o600)
-
-
-def _certificate(
-    subject: str,
-    key: ec.EllipticCurvePrivateKey,
-    issuer: tuple[x509.Name, ec.EllipticCurvePrivateKey] | None,
-    *,
-    ca: bool = False,
-    dns: str = "",
-    usage: x509.ObjectIdentifier | None = None,
-) -> x509.Certificate:
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)])
-    issuer_name, signer = issuer or (name, key)
-    now = dt.datetime.now(dt.UTC)
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(issuer_name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
-    )
-    if ca:
-        builder = builder.add_extension(
-            x509.KeyUsage(False, False, False, False, False, True, True, False, False), True
-        ).add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), False)
-    else:
-        builder = builder.add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(signer.public_key()), False
-        )
-    if dns:
-        builder = builder.add_extension(x509.SubjectAlternativeName([x509.DNSName(dns)]), False)
-    if usage is not None:
-        builder = builder.add_extension(x509.ExtendedKeyUsage([usage]), False)
-    return builder.sign(signer, hashes.SHA256())
-
-
-def _pem(cert: x509.Certificate, path: Path) -> Path:
-    path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    return path
-
-
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
     folder = tmp_path_factory.mktemp("pki")
-    ca_key, other_key = _key(), _key()
-    ca = _certificate("Test CA", ca_key, None, ca=True)
-    other = _certificate("Other CA", other_key, None, ca=True)
-    server_key, client_key = _key(), _key()
-    server = _certificate(
-        NAME, server_key, (ca.subject, ca_key), dns=NAME, usage=ExtendedKeyUsageOID.SERVER_AUTH
-    )
-    client = _certificate(
-        "appliance", client_key, (ca.subject, ca_key), usage=ExtendedKeyUsageOID.CLIENT_AUTH
-    )
-    _write_key(server_key, folder / "server.key")
-    _write_key(client_key, folder / "client.key")
+    ca = make_ca("Test CA")
+    server_cert, server_key = ca.issue(folder, NAME, dns=NAME)
+    client_cert, client_key = ca.issue(folder, "appliance", server=False, client=True)
     return Pki(
-        ca=_pem(ca, folder / "ca.pem"),
-        other_ca=_pem(other, folder / "other-ca.pem"),
-        server_cert=_pem(server, folder / "server.pem"),
-        server_key=folder / "server.key",
-        client_cert=_pem(client, folder / "client.pem"),
-        client_key=folder / "client.key",
+        ca=ca.pem(folder / "ca.pem"),
+        other_ca=make_ca("Other CA").pem(folder / "other-ca.pem"),
+        server_cert=server_cert,
+        server_key=server_key,
+        client_cert=client_cert,
+        client_key=client_key,
     )
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import datetime as dt
 import email
 import json
 import logging
@@ -26,10 +25,7 @@ import pytest
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP as SmtpServer
 from aiosmtpd.smtp import AuthResult, Envelope, LoginPassword, Session
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from cryptography.hazmat.primitives import serialization
 from sqlalchemy import select
 
 from appliance.config.settings import CredentialSource, NotifySettings, load_settings
@@ -51,6 +47,7 @@ from tests.integration.helpers import (
     serve_utterances,
     tool_settings,
 )
+from tests.pki import Authority, make_ca
 
 ALICE = "+15550100"
 CONTACT = "alice.pelican@example.org"
@@ -64,80 +61,9 @@ BALANCE = "Your current account balance is 1250.40 pounds."
 # -- a test CA, certificates, and the relay --------------------------------------------------------
 
 
-@dataclasses.dataclass(frozen=True)
-class Authority:
-    key: ec.EllipticCurvePrivateKey
-    cert: x509.Certificate
-
-    def pem(self, path: Path) -> Path:
-        path.write_bytes(self.cert.public_bytes(serialization.Encoding.PEM))
-        return path
-
-
-def _validity(builder: x509.CertificateBuilder) -> x509.CertificateBuilder:
-    now = dt.datetime.now(dt.UTC)
-    return builder.not_valid_before(now - dt.timedelta(hours=1)).not_valid_after(
-        now + dt.timedelta(days=1)
-    )
-
-
-def make_ca(name: str) -> Authority:
-    key = ec.generate_private_key(ec.SECP256R1())
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-    public = key.public_key()
-    cert = (
-        _validity(x509.CertificateBuilder())
-        .subject_name(subject)
-        .issuer_name(subject)
-        .public_key(public)
-        .serial_number(x509.random_serial_number())
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=True,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(public), critical=False)
-        .sign(key, hashes.SHA256())
-    )
-    return Authority(key, cert)
-
-
 def server_context(ca: Authority, tmp: Path, name: str = RELAY_NAME) -> ssl.SSLContext:
     """The relay's side: a certificate for ``name`` signed by ``ca``."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    cert = (
-        _validity(x509.CertificateBuilder())
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
-        .issuer_name(ca.cert.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca.key.public_key()),
-            critical=False,
-        )
-        .sign(ca.key, hashes.SHA256())
-    )
-    cert_path, key_path = tmp / f"{name}-{id(key)}.pem", tmp / f"{name}-{id(key)}.key"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
+    cert_path, key_path = ca.issue(tmp, name, dns=name)
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.load_cert_chain(cert_path, key_path)
     return context

@@ -32,8 +32,8 @@ from appliance.storage import audit
 from appliance.storage.keys import load_or_create
 from appliance.storage.repository import Storage
 from appliance.storage.schema import AuditEvent, Incident
-from tests.integration.helpers import write_certificates
 from tests.integration.test_storage_cli import cli
+from tests.pki import write_certificates
 
 SEQUENCE = re.compile(rb'\[meta sequenceId="(\d+)"\]')
 RFC5424 = re.compile(

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import base64
 import dataclasses
-import datetime as dt
-import ipaddress
 import json
 import logging
 import os
@@ -32,6 +30,7 @@ from appliance.identity.factors import totp
 from appliance.service import open_storage
 from appliance.storage.reports import recent_audit_events
 from appliance.storage.repository import Storage
+from tests.pki import make_ca
 
 pytestmark = pytest.mark.real
 
@@ -50,77 +49,6 @@ CHROMIUM = shutil.which("chromium")
 APPLIANCE = Path(sys.executable).parent / "appliance"
 SLAPD = Path("/usr/sbin/slapd")
 SLAPADD = Path("/usr/sbin/slapadd")
-
-
-def _pem_key(key: object) -> bytes:
-    from cryptography.hazmat.primitives import serialization
-
-    return key.private_bytes(  # type: ignore[attr-defined, no-any-return]
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    )
-
-
-def make_ca(folder: Path, name: str) -> tuple[Path, object, object]:
-    """A CA certificate (PEM at ``folder/name.crt``), its key and its name."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-    now = dt.datetime.now(dt.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(
-            x509.KeyUsage(False, False, False, False, False, True, True, False, False),
-            critical=True,
-        )
-        .sign(key, hashes.SHA256())
-    )
-    path = folder / f"{name}.crt"
-    path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    return path, key, subject
-
-
-def make_server_cert(folder: Path, ca_key: object, ca_name: object) -> tuple[Path, Path]:
-    """The directory's certificate for 127.0.0.1 (an IP SAN), issued by the CA."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    now = dt.datetime.now(dt.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "directory")]))
-        .issuer_name(ca_name)  # type: ignore[arg-type]
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=1))
-        .add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-            critical=False,
-        )
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        .sign(ca_key, hashes.SHA256())  # type: ignore[arg-type]
-    )
-    cert_path, key_path = folder / "server.crt", folder / "server.key"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(_pem_key(key))
-    key_path.chmod(0o600)
-    return cert_path, key_path
 
 
 def free_port() -> int:
@@ -216,8 +144,9 @@ def slapd(tmp_path: Path) -> Iterator[Slapd]:
         pytest.fail("slapd is missing: scripts/setup installs Debian's slapd")
     folder = tmp_path / "slapd"
     (folder / "db").mkdir(parents=True)
-    ca_file, ca_key, ca_name = make_ca(folder, "directory-ca")
-    cert, key = make_server_cert(folder, ca_key, ca_name)
+    ca = make_ca("directory-ca")
+    ca_file = ca.pem(folder / "directory-ca.crt")
+    cert, key = ca.issue(folder, "directory", ip="127.0.0.1")
     schema = Path("/etc/ldap/schema")
     (folder / "slapd.conf").write_text(
         f"""include {schema}/core.schema
@@ -294,7 +223,7 @@ def test_search_bind_over_ldaps_and_starttls(slapd: Slapd) -> None:
 def test_the_certificate_is_verified(
     slapd: Slapd, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    other_ca, _, _ = make_ca(tmp_path, "another-ca")
+    other_ca = make_ca("another-ca").pem(tmp_path / "another-ca.crt")
     for options in (
         ldap_settings(slapd, ca_file=str(other_ca)),
         ldap_settings(

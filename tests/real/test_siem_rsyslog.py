@@ -21,7 +21,7 @@ from appliance.config.settings import load_settings
 from appliance.core.ports import TurnRecord
 from appliance.deploy.siem import RESEND, Forwarder
 from appliance.service import open_storage
-from tests.integration.helpers import write_certificates
+from tests.pki import write_certificates
 
 pytestmark = pytest.mark.real
 
