@@ -275,7 +275,17 @@ def _auth(
                 # The same answer whatever failed; the trail keeps why (a code, no password).
                 limiter.failed(username, address)
                 details = {"source": source.value, "reason": outcome.value}
-                storage.log_event("admin:anonymous", "login", f"user:{username}", "failed", details)
+                # A name no account has may be a password typed in the wrong field: the trail
+                # (and so the SIEM) keeps a keyed pseudonym of it, never the text.
+                known = (
+                    local is not None
+                    or outcome is Outcome.NO_ROLE
+                    or storage.admin_user(shadow_name(username)) is not None
+                )
+                if not known:
+                    details["name"] = storage.caller_hash(username)[:16]
+                who = f"user:{username}" if known else "user:unknown"
+                storage.log_event("admin:anonymous", "login", who, "failed", details)
                 return render_template("login.html", stage="anonymous", failed=True), 401
             sessions.pop(g.token, None)  # rotate: a fresh token once the password is right
             g.token, panel = new_session()

@@ -189,13 +189,16 @@ def compliance_blueprint(
         """The accounts, roles and last log-ins (GET); an admin records the review (POST):
         each account confirmed in its role, or removed (disabled), with who and when in the
         audit trail (SOC 2 CC6.1, HIPAA 164.308(a)(3)(ii)(B))."""
-        today = dt.date.today()
+        today = dt.datetime.now(dt.UTC).date()
         quarter = f"{today.year}-Q{(today.month - 1) // 3 + 1}"
         message = ""
         if request.method == "POST":
             if g.panel.role != "admin":
                 return render_template("error.html", message="only an admin records a review"), 403
             kept = set(request.form.getlist("confirm"))
+            if g.panel.username not in kept:  # nor the last admin: the reviewer is one
+                message = "A review cannot remove the reviewer's own account: nothing changed."
+                return render_template("error.html", message=message), 400
             confirmed, removed = [], []
             for user in storage.admin_users():
                 if user.disabled:

@@ -419,13 +419,14 @@ def model_pins(live: Live) -> Finding:
 
 
 UNITS = Path("/etc/systemd/system")
-SERVICES = ("appliance-voice.service", "appliance-admin.service")
+SERVICES = ("appliance-voice.service", "appliance-admin.service", "appliance-siem.service")
 MAX_EXPOSURE = 2.0
 
 
 def unit_hardening(live: Live, units: Path = UNITS) -> Finding:
-    """``systemd-analyze security`` on the installed units: the exposure score of each."""
-    scores: dict[str, float] = {}
+    """``systemd-analyze security`` on the installed units: the exposure score of each (an
+    installed unit whose score cannot be read fails)."""
+    scores: dict[str, float | None] = {}
     for unit in SERVICES:
         if not (units / unit).is_file():
             continue
@@ -437,22 +438,40 @@ def unit_hardening(live: Live, units: Path = UNITS) -> Finding:
             check=False,
             timeout=60,
         )
+        scores[unit] = None
         marker = "Overall exposure level for "
         for line in (result.stdout + result.stderr).splitlines():
             if marker in line:
                 scores[unit] = float(line.split(":")[-1].split()[0])
     if not scores:
         return Finding(Outcome.WARN, f"no installed units under {units}", "units not installed")
-    evidence = ", ".join(f"{u} {s:.1f}" for u, s in scores.items())
-    high = [u for u, s in scores.items() if s > MAX_EXPOSURE]
-    if high:
-        return Finding(Outcome.FAIL, evidence, f"exposure above {MAX_EXPOSURE}: {', '.join(high)}")
+    evidence = ", ".join(
+        f"{u} {s:.1f}" if s is not None else f"{u} score not read" for u, s in scores.items()
+    )
+    unread = [u for u, s in scores.items() if s is None]
+    high = [u for u, s in scores.items() if s is not None and s > MAX_EXPOSURE]
+    if unread or high:
+        reasons = ([f"exposure above {MAX_EXPOSURE}: {', '.join(high)}"] if high else []) + (
+            [f"score not read: {', '.join(unread)}"] if unread else []
+        )
+        return Finding(Outcome.FAIL, evidence, "; ".join(reasons))
     return Finding(Outcome.PASS, evidence, f"every unit's exposure {MAX_EXPOSURE} or lower")
 
 
+def _directives(text: str, name: str) -> list[str]:
+    """The values of ``name=`` in a unit's text, in order, comments left out."""
+    values = []
+    for raw in text.splitlines():
+        line = raw.strip()
+        if line.startswith(f"{name}="):
+            values.append(line.split("=", 1)[1].strip())
+    return values
+
+
 def egress(live: Live, units: Path = UNITS) -> Finding:
-    """The voice unit denies every address but its allowed peers (IPAddressDeny=any), and
-    its allow list is what [service] egress_allow says."""
+    """The voice unit denies every address (``IPAddressDeny=any``, the last assignment of it
+    counting) but those its ``IPAddressAllow=`` names, shown beside the in-process guard's
+    allowed peers."""
     from appliance.deploy.egress import allowlist
 
     unit = units / SERVICES[0]
@@ -467,13 +486,18 @@ def egress(live: Live, units: Path = UNITS) -> Finding:
             f"allowed peers: {allowed}; {unit} not installed",
             "egress below Python not enforced here (no unit)",
         )
-    denied = "IPAddressDeny=any" in text
-    evidence = f"allowed peers: {allowed}; {unit.name} IPAddressDeny=any " + (
-        "set" if denied else "MISSING"
+    # An empty assignment resets the list (systemd.resource-control): the last one counts.
+    denies = _directives(text, "IPAddressDeny")
+    denied = bool(denies) and denies[-1] == "any"
+    unit_allows = " ".join(v for v in _directives(text, "IPAddressAllow") if v) or "none"
+    evidence = (
+        f"allowed peers: {allowed}; {unit.name} IPAddressDeny=any "
+        + ("set" if denied else "MISSING")
+        + f", IPAddressAllow={unit_allows}"
     )
     if not denied:
         return Finding(Outcome.FAIL, evidence, "the voice unit may reach any address")
-    return Finding(Outcome.PASS, evidence, "only the allowed peers are reachable")
+    return Finding(Outcome.PASS, evidence, "the voice unit denies every address it does not name")
 
 
 # --- the caller -----------------------------------------------------------------------------
@@ -495,7 +519,7 @@ def disclosure(live: Live) -> Finding:
     asked = sorted(s.jurisdiction for s in scripts if s.consent_required)
     evidence = (
         f"scripts: {', '.join(f'{s.jurisdiction}/{s.version}' for s in scripts)}; consent "
-        f"asked under: {', '.join(asked) or 'none'}; the disclosure is spoken before the model"
+        f"asked under: {', '.join(asked) or 'none'}"
     )
     if missing or silent:
         reasons = ([f"no English script for {', '.join(missing)}"] if missing else []) + (
@@ -529,7 +553,8 @@ def vendors(live: Live) -> Finding:
 
 def incidents(live: Live) -> Finding:
     """Incidents not resolved within their severity's response time ([incidents]
-    response_minutes), counted from when they were opened."""
+    response_minutes), counted from when they were opened: open ones past it fail; ones
+    resolved late within the last 90 days warn."""
     from appliance.core.ports import IncidentState
     from appliance.storage.incidents import overdue_incidents
 
@@ -537,10 +562,23 @@ def incidents(live: Live) -> Finding:
     late = overdue_incidents(live.storage, minutes, live.now)
     states = (IncidentState.OPEN, IncidentState.ACKNOWLEDGED)
     unresolved = [i for s in states for i in live.storage.incidents(s, limit=100_000)]
-    evidence = f"{len(unresolved)} unresolved incidents, {len(late)} past their response time"
+    strictest = min(minutes.values(), default=0)
+    resolved_late = [
+        i
+        for i in live.storage.incidents(IncidentState.RESOLVED, limit=100_000)
+        if i.resolved_at is not None
+        and live.now - i.resolved_at <= timedelta(days=90)
+        and i.resolved_at - i.opened_at > timedelta(minutes=minutes.get(i.severity, strictest))
+    ]
+    evidence = (
+        f"{len(unresolved)} unresolved incidents, {len(late)} past their response time; "
+        f"{len(resolved_late)} resolved late in the last 90 days"
+    )
     if late:
         kinds = sorted({i.kind for i in late})
         return Finding(Outcome.FAIL, evidence, f"past their response time: {', '.join(kinds)}")
+    if resolved_late:
+        return Finding(Outcome.WARN, evidence, f"{len(resolved_late)} resolved past their time")
     return Finding(Outcome.PASS, evidence, "every incident handled within its response time")
 
 

@@ -8,12 +8,13 @@ loop is alive. SIGTERM (or SIGINT) stops taking calls, lets every call in progre
 (``[limits] goodbye_reply``) within ``[service] shutdown_timeout_s``, closes each call's record
 and the storage, and exits 0. The admin panel runs as its own unit, in its own process.
 
-The red-team gate (compliance/gate.py) is read once at start, before the models load: without
-a passing red-team report for the running fingerprint, ``[service] redteam_gate = "refuse"``
-has the SIP line answer every INVITE 503 with a Warning naming the gate, and starts no
-microphone call (restart the service once ``appliance redteam`` passes); ``"warn"`` takes calls
-and opens one incident of kind ``redteam_gate``. ``appliance sip`` (``foreground``) only prints
-a warning.
+The red-team gate (compliance/gate.py) is read at start, before the models load, and again
+every ``GATE_RECHECK_S`` while the SIP line serves (``GateWatch``): without a passing red-team
+report for the running fingerprint, ``[service] redteam_gate = "refuse"`` has the SIP line
+answer every INVITE 503 with a Warning naming the gate until one passes, and starts no
+microphone call (the microphone reads the gate at start only: restart it once ``appliance
+redteam`` passes); ``"warn"`` takes calls and opens an incident of kind ``redteam_gate`` each
+time the gate closes. ``appliance sip`` (``foreground``) only prints a warning.
 
 With ``[service] metrics_listen``, ``/metrics`` and ``/healthz`` are served (deploy/metrics.py)
 from before the models load (``/healthz`` says 503 until READY=1 and again from STOPPING=1).
@@ -39,6 +40,7 @@ from appliance.deploy.notify import notify, watchdog_interval_s
 from appliance.identity.abuse import AbuseMonitor
 from appliance.service import VoiceService, open_storage, run_call
 from appliance.storage.repository import Storage
+from appliance.telephony.ua import SipUserAgent
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +69,9 @@ def serve(settings: Settings, *, foreground: bool = False) -> int:
         service.monitor = AbuseMonitor(settings.limits, clock=time.time, counters=storage)
         if metrics is not None:
             service.metrics, metrics.service = metrics, service
-        return asyncio.run(_run(settings, service, storage, started, refuse, metrics))
+        return asyncio.run(
+            _run(settings, service, storage, started, refuse, metrics, watch_gate=not foreground)
+        )
     finally:
         if listener is not None:
             listener.stop()
@@ -96,8 +100,57 @@ def red_team_gate(settings: Settings, storage: Storage, *, foreground: bool) -> 
             f"fingerprint {state.fingerprint[:12]}; report {state.report or 'none'})",
         )
         return None
-    log.error("refusing calls until a red-team report passes, then a restart: %s", said)
+    log.error("refusing calls until a red-team report passes: %s", said)
     return f"red-team gate {state.status.value}: no passing red-team report for this configuration"
+
+
+GATE_RECHECK_S = 10.0
+"""How often a serving line reads the gate again (hashing the prompt, policy, knowledge files,
+tool definitions and guard code: a few milliseconds)."""
+
+
+class GateWatch:
+    """The red-team gate read again while the line serves: a knowledge file, the prompt or a
+    tool edited under a running service changes the fingerprint, so the line refuses calls
+    again (``refuse``) or opens an incident (``warn``) without a restart; once a red-team run
+    passes for what now runs, it takes calls again."""
+
+    def __init__(self, settings: Settings, storage: Storage, ua: SipUserAgent) -> None:
+        self.settings, self.storage, self.ua = settings, storage, ua
+        self.passed = gate_state(settings, dt.datetime.now(dt.UTC)).passed
+
+    def check(self, now: dt.datetime | None = None) -> None:
+        state = gate_state(self.settings, now or dt.datetime.now(dt.UTC))
+        if state.passed == self.passed:
+            return
+        self.passed = state.passed
+        if state.passed:
+            log.info("red-team gate passed (report %s): taking calls", state.report)
+            self.ua.refuse_calls = None
+            return
+        said = f"red-team gate {state.status.value}: {state.reason}"
+        if self.settings.service.redteam_gate == RedteamGate.WARN:
+            log.warning("taking calls although the %s", said)
+            self.storage.open_incident(
+                "redteam_gate",
+                "high",
+                f"calls taken without a passing red-team report ({state.status.value}; "
+                f"fingerprint {state.fingerprint[:12]}; report {state.report or 'none'})",
+            )
+            return
+        log.error("refusing calls until a red-team report passes: %s", said)
+        self.ua.refuse_calls = (
+            f"red-team gate {state.status.value}: no passing red-team report for this configuration"
+        )
+
+
+async def _watch_gate(watch: GateWatch) -> None:
+    while True:
+        await asyncio.sleep(GATE_RECHECK_S)
+        try:
+            await asyncio.to_thread(watch.check)
+        except Exception as exc:  # a reading that fails leaves the line as it is; say why
+            log.error("the red-team gate could not be read again: %s", type(exc).__name__)
 
 
 async def _run(
@@ -107,12 +160,15 @@ async def _run(
     started: float,
     refuse: str | None = None,
     metrics: VoiceMetrics | None = None,
+    *,
+    watch_gate: bool = False,
 ) -> int:
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stopping.set)
     watchdog = asyncio.create_task(_watchdog())
+    gate_watch: asyncio.Task[None] | None = None
     calls: asyncio.Task[object] | None = None
     source: MicrophoneSource | None = None
     line: SipLine | None = None
@@ -120,6 +176,8 @@ async def _run(
         line = SipLine(settings, service, storage)
         line.ua.refuse_calls = refuse
         await line.ua.start()
+        if watch_gate and settings.service.voice == "sip":
+            gate_watch = asyncio.create_task(_watch_gate(GateWatch(settings, storage, line.ua)))
         if metrics is not None:
             metrics.ua = line.ua
         print(f"sip: listening on udp {line.ua.host}:{line.ua.port}", flush=True)
@@ -178,6 +236,8 @@ async def _run(
         line.ua.close()
     waiter.cancel()
     watchdog.cancel()
+    if gate_watch is not None:
+        gate_watch.cancel()
     log.info("stopped in %.1f s", time.monotonic() - begun)
     return code
 

@@ -1149,6 +1149,9 @@ def test_only_an_admin_records_an_access_review(world: tuple[Flask, Storage]) ->
     admin = client(app)
     log_in(admin, storage, "root")
     page = admin.get("/access-review").get_data(as_text=True)
+    alone = {"csrf": csrf_of(page), "confirm": ["olga"]}  # root unticked: its own account
+    assert admin.post("/access-review", data=alone).status_code == 400
+    assert all(not u.disabled for u in storage.admin_users())  # nothing changed
     kept = {"csrf": csrf_of(page), "confirm": ["root", "olga", "audrey"]}
     assert "3 confirmed, 0 removed" in admin.post("/access-review", data=kept).get_data(
         as_text=True
@@ -1177,3 +1180,21 @@ def test_the_dashboard_shows_the_red_team_gate_in_one_line(world: tuple[Flask, S
     write_report(settings.home, "20261201-100000", fingerprint(settings))
     line = re.search(r'<p class="gate gate-(\w+)">(.*?)</p>', c.get("/").get_data(as_text=True))
     assert line is not None and line.group(1) == "passed" and "20261201-100000" in line.group(2)
+
+
+def test_a_failed_login_under_a_name_no_account_has_keeps_only_its_pseudonym(
+    world: tuple[Flask, Storage],
+) -> None:
+    """A password typed in the name field must not reach the trail (nor the SIEM)."""
+    app, storage = world
+    c = client(app)
+    page = c.get("/login").get_data(as_text=True)
+    typed = "correct horse battery"
+    data = {"csrf": csrf_of(page), "username": typed, "password": "x"}
+    assert c.post("/login", data=data).status_code == 401
+    data = {"csrf": csrf_of(page), "username": "olga", "password": "wrong"}
+    assert c.post("/login", data=data).status_code == 401
+    failed = [e for e in recent_audit_events(storage, 20) if e.outcome == "failed"]
+    assert [e.object for e in failed] == ["user:olga", "user:unknown"]
+    assert json.loads(failed[1].details)["name"] == storage.caller_hash(typed)[:16]
+    assert not any(typed in f"{e.object} {e.details}" for e in failed)

@@ -442,3 +442,23 @@ def test_an_upgrade_keeps_the_configuration_and_the_audit_key_auditors_pinned(
     assert (etc / "audit-signing.key").read_bytes() == old_key
     assert mode(etc / "audit-signing.key") == 0o600
     assert (state / "keys/audit-checkpoint.json").is_file()  # the chain is anchored
+
+
+def test_the_admin_units_drop_in_allows_the_directory_of_panel_logins(installed: Path) -> None:
+    """The panel logs in against [ldap] url: its unit (not the voice unit) may reach it."""
+    config = installed / "etc/appliance/appliance.toml"
+    kept = config.read_text()
+    config.write_text(
+        '[ldap]\nurl = "ldaps://10.0.0.9:636"\nca_file = "/etc/appliance/ldap-ca.pem"\n'
+        'bind_dn = "cn=panel,dc=bank,dc=internal"\n'
+        'bind_password_file = "/etc/appliance/ldap.secret"\n'
+        'user_base = "ou=people,dc=bank,dc=internal"\n'
+        '[ldap.role_groups]\nadmin = "cn=appliance-admins,ou=groups,dc=bank,dc=internal"\n'
+    )
+    try:
+        again = install(installed, "--venv", str(VENV), "--no-start")
+        assert again.returncode == 0, again.stderr
+        admin = (installed / "etc/systemd/system/appliance-admin.service.d/site.conf").read_text()
+    finally:
+        config.write_text(kept)
+    assert "IPAddressAllow=10.0.0.9" in admin.splitlines(), admin

@@ -141,3 +141,43 @@ def test_appliance_call_only_warns_about_the_gate(home: Path, tmp_path: Path) ->
     assert lines[0].startswith("appliance: warning: red-team gate no_report: "), done.stderr
     assert "`appliance serve` would refuse calls" in lines[0]
     assert "none.wav" in done.stderr  # the call itself was attempted
+
+
+@pytest.mark.parametrize("mode", [RedteamGate.REFUSE, RedteamGate.WARN])
+def test_a_knowledge_file_edited_under_a_serving_line_closes_the_gate_until_a_run_passes(
+    settings: Settings, store: Storage, tmp_path: Path, mode: RedteamGate
+) -> None:
+    """serve's GateWatch reads the gate again while the line serves (no restart)."""
+    import shutil
+    import types
+
+    from appliance.config.settings import DEFAULT_KNOWLEDGE_FOLDER
+    from appliance.deploy.serve import GateWatch
+
+    folder = tmp_path / "knowledge"
+    shutil.copytree(DEFAULT_KNOWLEDGE_FOLDER, folder)
+    ours = gated(
+        dataclasses.replace(
+            settings, knowledge=dataclasses.replace(settings.knowledge, folder=str(folder))
+        ),
+        mode,
+    )
+    write_report(ours.home, "20261201-100000", fingerprint(ours))
+    ua = types.SimpleNamespace(refuse_calls=None)
+    watch = GateWatch(ours, store, ua)  # type: ignore[arg-type]
+    watch.check()
+    assert ua.refuse_calls is None and store.list_incidents() == []
+    faq = sorted((folder / "faq").glob("*.toml"))[0]
+    faq.write_text(faq.read_text(encoding="utf-8").replace("Example Co.", "Example Ltd."))
+    watch.check()
+    watch.check()  # read twice: one change, one refusal or one incident
+    if mode is RedteamGate.REFUSE:
+        assert ua.refuse_calls is not None and "mismatch" in ua.refuse_calls
+        assert store.list_incidents() == []
+    else:
+        assert ua.refuse_calls is None
+        assert [i["kind"] for i in store.list_incidents()] == ["redteam_gate"]
+    write_report(ours.home, "20261201-110000", fingerprint(ours))  # the red team run again
+    watch.check()
+    assert ua.refuse_calls is None
+    store.close()
