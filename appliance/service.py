@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from appliance.config.manifest import model_spec
+from appliance.config.secrets import read_owner_only
 from appliance.config.settings import CredentialSource, Settings
 from appliance.core.audio import frame_bytes
 from appliance.core.errors import ConfigError
@@ -37,6 +38,7 @@ from appliance.core.ports import (
 )
 from appliance.engines.embed import MiniLmEmbedder
 from appliance.engines.llm import LlamaChat
+from appliance.engines.remote_llm import FallbackChatModel, RemoteChatModel, Sampling
 from appliance.engines.stt import WhisperTranscriber
 from appliance.engines.tts import PiperSynthesizer
 from appliance.engines.vad import WebRtcVad
@@ -215,6 +217,34 @@ def load_synthesizer(settings: Settings) -> PiperSynthesizer:
     return tts
 
 
+def remote_model(settings: Settings) -> RemoteChatModel | None:
+    """The model on the GPU host (``[llm] remote_url``), or None when none is configured."""
+    options = settings.llm
+    if not options.remote_url:
+        return None
+    key_file = options.remote_api_key_file
+    api_key = (lambda: read_owner_only(key_file, "llm.remote_api_key_file")) if key_file else None
+    return RemoteChatModel(
+        options.remote_host,
+        options.remote_port,
+        options.remote_path,
+        options.remote_ca_file,
+        model=options.remote_model,
+        timeout_s=options.remote_timeout_s,
+        api_key=api_key,
+        sampling=Sampling(options.temperature, options.repeat_penalty, options.seed),
+    )
+
+
+def remote_chat(settings: Settings, local: LlamaChat) -> LlamaChat | FallbackChatModel:
+    """The model replies come from: the remote one with ``local`` as its fallback, or
+    ``local`` alone when no remote is configured."""
+    remote = remote_model(settings)
+    if remote is None:
+        return local
+    return FallbackChatModel(remote, local, retry_s=settings.llm.remote_retry_s)
+
+
 @dataclass
 class VoiceService:
     """The loaded models of this process and the pipeline settings; makes call sessions."""
@@ -280,6 +310,7 @@ class VoiceService:
         # Warm the prompt cache with the guarded system prompt's shape (the canary differs
         # per call, so only the text before it is shared).
         llm.warm_up(CallGuard(settings.policy, settings.llm.system_prompt).system_prompt)
+        chat = remote_chat(settings, llm)
         mark = timed("llm", mark)
         embedder = (
             knowledge_embedder(settings)
@@ -295,7 +326,7 @@ class VoiceService:
         timings["total"] = round(time.perf_counter() - started, 3)
         service = cls(
             settings,
-            Engines(vad, stt, llm, tts),
+            Engines(vad, stt, chat, tts),
             pipeline_config(settings),
             timings,
             knowledge=knowledge,

@@ -140,8 +140,43 @@ class LlmSettings:
     ``context_tokens``, about 150 MiB with the default model); their tokens interleave, a reply
     still owed its first sentence first. More wait for a context."""
     fallback_reply: str = "Sorry, something went wrong on my side. Could you say that again?"
+    remote_url: str = ""
+    """An OpenAI-compatible server on the organization's GPU host (llama.cpp's own,
+    ``python -m llama_cpp.server``): ``https://ADDRESS:PORT/v1``, an address, never a name (the
+    appliance looks up no outside names); it joins the egress allowlist. Empty: the local
+    model answers alone. The local model is loaded either way: it answers while the remote
+    cannot."""
+    remote_ca_file: str = ""
+    """The CA (PEM) the remote's certificate must chain to, pinned: the only one trusted (not
+    the system's), TLS 1.2 at least, the certificate must carry the url's address."""
+    remote_model: str = "default"
+    """The model name sent in each request (the server's ``--model_alias``)."""
+    remote_api_key_file: str = ""
+    """An owner-only file with the server's API key (its ``--api_key``), sent as
+    ``Authorization: Bearer``, read at each request; empty: none sent."""
+    remote_timeout_s: float = 10.0
+    """How long connecting, the TLS handshake, and the wait for each piece of a reply may take."""
+    remote_retry_s: float = 30.0
+    """After a failure of the remote, the local model answers for this long before the remote
+    is tried again."""
 
     def __post_init__(self) -> None:
+        if self.remote_url:
+            _check(self.remote_url.startswith("https://"), "llm.remote_url", "an https:// url")
+            netloc = self.remote_url.removeprefix("https://").split("/", 1)[0]
+            host, _, port = netloc.rpartition(":")
+            try:  # an address: the appliance looks up no outside names (deploy/egress.py)
+                ipaddress.ip_address(host.strip("[]"))
+            except ValueError as exc:
+                raise ConfigError(
+                    "config.invalid",
+                    "llm.remote_url: https://ADDRESS:PORT/PATH, an address, not a name",
+                ) from exc
+            _check(port.isdigit() and 1 <= int(port) <= 65_535, "llm.remote_url", "port 1-65535")
+            _check(bool(self.remote_ca_file), "llm.remote_ca_file", "needed with remote_url")
+            _check(bool(self.remote_model), "llm.remote_model", "needed with remote_url")
+        _check(0.5 <= self.remote_timeout_s <= 120, "llm.remote_timeout_s", "0.5 to 120")
+        _check(1 <= self.remote_retry_s <= 3600, "llm.remote_retry_s", "1 to 3600")
         _check(bool(self.model), "llm.model", "must name a model of the manifest")
         _check(bool(self.system_prompt.strip()), "llm.system_prompt", "must not be empty")
         _check(256 <= self.context_tokens <= 32_768, "llm.context_tokens", "256 to 32768")
@@ -152,6 +187,23 @@ class LlmSettings:
         _check(self.threads >= 1, "llm.threads", "at least 1")
         _check(1 <= self.contexts <= 64, "llm.contexts", "1 to 64")
         _check(bool(self.fallback_reply.strip()), "llm.fallback_reply", "must not be empty")
+
+    @property
+    def remote_host(self) -> str:
+        """The remote's address (no brackets), or empty."""
+        netloc = self.remote_url.removeprefix("https://").split("/", 1)[0]
+        return netloc.rpartition(":")[0].strip("[]") if self.remote_url else ""
+
+    @property
+    def remote_port(self) -> int:
+        netloc = self.remote_url.removeprefix("https://").split("/", 1)[0]
+        return int(netloc.rpartition(":")[2]) if self.remote_url else 0
+
+    @property
+    def remote_path(self) -> str:
+        """The API's base path (``/v1``), without a trailing slash."""
+        rest = self.remote_url.removeprefix("https://").partition("/")[2]
+        return ("/" + rest).rstrip("/") if self.remote_url else ""
 
 
 @dataclass(frozen=True)

@@ -340,11 +340,30 @@ def red_team_gate(settings: Settings) -> Check:
     return _fail("red-team gate", f"{detail}; `appliance serve` refuses calls until then")
 
 
+def remote_llm(settings: Settings) -> Check:
+    """The language model on the GPU host (``[llm] remote_url``): ``/v1/models`` answers over
+    TLS verified against the pinned CA; otherwise the reason, and the node answers with its
+    local model."""
+    from appliance.engines.remote_llm import RemoteLlmError
+    from appliance.service import remote_model
+
+    name = "remote LLM"
+    try:
+        remote = remote_model(settings)
+        if remote is None:
+            return _skip(name, "[llm] remote_url is empty: the local model answers")
+        served = remote.models()
+    except RemoteLlmError as exc:
+        return _fail(name, f"{exc.message} [{exc.code}]; the node answers with its local model")
+    return _pass(name, f"{remote.where} answers over the pinned CA ({len(served)} model(s) served)")
+
+
 CHECKS: tuple[Callable[[Settings], Check], ...] = (
     key_file,
     database,
     models,
     knowledge,
+    remote_llm,
     egress_guard,
     egress_enforcement,
     core_dumps,

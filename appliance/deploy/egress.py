@@ -246,14 +246,18 @@ def allowlist(settings: Settings) -> tuple[str, ...]:
     peers of ``[sip] allowed_peers`` (answers and media go back to them), the registrar, the
     SMTP relay of one-time codes (``[notify] relay``), the services of HTTP tools (the
     addresses of ``[tools] allowed_hosts``), the directory of panel log-ins (``[ldap] url``)
-    and, when it is on, the SIEM's collector (``[siem] collector``)."""
+    when it is on, the SIEM's collector (``[siem] collector``) and the language model on the GPU
+    host (``[llm] remote_url``)."""
     registrar = settings.sip.registrar.rpartition(":")[0].strip("[]")
     relay = settings.notify.relay.strip("[]")
     directory = settings.ldap.address[0] if settings.ldap.enabled else ""
     peers = (*settings.service.egress_allow, *settings.sip.allowed_peers)
     services = tuple(host.ip for host in settings.tools.allowed_hosts)
     siem = settings.siem.host if settings.siem.enabled else ""
-    named = tuple(address for address in (registrar, relay, directory, *services, siem) if address)
+    remote_llm = settings.llm.remote_host
+    named = tuple(
+        address for address in (registrar, relay, directory, *services, siem, remote_llm) if address
+    )
     return tuple(dict.fromkeys((*peers, *named)))
 
 

@@ -40,6 +40,7 @@ from appliance.core.events import EventType, Route, Stage
 from appliance.core.ports import CallRecorder, TurnRecord
 from appliance.deploy.scrape import HEALTHY, OTHER, UNHEALTHY, ScrapeToken, incident_family
 from appliance.deploy.scrape import self_signed as self_signed_pair
+from appliance.engines.remote_llm import Backend, FallbackChatModel
 from appliance.pipeline.scheduling import SCHEDULER
 from appliance.service import VoiceService
 from appliance.storage.repository import Storage
@@ -270,6 +271,7 @@ class _Figures(Collector):
         for label, spent in sorted(spent_by.items()):
             seconds.add_metric([label], spent)
         yield seconds
+        yield from _remote_llm(service)
         depth = GaugeMetricFamily(
             "appliance_stage_queue_depth",
             "Jobs waiting for a stage's thread (the models are shared by every call)",
@@ -284,6 +286,29 @@ class _Figures(Collector):
             yield incident_family(metrics.storage, metrics.settings.incidents.runbooks)
         except StorageError:
             metrics.storage_errors.labels("scrape").inc()
+
+
+def _remote_llm(service: VoiceService | None) -> Iterator[Metric]:
+    """Whether the model on the GPU host answers (1, also before its first reply) or the
+    node's own answers for it (0), and the replies each drafted ([llm] remote_url); with no
+    remote configured, every reply is the local model's, counted by the routes above."""
+    llm = service.engines.llm if service is not None else None
+    if not isinstance(llm, FallbackChatModel):
+        return
+    up = GaugeMetricFamily(
+        "appliance_llm_remote_up", "1 while the remote language model answers, 0 while it fails"
+    )
+    up.add_metric([], 1 if llm.remote_up else 0)
+    yield up
+    turns = CounterMetricFamily(
+        "appliance_llm_turns",
+        "Replies drafted by the language model, by where (a redraft counts again)",
+        labels=["backend"],
+    )
+    counts = llm.turns()
+    for backend in Backend:
+        turns.add_metric([backend.value], counts[backend])
+    yield turns
 
 
 LOADED_PARTS = ("stt", "llm", "knowledge", "tts", "total")
