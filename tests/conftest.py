@@ -11,6 +11,8 @@ import pytest
 
 from appliance.config.settings import ModelsSettings, Settings, load_settings
 from appliance.core.events import EventType
+from appliance.storage.keys import load_or_create
+from appliance.storage.repository import Storage
 
 TURN_ORDER = [
     EventType.SPEECH_START,
@@ -55,6 +57,14 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 @pytest.fixture
 def settings(home: Path) -> Settings:
     return load_settings(environ={"APPLIANCE_HOME": str(home)})
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[Storage]:
+    """An encrypted store of the test's own (``a.db`` under the key ``k``), closed after."""
+    storage = Storage.open_sqlite(tmp_path / "a.db", load_or_create(tmp_path / "k"))
+    yield storage
+    storage.close()
 
 
 def write_pcm16_wav(path: Path, pcm: bytes, rate: int, channels: int = 1) -> Path:

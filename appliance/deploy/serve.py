@@ -31,7 +31,7 @@ import sys
 import time
 
 from appliance.audio_io.device import MicrophoneSource, SpeakerSink
-from appliance.compliance.gate import foreground_warning, gate_state
+from appliance.compliance.gate import GateState, foreground_warning, gate_state
 from appliance.config.settings import RedteamGate, Settings
 from appliance.deploy import egress
 from appliance.deploy.line import SipLine
@@ -87,10 +87,16 @@ def red_team_gate(settings: Settings, storage: Storage, *, foreground: bool) -> 
     if state.passed:
         log.info("red-team gate passed (report %s)", state.report)
         return None
-    said = f"red-team gate {state.status.value}: {state.reason}"
     if foreground:
         print(foreground_warning(state), file=sys.stderr)
         return None
+    return closed_gate(settings, storage, state)
+
+
+def closed_gate(settings: Settings, storage: Storage, state: GateState) -> str | None:
+    """Act on a gate that is not passed: under "warn" open an incident and take calls (None);
+    under "refuse" return the reason the SIP refusal gives."""
+    said = f"red-team gate {state.status.value}: {state.reason}"
     if settings.service.redteam_gate == RedteamGate.WARN:
         log.warning("taking calls although the %s", said)
         storage.open_incident(
@@ -128,20 +134,7 @@ class GateWatch:
             log.info("red-team gate passed (report %s): taking calls", state.report)
             self.ua.refuse_calls = None
             return
-        said = f"red-team gate {state.status.value}: {state.reason}"
-        if self.settings.service.redteam_gate == RedteamGate.WARN:
-            log.warning("taking calls although the %s", said)
-            self.storage.open_incident(
-                "redteam_gate",
-                "high",
-                f"calls taken without a passing red-team report ({state.status.value}; "
-                f"fingerprint {state.fingerprint[:12]}; report {state.report or 'none'})",
-            )
-            return
-        log.error("refusing calls until a red-team report passes: %s", said)
-        self.ua.refuse_calls = (
-            f"red-team gate {state.status.value}: no passing red-team report for this configuration"
-        )
+        self.ua.refuse_calls = closed_gate(self.settings, self.storage, state)
 
 
 async def _watch_gate(watch: GateWatch) -> None:

@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from appliance.admin.accounts import hash_password
 from appliance.compliance import checks, export, probes
 from appliance.compliance.probes import Live, Outcome
-from appliance.config.settings import Settings, load_settings
+from appliance.config.settings import Settings
 from appliance.core.errors import IntegrityError
 from appliance.core.ports import TurnRecord
 from appliance.retention.job import run_retention
@@ -36,11 +36,6 @@ T0 = datetime(2026, 12, 1, 12, 0)  # naive UTC, as the store keeps its times
 @pytest.fixture
 def clock() -> StepClock:
     return StepClock(T0)
-
-
-@pytest.fixture
-def settings(tmp_path: Path) -> Settings:
-    return load_settings(environ={"APPLIANCE_HOME": str(tmp_path)})
 
 
 @pytest.fixture

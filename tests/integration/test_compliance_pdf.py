@@ -9,7 +9,6 @@ import hashlib
 import io
 import json
 import zipfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,33 +16,20 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from appliance.compliance import checks, export, pdf
-from appliance.config.settings import Settings, load_settings
+from appliance.config.settings import Settings
 from appliance.core.errors import IntegrityError
 from appliance.storage import audit
-from appliance.storage.keys import load_or_create
 from appliance.storage.repository import Storage
 
 
-@pytest.fixture
-def settings(tmp_path: Path) -> Settings:
-    return load_settings(environ={"APPLIANCE_HOME": str(tmp_path)})
-
-
-@pytest.fixture
-def storage(tmp_path: Path) -> Iterator[Storage]:
-    store = Storage.open_sqlite(tmp_path / "appliance.db", load_or_create(tmp_path / "k"))
-    yield store
-    store.close()
-
-
-def signed_report(settings: Settings, storage: Storage) -> dict[str, Any]:
-    return export.sign(export.document(settings, checks.controls(settings, storage)), settings)
+def signed_report(settings: Settings, store: Storage) -> dict[str, Any]:
+    return export.sign(export.document(settings, checks.controls(settings, store)), settings)
 
 
 def test_the_same_signed_report_draws_the_same_pdf_bytes(
-    settings: Settings, storage: Storage
+    settings: Settings, store: Storage
 ) -> None:
-    signed = signed_report(settings, storage)
+    signed = signed_report(settings, store)
     first = pdf.render(signed)
     assert first.startswith(b"%PDF-") and first == pdf.render(json.loads(json.dumps(signed)))
     other = {**signed, "organization": "Another Org"}
@@ -51,10 +37,10 @@ def test_the_same_signed_report_draws_the_same_pdf_bytes(
 
 
 def test_a_pdf_verifies_with_its_signature_and_an_edited_one_does_not(
-    tmp_path: Path, settings: Settings, storage: Storage
+    tmp_path: Path, settings: Settings, store: Storage
 ) -> None:
     pinned = export.public_key(settings)
-    signed = signed_report(settings, storage)
+    signed = signed_report(settings, store)
     path = tmp_path / "report.pdf"
     sig = export.write_pdf(path, signed, settings)
     assert sig == tmp_path / "report.pdf.sig"
@@ -100,12 +86,12 @@ def test_a_pdf_verifies_with_its_signature_and_an_edited_one_does_not(
 
 
 def test_a_signature_over_another_report_than_the_pdf_shows_fails(
-    tmp_path: Path, settings: Settings, storage: Storage
+    tmp_path: Path, settings: Settings, store: Storage
 ) -> None:
     """Signed with the right key and the PDF's own digest, but carrying a report the PDF does
     not draw: the PDF is drawn again from the signed report and differs."""
     pinned = export.public_key(settings)
-    signed = signed_report(settings, storage)
+    signed = signed_report(settings, store)
     path = tmp_path / "report.pdf"
     sig = export.write_pdf(path, signed, settings)
     signature = json.loads(sig.read_text(encoding="utf-8"))
@@ -124,9 +110,9 @@ def test_a_signature_over_another_report_than_the_pdf_shows_fails(
 
 
 def test_the_panels_zip_holds_the_pdf_and_its_signature_as_verify_finds_them(
-    tmp_path: Path, settings: Settings, storage: Storage
+    tmp_path: Path, settings: Settings, store: Storage
 ) -> None:
-    made = export.sign_pdf(signed_report(settings, storage), settings)
+    made = export.sign_pdf(signed_report(settings, store), settings)
     bundle = export.pdf_bundle(made)
     assert bundle == export.pdf_bundle(made)  # one reading zips the same
     with zipfile.ZipFile(io.BytesIO(bundle)) as opened:

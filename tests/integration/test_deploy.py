@@ -46,6 +46,21 @@ def install(root: Path, *extra: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+def drop_ins_with(installed: Path, configuration: str) -> dict[str, str]:
+    """Install again with ``configuration`` as the site's file, and read each unit's drop-in
+    (``site.conf``, by unit); the site's own file is put back after."""
+    config = installed / "etc/appliance/appliance.toml"
+    kept = config.read_text()
+    config.write_text(configuration)
+    try:
+        again = install(installed, "--venv", str(VENV), "--no-start")
+        assert again.returncode == 0, again.stderr
+        units = installed / "etc/systemd/system"
+        return {p.parent.name[: -len(".d")]: p.read_text() for p in units.glob("*.d/site.conf")}
+    finally:
+        config.write_text(kept)
+
+
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("root")
@@ -155,18 +170,11 @@ def test_the_siem_units_drop_in_allows_the_collector_only_when_on(installed: Pat
     units = installed / "etc/systemd/system"
     off = (units / "appliance-siem.service.d/site.conf").read_text()
     assert "IPAddressAllow" not in off
-    config = installed / "etc/appliance/appliance.toml"
-    kept = config.read_text()
-    config.write_text(
+    site = drop_ins_with(
+        installed,
         '[siem]\nenabled = true\ncollector = "[2001:db8::514]:6514"\n'
-        'ca_file = "/etc/appliance/siem-ca.pem"\n'
-    )
-    try:
-        again = install(installed, "--venv", str(VENV), "--no-start")
-        assert again.returncode == 0, again.stderr
-        site = (units / "appliance-siem.service.d/site.conf").read_text()
-    finally:
-        config.write_text(kept)
+        'ca_file = "/etc/appliance/siem-ca.pem"\n',
+    )["appliance-siem.service"]
     assert re.findall(r"^IPAddressAllow=(\S+)$", site, re.MULTILINE) == ["2001:db8::514"]
 
 
@@ -446,19 +454,12 @@ def test_an_upgrade_keeps_the_configuration_and_the_audit_key_auditors_pinned(
 
 def test_the_admin_units_drop_in_allows_the_directory_of_panel_logins(installed: Path) -> None:
     """The panel logs in against [ldap] url: its unit (not the voice unit) may reach it."""
-    config = installed / "etc/appliance/appliance.toml"
-    kept = config.read_text()
-    config.write_text(
+    admin = drop_ins_with(
+        installed,
         '[ldap]\nurl = "ldaps://10.0.0.9:636"\nca_file = "/etc/appliance/ldap-ca.pem"\n'
         'bind_dn = "cn=panel,dc=bank,dc=internal"\n'
         'bind_password_file = "/etc/appliance/ldap.secret"\n'
         'user_base = "ou=people,dc=bank,dc=internal"\n'
-        '[ldap.role_groups]\nadmin = "cn=appliance-admins,ou=groups,dc=bank,dc=internal"\n'
-    )
-    try:
-        again = install(installed, "--venv", str(VENV), "--no-start")
-        assert again.returncode == 0, again.stderr
-        admin = (installed / "etc/systemd/system/appliance-admin.service.d/site.conf").read_text()
-    finally:
-        config.write_text(kept)
+        '[ldap.role_groups]\nadmin = "cn=appliance-admins,ou=groups,dc=bank,dc=internal"\n',
+    )["appliance-admin.service"]
     assert "IPAddressAllow=10.0.0.9" in admin.splitlines(), admin

@@ -9,7 +9,6 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -18,7 +17,6 @@ from appliance.compliance import checks, export, pdf
 from appliance.compliance.probes import Outcome
 from appliance.config.settings import Settings, load_settings
 from appliance.service import open_storage
-from appliance.storage.keys import load_or_create
 from appliance.storage.reports import event_details, recent_audit_events
 from appliance.storage.repository import Storage
 from tests.real.conftest import run_cli
@@ -33,18 +31,6 @@ def tool(name: str) -> str:
     return found
 
 
-@pytest.fixture
-def settings(tmp_path: Path) -> Settings:
-    return load_settings(environ={"APPLIANCE_HOME": str(tmp_path)})
-
-
-@pytest.fixture
-def storage(tmp_path: Path) -> Iterator[Storage]:
-    store = Storage.open_sqlite(tmp_path / "appliance.db", load_or_create(tmp_path / "k"))
-    yield store
-    store.close()
-
-
 def text_of(path: Path, *options: str) -> str:
     done = subprocess.run(
         [tool("pdftotext"), *options, str(path), "-"],
@@ -57,9 +43,9 @@ def text_of(path: Path, *options: str) -> str:
 
 
 def test_pdftotext_reads_every_control_with_its_status_and_the_header(
-    tmp_path: Path, settings: Settings, storage: Storage
+    tmp_path: Path, settings: Settings, store: Storage
 ) -> None:
-    rows = checks.controls(settings, storage)
+    rows = checks.controls(settings, store)
     assert {c.outcome for c in rows} == set(Outcome)  # all three statuses are drawn here
     signed = export.sign(export.document(settings, rows), settings)
     path = tmp_path / "report.pdf"
@@ -102,9 +88,9 @@ def colours_on_first_page(path: Path, tmp_path: Path) -> set[tuple[int, int, int
 
 
 def test_each_status_is_drawn_in_its_colour(
-    tmp_path: Path, settings: Settings, storage: Storage
+    tmp_path: Path, settings: Settings, store: Storage
 ) -> None:
-    rows = checks.controls(settings, storage)
+    rows = checks.controls(settings, store)
     path = tmp_path / "report.pdf"
     export.write_pdf(path, export.sign(export.document(settings, rows), settings), settings)
     assert {c.outcome for c in rows[:8]} == set(Outcome)  # each status on the first page
@@ -135,8 +121,8 @@ def test_the_cli_writes_a_signed_pdf_that_verifies_and_refuses_an_edited_one(
     Path(f"{out}.sig").rename(tmp_path / "elsewhere.sig")
     unsigned = run_cli("compliance", "verify", str(out), home=home)
     assert unsigned.returncode == 1 and "[compliance.no_signature]" in unsigned.stderr
-    with open_storage(load_settings(environ={"APPLIANCE_HOME": str(home)})) as storage:
-        exports = [e for e in recent_audit_events(storage, 50) if e.action == "export"]
+    with open_storage(load_settings(environ={"APPLIANCE_HOME": str(home)})) as store:
+        exports = [e for e in recent_audit_events(store, 50) if e.action == "export"]
     assert [(e.object, event_details(e)["format"]) for e in exports] == [
         ("compliance_report", "pdf")
     ]
