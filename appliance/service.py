@@ -64,7 +64,13 @@ from appliance.pipeline.session import (
     TurnResult,
 )
 from appliance.storage import audit
-from appliance.storage.keys import audit_key_path, default_key_path, load_or_create, read_key
+from appliance.storage.keys import (
+    MasterKey,
+    audit_key_path,
+    default_key_path,
+    load_or_create,
+    read_key,
+)
 from appliance.storage.repository import Storage
 from appliance.tools.agent import CallerFactors, Credentials, JsonRequester, ToolAgent, VoiceCheck
 from appliance.tools.demo import DemoBank, demo_tools
@@ -99,9 +105,20 @@ def open_storage(settings: Settings, *, create_key: bool = True) -> Storage:
     key_path = default_key_path(settings.home, settings.storage.master_key_file)
     master = load_or_create(key_path) if create_key else read_key(key_path)
     checkpoint = audit_checkpoint(settings, create_key=create_key)
+    return storage_opener(settings, checkpoint)(master)
+
+
+def storage_opener(
+    settings: Settings, checkpoint: audit.Checkpoint | None = None
+) -> Callable[[MasterKey], Storage]:
+    """How the configured store opens under a master key: the PostgreSQL server of
+    ``[storage] url``, else the encrypted SQLite file."""
+    node = settings.service.node_name
     if settings.storage.url:
-        return Storage.open_url(settings.storage.url, master, checkpoint=checkpoint)
-    return Storage.open_sqlite(database_path(settings), master, checkpoint=checkpoint)
+        url = settings.storage.url
+        return lambda master: Storage.open_url(url, master, checkpoint=checkpoint, node=node)
+    path = database_path(settings)
+    return lambda master: Storage.open_sqlite(path, master, checkpoint=checkpoint, node=node)
 
 
 def demo_bookings_file(settings: Settings) -> Path | None:

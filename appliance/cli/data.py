@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 from appliance.cli.common import EXIT_ERROR, Commands, actor, command
 from appliance.config.settings import Settings
+from appliance.core.errors import StorageError
 
 if TYPE_CHECKING:
     from appliance.storage.recovery import Recovery
@@ -94,7 +95,7 @@ def legal_hold(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def rotate_key(args: argparse.Namespace, settings: Settings) -> int:
-    from appliance.service import database_path
+    from appliance.service import storage_opener
     from appliance.storage.keys import default_key_path
     from appliance.storage.maintenance import rotate_master_key
 
@@ -102,12 +103,13 @@ def rotate_key(args: argparse.Namespace, settings: Settings) -> int:
         print(f"\rre-wrapping data keys: {done}/{total}", end="", file=sys.stderr, flush=True)
 
     key_path = default_key_path(settings.home, settings.storage.master_key_file)
-    old, new, count = rotate_master_key(database_path(settings), key_path, progress)
+    old, new, count = rotate_master_key(storage_opener(settings), key_path, progress)
     print(file=sys.stderr)
     resealed = recovery_of(settings).reseal(new) is not None
     print(
         f"master key {old.fingerprint} -> {new.fingerprint}: {count} data keys re-wrapped, "
-        "database re-keyed, old key destroyed"
+        + ("" if settings.storage.url else "database re-keyed, ")
+        + "old key destroyed"
         + ("; sealed again to the recovery code" if resealed else "")
     )
     return 0
@@ -295,8 +297,10 @@ def run_backup(args: argparse.Namespace, settings: Settings) -> int:
 def run_restore(args: argparse.Namespace, settings: Settings) -> int:
     from appliance.service import audit_checkpoint, database_path
     from appliance.storage.keys import default_key_path, read_key
-    from appliance.storage.maintenance import restore
+    from appliance.storage.maintenance import SERVER_RESTORE, restore
 
+    if settings.storage.url:
+        raise StorageError("storage.restore", SERVER_RESTORE)
     master = read_key(default_key_path(settings.home, settings.storage.master_key_file))
     checkpoint = audit_checkpoint(settings)
     turns = restore(args.file, database_path(settings), master, actor(), checkpoint)

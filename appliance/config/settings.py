@@ -13,9 +13,11 @@ import enum
 import ipaddress
 import os
 import re
+import socket
 import string
 import tomllib
 import typing
+import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,6 +43,18 @@ DISCLOSURE_SAYS_AUTOMATED = re.compile(r"(?i:\b(?:automated|virtual assistant)\b
 (the EU AI Act, Art. 50(1), asks that people be told they are interacting with an AI system;
 several US states' bot-disclosure laws, e.g. Cal. Bus. & Prof. Code 17941, likewise)."""
 _JURISDICTION_ID = re.compile(r"[a-z0-9]+(?:-[a-z0-9]+)*")
+
+
+def _check_networks(section: str, settings: object, keys: tuple[str, ...]) -> None:
+    """Each value of these keys is an address or a network (CIDR)."""
+    for key in keys:
+        for value in getattr(settings, key):
+            try:
+                ipaddress.ip_network(value, strict=False)
+            except ValueError as exc:
+                raise ConfigError(
+                    "config.invalid", f"{section}.{key}: {value!r} is not an address or CIDR"
+                ) from exc
 
 
 def _check(condition: bool, key: str, rule: str) -> None:
@@ -1022,7 +1036,10 @@ class SiemSettings:
 @dataclass(frozen=True)
 class StorageSettings:
     url: str = ""
-    """SQLAlchemy URL; empty means the encrypted SQLite file ``APPLIANCE_HOME/appliance.db``."""
+    """A PostgreSQL server, ``postgresql://USER@HOST:PORT/DB`` (psycopg 3, the
+    ``postgresql`` extra; libpq's query options such as ``sslrootcert`` and ``passfile``
+    pass through; a server not on this machine gets ``sslmode=verify-full`` unless the URL
+    names another). Empty means the encrypted SQLite file ``APPLIANCE_HOME/appliance.db``."""
     master_key_file: str = ""
     """Empty means ``APPLIANCE_HOME/keys/master.key``; the systemd credential
     ``appliance-master-key`` wins when the unit hands one over."""
@@ -1033,9 +1050,44 @@ class StorageSettings:
     apart from the data tree."""
 
     def __post_init__(self) -> None:
+        scheme = self.url.split("://", 1)[0] if "://" in self.url else None
         _check(
-            not self.url or "://" in self.url, "storage.url", "must be a SQLAlchemy database URL"
+            not self.url or scheme in ("postgresql", "postgres", "postgresql+psycopg"),
+            "storage.url",
+            "must be a PostgreSQL URL (postgresql://USER@HOST/DB); leave it empty for SQLite",
         )
+        host, address = self._server()
+        _check(
+            not host or bool(address),
+            "storage.url",
+            f"names the server {host!r} by name: give its address too (hostaddr=IP in the "
+            "query), so the egress allowlist can hold it; the name stays for TLS verify-full",
+        )
+
+    def _server(self) -> tuple[str, str]:
+        """The server's host and its address, both empty when it is on this machine (a Unix
+        socket, or loopback); the address is empty when only a name was given."""
+        if not self.url:
+            return "", ""
+        split = urllib.parse.urlsplit(self.url)
+        query = dict(urllib.parse.parse_qsl(split.query))
+        host = split.hostname or query.get("host", "")
+        address = query.get("hostaddr", "")
+        candidate = address or host
+        if not candidate or candidate.startswith("/") or candidate == "localhost":
+            return "", ""
+        try:
+            if ipaddress.ip_address(candidate).is_loopback:
+                return "", ""
+        except ValueError:
+            return host, ""
+        return host, candidate
+
+    @property
+    def server_address(self) -> str:
+        """The PostgreSQL server's address when it is on another machine (the egress
+        allowlist holds it), else empty."""
+        return self._server()[1]
 
 
 @dataclass(frozen=True)
@@ -1128,6 +1180,10 @@ class ServiceSettings:
     egress_allow: tuple[str, ...] = ()
     """Addresses or networks (CIDR) outside loopback the process may connect to: the SIP
     trunks and peers. Everything else is refused inside the process (deploy/egress.py)."""
+    node: str = ""
+    """This voice node's name among several on one store (letters, digits, ``.-_``, at most
+    64): its calls carry it, and at its start it closes the calls it left active when it was
+    killed. Empty: the host's name."""
     admin_allow: tuple[str, ...] = ("127.0.0.0/8", "::1/128")
     """Networks the admin panel may be reached from (the units' IPAddressAllow=)."""
     memory_max: str = "3G"
@@ -1148,7 +1204,16 @@ class ServiceSettings:
     pair made once under APPLIANCE_HOME/metrics."""
     metrics_tls_key: str = ""
 
+    @property
+    def node_name(self) -> str:
+        return self.node or socket.gethostname()[:64]
+
     def __post_init__(self) -> None:
+        _check(
+            re.fullmatch(r"[A-Za-z0-9._-]{0,64}", self.node) is not None,
+            "service.node",
+            "letters, digits, '.', '-' and '_', at most 64",
+        )
         _check(
             self.voice in ("sip", "microphone", "none"), "service.voice", "sip, microphone or none"
         )
@@ -1169,14 +1234,7 @@ class ServiceSettings:
             "service.metrics_tls_key",
             "both or neither",
         )
-        for key in ("egress_allow", "admin_allow"):
-            for value in getattr(self, key):
-                try:
-                    ipaddress.ip_network(value, strict=False)
-                except ValueError as exc:
-                    raise ConfigError(
-                        "config.invalid", f"service.{key}: {value!r} is not an address or CIDR"
-                    ) from exc
+        _check_networks("service", self, ("egress_allow", "admin_allow"))
         _check(bool(re.fullmatch(r"\d+[KMGT]?", self.memory_max)), "service.memory_max", "like 3G")
         _check(1 <= self.shutdown_timeout_s <= 300, "service.shutdown_timeout_s", "1 to 300")
         _check(
@@ -1218,6 +1276,12 @@ class SipSettings:
     "required" (a call without it gets 488) or "off"."""
     allowed_peers: tuple[str, ...] = ("127.0.0.0/8",)
     """Trunks and peers (addresses or CIDR) whose INVITEs are taken without a password."""
+    trusted_proxies: tuple[str, ...] = ()
+    """Proxies (addresses or CIDR; Kamailio in front of several nodes) whose INVITEs carry the
+    caller's address in ``proxy_source_header``: limits and lockouts count that address, not
+    the proxy's. A proxy must be among ``allowed_peers`` (or authenticate) to be taken."""
+    proxy_source_header: str = "X-Appliance-Source"
+    """The header a trusted proxy sets to the caller's address (kamailio/dispatcher.cfg)."""
     accounts_file: str = ""
     """Peers outside ``allowed_peers`` may call with SIP digest credentials from this file
     (htdigest format, ``user:realm:HA1``, mode 0600); empty means they get 403."""
@@ -1340,13 +1404,12 @@ class SipSettings:
         )
         _check(bool(self.consent_prompt.strip()), "sip.consent_prompt", "must not be empty")
         _check(bool(self.no_consent_reply.strip()), "sip.no_consent_reply", "must not be empty")
-        for value in self.allowed_peers:
-            try:
-                ipaddress.ip_network(value, strict=False)
-            except ValueError as exc:
-                raise ConfigError(
-                    "config.invalid", f"sip.allowed_peers: {value!r} is not an address or CIDR"
-                ) from exc
+        _check_networks("sip", self, ("allowed_peers", "trusted_proxies"))
+        _check(
+            re.fullmatch(r"[A-Za-z][A-Za-z0-9-]{0,63}", self.proxy_source_header) is not None,
+            "sip.proxy_source_header",
+            "a header name: letters, digits and '-'",
+        )
 
     @property
     def consent_folder_path(self) -> Path:

@@ -74,7 +74,7 @@ def key_file(settings: Settings) -> Check:
 
 def database(settings: Settings) -> Check:
     if settings.storage.url:
-        return _skip("database", "an external database: encrypt its disk (values stay sealed)")
+        return server_database(settings)
     from appliance.service import database_path, open_storage
     from appliance.storage import sqlite as sqlcipher
 
@@ -98,6 +98,30 @@ def database(settings: Settings) -> Check:
     if result != ["ok"]:
         return _fail("database", f"integrity check: {'; '.join(result[:3])}")
     return _pass("database", f"{path} encrypted (SQLCipher), integrity ok")
+
+
+def server_database(settings: Settings) -> Check:
+    """The PostgreSQL store: it opens under the master key, at this appliance's schema, and
+    the link is TLS unless the server is on this machine (content is sealed either way)."""
+    from appliance.service import open_storage
+    from appliance.storage import postgresql
+    from appliance.storage.migrations import LATEST, applied_versions
+
+    try:
+        with open_storage(settings, create_key=False) as storage:
+            facts = postgresql.server_facts(storage.engine)
+            schema = max(applied_versions(storage.engine), default=0)
+    except ApplianceError as exc:
+        return _fail("database", str(exc))
+    where = postgresql.described(postgresql.engine_url(settings.storage.url))
+    detail = f"PostgreSQL {facts['server_version']} at {where}, schema {schema}"
+    if schema != LATEST:
+        return _fail("database", f"{detail}: this appliance needs schema {LATEST}")
+    if facts["ssl"] == "true":
+        return _pass("database", f"{detail}, TLS {facts['ssl_version']}, values sealed")
+    if settings.storage.server_address:
+        return _fail("database", f"{detail}: the link to another machine is NOT TLS")
+    return _warn("database", f"{detail}, on this machine without TLS; values sealed")
 
 
 def models(settings: Settings) -> Check:

@@ -247,7 +247,8 @@ def allowlist(settings: Settings) -> tuple[str, ...]:
     SMTP relay of one-time codes (``[notify] relay``), the services of HTTP tools (the
     addresses of ``[tools] allowed_hosts``), the directory of panel log-ins (``[ldap] url``)
     when it is on, the SIEM's collector (``[siem] collector``) and the language model on the GPU
-    host (``[llm] remote_url``)."""
+    host (``[llm] remote_url``) and the PostgreSQL server (``[storage] url``) when it is on
+    another machine."""
     registrar = settings.sip.registrar.rpartition(":")[0].strip("[]")
     relay = settings.notify.relay.strip("[]")
     directory = settings.ldap.address[0] if settings.ldap.enabled else ""
@@ -255,8 +256,11 @@ def allowlist(settings: Settings) -> tuple[str, ...]:
     services = tuple(host.ip for host in settings.tools.allowed_hosts)
     siem = settings.siem.host if settings.siem.enabled else ""
     remote_llm = settings.llm.remote_host
+    database = settings.storage.server_address
     named = tuple(
-        address for address in (registrar, relay, directory, *services, siem, remote_llm) if address
+        address
+        for address in (registrar, relay, directory, *services, siem, remote_llm, database)
+        if address
     )
     return tuple(dict.fromkeys((*peers, *named)))
 

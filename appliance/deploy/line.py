@@ -43,7 +43,16 @@ class SipLine:
         self.scripts = LineScripts.load(settings)
         """Read once: a malformed or missing script stops the line before it takes a call."""
         self.ua = SipUserAgent(settings.sip, self.handle)
+        self.ua.capacity = self.capacity_left
         self.calls = 0
+
+    def capacity_left(self) -> int | None:
+        """The calls this node can still take (``[limits] max_concurrent_calls`` less those
+        in progress): what its OPTIONS answer tells the proxy; None without a monitor."""
+        if self.service.monitor is None:
+            return None
+        slots = self.service.monitor.calls
+        return max(0, slots.limit - slots.active)
 
     def say(self, text: str) -> bytes:
         return self.service.prompt_audio(text, RATE_HZ)
@@ -72,7 +81,7 @@ class SipLine:
             source,
             sink,
             caller_id=call.caller or None,
-            address=call.peer[0],
+            address=call.source or call.peer[0],
             identity=call.account or None,
             channel="sip",
             consent=consent,

@@ -52,6 +52,9 @@ def serve(settings: Settings, *, foreground: bool = False) -> int:
     guard.forbid_children()  # the service needs none, and a child would run unguarded
     started = time.monotonic()
     storage = open_storage(settings)
+    interrupted = storage.close_interrupted()  # what a kill of this node left active
+    if interrupted:
+        log.warning("closed %d call(s) this node left active as interrupted", interrupted)
 
     def audit_block(target: str) -> None:
         with contextlib.suppress(Exception):  # an audit failure must not hide the refusal

@@ -31,6 +31,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from appliance.core.errors import IntegrityError
+from appliance.storage import postgresql
 from appliance.storage.keys import own_like_folder, write_private
 from appliance.storage.schema import AuditEvent, Meta, utc_now
 
@@ -70,7 +71,9 @@ def append(
     at: datetime | None = None,
 ) -> AuditEvent:
     """Add the next link in the caller's transaction (so the event commits with the change it
-    records, or not at all)."""
+    records, or not at all). One writer at a time on every node: the next link is read and
+    written under the chain's lock."""
+    postgresql.serialize(session, "audit chain")
     last = session.scalars(select(AuditEvent).order_by(AuditEvent.seq.desc()).limit(1)).first()
     prev = last.hash if last is not None else _anchor(session)
     seq = (last.seq + 1) if last is not None else _first_seq(session)

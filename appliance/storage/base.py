@@ -18,7 +18,7 @@ from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from appliance.core.errors import KeyringError, StorageError
-from appliance.storage import audit, sqlite
+from appliance.storage import audit, postgresql, sqlite
 from appliance.storage.crypto import (
     associated_data,
     new_key,
@@ -65,10 +65,14 @@ class StoreBase:
         clock: Callable[[], datetime] = utc_now,
         checkpoint: audit.Checkpoint | None = None,
         path: Path | None = None,
+        node: str | None = None,
     ) -> None:
         self.engine = engine
         self.path = path
         """The SQLite file (None for another database server)."""
+        self.node = node
+        """The voice node this store writes for (``[service] node``): calls it starts carry
+        it, and ``close_interrupted`` closes only its own."""
         self._repeats: dict[tuple[str, str, str, str], tuple[datetime, int]] = {}
         self._repeats_lock = threading.Lock()
         self.checkpoint = checkpoint
@@ -81,8 +85,27 @@ class StoreBase:
         self._keys_lock = threading.Lock()
         self._pseudonym_key: bytes | None = None
         self.clock = clock
-        with storage_errors("migrate"):
-            migrate(engine)
+        try:
+            with storage_errors("migrate"):
+                migrate(engine)
+            if master is not None and engine.dialect.name != "sqlite":
+                self._check_master_key(master)
+        except StorageError:
+            engine.dispose()  # a store that does not open holds no connection
+            raise
+
+    def _check_master_key(self, master: MasterKey) -> None:
+        """On a server the database opens with any key (SQLCipher is SQLite's): refuse a master
+        key that wraps none of its data keys, before a call is sealed under it. A rotation cut
+        short leaves keys under both, and the old one still opens."""
+        with self.session("check master key") as session:
+            under = set(session.scalars(select(DataKey.master_key_id).distinct()))
+        if under and master.fingerprint not in under:
+            raise StorageError(
+                "storage.key",
+                f"the master key {master.fingerprint} opens none of this database's data keys "
+                f"(they are under {', '.join(sorted(under))}): wrong key file",
+            )
 
     def close(self) -> None:
         with self._repeats_lock, contextlib.suppress(StorageError):
@@ -167,6 +190,7 @@ class StoreBase:
     def _load_pseudonym_key(self) -> bytes:
         """Once per process (start_call is a hot path): created on first use, kept wrapped."""
         with self.session("pseudonymize") as session:
+            postgresql.serialize(session, PSEUDONYM_KEY)  # nodes starting at once make one
             meta = session.get(Meta, PSEUDONYM_KEY)
             if meta is None:
                 key_id, _ = self._new_data_key(session, "system")
@@ -180,6 +204,7 @@ class StoreBase:
 
     def _system_key(self, session: Session, name: str) -> bytes | None:
         """A data key for system secrets (created on first use, wrapped by the master key)."""
+        postgresql.serialize(session, name)
         meta = session.get(Meta, name)
         if meta is None:
             key_id, key = self._new_data_key(session, "system")
@@ -189,6 +214,7 @@ class StoreBase:
         return self._data_key(session, meta.value)
 
     def _caller_in(self, session: Session, hashed: str) -> Caller:
+        postgresql.serialize(session, f"caller\0{hashed}")  # one row, whichever node is first
         caller = session.scalars(select(Caller).where(Caller.caller_hash == hashed)).first()
         if caller is None:
             caller = Caller(caller_hash=hashed)
@@ -197,10 +223,14 @@ class StoreBase:
         return caller
 
     def after_erasure(self) -> None:
-        """Truncate the WAL so that no copy of deleted pages stays behind it."""
-        if self.engine.dialect.name == "sqlite":
-            with storage_errors("checkpoint"):
+        """Leave no copy of a destroyed data key behind: SQLite's WAL truncated (its deleted
+        pages are already overwritten), or the server's data-key table rewritten, since a
+        deleted row stays in PostgreSQL's files until a vacuum."""
+        with storage_errors("after erasure"):
+            if self.engine.dialect.name == "sqlite":
                 sqlite.checkpoint(self.engine)
+            elif self.engine.dialect.name == "postgresql":
+                postgresql.rewrite(self.engine, DataKey.__tablename__)
 
     def audit_in(
         self,

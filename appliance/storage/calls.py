@@ -16,6 +16,9 @@ from appliance.core.ports import TurnRecord
 from appliance.storage.base import SYSTEM_ACTOR, StoreBase
 from appliance.storage.schema import Call, Consent, Incident, Recording, ToolCall, Turn, new_id
 
+INTERRUPTED = "ended:interrupted"
+"""The end of a call its node did not live to give one (closed at the node's restart)."""
+
 
 @dataclass(frozen=True)
 class TurnView:
@@ -60,6 +63,7 @@ class Calls(StoreBase):
                 data_key_id=key_id or None,
                 channel=channel,
                 started_at=self.clock(),
+                node=self.node,
             )
             session.add(call)
             session.flush()
@@ -122,6 +126,32 @@ class Calls(StoreBase):
                 )
             call.turn_count = call.turn_count + 1
         return turn_id
+
+    def close_interrupted(self) -> int:
+        """At a node's start: its calls still active were cut off by a kill or a crash (a call
+        that ended was given its end). Each is closed as ``ended:interrupted`` at its last
+        stored turn (or its start); its turns stay. Only this node's calls: the others' may be
+        live. Returns how many; audited once."""
+        with self.session("close interrupted calls") as session:
+            calls = list(
+                session.scalars(select(Call).where(Call.status == "active", Call.node == self.node))
+            )
+            for call in calls:
+                last = session.scalar(
+                    select(func.max(Turn.created_at)).where(Turn.call_id == call.id)
+                )
+                call.status = INTERRUPTED
+                call.ended_at = last or call.started_at
+            if calls:
+                self.audit_in(
+                    session,
+                    SYSTEM_ACTOR,
+                    "calls_interrupted",
+                    f"node:{self.node or 'default'}",
+                    "ok",
+                    {"calls": len(calls)},
+                )
+        return len(calls)
 
     def end_call(self, call_id: str, status: str) -> None:
         with self.session("end call") as session:

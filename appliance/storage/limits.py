@@ -7,6 +7,7 @@ from collections.abc import Callable
 from sqlalchemy import delete, func, select
 
 from appliance.storage.base import StoreBase
+from appliance.storage.postgresql import serialize
 from appliance.storage.schema import LimitEvent, LimitState
 
 
@@ -21,6 +22,7 @@ class Limits(StoreBase):
     ) -> bool:
         hashed = self._limit_key(scope, key)
         with self.session("limit") as session:
+            serialize(session, f"limit\0{scope}\0{hashed}")  # the count and its event as one
             since = at - window_s
             session.execute(  # what has aged out of every window of this scope
                 delete(LimitEvent).where(LimitEvent.scope == scope, LimitEvent.at <= since)
@@ -58,6 +60,7 @@ class Limits(StoreBase):
     ) -> str | None:
         hashed = self._limit_key(scope, key)
         with self.session("change limit state") as session:  # one write transaction
+            serialize(session, f"limit state\0{scope}\0{hashed}")  # a row not there yet too
             row = session.get(LimitState, (scope, hashed), with_for_update=True)
             value = change(None if row is None else row.value)
             if value is None:

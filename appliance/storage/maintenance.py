@@ -19,6 +19,15 @@ from appliance.storage.repository import Storage, storage_errors
 from appliance.storage.schema import Turn
 
 Progress = Callable[[int, int], None]
+SERVER_BACKUP = (
+    "the store is on a PostgreSQL server: back it up with the server's own tools (pg_dump "
+    "--format=custom, or pg_basebackup); what callers said stays sealed in the dump, and the "
+    "master key is kept apart (appliance keys recovery-code)"
+)
+SERVER_RESTORE = (
+    "the store is on a PostgreSQL server: restore it with the server's own tools (pg_restore "
+    "of a pg_dump), then start the appliance with the master key that sealed it"
+)
 
 
 def _pending(key_path: Path) -> Path:
@@ -26,11 +35,12 @@ def _pending(key_path: Path) -> Path:
 
 
 def rotate_master_key(
-    db_path: Path, key_path: Path, progress: Progress | None = None
+    open_with: Callable[[MasterKey], Storage], key_path: Path, progress: Progress | None = None
 ) -> tuple[MasterKey, MasterKey, int]:
-    """Replace the master key: every data key re-wrapped (content untouched), the database
-    re-keyed, the old key file overwritten and removed. Resumable: the next key is written
-    first (``<key>.next``), so a rotation cut short finishes on the next run."""
+    """Replace the master key: every data key re-wrapped (content untouched), an SQLite
+    file re-keyed, the old key file overwritten and removed. ``open_with`` opens the store
+    under a key. Resumable: the next key is written first (``<key>.next``), so a rotation cut
+    short finishes on the next run."""
     pending = _pending(key_path)
     if not key_path.exists() and pending.exists():  # cut short after the old key was retired
         os.replace(pending, key_path)
@@ -39,9 +49,9 @@ def rotate_master_key(
     old = read_key(key_path)
     new = read_key(pending) if pending.exists() else write_key(pending, new_key())
     try:
-        storage = Storage.open_sqlite(db_path, old)
+        storage = open_with(old)
     except StorageError:
-        storage = Storage.open_sqlite(db_path, new)  # the file was re-keyed already
+        storage = open_with(new)  # re-keyed (SQLite) or re-wrapped (a server) already
         storage.master = old
     try:
         count = storage.rotate_master_key(new, progress)
@@ -62,8 +72,10 @@ class BackupReport:
 def backup(storage: Storage, target: Path, actor: str) -> BackupReport:
     """A consistent online copy, encrypted under the same database key (useless without the
     master key), verified by opening it before it is reported."""
-    if storage.engine.dialect.name != "sqlite" or storage.master is None:
-        raise StorageError("storage.backup", "backup covers the encrypted SQLite store only")
+    if storage.engine.dialect.name != "sqlite":
+        raise StorageError("storage.backup", SERVER_BACKUP)
+    if storage.master is None:
+        raise StorageError("storage.backup", "backup covers the encrypted store only")
     if target.exists():
         raise StorageError("storage.backup", f"{target} exists; choose a new file")
     target.parent.mkdir(parents=True, exist_ok=True)

@@ -17,6 +17,7 @@ from appliance.core.errors import StorageError
 from appliance.storage.schema import (
     ApiToken,
     Base,
+    Call,
     CallbackRequest,
     CallerCredential,
     DirectoryEntry,
@@ -125,6 +126,17 @@ def _incident_states(connection: Connection) -> None:
         index.create(connection)
 
 
+def _call_nodes(connection: Connection) -> None:
+    """calls.node: which voice node took the call, so a node restarted after a kill closes
+    the calls it left active (only adds what is missing)."""
+    columns = {c["name"] for c in inspect(connection).get_columns("calls")}
+    if "node" not in columns:
+        connection.execute(text("ALTER TABLE calls ADD COLUMN node VARCHAR(64)"))
+    indexes = {i["name"] for i in inspect(connection).get_indexes("calls")}
+    if "ix_calls_node" not in indexes:
+        Index("ix_calls_node", cast(Table, Call.__table__).c.node).create(connection)
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(
         1, "calls, turns, keys, consents, recordings, tools, incidents, users, audit", _initial
@@ -142,6 +154,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(8, "calls.status holds 64 characters (end reasons are longer than 16)", _call_status),
     Migration(9, "erasure_requests (erasures, with their completion)", _erasure_requests),
     Migration(10, "incidents.state with who and when acknowledged and resolved", _incident_states),
+    Migration(11, "calls.node (the voice node that took the call)", _call_nodes),
 )
 LATEST = MIGRATIONS[-1].version
 

@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 
 from appliance.core.errors import StorageError
 from appliance.core.ports import IncidentState
-from appliance.storage import crypto, sqlite
+from appliance.storage import crypto, postgresql, sqlite
 from appliance.storage.repository import Storage
 from appliance.storage.schema import AuditEvent, Call, ErasureRequest, Incident, Turn
 
@@ -149,13 +149,7 @@ def database_facts(storage: Storage) -> dict[str, str]:
         return sqlite.cipher_facts(engine, storage.path)
     if engine.dialect.name != "postgresql":
         return {}
-    with engine.connect() as connection:
-        row = connection.execute(
-            text("SELECT ssl, version, cipher FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
-        ).first()
-    if row is None:
-        return {"ssl": "false"}
-    return {"ssl": str(bool(row[0])).lower(), "ssl_version": str(row[1]), "ssl_cipher": str(row[2])}
+    return {k: str(v) for k, v in postgresql.server_facts(engine).items()}
 
 
 @dataclass(frozen=True)

@@ -14,9 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import create_engine
-
-from appliance.storage import sqlite
+from appliance.storage import postgresql, sqlite
 from appliance.storage.access import SubjectAccess
 from appliance.storage.accounts import Accounts
 from appliance.storage.base import storage_errors
@@ -52,5 +50,6 @@ class Storage(Calls, Accounts, Incidents, Erasure, SubjectAccess, Rotation, Limi
 
     @classmethod
     def open_url(cls, url: str, master: MasterKey, **kwargs: Any) -> Storage:
-        """Another database server (PostgreSQL): values sealed, file encryption is the server's."""
-        return cls(create_engine(url, pool_pre_ping=True), master, **kwargs)
+        """A PostgreSQL server (``storage.postgresql``): values sealed before they leave, so
+        the server holds ciphertext; the disk's encryption is the server's."""
+        return cls(postgresql.postgres_engine(url), master, **kwargs)

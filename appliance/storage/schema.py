@@ -152,6 +152,9 @@ class Call(Base):
     legal_hold: Mapped[bool] = mapped_column(Boolean, default=False)
     hold_reason: Mapped[str | None] = mapped_column(String(500))
     disclosure_version: Mapped[str | None] = mapped_column(String(64))
+    node: Mapped[str | None] = mapped_column(String(64), index=True)
+    """The voice node that took the call (``[service] node``): at its restart it closes its
+    calls a kill left active (schema 11)."""
 
 
 class Turn(Base):

@@ -32,7 +32,14 @@ What it does, per RFC 3261:
   the caller leg's codec and RFC 4733 events (SRTP when ``[sip] srtp = "required"``), on a
   media port of the configured range. In its dialog the person's BYE is answered 200 and ends
   the leg, a re-INVITE is answered like the caller's, and ``OutboundCall.hang_up`` sends our BYE.
-- OPTIONS: 200 with Allow. Other methods: 405. A malformed request: 400; a malformed
+- Behind a proxy (``[sip] trusted_proxies``, Kamailio in front of several nodes): every
+  request comes from the proxy's address, so an INVITE from a trusted proxy is counted and
+  limited by the caller's address the proxy reports in ``[sip] proxy_source_header`` (it
+  removes a caller's own copy and sets its own); from anyone else that header means nothing.
+- OPTIONS (a proxy's health probe): 200 with Allow and ``X-Appliance-Capacity`` (the calls
+  this node can still take) while it takes calls; 503 with a Warning when it does not (shutting
+  down, the red-team gate closed, every call slot taken), so the proxy sends calls elsewhere.
+  Other methods: 405. A malformed request: 400; a malformed
   response: dropped. Responses to requests we did not send are dropped.
 
 The SIP ``From`` and P-Asserted-Identity only seed the caller record; they authenticate
@@ -106,6 +113,8 @@ class SipCall:
     """The digest account the peer proved (empty: an allowlisted address, unauthenticated)."""
     invite: SipMessage | None = None
     """The INVITE that opened the call (a header the gateway adds: an app's session token)."""
+    source: str = ""
+    """The caller's address: the peer's own, or the one a trusted proxy reported."""
 
 
 @dataclass
@@ -115,6 +124,8 @@ class _Dialog:
     local_tag: str
     account: str = ""
     """The digest account that opened it (empty: an allowlisted address)."""
+    source: str = ""
+    """The caller's address (``SipCall.source``)."""
     media: RtpMedia | None = None
     call: SipCall | None = None
     last_response: bytes = b""
@@ -269,10 +280,19 @@ def _refusal(request: SipMessage) -> SipMessage | None:
     return None
 
 
+def _within(host: str, networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]) -> bool:
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return any(address in network for network in networks)
+
+
 def refused(invite: SipMessage, reason: str) -> SipMessage:
-    """503 Service Unavailable to an INVITE the service will not take, with the reason in a
-    Warning header (RFC 3261 20.43: warn-code 399, "miscellaneous"; warn-agent a pseudonym;
-    warn-text a quoted-string, so quotes and backslashes are escaped, and it is kept short)."""
+    """503 Service Unavailable to an INVITE the service will not take (or a proxy's probing
+    OPTIONS), with the reason in a Warning header (RFC 3261 20.43: warn-code 399,
+    "miscellaneous"; warn-agent a pseudonym; warn-text a quoted-string, so quotes and
+    backslashes are escaped, and it is kept short)."""
     reply = response(invite, 503, to_tag=secrets.token_hex(6))  # a final response: 8.2.6.2
     text = " ".join(reason.split())[:200].replace("\\", "\\\\").replace('"', '\\"')
     reply.set("warning", f'399 appliance "{text}"')
@@ -292,6 +312,9 @@ class SipUserAgent(asyncio.DatagramProtocol):
         self.host, self.port = host, int(port)
         self.advertise = settings.advertise or host
         self.allowed = tuple(ipaddress.ip_network(p, strict=False) for p in settings.allowed_peers)
+        self.trusted = tuple(
+            ipaddress.ip_network(p, strict=False) for p in settings.trusted_proxies
+        )
         self.digest: DigestAuthority | None = None
         if settings.accounts_file:
             try:
@@ -310,6 +333,9 @@ class SipUserAgent(asyncio.DatagramProtocol):
         self.refuse_calls: str | None = None
         """Why new calls are refused (said in the 503's Warning); None: they are taken."""
         self.refused_calls = 0
+        self.capacity: Callable[[], int | None] = lambda: None
+        """How many more calls this node can take now (its OPTIONS answer says it, and 503 at
+        0); None: not known."""
         self.busy = 0
         """INVITEs answered 486: the line's dialogs, or one address's unconfirmed ones, full."""
         self.streams: dict[tuple[str, int], asyncio.WriteTransport] = {}
@@ -422,11 +448,19 @@ class SipUserAgent(asyncio.DatagramProtocol):
         handler(message, addr)
 
     def _allowed(self, host: str) -> bool:
+        return _within(host, self.allowed)
+
+    def _source(self, request: SipMessage, addr: tuple[str, int]) -> str:
+        """The caller's address: from a trusted proxy, the address it reports (an IP literal
+        only; a missing or malformed one leaves the proxy's own), else the sender's."""
+        if not _within(addr[0], self.trusted):
+            return addr[0]
+        reported = request.get(self.settings.proxy_source_header.lower()).strip()
         try:
-            address = ipaddress.ip_address(host)
+            return str(ipaddress.ip_address(reported))
         except ValueError:
-            return False
-        return any(address in network for network in self.allowed)
+            log.warning("a trusted proxy's INVITE reported no caller address")
+            return addr[0]
 
     def _may_ask(self, message: SipMessage, host: str) -> bool:
         """From outside the allowlist: a new INVITE when digest accounts exist (it is
@@ -474,7 +508,8 @@ class SipUserAgent(asyncio.DatagramProtocol):
         if self.refuse_new:  # shutting down
             self._send(response(invite, 503).encode(), addr)
             return
-        if not self._invites.allow(addr[0]):
+        source = self._source(invite, addr)
+        if not self._invites.allow(source):
             self.shed += 1
             reply = response(invite, 503)
             reply.set("retry-after", "10")
@@ -502,14 +537,14 @@ class SipUserAgent(asyncio.DatagramProtocol):
             self._send(refused(invite, self.refuse_calls).encode(), addr)
             return
         live = [d for d in self.dialogs.values() if not d.closed]
-        unconfirmed = sum(not d.acked and d.peer[0] == addr[0] for d in live)
+        unconfirmed = sum(not d.acked and d.source == source for d in live)
         if len(live) >= self.settings.max_dialogs or (
             unconfirmed >= self.settings.unconfirmed_per_address
         ):  # one address's INVITEs that never ACK cannot fill the line
             self.busy += 1
             self._send(response(invite, 486).encode(), addr)
             return
-        dialog = _Dialog(invite, addr, secrets.token_hex(6), account)
+        dialog = _Dialog(invite, addr, secrets.token_hex(6), account, source=source)
         self.dialogs[invite.call_id] = dialog
         self._respond(dialog, response(invite, 100))
         try:
@@ -564,6 +599,7 @@ class SipUserAgent(asyncio.DatagramProtocol):
         dialog.call = SipCall(
             invite.call_id, caller, dialog.peer, media, codec,
             lambda: self.hang_up(invite.call_id), account=dialog.account, invite=invite,
+            source=dialog.source,
         )  # fmt: skip
         await self._retransmit_ok(dialog)
 
@@ -684,9 +720,24 @@ class SipUserAgent(asyncio.DatagramProtocol):
         self._finish(dialog, "caller_hung_up")
 
     def _on_options(self, options: SipMessage, addr: tuple[str, int]) -> None:
+        left = self.capacity()
+        reason = (
+            "shutting down"
+            if self.refuse_new
+            else self.refuse_calls
+            if self.refuse_calls is not None
+            else "no capacity left: every call slot is taken"
+            if left is not None and left <= 0
+            else None
+        )
+        if reason is not None:
+            self._send(refused(options, reason).encode(), addr)
+            return
         reply = response(options, 200)
         reply.set("allow", ALLOW)
         reply.set("accept", "application/sdp")
+        if left is not None:
+            reply.set("x-appliance-capacity", str(left))
         self._send(reply.encode(), addr)
 
     def _on_notify(self, notify: SipMessage, addr: tuple[str, int]) -> None:

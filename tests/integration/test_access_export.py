@@ -27,6 +27,8 @@ OTHER = "+15550199"
 SAID = ("I'd like to move my appointment to Friday", "what is my balance on account 4471")
 REPLIED = ("Your appointment is now on Friday.", "Your balance is 12 pounds.")
 
+pytestmark = pytest.mark.backends
+
 
 def seed(storage: Storage) -> dict[str, str]:
     """The subject: two calls, a consent, a tool call, a callback request and a directory

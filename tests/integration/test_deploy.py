@@ -463,3 +463,62 @@ def test_the_admin_units_drop_in_allows_the_directory_of_panel_logins(installed:
         '[ldap.role_groups]\nadmin = "cn=appliance-admins,ou=groups,dc=bank,dc=internal"\n',
     )["appliance-admin.service"]
     assert "IPAddressAllow=10.0.0.9" in admin.splitlines(), admin
+
+
+def test_every_unit_that_opens_the_store_may_reach_its_postgresql_server(installed: Path) -> None:
+    """Every unit denies all addresses but its own: with the store on a PostgreSQL server
+    elsewhere, the voice service, the panel, the purge, the backup and the SIEM forwarder
+    each get that server's address in their drop-in (the install writes these, as the tests
+    above show; the server is not reached here, so the drop-ins are made from the settings)."""
+    from appliance.config.settings import load_settings
+    from appliance.deploy.units import site_drop_ins
+
+    url = "postgresql://appliance@db.bank.internal/appliance?hostaddr=10.0.0.5"
+    site = site_drop_ins(load_settings(environ={"APPLIANCE_STORAGE__URL": url}))
+    assert set(site) == set(SERVICES)
+    for unit in SERVICES:
+        assert re.findall(r"^IPAddressAllow=(10\.\S+)$", site[unit], re.MULTILINE) == [
+            "10.0.0.5"
+        ], (unit, site[unit])
+    alone = site_drop_ins(load_settings(environ={}))  # the SQLite file: no server to reach
+    for unit in ("appliance-retention.service", "appliance-backup.service"):
+        assert "IPAddressAllow" not in alone[unit]
+        installed_text = (installed / "etc/systemd/system" / f"{unit}.d/site.conf").read_text()
+        assert installed_text == alone[unit]  # what scripts/install wrote
+
+
+def test_the_kamailio_drop_in_runs_the_dispatcher_config_and_scores_2_or_lower(
+    tmp_path: Path,
+) -> None:
+    """systemd/kamailio.service.d/appliance.conf on Debian's own kamailio.service: the unit
+    verifies, starts Kamailio on the repo's dispatcher config, and its exposure falls from
+    Debian's 9.2 to 2 or lower."""
+    debian = Path("/lib/systemd/system/kamailio.service")
+    if not debian.exists():
+        pytest.fail("Debian's kamailio.service is missing: scripts/setup installs kamailio")
+    shutil.copy(debian, tmp_path / "kamailio.service")
+    shutil.copytree(ROOT / "systemd/kamailio.service.d", tmp_path / "kamailio.service.d")
+    env = {**os.environ, "SYSTEMD_UNIT_PATH": f"{tmp_path}:"}
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            ["systemd-analyze", *args], cwd=tmp_path, env=env, capture_output=True, text=True,
+            timeout=60,
+        )  # fmt: skip
+
+    assert run("verify", "kamailio.service").returncode == 0
+    scored = run("security", "--offline=true", "kamailio.service")
+    found = re.search(r"Overall exposure level for \S+: (\d+\.\d)", scored.stdout + scored.stderr)
+    assert found and float(found.group(1)) <= 2.0, scored.stdout[-3000:]
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    shutil.copy(debian, bare / "kamailio.service")
+    unhardened = subprocess.run(
+        ["systemd-analyze", "security", "--offline=true", "./kamailio.service"],
+        cwd=bare, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    before = re.search(r"Overall exposure level for \S+: (\d+\.\d)", unhardened.stdout)
+    assert before and float(before.group(1)) > 5.0  # what the drop-in is measured against
+    drop_in = (ROOT / "systemd/kamailio.service.d/appliance.conf").read_text()
+    assert "CFGFILE=/etc/kamailio/appliance-dispatcher.cfg" in drop_in
+    assert "NODES=" in drop_in and "ExecStart=\n" in drop_in

@@ -39,17 +39,18 @@ from appliance.storage.schema import (
 )
 from appliance.testing.fakes import FakeTranscriber, ToneSynthesizer
 from appliance.tools.agent import CallerFactors
+from tests.conftest import Backend
 from tests.integration.helpers import (
     NoToolModel,
     agent_said,
     cli,
     fake_service,
-    plaintext_dump,
     serve_utterances,
     tool_settings,
     upgraded,
 )
 
+pytestmark = pytest.mark.backends
 ALICE, BOB = "+15550100", "+15550199"  # ALICE is also the demo caller (demo PIN 4921)
 NAME = "Alice Pelican-Canary"
 CONTACT = "alice.pelican@example.org"
@@ -73,7 +74,7 @@ def count(store: Storage, table: type[Any]) -> int:
 
 
 def test_each_entry_is_sealed_under_its_own_key_and_nothing_is_readable_inside(
-    store: Storage, tmp_path: Path
+    store: Storage, backend: Backend, tmp_path: Path
 ) -> None:
     enrol(store, ALICE)
     enrol(store, BOB, pin="2468", name="Bob")
@@ -89,8 +90,9 @@ def test_each_entry_is_sealed_under_its_own_key_and_nothing_is_readable_inside(
     assert store.credential("+1 555-0100", CredentialKind.CONTACT) == CONTACT.encode()
     assert store.credential("+15550111", CredentialKind.PIN) is None  # not enrolled
     assert store.credential("not a number", CredentialKind.PIN) is None
-    # Inside the decrypted database: the pseudonym and ciphertext only, never the values.
-    dump = plaintext_dump(store, tmp_path / "plain.db")
+    # Inside the decrypted database (or the server's dump): the pseudonym and ciphertext
+    # only, never the values.
+    dump = backend.plain_view(store, tmp_path)
     for value in (b"15550100", b"15550199", b"Pelican", SECRET, CONTACT.encode(), pin):
         assert value not in dump, value
     assert all(b"Pelican" not in v and SECRET not in v for v in sealed)

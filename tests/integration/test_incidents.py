@@ -30,6 +30,7 @@ from appliance.storage.keys import load_or_create
 from appliance.storage.migrations import MIGRATIONS, applied_versions
 from appliance.storage.repository import Storage
 from appliance.storage.schema import AuditEvent, Incident
+from tests.conftest import Backend
 from tests.integration.helpers import StepClock, upgraded
 from tests.integration.test_admin import client, csrf_of, log_in, world  # noqa: F401
 from tests.integration.test_storage_cli import cli
@@ -37,10 +38,13 @@ from tests.integration.test_storage_cli import cli
 T0 = datetime(2026, 12, 1, 9, 0, 0)
 
 
+pytestmark = pytest.mark.backends
+
+
 @pytest.fixture
-def clocked(tmp_path: Path) -> Iterator[tuple[Storage, StepClock]]:
+def clocked(backend: Backend, tmp_path: Path) -> Iterator[tuple[Storage, StepClock]]:
     clock = StepClock(T0)
-    storage = Storage.open_sqlite(tmp_path / "a.db", load_or_create(tmp_path / "k"), clock=clock)
+    storage = backend.open(load_or_create(tmp_path / "k"), clock=clock)
     yield storage, clock
     storage.close()
 

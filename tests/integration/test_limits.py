@@ -28,6 +28,7 @@ from appliance.testing.fakes import (
     quiet,
     tone,
 )
+from tests.conftest import Backend
 from tests.integration.helpers import run_call as run_pipeline
 
 STILL = lambda: datetime(2026, 12, 1, 12, 0)  # noqa: E731  (naive UTC, as the store keeps it)
@@ -278,7 +279,10 @@ def test_a_turn_over_the_word_quota_never_reaches_the_model(tmp_path: Path) -> N
     store.close()
 
 
-def test_limits_blocks_and_lockouts_in_the_store_survive_a_restart(tmp_path: Path) -> None:
+@pytest.mark.backends
+def test_limits_blocks_and_lockouts_in_the_store_survive_a_restart(
+    tmp_path: Path, backend: Backend
+) -> None:
     """Finding: limits and lockouts lived in one process's memory, so a restart (or a crash
     the attacker caused) gave every guesser and flooder a fresh start."""
     from sqlalchemy import select
@@ -290,7 +294,7 @@ def test_limits_blocks_and_lockouts_in_the_store_survive_a_restart(tmp_path: Pat
 
     clock = [1_764_590_000.0]  # wall-clock seconds, as the service counts them
     limits = dataclasses.replace(LimitsSettings(), calls_per_caller_per_hour=2)
-    store = Storage.open_sqlite(tmp_path / "a.db", load_or_create(tmp_path / "k"))
+    store = backend.open(load_or_create(tmp_path / "k"))
     first = AbuseMonitor(limits, clock=lambda: clock[0], counters=store)
     assert [first.admit("+15550123", "10.0.0.9").allowed for _ in range(3)] == [True, True, False]
     first.block("+15550999")
@@ -301,7 +305,7 @@ def test_limits_blocks_and_lockouts_in_the_store_survive_a_restart(tmp_path: Pat
             factors.pin.verify("+15550123", "0000", pin)
     store.close()
 
-    store = Storage.open_sqlite(tmp_path / "a.db", load_or_create(tmp_path / "k"))  # restarted
+    store = backend.open(load_or_create(tmp_path / "k"))  # restarted
     again = AbuseMonitor(limits, clock=lambda: clock[0], counters=store)
     assert again.admit("+15550123", "10.0.0.9").reason == "limit.caller"
     assert again.admit("+15550999", "10.0.0.9").reason == "limit.blocked"
@@ -319,7 +323,10 @@ def test_limits_blocks_and_lockouts_in_the_store_survive_a_restart(tmp_path: Pat
     store.close()
 
 
-def test_parallel_wrong_answers_for_one_caller_lose_no_count(tmp_path: Path) -> None:
+@pytest.mark.backends
+def test_parallel_wrong_answers_for_one_caller_lose_no_count(
+    tmp_path: Path, backend: Backend
+) -> None:
     """Reviewed: the attempt count was read and written in two transactions, so calls in
     parallel for the same caller could lose failures and get more guesses than allowed."""
     import threading
@@ -327,7 +334,7 @@ def test_parallel_wrong_answers_for_one_caller_lose_no_count(tmp_path: Path) -> 
 
     from appliance.identity.factors import AttemptLimiter, FactorError, SecretFactor, hash_secret
 
-    store = Storage.open_sqlite(tmp_path / "a.db", load_or_create(tmp_path / "k"))
+    store = backend.open(load_or_create(tmp_path / "k"))
 
     class Slow:
         """The store, a little slow between reading a value and writing it back (as a busy

@@ -16,6 +16,7 @@ from appliance.retention.policy import DataClass, RetentionPolicy
 from appliance.storage.keys import load_or_create
 from appliance.storage.repository import Storage
 from appliance.storage.schema import AuditEvent, DataKey, Recording, RetentionRun
+from tests.conftest import Backend
 from tests.integration.test_storage import Clock
 
 POLICY = RetentionPolicy.from_settings(
@@ -28,9 +29,12 @@ def clock() -> Clock:
     return Clock()
 
 
+pytestmark = pytest.mark.backends
+
+
 @pytest.fixture
-def store(tmp_path: Path, clock: Clock) -> Iterator[Storage]:
-    storage = Storage.open_sqlite(tmp_path / "a.db", load_or_create(tmp_path / "k"), clock=clock)
+def store(backend: Backend, tmp_path: Path, clock: Clock) -> Iterator[Storage]:
+    storage = backend.open(load_or_create(tmp_path / "k"), clock=clock)
     yield storage
     storage.close()
 

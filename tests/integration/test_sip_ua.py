@@ -734,3 +734,75 @@ def test_a_free_udp_port_whose_tcp_twin_is_taken_is_traded_for_another() -> None
             ua.close()
 
     asyncio.run(main())
+
+
+def from_proxy(call_id: str, branch: str, source: str) -> bytes:
+    """An INVITE as Kamailio relays it: the caller's address in the header it sets."""
+    return invite(call_id, 50000, branch=branch).replace(
+        b"Max-Forwards: 70\r\n", f"Max-Forwards: 70\r\nX-Appliance-Source: {source}\r\n".encode()
+    )
+
+
+@pytest.mark.parametrize("trusted", [True, False])
+def test_behind_a_trusted_proxy_each_caller_address_is_limited_not_the_proxy(
+    trusted: bool,
+) -> None:
+    """Behind Kamailio every INVITE comes from the proxy: limited by the proxy's address, one
+    flooding caller would shut every caller out. Trusted, the proxy's report counts; not
+    trusted (the control off), the second caller is refused with the flooder."""
+
+    async def test(ua: SipUserAgent, calls: list[SipCall]) -> None:
+        proxy = Peer("127.0.0.5")
+        for i in range(4):  # one flooding caller, through the proxy
+            await proxy.send(from_proxy(f"flood{i}", f"z9hG4bKp{i}", "198.51.100.7"), ua.port)
+        await asyncio.sleep(0.5)
+        assert ua.shed == 2
+        while await proxy.recv(timeout=0.3) is not None:
+            pass  # the flood's answers
+        await proxy.send(from_proxy("other", "z9hG4bKother", "203.0.113.9"), ua.port)
+        statuses = await proxy.statuses(until=200 if trusted else 503)
+        assert (200 in statuses) is trusted and (503 in statuses) is not trusted
+        if trusted:  # what the call (its limits, its record) will know the caller by
+            assert ua.dialogs["other"].source == "203.0.113.9"
+
+    proxies = ("127.0.0.5",) if trusted else ()
+    run(test, invites_per_address_per_10s=2, max_dialogs=64, trusted_proxies=proxies)
+
+
+def test_a_caller_cannot_claim_another_address_with_the_proxys_header() -> None:
+    async def test(ua: SipUserAgent, calls: list[SipCall]) -> None:
+        caller = Peer("127.0.0.6")  # not the trusted proxy
+        await caller.send(from_proxy("forged", "z9hG4bKf", "203.0.113.9"), ua.port)
+        assert 200 in await caller.statuses(until=200)
+        assert ua.dialogs["forged"].source == "127.0.0.6"
+
+    run(test, trusted_proxies=("127.0.0.5",))
+
+
+def test_options_tell_a_proxy_the_capacity_left_and_503_when_none_or_refusing() -> None:
+    async def test(ua: SipUserAgent, calls: list[SipCall]) -> None:
+        peer = Peer()
+        left = [2]
+        ua.capacity = lambda: left[0]
+
+        async def probe() -> SipMessage:
+            await peer.send(request("OPTIONS", f"o{random.random()}", 1), ua.port)
+            reply = await peer.recv()
+            assert reply is not None
+            return reply
+
+        reply = await probe()
+        assert reply.status == 200 and reply.get("x-appliance-capacity") == "2"
+        left[0] = 0
+        reply = await probe()
+        assert reply.status == 503 and "no capacity left" in reply.get("warning")
+        left[0] = 3
+        ua.refuse_calls = "red-team gate failed: no passing red-team report"
+        reply = await probe()
+        assert reply.status == 503 and "red-team gate" in reply.get("warning")
+        ua.refuse_calls = None
+        ua.refuse_new = True
+        reply = await probe()
+        assert reply.status == 503 and "shutting down" in reply.get("warning")
+
+    run(test)

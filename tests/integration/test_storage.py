@@ -1,4 +1,5 @@
-"""Encrypted storage on a real SQLCipher file: secrecy, integrity, erasure, holds, keys."""
+"""Encrypted storage on a real SQLCipher file and on a real PostgreSQL server: secrecy,
+integrity, erasure, holds, keys. Each test marked for both runs on both (``backend``)."""
 
 from __future__ import annotations
 
@@ -33,9 +34,11 @@ from appliance.storage.schema import (
     Voiceprint,
 )
 from appliance.storage.sqlite import integrity_check as sqlite_integrity_engine
-from tests.integration.helpers import plaintext_dump
+from tests.conftest import Backend
 
 CANARY = "CANARY-PELICAN-7731"
+pytestmark = pytest.mark.backends
+sqlite_only = pytest.mark.sqlite_only
 
 
 class Clock:
@@ -55,14 +58,13 @@ def clock() -> Clock:
 
 
 @pytest.fixture
-def paths(tmp_path: Path) -> tuple[Path, Path]:
-    return tmp_path / "appliance.db", tmp_path / "keys" / "master.key"
+def paths(backend: Backend, tmp_path: Path) -> tuple[Path, Path]:
+    return backend.db, tmp_path / "keys" / "master.key"
 
 
 @pytest.fixture
-def store(paths: tuple[Path, Path], clock: Clock) -> Iterator[Storage]:
-    db, key = paths
-    storage = Storage.open_sqlite(db, load_or_create(key), clock=clock)
+def store(backend: Backend, paths: tuple[Path, Path], clock: Clock) -> Iterator[Storage]:
+    storage = backend.open(load_or_create(paths[1]), clock=clock)
     yield storage
     storage.close()
 
@@ -79,6 +81,7 @@ def files_of(db: Path) -> list[Path]:
     return [p for p in db.parent.iterdir() if p.name.startswith(db.name)]
 
 
+@sqlite_only
 def test_a_canary_never_reaches_the_disk_in_plaintext(
     store: Storage, paths: tuple[Path, Path]
 ) -> None:
@@ -96,6 +99,7 @@ def test_a_canary_never_reaches_the_disk_in_plaintext(
     )
 
 
+@sqlite_only
 def test_sqlite_without_the_key_cannot_open_the_file(
     store: Storage, paths: tuple[Path, Path]
 ) -> None:
@@ -113,16 +117,29 @@ def test_sqlite_without_the_key_cannot_open_the_file(
 
 
 def test_the_wrong_master_key_does_not_open_it(
-    store: Storage, paths: tuple[Path, Path], tmp_path: Path
+    store: Storage, backend: Backend, tmp_path: Path
 ) -> None:
-    db, _ = paths
     one_call(store, "+1555", "hello")
     stranger = load_or_create(tmp_path / "other.key")
     with pytest.raises(StorageError) as caught:
-        Storage.open_sqlite(db, stranger)
+        backend.open(stranger)
     assert caught.value.code == "storage.key"
 
 
+def test_what_the_store_keeps_at_rest_holds_no_word_or_number_in_the_clear(
+    store: Storage, backend: Backend
+) -> None:
+    """The SQLCipher file and its WAL, or the PostgreSQL server's dump of the database: what
+    a caller said and their number are sealed before they reach either."""
+    call_id = one_call(store, "+15551230000", f"my secret is {CANARY}")
+    store.read_call(call_id, "tester", "check")
+    held = backend.at_rest()
+    assert len(held) > 1000  # the store's own tables are there
+    for secret in (CANARY.encode(), b"15551230000", b"my secret"):
+        assert secret not in held
+
+
+@sqlite_only
 def test_the_key_file_is_private(paths: tuple[Path, Path], store: Storage) -> None:
     _, key = paths
     assert stat.S_IMODE(key.stat().st_mode) == 0o600
@@ -256,12 +273,13 @@ def test_an_export_re_signed_with_another_key_fails_against_the_pinned_one(
 
 
 @pytest.fixture
-def anchored(paths: tuple[Path, Path], clock: Clock, tmp_path: Path) -> Iterator[Storage]:
-    db, key = paths
+def anchored(
+    backend: Backend, paths: tuple[Path, Path], clock: Clock, tmp_path: Path
+) -> Iterator[Storage]:
     checkpoint = audit.Checkpoint(
         tmp_path / "keys" / "audit-checkpoint.json", audit.signing_key(tmp_path / "sign.key")
     )
-    storage = Storage.open_sqlite(db, load_or_create(key), clock=clock, checkpoint=checkpoint)
+    storage = backend.open(load_or_create(paths[1]), clock=clock, checkpoint=checkpoint)
     yield storage
     storage.close()
 
@@ -319,7 +337,7 @@ def test_the_checkpoint_only_moves_forward_and_retention_keeps_it_valid(
 
 
 def test_erasing_a_caller_crypto_shreds_and_leaves_others(
-    store: Storage, paths: tuple[Path, Path]
+    store: Storage, backend: Backend, paths: tuple[Path, Path]
 ) -> None:
     db, _ = paths
     victim = one_call(store, "+15550000001", f"{CANARY} one")
@@ -353,8 +371,9 @@ def test_erasing_a_caller_crypto_shreds_and_leaves_others(
                 from appliance.storage.crypto import associated_data, open_sealed
 
                 open_sealed(data_key, value or b"", associated_data("turns", "transcript", "x"))
-    # Nothing of it in the decrypted database either: a plaintext export of every live page.
-    dump = plaintext_dump(store, db.parent / "plain-export.db")
+    # Nothing of it in the decrypted database either: a plaintext export of every live page,
+    # or the server's dump of the database.
+    dump = backend.plain_view(store, db.parent)
     assert wrapped not in dump and all(v not in dump for v in sealed if v)
     assert b"someone else" not in dump  # sealed, not plaintext, inside the database too
     assert erase.actor == "admin:bob" and erase.outcome == "ok"
@@ -379,20 +398,22 @@ def test_legal_hold_survives_erasure_until_released(store: Storage) -> None:
 
 
 def test_key_rotation_rewraps_everything_and_the_old_key_opens_nothing(
-    store: Storage, paths: tuple[Path, Path]
+    store: Storage, backend: Backend, paths: tuple[Path, Path]
 ) -> None:
-    db, key_path = paths
+    _, key_path = paths
     calls = [one_call(store, f"+1555000{i}", f"turn of call {i}") for i in range(5)]
     old_master = store.master
     assert old_master is not None
     store.close()
     seen: list[tuple[int, int]] = []
-    old, new, count = rotate_master_key(db, key_path, progress=lambda d, t: seen.append((d, t)))
+    old, new, count = rotate_master_key(
+        backend.opener(), key_path, progress=lambda d, t: seen.append((d, t))
+    )
     assert count == 6 and seen[-1] == (6, 6)  # 5 calls and the pseudonymization key
     assert old.fingerprint == old_master.fingerprint != new.fingerprint
     assert read_key(key_path).secret == new.secret
     assert stat.S_IMODE(key_path.stat().st_mode) == 0o600
-    rotated = Storage.open_sqlite(db, new)
+    rotated = backend.open(new)
     try:
         for i, call_id in enumerate(calls):
             assert (
@@ -409,28 +430,29 @@ def test_key_rotation_rewraps_everything_and_the_old_key_opens_nothing(
     finally:
         rotated.close()
     with pytest.raises(StorageError, match=r"storage\.key"):
-        Storage.open_sqlite(db, old)
+        backend.open(old)
 
 
 def test_a_rotation_cut_short_finishes_on_the_next_run(
-    store: Storage, paths: tuple[Path, Path]
+    store: Storage, backend: Backend, paths: tuple[Path, Path]
 ) -> None:
-    db, key_path = paths
+    _, key_path = paths
     call_id = one_call(store, "+1555", "survives")
     store.close()
     pending = key_path.with_name(f"{key_path.name}.next")
     from appliance.storage.keys import write_key
 
     new = write_key(pending, os.urandom(32))  # as if a rotation stopped after writing it
-    _, current, _ = rotate_master_key(db, key_path)
+    _, current, _ = rotate_master_key(backend.opener(), key_path)
     assert current.secret == new.secret and not pending.exists()
-    reopened = Storage.open_sqlite(db, current)
+    reopened = backend.open(current)
     try:
         assert reopened.read_call(call_id, "admin", "check").turns[0].transcript == "survives"
     finally:
         reopened.close()
 
 
+@sqlite_only
 def test_backup_is_encrypted_verified_and_restores(
     store: Storage, paths: tuple[Path, Path], tmp_path: Path
 ) -> None:
@@ -456,6 +478,7 @@ def test_backup_is_encrypted_verified_and_restores(
         restored.close()
 
 
+@sqlite_only
 def test_a_damaged_backup_is_refused_and_the_database_untouched(
     store: Storage, paths: tuple[Path, Path], tmp_path: Path
 ) -> None:
@@ -476,11 +499,13 @@ def test_a_damaged_backup_is_refused_and_the_database_untouched(
         intact.close()
 
 
-def test_migrations_are_recorded_and_applied_once(store: Storage, paths: tuple[Path, Path]) -> None:
-    db, key_path = paths
+def test_migrations_are_recorded_and_applied_once(
+    store: Storage, backend: Backend, paths: tuple[Path, Path]
+) -> None:
+    _, key_path = paths
     assert applied_versions(store.engine) == {m.version for m in MIGRATIONS}
     store.close()
-    again = Storage.open_sqlite(db, read_key(key_path))
+    again = backend.open(read_key(key_path))
     try:
         assert applied_versions(again.engine) == {m.version for m in MIGRATIONS}
         with again.session("future") as session:
@@ -488,9 +513,10 @@ def test_migrations_are_recorded_and_applied_once(store: Storage, paths: tuple[P
     finally:
         again.close()
     with pytest.raises(StorageError, match="newer"):
-        Storage.open_sqlite(db, read_key(key_path))
+        backend.open(read_key(key_path))
 
 
+@sqlite_only
 def test_a_full_disk_is_a_clear_error_and_loses_nothing(paths: tuple[Path, Path]) -> None:
     """SQLite's own limit makes the database 'full' exactly as a full disk would."""
     db, key_path = paths
@@ -529,6 +555,7 @@ def test_any_text_round_trips_through_storage(store: Storage, said: str, reply: 
     assert (turn.transcript, turn.reply) == (said, reply)
 
 
+@sqlite_only
 def test_a_real_full_disk_on_a_small_tmpfs(tmp_path: Path) -> None:
     """The file system itself runs out of space (as root: a 1 MiB tmpfs)."""
     mount = tmp_path / "small"
@@ -563,9 +590,8 @@ def test_a_real_full_disk_on_a_small_tmpfs(tmp_path: Path) -> None:
 
 
 def test_a_voice_template_is_sealed_audited_and_shredded_with_its_caller(
-    store: Storage, paths: tuple[Path, Path]
+    store: Storage, backend: Backend
 ) -> None:
-    db, _ = paths
     template = b'{"v": 1, "centroid": [0.6, 0.8], "n": 3, "canary": "' + CANARY.encode() + b'"}'
     store.save_voiceprint("+15550000003", template, "enrolment")
     store.save_voiceprint("+15550000003", template, "enrolment")  # re-enrolment replaces it
@@ -584,7 +610,7 @@ def test_a_voice_template_is_sealed_audited_and_shredded_with_its_caller(
     with store.session("look") as session:
         assert session.scalars(select(Voiceprint)).first() is None
         assert session.get(DataKey, key_id) is None  # crypto-shredded
-    assert all(CANARY.encode() not in f.read_bytes() for f in files_of(db))
+    assert CANARY.encode() not in backend.at_rest()
 
 
 def test_every_end_status_a_call_can_have_fits_its_column() -> None:
@@ -594,6 +620,40 @@ def test_every_end_status_a_call_can_have_fits_its_column() -> None:
     from appliance.storage.schema import Call
 
     reasons = ["transferred", "max_call_length", "shutdown", "no_consent", "media_timeout"]
+    reasons += ["interrupted"]
     reasons += [f"abuse:{action}" for action in Action]
     width = Call.__table__.c.status.type.length  # type: ignore[attr-defined]
     assert max(len(f"ended:{reason}") for reason in reasons) <= width
+
+
+def test_a_node_restarted_after_a_kill_closes_its_own_active_calls_and_no_others(
+    backend: Backend, paths: tuple[Path, Path], clock: Clock
+) -> None:
+    master = load_or_create(paths[1])
+    node_a = backend.open(master, clock=clock, node="node-a")
+    node_b = backend.open(master, clock=clock, node="node-b")
+    cut = node_a.start_call("+1555", "sip")
+    cut.record_turn(TurnRecord(1, "acknowledged before the kill", "ok"))
+    turn_at = clock.now
+    ended = one_call(node_a, "+1556", "a call that ended")
+    live = node_b.start_call("+1557", "sip").call_id  # the other node is still in it
+    node_a.close()  # killed: the cut call was never given its end
+    clock.advance(minutes=7)
+    restarted = backend.open(master, clock=clock, node="node-a")
+    try:
+        assert restarted.close_interrupted() == 1
+        view = restarted.read_call(cut.call_id, "admin", "check")
+        assert view.status == "ended:interrupted" and view.ended_at == turn_at
+        assert view.turns[0].transcript == "acknowledged before the kill"
+        assert restarted.read_call(ended, "admin", "check").status == "ended"
+        assert restarted.read_call(live, "admin", "check").status == "active"
+        assert restarted.close_interrupted() == 0  # once
+        with restarted.session("look") as session:
+            event = session.scalars(
+                select(AuditEvent).where(AuditEvent.action == "calls_interrupted")
+            ).one()
+        assert (event.object, json.loads(event.details)) == ("node:node-a", {"calls": 1})
+        assert restarted.verify_audit().ok
+    finally:
+        restarted.close()
+        node_b.close()

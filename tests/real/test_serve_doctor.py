@@ -13,6 +13,7 @@ from pathlib import Path
 
 from appliance.config.manifest import model_spec
 from appliance.config.settings import Settings
+from appliance.service import open_storage
 from tests.real.conftest import APPLIANCE, run_cli
 
 
@@ -43,6 +44,13 @@ def test_serve_notifies_systemd_and_stops_cleanly_on_sigterm(
 ) -> None:
     env = {**os.environ, "APPLIANCE_HOME": str(real_home), "APPLIANCE_SERVICE__VOICE": "none"}
     env["APPLIANCE_SERVICE__REDTEAM_GATE"] = "warn"  # no red-team report in this home
+    env["APPLIANCE_SERVICE__NODE"] = "serve-test"
+    # A call this node was in when it was killed (never given its end), and another node's.
+    with open_storage(real_settings) as store:
+        store.node = "serve-test"
+        cut = store.start_call("+15550100", "sip").call_id
+        store.node = "another-node"
+        other = store.start_call("+15550101", "sip").call_id
     process, listener = serve(env, tmp_path)
     signalled = False
     with listener:
@@ -58,6 +66,11 @@ def test_serve_notifies_systemd_and_stops_cleanly_on_sigterm(
                 process.send_signal(signal.SIGTERM)
             _, errors = process.communicate(timeout=60)
     assert process.returncode == 0, errors
+    assert "closed 1 call(s) this node left active as interrupted" in errors
+    with open_storage(real_settings) as store:
+        assert store.read_call(cut, "test", "check").status == "ended:interrupted"
+        assert store.read_call(other, "test", "check").status == "active"
+        store.end_call(other, "ended")  # the other node's, ended as it would have
 
 
 def test_sigterm_during_a_microphone_call_says_goodbye_and_closes_the_record(

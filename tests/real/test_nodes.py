@@ -1,0 +1,271 @@
+"""Two voice nodes on one PostgreSQL behind Kamailio's dispatcher, all started by the test:
+Debian's Kamailio with the repo's kamailio/dispatcher.cfg on 127.0.0.1, two real `appliance
+sip` nodes on 127.0.0.2 and 127.0.0.3 (real models) sharing a database on the tests' own
+PostgreSQL cluster, SIPp calling from 127.0.0.9 through the proxy.
+
+Calls are spread over both nodes; one node is killed (SIGKILL) in the middle of a call: new
+calls complete on the other, the killed node closes the cut call as interrupted when it comes
+back, every turn it had acknowledged is there, and the one audit chain both wrote verifies."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+
+from appliance.service import VoiceService
+from appliance.storage.keys import load_or_create
+from appliance.storage.repository import Storage
+from appliance.storage.schema import Call, Turn
+from appliance.telephony.sdp import PCMU
+from tests import pg
+from tests.real import test_sip
+from tests.real.conftest import APPLIANCE
+from tests.real.test_sip import QUESTION, Line, free_port, launch, sipp, spoken
+
+ROOT = Path(__file__).resolve().parents[2]
+CONFIG = ROOT / "kamailio" / "dispatcher.cfg"
+CALLER = "127.0.0.9"
+
+pytestmark = [pytest.mark.slow, pytest.mark.postgresql]
+line_env = test_sip.line_env  # the SIP line's fixture
+
+
+@dataclasses.dataclass
+class Proxy:
+    port: int
+    process: subprocess.Popen[str]
+    log: Path
+
+    def text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+@pytest.fixture
+def database(postgres: pg.Cluster) -> Iterator[str]:
+    name = postgres.create_database()
+    yield postgres.url(name)
+    postgres.drop_database(name)
+
+
+def node_env(line_env: dict[str, str], tmp_path: Path, name: str, url: str) -> dict[str, str]:
+    """A node's own home (its index, its audit checkpoint), the one master key, the shared
+    database, and the proxy trusted to report the caller's address."""
+    home = tmp_path / name
+    keys = home / "keys"
+    keys.mkdir(parents=True, mode=0o700)
+    shared = tmp_path / "master.key"
+    load_or_create(shared)
+    shutil.copy(shared, keys / "master.key")
+    (keys / "master.key").chmod(0o600)
+    low = int(line_env["APPLIANCE_SIP__RTP_PORT_MIN"]) + (50 if name == "node-b" else 0)
+    return {
+        **line_env,
+        "APPLIANCE_HOME": str(home),
+        "APPLIANCE_STORAGE__URL": url,
+        "APPLIANCE_SERVICE__NODE": name,
+        "APPLIANCE_SIP__TRUSTED_PROXIES": "127.0.0.1",
+        "APPLIANCE_SIP__RTP_PORT_MIN": str(low),
+        "APPLIANCE_SIP__RTP_PORT_MAX": str(low + 49),
+    }
+
+
+def start_node(env: dict[str, str], host: str, port: int) -> Line:
+    return launch(["sip", "--listen", f"{host}:{port}"], env, port)
+
+
+def stop(process: subprocess.Popen[str]) -> None:
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.communicate(timeout=10)
+
+
+@pytest.fixture
+def started(tmp_path: Path) -> Iterator[list[subprocess.Popen[str]]]:
+    processes: list[subprocess.Popen[str]] = []
+    yield processes
+    for process in processes:
+        stop(process)
+
+
+def start_proxy(tmp_path: Path, nodes: list[tuple[str, int]]) -> Proxy:
+    if shutil.which("kamailio") is None:
+        pytest.fail("kamailio is missing: scripts/setup installs Debian's kamailio")
+    run = tmp_path / "kamailio"
+    run.mkdir()
+    listed = run / "nodes.list"
+    listed.write_text("".join(f"1 sip:{host}:{port}\n" for host, port in nodes))
+    port, log = free_port(), run / "dispatcher.log"
+    with log.open("w") as out:
+        process = subprocess.Popen(
+            ["kamailio", "-f", str(CONFIG), "-DD", "-E", "-Y", str(run), "-m", "32", "-M", "4",
+             "-l", f"udp:127.0.0.1:{port}", "-A", f'NODES="{listed}"', "-A", "PROBE_S=1"],
+            stdout=out, stderr=subprocess.STDOUT, text=True, cwd=run,
+        )  # fmt: skip
+    proxy = Proxy(port, process, log)
+    deadline = time.monotonic() + 30
+    while "Listening on" not in proxy.text():
+        assert process.poll() is None and time.monotonic() < deadline, proxy.text()[-3000:]
+        time.sleep(0.2)
+    return proxy
+
+
+def calls_by_node(store: Storage) -> dict[str, list[Call]]:
+    with store.session("calls") as session:
+        rows = list(session.scalars(select(Call).order_by(Call.started_at)))
+    grouped: dict[str, list[Call]] = {}
+    for row in rows:
+        grouped.setdefault(row.node or "", []).append(row)
+    return grouped
+
+
+def calls_by_node_flat(store: Storage) -> list[Call]:
+    return [call for group in calls_by_node(store).values() for call in group]
+
+
+def turns_of(store: Storage, call_id: str) -> list[int]:
+    with store.session("turns") as session:
+        return sorted(session.scalars(select(Turn.index).where(Turn.call_id == call_id)))
+
+
+def silent_calls(at_proxy: Line, proxy: Proxy, tmp_path: Path, count: int) -> None:
+    """``count`` short calls through the proxy, one after the other; each must complete."""
+    for n in range(count):
+        result, _ = sipp(
+            at_proxy, "uac_call_proxy.xml", tmp_path, wait_ms=500, talk_ms=2500, source=CALLER
+        )
+        assert result.returncode == 0, (n, result.stdout[-3000:], proxy.text()[-3000:])
+
+
+def test_calls_spread_over_two_nodes_and_survive_one_killed_mid_call(
+    line_env: dict[str, str],
+    service: VoiceService,
+    database: str,
+    started: list[subprocess.Popen[str]],
+    tmp_path: Path,
+) -> None:
+    envs = {name: node_env(line_env, tmp_path, name, database) for name in ("node-a", "node-b")}
+    hosts = {"node-a": "127.0.0.2", "node-b": "127.0.0.3"}
+    ports = {name: free_port() for name in envs}
+    nodes = {}
+    for name in envs:
+        nodes[name] = start_node(envs[name], hosts[name], ports[name])
+        started.append(nodes[name].process)
+    proxy = start_proxy(tmp_path, [(hosts[n], ports[n]) for n in envs])
+    started.append(proxy.process)
+    at_proxy = Line(proxy.port, proxy.process, tmp_path)
+    store = Storage.open_url(database, load_or_create(tmp_path / "master.key"))
+    try:
+        # Spread: round robin over the two (both answer the probes 200).
+        silent_calls(at_proxy, proxy, tmp_path, 2)
+        spread = calls_by_node(store)
+        assert sorted(spread) == ["node-a", "node-b"], spread
+        assert all(c.status == "ended" for group in spread.values() for c in group)
+        assert re.search(rf"INVITE from {re.escape(CALLER)} to node sip:127\.0\.0\.2", proxy.text())
+
+        # A call with a question in it, asked once the disclosure (about 4 s) has played; its
+        # node is killed once a turn is acknowledged.
+        stream = spoken(service, QUESTION, PCMU, tail_s=30.0)
+        outcome: list[subprocess.CompletedProcess[str]] = []
+        caller = threading.Thread(
+            target=lambda: outcome.append(
+                sipp(
+                    at_proxy, "uac_call_proxy.xml", tmp_path, stream=stream, wait_ms=6000,
+                    talk_ms=30000, source=CALLER,
+                )[0]
+            )
+        )  # fmt: skip
+        caller.start()
+        deadline = time.monotonic() + 120
+        cut: Call | None = None
+        while cut is None and time.monotonic() < deadline:
+            time.sleep(0.5)
+            active = [c for c in calls_by_node_flat(store) if c.status == "active"]
+            cut = next((c for c in active if turns_of(store, c.id)), None)
+        seen = [(c.node, c.status, turns_of(store, c.id)) for c in calls_by_node_flat(store)]
+        assert cut is not None and cut.node in nodes, seen
+        acknowledged = turns_of(store, cut.id)
+        victim = nodes[cut.node]
+        victim.process.send_signal(signal.SIGKILL)
+        victim.process.communicate(timeout=30)
+        survivor = "node-b" if cut.node == "node-a" else "node-a"
+
+        # New calls: all on the survivor (the dead node fails its probes, or a retry skips it).
+        silent_calls(at_proxy, proxy, tmp_path, 2)
+        after = calls_by_node(store)
+        assert len(after[survivor]) == len(spread[survivor]) + 2, after
+        assert all(c.status == "ended" for c in after[survivor])
+        assert turns_of(store, cut.id) == acknowledged  # nothing acknowledged was lost
+
+        # The killed node comes back and closes the call it was in.
+        back = start_node(envs[cut.node], hosts[cut.node], ports[cut.node])
+        started.append(back.process)
+        with store.session("cut") as session:
+            closed = session.get(Call, cut.id)
+            assert closed is not None and closed.status == "ended:interrupted"
+        verify = subprocess.run(
+            [str(APPLIANCE), "audit", "verify"],
+            env={**os.environ, **envs[survivor]},
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert verify.returncode == 0, verify.stdout + verify.stderr
+        caller.join(timeout=200)  # the cut call's caller gives up on its BYE meanwhile
+        assert outcome and outcome[0].returncode != 0  # its node never answered the BYE
+    finally:
+        store.close()
+
+
+def options(port: int, n: int) -> bytes:
+    return (
+        f"OPTIONS sip:127.0.0.1:{port} SIP/2.0\r\n"
+        f"Via: SIP/2.0/UDP 127.0.0.9:5099;rport;branch=z9hG4bKpike{n}\r\n"
+        "Max-Forwards: 70\r\nFrom: <sip:probe@127.0.0.9>;tag=pike\r\n"
+        f"To: <sip:127.0.0.1:{port}>\r\nCall-ID: pike{n}@test\r\nCSeq: {n} OPTIONS\r\n"
+        "Content-Length: 0\r\n\r\n"
+    ).encode()
+
+
+def answered(port: int, source: str, count: int) -> int:
+    """How many of ``count`` requests sent from ``source`` at once got an answer."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind((source, 0))
+        for n in range(count):
+            sock.sendto(options(port, n), ("127.0.0.1", port))
+        sock.settimeout(2.0)
+        replies = 0
+        with contextlib.suppress(TimeoutError):
+            while replies < count:
+                sock.recv(65535)
+                replies += 1
+        return replies
+
+
+def test_the_proxy_limits_each_caller_address_before_any_node_sees_it(tmp_path: Path) -> None:
+    """pike in kamailio/dispatcher.cfg: one address sending far over PIKE_REQUESTS in 2 s is
+    dropped at the proxy, and another address is still answered."""
+    proxy = start_proxy(tmp_path, [("127.0.0.2", free_port())])  # no node needs to run
+    try:
+        flood = answered(proxy.port, "127.0.0.9", 200)
+        assert 0 < flood < 200, flood
+        assert "PIKE - BLOCKing ip 127.0.0.9" in proxy.text()
+        assert answered(proxy.port, "127.0.0.10", 5) == 5
+    finally:
+        stop(proxy.process)
