@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import urllib.parse
 from pathlib import Path
 from typing import Any
 
@@ -61,7 +62,12 @@ def write_sbom(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def show_config(args: argparse.Namespace, settings: Settings) -> int:
-    print(json.dumps(dataclasses.asdict(settings), indent=2, default=str))
+    shown = dataclasses.asdict(settings)
+    url = urllib.parse.urlsplit(settings.storage.url)
+    if url.password:  # a password in [storage] url is never printed
+        hidden = url._replace(netloc=url.netloc.replace(f":{url.password}@", ":***@", 1))
+        shown["storage"]["url"] = hidden.geturl()
+    print(json.dumps(shown, indent=2, default=str))
     return 0
 
 

@@ -128,11 +128,18 @@ def database_cipher(live: Live) -> Finding:
         )
         return combine(at_rest, sealing)
     ssl_on = facts.get("ssl") == "true"
+    mode = str(storage.engine.url.query.get("sslmode", "prefer"))
+    unverified = ssl_on and bool(live.settings.storage.server_address) and mode != "verify-full"
     connection = Finding(
-        Outcome.PASS if ssl_on else Outcome.FAIL,
+        Outcome.FAIL if not ssl_on else Outcome.WARN if unverified else Outcome.PASS,
         f"{storage.engine.dialect.name}: connection TLS "
-        + (f"{facts.get('ssl_version')} {facts.get('ssl_cipher')}" if ssl_on else "OFF"),
-        "values sealed before they leave; the link is TLS" if ssl_on else "the link is plain",
+        + (f"{facts.get('ssl_version')} {facts.get('ssl_cipher')}" if ssl_on else "OFF")
+        + f" (sslmode={mode})",
+        "the link is plain"
+        if not ssl_on
+        else "TLS, but the server's name is not verified (sslmode is not verify-full)"
+        if unverified
+        else "values sealed before they leave; the link is TLS",
     )
     return combine(connection, sealing)
 

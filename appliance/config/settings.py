@@ -1056,7 +1056,16 @@ class StorageSettings:
             "storage.url",
             "must be a PostgreSQL URL (postgresql://USER@HOST/DB); leave it empty for SQLite",
         )
-        host, address = self._server()
+        netloc = urllib.parse.urlsplit(self.url).netloc
+        _check(
+            netloc.count("@") <= 1,
+            "storage.url",
+            "percent-encode an '@' in the user or password (%40), or use passfile=",
+        )
+        try:
+            host, address = self._server()
+        except ValueError as exc:
+            raise ConfigError("config.invalid", "storage.url: the port is not a number") from exc
         _check(
             not host or bool(address),
             "storage.url",
@@ -1070,6 +1079,7 @@ class StorageSettings:
         if not self.url:
             return "", ""
         split = urllib.parse.urlsplit(self.url)
+        split.port  # noqa: B018  (a port that is not a number raises here)
         query = dict(urllib.parse.parse_qsl(split.query))
         host = split.hostname or query.get("host", "")
         address = query.get("hostaddr", "")

@@ -113,15 +113,20 @@ def server_database(settings: Settings) -> Check:
             schema = max(applied_versions(storage.engine), default=0)
     except ApplianceError as exc:
         return _fail("database", str(exc))
-    where = postgresql.described(postgresql.engine_url(settings.storage.url))
-    detail = f"PostgreSQL {facts['server_version']} at {where}, schema {schema}"
+    url = postgresql.engine_url(settings.storage.url)
+    mode = postgresql.sslmode(url)
+    detail = f"PostgreSQL {facts['server_version']} at {postgresql.described(url)}, schema {schema}"
     if schema != LATEST:
         return _fail("database", f"{detail}: this appliance needs schema {LATEST}")
-    if facts["ssl"] == "true":
-        return _pass("database", f"{detail}, TLS {facts['ssl_version']}, values sealed")
-    if settings.storage.server_address:
-        return _fail("database", f"{detail}: the link to another machine is NOT TLS")
-    return _warn("database", f"{detail}, on this machine without TLS; values sealed")
+    remote = bool(settings.storage.server_address)
+    if facts["ssl"] != "true":
+        if remote:
+            return _fail("database", f"{detail}: the link to another machine is NOT TLS")
+        return _warn("database", f"{detail}, on this machine without TLS; values sealed")
+    tls = f"TLS {facts['ssl_version']} (sslmode={mode})"
+    if remote and mode != "verify-full":
+        return _warn("database", f"{detail}, {tls}: the server's name is not verified")
+    return _pass("database", f"{detail}, {tls}, values sealed")
 
 
 def models(settings: Settings) -> Check:

@@ -33,6 +33,7 @@ import time
 from appliance.audio_io.device import MicrophoneSource, SpeakerSink
 from appliance.compliance.gate import GateState, foreground_warning, gate_state
 from appliance.config.settings import RedteamGate, Settings
+from appliance.core.errors import ApplianceError
 from appliance.deploy import egress
 from appliance.deploy.line import SipLine
 from appliance.deploy.metrics import MetricsListener, VoiceMetrics, start_metrics
@@ -52,6 +53,11 @@ def serve(settings: Settings, *, foreground: bool = False) -> int:
     guard.forbid_children()  # the service needs none, and a child would run unguarded
     started = time.monotonic()
     storage = open_storage(settings)
+    try:
+        storage.claim_node()  # no second process under this node's name
+    except ApplianceError:
+        storage.close()
+        raise
     interrupted = storage.close_interrupted()  # what a kill of this node left active
     if interrupted:
         log.warning("closed %d call(s) this node left active as interrupted", interrupted)

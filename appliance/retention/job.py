@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 
 from appliance.core.ports import CallbackState, IncidentState
 from appliance.retention.policy import DataClass, RetentionPolicy
-from appliance.storage import audit
+from appliance.storage import audit, postgresql
 from appliance.storage.repository import Storage
 from appliance.storage.schema import (
     AuditEvent,
@@ -101,6 +101,7 @@ def _purge(
             )
         )
         if events:
+            postgresql.serialize(session, "audit chain")  # no append reads a half-cut chain
             audit.set_anchor(session, events[-1])
             for event in events:
                 session.delete(event)
@@ -135,6 +136,9 @@ def run_retention(
         done = 0
         while True:
             with storage.session(f"purge {data_class.value}") as session:
+                # Nodes purging at once take turns, each batch chosen after the last one
+                # committed (the same rows twice would fail the second delete).
+                postgresql.serialize(session, "retention")
                 ids = list(session.scalars(query.limit(batch_size)))
                 if not ids:
                     break

@@ -7,11 +7,12 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import hmac
+import logging
 import threading
 from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Self
+from typing import Any, Protocol, Self
 
 from sqlalchemy import Engine, func, select
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
@@ -31,6 +32,7 @@ from appliance.storage.keys import MasterKey
 from appliance.storage.migrations import migrate
 from appliance.storage.schema import AuditEvent, Caller, DataKey, Meta, new_id, utc_now
 
+log = logging.getLogger(__name__)
 PSEUDONYM_KEY = "pseudonym_key_id"
 SYSTEM_ACTOR = "system"
 MAX_REPEATED_KINDS = 10_000
@@ -53,6 +55,10 @@ def storage_errors(action: str) -> Iterator[None]:
         raise StorageError("storage.failed", f"{action}: {exc.strerror or exc}") from exc
 
 
+class Closable(Protocol):
+    def close(self) -> None: ...
+
+
 class StoreBase:
     """One database and the master key that opens it: what every concern of the store uses."""
 
@@ -73,6 +79,8 @@ class StoreBase:
         self.node = node
         """The voice node this store writes for (``[service] node``): calls it starts carry
         it, and ``close_interrupted`` closes only its own."""
+        self._node_claim: Closable | None = None
+        """What holds the node's name while this store is open (``claim_node``)."""
         self._repeats: dict[tuple[str, str, str, str], tuple[datetime, int]] = {}
         self._repeats_lock = threading.Lock()
         self.checkpoint = checkpoint
@@ -110,6 +118,10 @@ class StoreBase:
     def close(self) -> None:
         with self._repeats_lock, contextlib.suppress(StorageError):
             self._flush_repeated()
+        if self._node_claim is not None:  # the node's name is free again
+            with contextlib.suppress(Exception):
+                self._node_claim.close()
+            self._node_claim = None
         self.engine.dispose()
 
     def __enter__(self) -> Self:
@@ -229,8 +241,10 @@ class StoreBase:
         with storage_errors("after erasure"):
             if self.engine.dialect.name == "sqlite":
                 sqlite.checkpoint(self.engine)
-            elif self.engine.dialect.name == "postgresql":
-                postgresql.rewrite(self.engine, DataKey.__tablename__)
+            elif self.engine.dialect.name == "postgresql" and not postgresql.rewrite(
+                self.engine, DataKey.__tablename__
+            ):
+                log.warning("the data-key table was busy: it is rewritten at the next erasure")
 
     def audit_in(
         self,

@@ -3,6 +3,7 @@ legal holds."""
 
 from __future__ import annotations
 
+import fcntl
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -13,7 +14,8 @@ from sqlalchemy import func, select
 
 from appliance.core.errors import KeyringError, StorageError
 from appliance.core.ports import TurnRecord
-from appliance.storage.base import SYSTEM_ACTOR, StoreBase
+from appliance.storage import postgresql
+from appliance.storage.base import SYSTEM_ACTOR, StoreBase, storage_errors
 from appliance.storage.schema import Call, Consent, Incident, Recording, ToolCall, Turn, new_id
 
 INTERRUPTED = "ended:interrupted"
@@ -126,6 +128,37 @@ class Calls(StoreBase):
                 )
             call.turn_count = call.turn_count + 1
         return turn_id
+
+    def claim_node(self) -> None:
+        """Hold this node's name while the store is open, so that no second process serves
+        under it (it would close the first one's live calls as interrupted): a session lock
+        on the server, a file lock beside the SQLite file; a killed process's goes with it."""
+        name = f"node\0{self.node or ''}"
+        if self.engine.dialect.name == "postgresql":
+            connection = self.engine.connect()
+            with storage_errors("claim node"):
+                held = postgresql.try_hold(connection, name)
+            if held:
+                self._node_claim = connection
+                return
+            connection.close()
+        elif self.path is not None:
+            lock = self.path.with_name(f"{self.path.name}.node-{self.node or ''}.lock")
+            handle = lock.open("a")
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                handle.close()
+            else:
+                self._node_claim = handle
+                return
+        else:
+            return
+        raise StorageError(
+            "storage.node_taken",
+            f"another process serves as node {self.node or '(unnamed)'} on this store: give "
+            "each its own [service] node",
+        )
 
     def close_interrupted(self) -> int:
         """At a node's start: its calls still active were cut off by a kill or a crash (a call

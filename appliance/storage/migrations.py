@@ -14,6 +14,7 @@ from typing import cast
 from sqlalchemy import Connection, DateTime, Engine, Index, String, Table, inspect, select, text
 
 from appliance.core.errors import StorageError
+from appliance.storage.postgresql import migration_lock
 from appliance.storage.schema import (
     ApiToken,
     Base,
@@ -180,7 +181,10 @@ def migrate(engine: Engine) -> list[int]:
             continue
         record = cast(Table, SchemaMigration.__table__)
         with engine.begin() as connection:
+            migration_lock(connection)
             record.create(connection, checkfirst=True)
+            if migration.version in set(connection.scalars(select(SchemaMigration.version))):
+                continue  # another node or unit applied it while this one waited
             migration.apply(connection)
             connection.execute(
                 record.insert().values(version=migration.version, description=migration.description)

@@ -16,7 +16,7 @@ import importlib.util
 import ipaddress
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, text
+from sqlalchemy import Connection, Engine, create_engine, text
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError
 from sqlalchemy.orm import Session
@@ -27,6 +27,8 @@ DRIVER = "postgresql+psycopg"
 SCHEMES = ("postgresql", "postgres", DRIVER)
 EXTRA = "postgresql"
 CONNECT_TIMEOUT_S = 10
+IDLE_IN_TRANSACTION_MS = 60_000
+REWRITE_LOCK_TIMEOUT = "5s"
 
 
 def is_local(host: str) -> bool:
@@ -44,8 +46,11 @@ def engine_url(url: str) -> URL:
     a server that is not local gets ``sslmode=verify-full`` unless one is given."""
     try:
         parsed = make_url(url)
-    except ArgumentError as exc:
-        raise StorageError("storage.url", f"[storage] url is not a database URL: {exc}") from exc
+        parsed.port  # noqa: B018  (a port that is not a number fails here, not in the driver)
+    except (ArgumentError, ValueError) as exc:
+        raise StorageError(
+            "storage.url", f"[storage] url is not a database URL ({type(exc).__name__})"
+        ) from exc
     if parsed.drivername not in SCHEMES:
         raise StorageError(
             "storage.url",
@@ -53,10 +58,20 @@ def engine_url(url: str) -> URL:
             "(psycopg 3), or leave it empty for the encrypted SQLite file",
         )
     parsed = parsed.set(drivername=DRIVER)
-    host = parsed.host or str(parsed.query.get("host", ""))
-    if "sslmode" not in parsed.query and not is_local(host):
+    if "sslmode" not in parsed.query and not is_local(connects_to(parsed)):
         parsed = parsed.update_query_dict({"sslmode": "verify-full"})
     return parsed
+
+
+def connects_to(url: URL) -> str:
+    """Where libpq connects: ``hostaddr`` when given (the name then only checks the
+    certificate), else the host (a name, an address or a socket folder)."""
+    return str(url.query.get("hostaddr", "")) or url.host or str(url.query.get("host", ""))
+
+
+def sslmode(url: URL) -> str:
+    """The link's TLS mode as libpq will use it (its default is ``prefer``)."""
+    return str(url.query.get("sslmode", "prefer"))
 
 
 def described(url: URL) -> str:
@@ -80,7 +95,19 @@ def postgres_engine(url: str) -> Engine:
         pool_pre_ping=True,
         pool_size=4,
         max_overflow=4,
-        connect_args={"connect_timeout": CONNECT_TIMEOUT_S, "application_name": "voice-appliance"},
+        connect_args={
+            "connect_timeout": CONNECT_TIMEOUT_S,
+            "application_name": "voice-appliance",
+            # A node that dies holding a lock (power, network) must not stall the others for
+            # hours: the server drops a transaction idle for a minute, and the link notices a
+            # dead peer in about a minute too.
+            "options": f"-c idle_in_transaction_session_timeout={IDLE_IN_TRANSACTION_MS}",
+            "keepalives": 1,
+            "keepalives_idle": 30,
+            "keepalives_interval": 10,
+            "keepalives_count": 3,
+            "tcp_user_timeout": 60_000,
+        },
     )
     try:
         with engine.connect() as connection:
@@ -120,9 +147,50 @@ def server_facts(engine: Engine) -> dict[str, Any]:
     return facts
 
 
-def rewrite(engine: Engine, table: str) -> None:
+def rewrite(engine: Engine, table: str) -> bool:
     """``VACUUM FULL`` one table: a new file without its deleted rows, the old one removed
     (outside a transaction, as VACUUM must run). Kept for small tables: it locks the table
-    while it copies."""
+    while it copies, so it waits at most ``REWRITE_LOCK_TIMEOUT`` for other nodes' calls
+    and gives up then (False: the next erasure or retention run rewrites it)."""
     with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
-        connection.execute(text(f'VACUUM (FULL) "{table}"'))
+        connection.execute(text(f"SET lock_timeout = '{REWRITE_LOCK_TIMEOUT}'"))
+        try:
+            connection.execute(text(f'VACUUM (FULL) "{table}"'))
+        except DBAPIError as exc:
+            if getattr(exc.orig, "sqlstate", "") != "55P03":  # lock_not_available
+                raise
+            return False
+    return True
+
+
+def migration_lock(connection: Connection) -> None:
+    """Hold the schema's lock for this migration's transaction: nodes and units starting at
+    once on an empty database apply each migration once (the others wait, then find it)."""
+    if connection.dialect.name == "postgresql":
+        connection.execute(
+            text("SELECT pg_advisory_xact_lock(:key)"), {"key": lock_key("schema migrations")}
+        )
+
+
+def try_hold(connection: Connection, name: str) -> bool:
+    """Take ``name`` for as long as ``connection`` lives (a session lock; released when the
+    connection closes, a killed process's too), unless another session holds it."""
+    held = connection.execute(
+        text("SELECT pg_try_advisory_lock(:key)"), {"key": lock_key(name)}
+    ).scalar()
+    connection.commit()
+    return bool(held)
+
+
+def others_connected(engine: Engine) -> int:
+    """Other sessions holding an advisory lock: a node serving (its name is held for as long
+    as it runs) or a unit in the middle of a write."""
+    with engine.connect() as connection:
+        count = connection.execute(
+            text(
+                "SELECT count(DISTINCT pid) FROM pg_locks WHERE locktype = 'advisory' "
+                "AND granted AND pid <> pg_backend_pid() AND database = "
+                "(SELECT oid FROM pg_database WHERE datname = current_database())"
+            )
+        ).scalar()
+    return int(count or 0)

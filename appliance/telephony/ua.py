@@ -36,11 +36,14 @@ What it does, per RFC 3261:
   request comes from the proxy's address, so an INVITE from a trusted proxy is counted and
   limited by the caller's address the proxy reports in ``[sip] proxy_source_header`` (it
   removes a caller's own copy and sets its own); from anyone else that header means nothing.
+- An INVITE with a To tag for no dialog of ours: 481 (RFC 3261 12.2.2), never a new call.
 - OPTIONS (a proxy's health probe): 200 with Allow and ``X-Appliance-Capacity`` (the calls
-  this node can still take) while it takes calls; 503 with a Warning when it does not (shutting
-  down, the red-team gate closed, every call slot taken), so the proxy sends calls elsewhere.
-  Other methods: 405. A malformed request: 400; a malformed
-  response: dropped. Responses to requests we did not send are dropped.
+  this node can still take: call slots and dialogs, whichever is fewer) while it takes calls;
+  503 with a Warning when it does not (shutting down, the red-team gate closed, no room), so
+  the proxy sends calls elsewhere. An INVITE refused while shutting down carries the Warning
+  too; one shed for its address's rate does not (a proxy keeps the node in rotation).
+  Other methods: 405. A malformed request: 400; a malformed response: dropped. Responses to
+  requests we did not send are dropped.
 
 The SIP ``From`` and P-Asserted-Identity only seed the caller record; they authenticate
 nobody (the agent's factors do).
@@ -505,8 +508,11 @@ class SipUserAgent(asyncio.DatagramProtocol):
             else:
                 self._reinvite(dialog, invite, addr)
             return
-        if self.refuse_new:  # shutting down
-            self._send(response(invite, 503).encode(), addr)
+        if invite.tag("to"):  # a re-INVITE of a dialog this node does not have (RFC 3261
+            self._send(response(invite, 481).encode(), addr)  # 12.2.2): never a new call
+            return
+        if self.refuse_new:  # shutting down (the Warning tells a proxy to try another node)
+            self._send(refused(invite, "shutting down").encode(), addr)
             return
         source = self._source(invite, addr)
         if not self._invites.allow(source):
@@ -720,14 +726,17 @@ class SipUserAgent(asyncio.DatagramProtocol):
         self._finish(dialog, "caller_hung_up")
 
     def _on_options(self, options: SipMessage, addr: tuple[str, int]) -> None:
-        left = self.capacity()
+        live = sum(not d.closed for d in self.dialogs.values())
+        known = self.capacity()
+        room = self.settings.max_dialogs - live
+        left = room if known is None else min(known, room)
         reason = (
             "shutting down"
             if self.refuse_new
             else self.refuse_calls
             if self.refuse_calls is not None
             else "no capacity left: every call slot is taken"
-            if left is not None and left <= 0
+            if left <= 0
             else None
         )
         if reason is not None:
@@ -736,8 +745,7 @@ class SipUserAgent(asyncio.DatagramProtocol):
         reply = response(options, 200)
         reply.set("allow", ALLOW)
         reply.set("accept", "application/sdp")
-        if left is not None:
-            reply.set("x-appliance-capacity", str(left))
+        reply.set("x-appliance-capacity", str(left))
         self._send(reply.encode(), addr)
 
     def _on_notify(self, notify: SipMessage, addr: tuple[str, int]) -> None:

@@ -755,7 +755,10 @@ def test_behind_a_trusted_proxy_each_caller_address_is_limited_not_the_proxy(
         proxy = Peer("127.0.0.5")
         for i in range(4):  # one flooding caller, through the proxy
             await proxy.send(from_proxy(f"flood{i}", f"z9hG4bKp{i}", "198.51.100.7"), ua.port)
-        await asyncio.sleep(0.5)
+        for _ in range(80):  # a bounded wait for the four to be handled
+            if ua.shed + len(ua.dialogs) == 4:
+                break
+            await asyncio.sleep(0.1)
         assert ua.shed == 2
         while await proxy.recv(timeout=0.3) is not None:
             pass  # the flood's answers
@@ -804,5 +807,21 @@ def test_options_tell_a_proxy_the_capacity_left_and_503_when_none_or_refusing() 
         ua.refuse_new = True
         reply = await probe()
         assert reply.status == 503 and "shutting down" in reply.get("warning")
+
+    run(test)
+
+
+def test_an_invite_with_a_to_tag_for_no_dialog_is_481_never_a_new_call() -> None:
+    """RFC 3261 12.2.2. Taken as a new call, an INVITE posing as a re-INVITE would reach the
+    line by a path the proxy treats as in a dialog."""
+
+    async def test(ua: SipUserAgent, calls: list[SipCall]) -> None:
+        peer = Peer()
+        posing = invite("posing", 50000).replace(
+            b"To: <sip:appliance@127.0.0.1>", b"To: <sip:appliance@127.0.0.1>;tag=made-up"
+        )
+        await peer.send(posing, ua.port)
+        assert (reply := await peer.recv()) is not None and reply.status == 481
+        assert "posing" not in ua.dialogs and calls == []
 
     run(test)

@@ -10,7 +10,7 @@ import subprocess
 import sys
 import threading
 from collections.abc import Callable, Iterator
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -25,9 +25,11 @@ from appliance.storage.keys import MasterKey, load_or_create
 from appliance.storage.repository import Storage
 from appliance.storage.schema import DataKey
 from tests import pg
+from tests.conftest import Backend
 from tests.pki import make_ca
 
 pytestmark = [pytest.mark.real, pytest.mark.postgresql]
+both = pytest.mark.backends
 APPLIANCE = Path(sys.executable).parent / "appliance"
 NOW = datetime(2026, 12, 1, 9, 0)
 
@@ -267,6 +269,8 @@ def test_without_the_driver_the_error_names_the_extra(monkeypatch: pytest.Monkey
         ("postgresql://u@127.0.0.1/db", None),
         ("postgresql:///db?host=/run/postgresql", None),
         ("postgresql://u@db.example.org/db?hostaddr=10.0.0.5", "verify-full"),
+        ("postgresql://u@localhost/db?hostaddr=10.0.0.5", "verify-full"),  # hostaddr decides
+        ("postgresql:///db?host=/run/postgresql&hostaddr=10.0.0.5", "verify-full"),
     ],
 )
 def test_a_server_on_another_machine_gets_verify_full_unless_told(
@@ -282,6 +286,12 @@ def test_a_url_that_is_not_postgresql_or_names_a_host_without_its_address_is_ref
         StorageSettings(url="sqlite:///x.db")
     with pytest.raises(ConfigError, match="hostaddr"):
         StorageSettings(url="postgresql://u@db.example.org/db")
+    with pytest.raises(ConfigError, match="percent-encode"):  # the host would be misread
+        StorageSettings(url="postgresql://appliance:pa@ss@10.0.0.5/voice")
+    with pytest.raises(ConfigError, match="port"):
+        StorageSettings(url="postgresql://u@10.0.0.5:fifty/db")
+    with pytest.raises(StorageError, match="not a database URL"):
+        postgresql.engine_url("postgresql://u@10.0.0.5:fifty/db")
     named = StorageSettings(url="postgresql://u@db.example.org/db?hostaddr=10.0.0.5")
     assert named.server_address == "10.0.0.5"
     assert StorageSettings(url="postgresql://u@127.0.0.1/db").server_address == ""
@@ -323,3 +333,109 @@ def test_doctor_reads_the_servers_schema_and_link(
     assert check.status == "WARN", check  # on this machine, without TLS
     assert "PostgreSQL" in check.detail and "schema" in check.detail
     assert pg.PASSWORD not in check.detail
+
+
+def test_nodes_starting_at_once_on_an_empty_database_apply_each_migration_once(
+    database: str, master: MasterKey
+) -> None:
+    """Without the schema's lock, two first starts both create the tables (duplicate type or
+    relation) or both record a migration (duplicate key)."""
+    opened: list[Storage] = []
+
+    def start(index: int) -> None:
+        opened.append(Storage.open_url(database, master))
+
+    try:
+        assert in_parallel(start, 4) == []
+    finally:
+        for storage in opened:
+            storage.close()
+    from appliance.storage.migrations import MIGRATIONS, applied_versions
+
+    with Storage.open_url(database, master) as store:
+        assert applied_versions(store.engine) == {m.version for m in MIGRATIONS}
+
+
+def test_config_show_never_prints_the_databases_password(tmp_path: Path) -> None:
+    url = f"postgresql://appliance:{pg.PASSWORD}@127.0.0.1:5432/appliance"
+    run = subprocess.run(
+        [str(APPLIANCE), "config", "show"],
+        env={**os.environ, "APPLIANCE_HOME": str(tmp_path), "APPLIANCE_STORAGE__URL": url},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    assert pg.PASSWORD not in run.stdout
+    assert "postgresql://appliance:***@127.0.0.1:5432/appliance" in run.stdout
+
+
+def test_two_nodes_purging_at_once_purge_each_row_once_and_keep_the_chain(
+    nodes: Callable[[], Storage],
+) -> None:
+    """Each node's retention timer may fire at once: without taking turns, both choose the
+    same batch and the second delete fails (or two anchors are written)."""
+    from appliance.config.settings import RetentionSettings
+    from appliance.retention.job import run_retention
+    from appliance.retention.policy import RetentionPolicy
+
+    first, second = nodes(), nodes()
+    for n in range(30):
+        handle = first.start_call(f"+1555{n:04d}", "test")
+        handle.record_turn(TurnRecord(1, "old words", "ok"))
+        handle.finish("ended")
+    policy = RetentionPolicy.from_settings(RetentionSettings(calls_days=1, transcripts_days=1))
+    later = datetime.now() + timedelta(days=400)  # every call and event is past its period
+    first.clock = second.clock = lambda: later
+    reports: list[object] = []
+
+    def purge(index: int) -> None:
+        reports.append(run_retention((first, second)[index % 2], policy, batch_size=4))
+
+    assert in_parallel(purge, 4) == []
+    with first.session("look") as session:
+        from appliance.storage.schema import Call
+
+        assert session.scalars(select(Call)).first() is None
+    assert first.verify_audit().ok and len(reports) == 4
+
+
+@both
+def test_a_second_process_cannot_serve_under_the_same_node_name(
+    backend: Backend, tmp_path: Path
+) -> None:
+    """It would close the first one's live calls as interrupted at its start."""
+    master = load_or_create(tmp_path / "k")
+    first = backend.open(master, node="node-a")
+    second = backend.open(master, node="node-a")
+    other = backend.open(master, node="node-b")
+    try:
+        first.claim_node()
+        with pytest.raises(StorageError) as caught:
+            second.claim_node()
+        assert caught.value.code == "storage.node_taken"
+        other.claim_node()  # another name is free
+        first.close()  # the name is free again once its process lets go
+        second.claim_node()
+    finally:
+        for storage in (first, second, other):
+            storage.close()
+
+
+def test_the_master_key_is_not_rotated_while_another_node_serves(
+    nodes: Callable[[], Storage], tmp_path: Path
+) -> None:
+    """That node would go on wrapping new calls' keys under the old key, which the rotation
+    then destroys: those calls would open under no key."""
+    from appliance.core.errors import KeyringError
+
+    serving, rotating = nodes(), nodes()
+    serving.node = "node-a"
+    serving.claim_node()
+    rotating.start_call("+1555", "test").finish("ended")
+    new = load_or_create(tmp_path / "new.key")
+    with pytest.raises(KeyringError) as caught:
+        rotating.rotate_master_key(new)
+    assert caught.value.code == "keys.nodes_running"
+    serving.close()
+    assert rotating.rotate_master_key(new) == 2  # the call's key and the pseudonym key

@@ -30,6 +30,7 @@ from appliance.storage.keys import load_or_create
 from appliance.storage.repository import Storage
 from appliance.storage.schema import Call, Turn
 from appliance.telephony.sdp import PCMU
+from appliance.telephony.sip import SipMessage, parse, response
 from tests import pg
 from tests.real import test_sip
 from tests.real.conftest import APPLIANCE
@@ -269,3 +270,121 @@ def test_the_proxy_limits_each_caller_address_before_any_node_sees_it(tmp_path: 
         assert answered(proxy.port, "127.0.0.10", 5) == 5
     finally:
         stop(proxy.process)
+
+
+class FakeNode:
+    """A UDP socket in the dispatcher list in place of a node: it answers the proxy's OPTIONS
+    200 and each INVITE with ``status`` (and a Warning when ``warning``), and keeps what came."""
+
+    def __init__(self, host: str, status: int = 486, warning: str = "") -> None:
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind((host, 0))
+        self.sock.settimeout(0.2)
+        self.address = (host, self.sock.getsockname()[1])
+        self.status, self.warning = status, warning
+        self.invites: list[SipMessage] = []
+        self.others: list[SipMessage] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        while not self._stop.is_set():
+            try:
+                data, peer = self.sock.recvfrom(65535)
+            except TimeoutError:
+                continue
+            message = parse(data)
+            if message.method == "OPTIONS":
+                self.sock.sendto(response(message, 200).encode(), peer)
+            elif message.method == "INVITE" and not message.tag("to"):
+                self.invites.append(message)
+                reply = response(message, self.status, to_tag="fake")
+                if self.warning:
+                    reply.set("warning", f'399 appliance "{self.warning}"')
+                self.sock.sendto(reply.encode(), peer)
+            elif message.method and message.method != "ACK":
+                self.others.append(message)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        self.sock.close()
+
+
+def ask(proxy: Proxy, request: bytes, timeout_s: float = 10.0) -> int:
+    """Send ``request`` from the caller's address and return the proxy's final status."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind((CALLER, 0))
+        sock.settimeout(timeout_s)
+        sock.sendto(request, ("127.0.0.1", proxy.port))
+        while True:
+            status = parse(sock.recv(65535)).status
+            if status >= 200:
+                return status
+
+
+def caller_invite(proxy: Proxy, call: str, *, uri: str = "", extra: str = "") -> bytes:
+    target = uri or f"sip:appliance@127.0.0.1:{proxy.port}"
+    return (
+        f"INVITE {target} SIP/2.0\r\n"
+        f"Via: SIP/2.0/UDP {CALLER}:5098;rport;branch=z9hG4bK{call}\r\n"
+        f"Max-Forwards: 70\r\nFrom: <sip:+15550142@{CALLER}>;tag=caller\r\n"
+        f"To: <sip:appliance@127.0.0.1:{proxy.port}>{extra and ''}\r\n"
+        f"Call-ID: {call}@test\r\nCSeq: 1 INVITE\r\n{extra}"
+        "Content-Length: 0\r\n\r\n"
+    ).encode()
+
+
+def test_the_proxy_sets_the_callers_address_and_no_caller_can_forge_it(tmp_path: Path) -> None:
+    """A caller's own X-Appliance-Source never reaches a node, on a new INVITE or on one that
+    poses as in a dialog; a request in a dialog goes only to a node, never where a caller
+    names."""
+    node = FakeNode("127.0.0.2")
+    proxy = start_proxy(tmp_path, [node.address])
+    try:
+        forged = "X-Appliance-Source: 203.0.113.9\r\n"
+        assert ask(proxy, caller_invite(proxy, "new", extra=forged)) == 486
+        (relayed,) = node.invites
+        assert [v for h, v in relayed.headers if h == "x-appliance-source"] == [CALLER]
+        route = f"Route: <sip:127.0.0.1:{proxy.port};lr>\r\n"
+        to_node = f"sip:appliance@{node.address[0]}:{node.address[1]}"
+        posing = caller_invite(proxy, "posing", uri=to_node, extra=route + forged)
+        posing = posing.replace(b">\r\nCall-ID: posing", b">;tag=made-up\r\nCall-ID: posing")
+        with contextlib.suppress(TimeoutError):
+            ask(proxy, posing, timeout_s=3.0)  # the fake node does not answer it
+        deadline = time.monotonic() + 5
+        while not node.others and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert {m.call_id for m in node.others} == {"posing@test"}  # and its retransmissions
+        assert all(m.get("x-appliance-source") == "" for m in node.others)  # the copy is gone
+        elsewhere = caller_invite(proxy, "relay", uri="sip:someone@198.51.100.1:5060",
+                                  extra=route)  # fmt: skip
+        elsewhere = elsewhere.replace(b">\r\nCall-ID: relay", b">;tag=made-up\r\nCall-ID: relay")
+        assert ask(proxy, elsewhere) == 403
+    finally:
+        stop(proxy.process)
+        node.close()
+
+
+def test_a_node_shedding_one_caller_stays_in_rotation_and_a_refusing_one_is_skipped(
+    tmp_path: Path,
+) -> None:
+    """503 without a Warning is a node shedding one caller's INVITEs: the caller gets it, and
+    the node keeps its turn (else one caller could take every node out, one after the other).
+    503 with a Warning is a node taking no calls: the INVITE goes to the next node."""
+    shedding = FakeNode("127.0.0.2", status=503)
+    other = FakeNode("127.0.0.3", status=486)
+    proxy = start_proxy(tmp_path, [shedding.address, other.address])
+    try:
+        statuses = [ask(proxy, caller_invite(proxy, f"shed{n}")) for n in range(4)]
+        assert sorted(statuses) == [486, 486, 500, 500], statuses  # a proxy sends 503 on as 500
+        assert len(shedding.invites) == 2 and len(other.invites) == 2  # still round robin
+        shedding.warning = "red-team gate failed: no passing red-team report"
+        statuses = [ask(proxy, caller_invite(proxy, f"gate{n}")) for n in range(2)]
+        assert statuses == [486, 486]  # each answered by the other node
+        assert len(other.invites) == 4
+    finally:
+        stop(proxy.process)
+        shedding.close()
+        other.close()
