@@ -155,6 +155,27 @@ async def _watch_gate(watch: GateWatch) -> None:
             log.error("the red-team gate could not be read again: %s", type(exc).__name__)
 
 
+STORE_RECHECK_S = 5.0
+"""How often a serving line checks that its store answers (its OPTIONS answer says so)."""
+
+
+async def watch_store(storage: Storage, ua: SipUserAgent, every_s: float = STORE_RECHECK_S) -> None:
+    """While the store does not answer, the line's OPTIONS answer is 503 (a proxy sends new
+    calls to other nodes); calls in progress go on, degraded. One log line per change."""
+    while True:
+        try:
+            await asyncio.to_thread(storage.ping)
+        except ApplianceError as exc:
+            if ua.unhealthy is None:
+                log.error("the store does not answer (%s): no new calls via the proxy", exc.code)
+            ua.unhealthy = "the store does not answer"
+        else:
+            if ua.unhealthy is not None:
+                log.info("the store answers again")
+            ua.unhealthy = None
+        await asyncio.sleep(every_s)
+
+
 async def _run(
     settings: Settings,
     service: VoiceService,
@@ -171,6 +192,7 @@ async def _run(
         loop.add_signal_handler(sig, stopping.set)
     watchdog = asyncio.create_task(_watchdog())
     gate_watch: asyncio.Task[None] | None = None
+    store_watch: asyncio.Task[None] | None = None
     calls: asyncio.Task[object] | None = None
     source: MicrophoneSource | None = None
     line: SipLine | None = None
@@ -180,6 +202,7 @@ async def _run(
         await line.ua.start()
         if watch_gate and settings.service.voice == "sip":
             gate_watch = asyncio.create_task(_watch_gate(GateWatch(settings, storage, line.ua)))
+        store_watch = asyncio.create_task(watch_store(storage, line.ua))
         if metrics is not None:
             metrics.ua = line.ua
         print(f"sip: listening on udp {line.ua.host}:{line.ua.port}", flush=True)
@@ -238,8 +261,9 @@ async def _run(
         line.ua.close()
     waiter.cancel()
     watchdog.cancel()
-    if gate_watch is not None:
-        gate_watch.cancel()
+    for task in (gate_watch, store_watch):
+        if task is not None:
+            task.cancel()
     log.info("stopped in %.1f s", time.monotonic() - begun)
     return code
 

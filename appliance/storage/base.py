@@ -139,6 +139,11 @@ class StoreBase:
             with storage_errors(f"{action}: audit checkpoint"):
                 self.checkpoint.advance(*head)
 
+    def ping(self) -> None:
+        """One round trip to the database (a node's health): ``StorageError`` when it fails."""
+        with storage_errors("ping"), self.engine.connect() as connection:
+            connection.exec_driver_sql("SELECT 1")
+
     @property
     def encrypted(self) -> bool:
         return self.master is not None

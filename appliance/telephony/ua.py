@@ -39,7 +39,8 @@ What it does, per RFC 3261:
 - An INVITE with a To tag for no dialog of ours: 481 (RFC 3261 12.2.2), never a new call.
 - OPTIONS (a proxy's health probe): 200 with Allow and ``X-Appliance-Capacity`` (the calls
   this node can still take: call slots and dialogs, whichever is fewer) while it takes calls;
-  503 with a Warning when it does not (shutting down, the red-team gate closed, no room), so
+  503 with a Warning when it should not get them (shutting down, the red-team gate closed,
+  its store not answering, no room), so
   the proxy sends calls elsewhere. An INVITE refused while shutting down carries the Warning
   too; one shed for its address's rate does not (a proxy keeps the node in rotation).
   Other methods: 405. A malformed request: 400; a malformed response: dropped. Responses to
@@ -336,6 +337,9 @@ class SipUserAgent(asyncio.DatagramProtocol):
         self.refuse_calls: str | None = None
         """Why new calls are refused (said in the 503's Warning); None: they are taken."""
         self.refused_calls = 0
+        self.unhealthy: str | None = None
+        """Why this node should get no new calls though it can take them (its store does
+        not answer): its OPTIONS answer is 503 with this reason; None: healthy."""
         self.capacity: Callable[[], int | None] = lambda: None
         """How many more calls this node can take now (its OPTIONS answer says it, and 503 at
         0); None: not known."""
@@ -735,6 +739,8 @@ class SipUserAgent(asyncio.DatagramProtocol):
             if self.refuse_new
             else self.refuse_calls
             if self.refuse_calls is not None
+            else self.unhealthy
+            if self.unhealthy is not None
             else "no capacity left: every call slot is taken"
             if left <= 0
             else None

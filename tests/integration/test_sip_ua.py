@@ -811,6 +811,52 @@ def test_options_tell_a_proxy_the_capacity_left_and_503_when_none_or_refusing() 
     run(test)
 
 
+def test_a_node_whose_store_does_not_answer_tells_the_proxy_until_it_does() -> None:
+    """The serving line pings its store (deploy.serve.watch_store): while the ping fails its
+    OPTIONS answer is 503, so a proxy sends new calls to the other nodes."""
+    from appliance.core.errors import StorageError
+    from appliance.deploy.serve import watch_store
+
+    class Store:
+        down = True
+        pings = 0
+
+        def ping(self) -> None:
+            self.pings += 1
+            if self.down:
+                raise StorageError("storage.unreachable", "cannot open the database")
+
+    async def test(ua: SipUserAgent, calls: list[SipCall]) -> None:
+        store = Store()
+        watcher = asyncio.create_task(watch_store(store, ua, every_s=0.05))  # type: ignore[arg-type]
+        peer = Peer()
+
+        async def probe() -> SipMessage:
+            await peer.send(request("OPTIONS", f"o{random.random()}", 1), ua.port)
+            reply = await peer.recv()
+            assert reply is not None
+            return reply
+
+        try:
+            for _ in range(100):  # bounded: until the first ping has been read
+                if store.pings:
+                    break
+                await asyncio.sleep(0.05)
+            reply = await probe()
+            assert reply.status == 503 and "store does not answer" in reply.get("warning")
+            store.down = False
+            seen = store.pings
+            for _ in range(100):  # until a ping after the store came back
+                if store.pings > seen + 1:
+                    break
+                await asyncio.sleep(0.05)
+            assert (await probe()).status == 200
+        finally:
+            watcher.cancel()
+
+    run(test)
+
+
 def test_an_invite_with_a_to_tag_for_no_dialog_is_481_never_a_new_call() -> None:
     """RFC 3261 12.2.2. Taken as a new call, an INVITE posing as a re-INVITE would reach the
     line by a path the proxy treats as in a dialog."""

@@ -79,6 +79,18 @@ def in_parallel(work: Callable[[int], None], threads: int) -> list[BaseException
     return errors
 
 
+def cli(home: Path, url: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """``appliance ARGS`` with its home and the store on ``url``."""
+    return subprocess.run(
+        [str(APPLIANCE), *args],
+        env={**os.environ, "APPLIANCE_HOME": str(home), "APPLIANCE_STORAGE__URL": url},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
 def test_two_nodes_appending_at_once_keep_one_verifiable_chain(
     nodes: Callable[[], Storage],
 ) -> None:
@@ -222,27 +234,17 @@ def test_the_link_is_tls_with_the_pinned_ca_and_another_ca_is_refused(
 def test_an_unreachable_server_is_a_clear_error_from_the_cli(tmp_path: Path) -> None:
     closed = pg.free_port()  # nothing listens there
     url = f"postgresql://appliance:{pg.PASSWORD}@127.0.0.1:{closed}/appliance"
-    run = subprocess.run(
-        [str(APPLIANCE), "calls", "list"],
-        env={**os.environ, "APPLIANCE_HOME": str(tmp_path), "APPLIANCE_STORAGE__URL": url},
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    run = cli(tmp_path, url, "calls", "list")
     assert run.returncode != 0 and "Traceback" not in run.stderr
     assert "storage.unreachable" in run.stderr and f"127.0.0.1:{closed}/appliance" in run.stderr
     assert pg.PASSWORD not in run.stderr
 
 
 def test_the_cli_lists_calls_from_a_server(database: str, tmp_path: Path) -> None:
-    env = {**os.environ, "APPLIANCE_HOME": str(tmp_path), "APPLIANCE_STORAGE__URL": database}
     store = Storage.open_url(database, load_or_create(tmp_path / "keys" / "master.key"))
     call_id = store.start_call("+1555", "test").call_id
     store.close()
-    run = subprocess.run(
-        [str(APPLIANCE), "calls", "list"], env=env, capture_output=True, text=True, timeout=120
-    )
+    run = cli(tmp_path, database, "calls", "list")
     assert run.returncode == 0, run.stderr
     assert call_id in run.stdout
 
@@ -309,15 +311,7 @@ def test_a_backup_or_restore_on_a_server_names_the_servers_own_tools(
     with Storage.open_url(database, master) as store, pytest.raises(StorageError) as caught:
         backup(store, tmp_path / "b.db", "admin")
     assert caught.value.code == "storage.backup" and "pg_dump" in caught.value.message
-    env = {**os.environ, "APPLIANCE_HOME": str(tmp_path), "APPLIANCE_STORAGE__URL": database}
-    run = subprocess.run(
-        [str(APPLIANCE), "restore", str(tmp_path / "b.db")],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    run = cli(tmp_path, database, "restore", str(tmp_path / "b.db"))
     assert run.returncode != 0 and "Traceback" not in run.stderr
     assert "storage.restore" in run.stderr and "pg_restore" in run.stderr
 
@@ -358,14 +352,8 @@ def test_nodes_starting_at_once_on_an_empty_database_apply_each_migration_once(
 
 def test_config_show_never_prints_the_databases_password(tmp_path: Path) -> None:
     url = f"postgresql://appliance:{pg.PASSWORD}@127.0.0.1:5432/appliance"
-    run = subprocess.run(
-        [str(APPLIANCE), "config", "show"],
-        env={**os.environ, "APPLIANCE_HOME": str(tmp_path), "APPLIANCE_STORAGE__URL": url},
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=True,
-    )
+    run = cli(tmp_path, url, "config", "show")
+    assert run.returncode == 0, run.stderr
     assert pg.PASSWORD not in run.stdout
     assert "postgresql://appliance:***@127.0.0.1:5432/appliance" in run.stdout
 
