@@ -91,6 +91,9 @@ def line_env(real_home: Path, real_settings: Settings) -> dict[str, str]:
 def launch(args: Sequence[str], env: dict[str, str], port: int) -> Line:
     """``appliance ARGS`` with its line on ``port``, once it says it is listening (after the
     models have loaded)."""
+    # Each line its own node name: two lines on one home at once (a test's old and new
+    # configuration) would otherwise be one node, and the second would refuse to start.
+    env = {"APPLIANCE_SERVICE__NODE": f"line-{port}", **env}
     process = subprocess.Popen(
         [str(APPLIANCE), *args],
         env=env,
@@ -100,7 +103,10 @@ def launch(args: Sequence[str], env: dict[str, str], port: int) -> Line:
     )
     assert process.stdout is not None
     line = process.stdout.readline()
-    assert "listening" in line, process.stderr.read() if process.stderr else ""
+    if "listening" not in line:  # say why, and leave no process or pipe behind
+        process.kill()
+        _, errors = process.communicate(timeout=60)
+        raise AssertionError(f"{args[0]} did not start: {errors[-3000:]}")
     return Line(port, process, Path(env["APPLIANCE_HOME"]))
 
 
