@@ -135,13 +135,13 @@ class Calls(StoreBase):
         on the server, a file lock beside the SQLite file; a killed process's goes with it."""
         name = f"node\0{self.node or ''}"
         if self.engine.dialect.name == "postgresql":
-            connection = self.engine.connect()
+            hold = postgresql.Hold(self.engine.connect(), name)
             with storage_errors("claim node"):
-                held = postgresql.try_hold(connection, name)
+                held = hold.take()
             if held:
-                self._node_claim = connection
+                self._node_claim = hold
                 return
-            connection.close()
+            hold.connection.close()
         elif self.path is not None:
             lock = self.path.with_name(f"{self.path.name}.node-{self.node or ''}.lock")
             handle = lock.open("a")

@@ -172,14 +172,27 @@ def migration_lock(connection: Connection) -> None:
         )
 
 
-def try_hold(connection: Connection, name: str) -> bool:
-    """Take ``name`` for as long as ``connection`` lives (a session lock; released when the
-    connection closes, a killed process's too), unless another session holds it."""
-    held = connection.execute(
-        text("SELECT pg_try_advisory_lock(:key)"), {"key": lock_key(name)}
-    ).scalar()
-    connection.commit()
-    return bool(held)
+class Hold:
+    """A session lock on ``name``, held on a connection of its own until ``close`` (which
+    lets go at once, not when the server notices the connection gone) or until the process
+    dies (the server lets go then)."""
+
+    def __init__(self, connection: Connection, name: str) -> None:
+        self.connection, self.key = connection, lock_key(name)
+
+    def take(self) -> bool:
+        held = self.connection.execute(
+            text("SELECT pg_try_advisory_lock(:key)"), {"key": self.key}
+        ).scalar()
+        self.connection.commit()
+        return bool(held)
+
+    def close(self) -> None:
+        try:
+            self.connection.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": self.key})
+            self.connection.commit()
+        finally:
+            self.connection.close()
 
 
 def others_connected(engine: Engine) -> int:
