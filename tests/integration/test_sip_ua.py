@@ -760,11 +760,14 @@ def test_behind_a_trusted_proxy_each_caller_address_is_limited_not_the_proxy(
                 break
             await asyncio.sleep(0.1)
         assert ua.shed == 2
-        while await proxy.recv(timeout=0.3) is not None:
-            pass  # the flood's answers
         await proxy.send(from_proxy("other", "z9hG4bKother", "203.0.113.9"), ua.port)
-        statuses = await proxy.statuses(until=200 if trusted else 503)
-        assert (200 in statuses) is trusted and (503 in statuses) is not trusted
+        final = 0
+        while final < 200:  # the other caller's final answer (the flood's, late or not, skipped)
+            message = await proxy.recv()
+            assert message is not None
+            if message.call_id == "other" and message.status >= 200:
+                final = message.status
+        assert final == (200 if trusted else 503)
         if trusted:  # what the call (its limits, its record) will know the caller by
             assert ua.dialogs["other"].source == "203.0.113.9"
 
