@@ -13,8 +13,10 @@ the configured models; ``appliance models install NAME`` installs another's on r
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import os
+import shutil
 import subprocess
 import sys
 import tomllib
@@ -142,7 +144,7 @@ def _entry_for(settings: Settings, role: str) -> tuple[ManifestEntry, Path]:
         )
     if entry.role != role:
         raise ConfigError("config.model_role", f"{key} = {entry.name!r} is a {entry.role} model")
-    path = Path(section.path) if section.path else resolve_source(entry.source, settings)
+    path = Path(section.path) if section.path else entry_path(entry, settings)
     return entry, path
 
 
@@ -198,7 +200,7 @@ def all_specs(settings: Settings) -> list[ModelSpec]:
             path = (
                 Path(section.path)
                 if configured_here and section is not None
-                else resolve_source(entry.source, settings)
+                else entry_path(entry, settings)
             )
         except ModelError:
             path = Path(f"<{entry.source} not installed>")
@@ -219,33 +221,69 @@ def installed(entry: ManifestEntry, settings: Settings) -> bool:
     return True
 
 
+def pins_digest(files: dict[str, str]) -> str:
+    """A short name for a set of pins: the folder an assembled model is kept in carries it."""
+    canonical = "".join(f"{rel}\0{digest.lower()}\n" for rel, digest in sorted(files.items()))
+    return hashlib.sha256(canonical.encode()).hexdigest()[:12]
+
+
+def entry_path(entry: ManifestEntry, settings: Settings) -> Path:
+    """Where ``entry``'s model is read from. A model assembled into the cache is kept in a
+    folder named for its pins (``whisper-base@<digest>``): releases, and clones sharing one
+    cache, that pin other files each keep their own copy, so switching or rolling back never
+    rewrites the files another one loads."""
+    if not entry.source.startswith("cache:"):
+        return resolve_source(entry.source, settings)
+    first, *rest = Path(entry.source[len("cache:") :]).parts
+    cache = settings.models.cache_path(settings.home)
+    return cache.joinpath(f"{first}@{pins_digest(entry.files)}", *rest)
+
+
 def assemble(entry: ManifestEntry, settings: Settings) -> Path | None:
     """Build a model that is assembled from parts, once: kept when already verified. Returns
-    its folder when it was built now."""
+    its folder when it was built now.
+
+    The model is built whole in a staging folder beside its own, every file checked against
+    its pin there, and only then moved into place with one rename: a reader finds no model or
+    the verified one, never a mix, and a part that does not match its pin leaves what was
+    there (another release's copy, in its own folder) as it was."""
     if not entry.assemble:
         return None
-    target = resolve_source(entry.source, settings)
+    target = entry_path(entry, settings)
     folder = target.parent if target.name in entry.files else target  # one file, or a folder
-    spec = ModelSpec(entry.name, entry.role, target, entry.files)
-    if target.exists() and all(c.status is FileStatus.OK for c in check_model(spec)):
+    if target.exists() and all(
+        c.status is FileStatus.OK
+        for c in check_model(ModelSpec(entry.name, entry.role, target, entry.files))
+    ):
         return None
-    folder.mkdir(parents=True, exist_ok=True)
-    for rel, parts in entry.assemble.items():
-        final = folder / rel
-        # Its own name per process: the cache is shared by every clone and test run.
-        tmp = final.with_name(f".{final.name}.{os.getpid()}.partial")
-        try:
-            with tmp.open("wb") as out:
+    # Its own name per process: the cache is shared by every clone and test run.
+    staging = folder.with_name(f".{folder.name}.{os.getpid()}.partial")
+    try:
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)
+        for rel, parts in entry.assemble.items():
+            with (staging / rel).open("wb") as out:
                 for part in parts:
                     with _open_part(part, settings) as src:
                         while chunk := src.read(1 << 20):
                             out.write(chunk)
-            tmp.replace(final)
-        except OSError as exc:
-            tmp.unlink(missing_ok=True)
+        staged = ModelSpec(entry.name, entry.role, staging, entry.files)
+        wrong = [c for c in check_model(staged) if c.status is not FileStatus.OK]
+        if wrong:
             raise ModelError(
-                "model.assemble", f"cannot assemble {final}: {exc.strerror or exc}"
-            ) from exc
+                "model.assemble",
+                f"{entry.name}: {wrong[0].path.name} assembled from its parts is "
+                f"{wrong[0].status.value}, not its pin (a damaged or different package)",
+            )
+        if folder.exists():  # an altered or partial copy under these same pins
+            shutil.rmtree(folder)
+        staging.rename(folder)
+    except OSError as exc:
+        raise ModelError(
+            "model.assemble", f"cannot assemble {folder}: {exc.strerror or exc}"
+        ) from exc
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     return folder
 
 

@@ -116,8 +116,10 @@ def server_database(settings: Settings) -> Check:
     url = postgresql.engine_url(settings.storage.url)
     mode = postgresql.sslmode(url)
     detail = f"PostgreSQL {facts['server_version']} at {postgresql.described(url)}, schema {schema}"
-    if schema != LATEST:
+    if schema < LATEST:
         return _fail("database", f"{detail}: this appliance needs schema {LATEST}")
+    if schema > LATEST:  # it opened, so every newer migration is additive
+        return _warn("database", f"{detail}: newer than this appliance ({LATEST}); upgrade it")
     remote = bool(settings.storage.server_address)
     if facts["ssl"] != "true":
         if remote:

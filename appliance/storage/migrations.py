@@ -3,15 +3,36 @@
 A migration checks what it adds (SQLAlchemy's inspector), so a database created at the newest
 schema by migration 1 passes later ones as no-ops, and a half-applied one cannot exist: the
 change and its ``schema_migrations`` row commit together (sqlite-utils does the same).
+
+Each migration says whether it is *additive*: the appliance of the version before it still keeps
+every promise on the migrated schema (it only adds what the older code may ignore: no content
+the older code would not seal, erase or age out, no rule it would not enforce, no column it
+would have to fill). The row records it. An appliance opens a database at a newer schema only
+when every newer migration is recorded additive: so nodes upgrade one at a time while the
+others serve, and the way back from an additive upgrade is to start the older appliance again.
+A database with a newer migration that is not additive, or whose row predates the record (from
+before migration 12), is refused (``storage.schema_newer``); the way back from it is the
+backup taken before the upgrade.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import cast
 
-from sqlalchemy import Connection, DateTime, Engine, Index, String, Table, inspect, select, text
+from sqlalchemy import (
+    Boolean,
+    Connection,
+    DateTime,
+    Engine,
+    Index,
+    String,
+    Table,
+    inspect,
+    select,
+    text,
+)
 
 from appliance.core.errors import StorageError
 from appliance.storage.postgresql import migration_lock
@@ -37,6 +58,8 @@ class Migration:
     version: int
     description: str
     apply: Callable[[Connection], None]
+    additive: bool = False
+    """The appliance before it still keeps every promise on the migrated schema (above)."""
 
 
 def _initial(connection: Connection) -> None:
@@ -138,13 +161,30 @@ def _call_nodes(connection: Connection) -> None:
         Index("ix_calls_node", cast(Table, Call.__table__).c.node).create(connection)
 
 
+def _additive_record(connection: Connection) -> None:
+    """schema_migrations.additive: whether older code may run on the schema each migration
+    made (above); the rows before this one get what this code knows of them."""
+    columns = {c["name"] for c in inspect(connection).get_columns("schema_migrations")}
+    if "additive" not in columns:
+        ddl = Boolean().compile(dialect=connection.dialect)
+        connection.execute(text(f"ALTER TABLE schema_migrations ADD COLUMN additive {ddl}"))
+    record = cast(Table, SchemaMigration.__table__)
+    for migration in MIGRATIONS:
+        connection.execute(
+            record.update()
+            .where(record.c.version == migration.version)
+            .values(additive=migration.additive)
+        )
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(
         1, "calls, turns, keys, consents, recordings, tools, incidents, users, audit", _initial
     ),
+    # Sealed content older code would not erase, or rules it would not enforce: not additive.
     Migration(2, "voiceprints (sealed voice templates)", _voiceprints),
     Migration(3, "api_tokens (hashed bearer tokens of the admin API)", _api_tokens),
-    Migration(4, "turns.route and turns.citations (how a turn was answered)", _turn_routes),
+    Migration(4, "turns.route and turns.citations (how a turn was answered)", _turn_routes, True),
     Migration(
         5, "limit_events and limit_state (limits and lockouts that outlive a process)", _limits
     ),
@@ -152,12 +192,18 @@ MIGRATIONS: tuple[Migration, ...] = (
         6, "directory_entries and caller_credentials (the caller directory, sealed)", _directory
     ),
     Migration(7, "callback_requests (callers' consented callback requests, sealed)", _callbacks),
-    Migration(8, "calls.status holds 64 characters (end reasons are longer than 16)", _call_status),
+    Migration(
+        8, "calls.status holds 64 characters (end reasons are longer than 16)", _call_status, True
+    ),
     Migration(9, "erasure_requests (erasures, with their completion)", _erasure_requests),
     Migration(10, "incidents.state with who and when acknowledged and resolved", _incident_states),
+    # Older code leaves a call's node empty: its calls are then closed by no node's restart.
     Migration(11, "calls.node (the voice node that took the call)", _call_nodes),
+    Migration(12, "schema_migrations.additive (older code may run on it)", _additive_record, True),
 )
 LATEST = MIGRATIONS[-1].version
+ADDITIVE_RECORDED = 12
+"""The migration that added ``schema_migrations.additive``."""
 
 
 def applied_versions(engine: Engine) -> set[int]:
@@ -167,16 +213,40 @@ def applied_versions(engine: Engine) -> set[int]:
         return set(connection.scalars(select(SchemaMigration.version)))
 
 
-def migrate(engine: Engine) -> list[int]:
-    """Apply every missing migration in order; return the versions applied now."""
-    done = applied_versions(engine)
-    if done and max(done) > LATEST:
+def newer_migrations(engine: Engine, latest: int = LATEST) -> list[tuple[int, str, bool]]:
+    """The migrations applied to the database that this code does not know (version,
+    description, recorded additive), oldest first."""
+    with engine.connect() as connection:
+        if not inspect(connection).has_table(SchemaMigration.__tablename__):
+            return []
+        columns = {c["name"] for c in inspect(connection).get_columns("schema_migrations")}
+        additive = "additive" if "additive" in columns else "NULL"
+        rows = connection.execute(
+            text(
+                f"SELECT version, description, {additive} FROM schema_migrations "
+                "WHERE version > :latest ORDER BY version"
+            ),
+            {"latest": latest},
+        )
+        return [(int(v), str(d), bool(a)) for v, d, a in rows]
+
+
+def migrate(engine: Engine, migrations: Sequence[Migration] = MIGRATIONS) -> list[int]:
+    """Apply every missing migration in order; return the versions applied now. A database
+    at a newer schema opens only when each newer migration is recorded additive."""
+    latest = migrations[-1].version
+    breaking = [(v, d) for v, d, additive in newer_migrations(engine, latest) if not additive]
+    if breaking:
+        version, description = breaking[0]
         raise StorageError(
             "storage.schema_newer",
-            f"the database is at schema {max(done)}, newer than this appliance ({LATEST})",
+            f"the database is at a schema newer than this appliance ({latest}): migration "
+            f"{version} ({description}) is not one older code may run on; upgrade this "
+            "appliance, or restore the backup taken before that upgrade",
         )
+    done = applied_versions(engine)
     applied = []
-    for migration in MIGRATIONS:
+    for migration in migrations:
         if migration.version in done:
             continue
         record = cast(Table, SchemaMigration.__table__)
@@ -186,8 +256,9 @@ def migrate(engine: Engine) -> list[int]:
             if migration.version in set(connection.scalars(select(SchemaMigration.version))):
                 continue  # another node or unit applied it while this one waited
             migration.apply(connection)
-            connection.execute(
-                record.insert().values(version=migration.version, description=migration.description)
-            )
+            values = {"version": migration.version, "description": migration.description}
+            if migration.version >= ADDITIVE_RECORDED:  # the column exists from then on
+                values["additive"] = migration.additive
+            connection.execute(record.insert().values(**values))
         applied.append(migration.version)
     return applied

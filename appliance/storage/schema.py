@@ -43,6 +43,8 @@ class SchemaMigration(Base):
     version: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
     description: Mapped[str] = mapped_column(String(200))
     applied_at: Mapped[datetime] = mapped_column(DateTime, default=utc_now)
+    additive: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
+    """Older code may run on the schema it made (storage.migrations); empty: not known."""
 
 
 class LimitEvent(Base):

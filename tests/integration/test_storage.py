@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from sqlalchemy import select, text, update
+from sqlalchemy import Connection, select, text, update
 
 from appliance.core.errors import IntegrityError, KeyringError, StorageError
 from appliance.core.ports import TurnRecord
@@ -23,7 +23,7 @@ from appliance.storage import audit
 from appliance.storage.crypto import unwrap_key
 from appliance.storage.keys import load_or_create, read_key
 from appliance.storage.maintenance import backup, restore, rotate_master_key
-from appliance.storage.migrations import LATEST, MIGRATIONS, applied_versions
+from appliance.storage.migrations import LATEST, MIGRATIONS, Migration, applied_versions, migrate
 from appliance.storage.repository import Storage
 from appliance.storage.schema import (
     AuditEvent,
@@ -35,6 +35,7 @@ from appliance.storage.schema import (
 )
 from appliance.storage.sqlite import integrity_check as sqlite_integrity_engine
 from tests.conftest import Backend
+from tests.integration.helpers import upgraded
 
 CANARY = "CANARY-PELICAN-7731"
 pytestmark = pytest.mark.backends
@@ -514,6 +515,82 @@ def test_migrations_are_recorded_and_applied_once(
         again.close()
     with pytest.raises(StorageError, match="newer"):
         backend.open(read_key(key_path))
+
+
+def test_each_migration_records_whether_older_code_may_run_on_it(store: Storage) -> None:
+    with store.session("schema") as session:
+        recorded = {row.version: row.additive for row in session.scalars(select(SchemaMigration))}
+    assert recorded == {m.version: m.additive for m in MIGRATIONS}
+
+
+@sqlite_only
+def test_migration_12_records_what_was_applied_before_it(tmp_path: Path) -> None:
+    at_schema_11 = (
+        "DELETE FROM schema_migrations WHERE version = 12",
+        "ALTER TABLE schema_migrations DROP COLUMN additive",
+    )
+    with upgraded(tmp_path, "+15550100", *at_schema_11) as (store, _):
+        with store.session("schema") as session:
+            rows = {r.version: r.additive for r in session.scalars(select(SchemaMigration))}
+        assert rows == {m.version: m.additive for m in MIGRATIONS}
+
+
+def later_release(additive: bool) -> tuple[Migration, ...]:
+    """This appliance's migrations and one of a later release: a column added to calls."""
+
+    def add_column(connection: Connection) -> None:
+        connection.execute(text("ALTER TABLE calls ADD COLUMN later_release VARCHAR(16)"))
+
+    later = Migration(LATEST + 1, "calls.later_release (a later release's)", add_column, additive)
+    return (*MIGRATIONS, later)
+
+
+def test_a_node_upgraded_while_another_serves_and_the_way_back(
+    backend: Backend, tmp_path: Path
+) -> None:
+    """Nodes upgrade one at a time: a node of this release keeps serving its call while another
+    applies a later release's additive migration, and this release starts again on that
+    schema (the way back from the upgrade: start the older appliance again)."""
+    key = load_or_create(tmp_path / "k")
+    serving = backend.open(key)
+    handle = serving.start_call("+15550100", "test")
+    handle.record_turn(TurnRecord(1, "before the other node upgraded", "ok"))
+    upgrading = backend.open(key)
+    try:
+        assert migrate(upgrading.engine, later_release(additive=True)) == [LATEST + 1]
+        assert migrate(upgrading.engine, later_release(additive=True)) == []  # once
+    finally:
+        upgrading.close()
+    handle.record_turn(TurnRecord(2, "after it upgraded", "ok"))
+    handle.finish("ended")
+    serving.close()
+    back = backend.open(key)  # this release again, on the later schema
+    try:
+        turns = back.read_call(handle.call_id, "admin:test", "check").turns
+        assert [t.transcript for t in turns] == [
+            "before the other node upgraded",
+            "after it upgraded",
+        ]
+        back.start_call("+15550101", "test").finish("ended")
+        assert max(applied_versions(back.engine)) == LATEST + 1
+        assert back.verify_audit().ok
+    finally:
+        back.close()
+
+
+def test_a_later_migration_older_code_cannot_run_on_is_refused_by_name(
+    backend: Backend, tmp_path: Path
+) -> None:
+    key = load_or_create(tmp_path / "k")
+    upgrading = backend.open(key)
+    try:
+        migrate(upgrading.engine, later_release(additive=False))
+    finally:
+        upgrading.close()
+    with pytest.raises(StorageError) as refused:
+        backend.open(key)
+    assert refused.value.code == "storage.schema_newer"
+    assert f"migration {LATEST + 1} (calls.later_release" in refused.value.message
 
 
 @sqlite_only
