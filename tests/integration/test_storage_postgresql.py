@@ -329,6 +329,23 @@ def test_doctor_reads_the_servers_schema_and_link(
     assert pg.PASSWORD not in check.detail
 
 
+def test_doctor_warns_a_node_older_than_its_database(
+    database: str, master: MasterKey, tmp_path: Path
+) -> None:
+    """A node rolled back (or not yet upgraded) on a schema a later release made additively
+    runs, and doctor says it is behind."""
+    from appliance.deploy import doctor
+    from appliance.storage.migrations import LATEST
+    from appliance.storage.schema import SchemaMigration
+
+    with Storage.open_url(database, master) as store, store.session("later") as session:
+        session.add(SchemaMigration(version=LATEST + 1, description="later", additive=True))
+    environ = {"APPLIANCE_HOME": str(tmp_path), "APPLIANCE_STORAGE__URL": database}
+    check = doctor.database(load_settings(environ=environ))
+    assert check.status == "WARN", check
+    assert f"schema {LATEST + 1}: newer than this appliance ({LATEST})" in check.detail
+
+
 def test_nodes_starting_at_once_on_an_empty_database_apply_each_migration_once(
     database: str, master: MasterKey
 ) -> None:
