@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,36 +21,44 @@ TARGET_CALLS, TARGET_P95_MS = 4, 3000.0
 
 
 def run_calls_bench(
-    settings: Settings, *, counts: list[int], as_json: bool, stt_models: Sequence[str] = ()
+    settings: Settings,
+    *,
+    counts: list[int],
+    as_json: bool,
+    stt_models: Sequence[str] = (),
+    nodes: Sequence[int] = (1,),
 ) -> int:
     """N simultaneous SIPp calls (N in ``counts``) against ``appliance sip`` on 127.0.0.1: the
     voice-to-voice latency of each call's turn (median, p95), gaps in the reply's RTP stream
-    as the caller received it, and the line's CPU time and peak RSS. With several
-    ``stt_models`` the rounds run once per speech-recognition model, side by side."""
-    import os
+    as the caller received it, and the lines' CPU time and peak RSS. With several
+    ``stt_models`` the rounds run once per speech-recognition model, side by side. For each
+    count of ``nodes`` above 1, that many nodes (127.0.0.2, .3, ...) on the one PostgreSQL
+    store of ``[storage] url`` take the calls through Kamailio with the repo's dispatcher
+    configuration, and each round says how the calls were spread."""
     import shutil
-    import socket
-    import subprocess
-    import sys
-
-    import psutil
 
     from appliance.telephony.sdp import PCMU
     from appliance.testing.media import Stream
 
     if shutil.which("sipp") is None:
         raise ApplianceError("bench.sipp", "sipp is not installed (Debian: sip-tester)")
-    scenario_text = (Path(__file__).parents[1] / "testing" / "sipp" / "uac_call.xml").read_text()
-
-    def free_port() -> int:
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-            s.bind(("127.0.0.1", 0))
-            return int(s.getsockname()[1])
-
+    if any(n < 1 for n in nodes):
+        raise ApplianceError("bench.nodes", "--nodes: each count must be at least 1")
+    if max(nodes) > 1:
+        if shutil.which("kamailio") is None:
+            raise ApplianceError(
+                "bench.kamailio", "--nodes above 1 needs kamailio (Debian: kamailio)"
+            )
+        if not settings.storage.url:
+            raise ApplianceError(
+                "bench.nodes_store",
+                "--nodes above 1 needs a store every node shares: set [storage] url to a "
+                "PostgreSQL server",
+            )
     results: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as folder:
         work = Path(folder)
-        tts = load_synthesizer(settings)  # the caller's voice; the line loads the rest
+        tts = load_synthesizer(settings)  # the caller's voice; the lines load the rest
         question = b"".join(
             c.pcm for c in tts.synthesize("What time do you open on Saturday?", 8000)
         )
@@ -57,39 +67,14 @@ def run_calls_bench(
         stream.audio(question)
         stream.silence(12.0)
         for model in stt_models or (settings.stt.model,):
-            port = free_port()
-            env = {
-                **os.environ,
-                "APPLIANCE_HOME": str(settings.home),
-                "APPLIANCE_STT__MODEL": model,
-                "APPLIANCE_SIP__DISCLOSURE": "Automated assistant.",
-                "APPLIANCE_SIP__MAX_DIALOGS": str(max(counts) * 2),
-                "APPLIANCE_SIP__UNCONFIRMED_PER_ADDRESS": str(max(counts)),
-                "APPLIANCE_SIP__INVITES_PER_ADDRESS_PER_10S": str(max(counts) * 4),
-                "APPLIANCE_LIMITS__MAX_CONCURRENT_CALLS": str(max(counts)),
-            }
-            if settings.source != "defaults":
-                env["APPLIANCE_CONFIG"] = settings.source
-            line = subprocess.Popen(
-                [sys.executable, "-m", "appliance", "sip", "--listen", f"127.0.0.1:{port}"],
-                env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-            )  # fmt: skip
-            try:
-                assert line.stdout is not None
-                if "listening" not in line.stdout.readline():
-                    raise ApplianceError("bench.sip", f"appliance sip did not start ({model})")
-                process = psutil.Process(line.pid)
-                for count in counts:
-                    result = _calls_round(
-                        count, port, scenario_text, stream.packets, work, process, free_port
-                    )
-                    _wait_until_idle(settings)  # the line finishes turns after the callers' BYEs
-                    latencies = _latest_latencies(settings, count)
-                    result["voice_to_voice"] = summary(latencies) if latencies else {}
-                    results.append({"stt_model": model, **result})
-            finally:
-                line.terminate()
-                line.wait(timeout=60)
+            for count_of_nodes in nodes:
+                with _serving(settings, model, count_of_nodes, max(counts), work) as served:
+                    for count in counts:
+                        result = _calls_round(count, served, stream.packets, work)
+                        _wait_until_idle(settings)  # lines finish turns after the callers' BYEs
+                        latencies, result["spread"] = _latest_latencies(settings, count)
+                        result["voice_to_voice"] = summary(latencies) if latencies else {}
+                        results.append({"stt_model": model, "nodes": count_of_nodes, **result})
     targets = [
         {
             "stt_model": r["stt_model"],
@@ -100,18 +85,20 @@ def run_calls_bench(
             and 0 < r["voice_to_voice"].get("p95_ms", 0) <= TARGET_P95_MS,
         }
         for r in results
-        if r["calls"] == TARGET_CALLS
+        if r["calls"] == TARGET_CALLS and r["nodes"] == 1
     ]
     if as_json:
         print(json.dumps({"rounds": results, "targets": targets}, indent=2))
     else:
         for r in results:
             v = r["voice_to_voice"]
+            where = "1 node" if r["nodes"] == 1 else f"{r['nodes']} nodes via Kamailio"
+            spread = ", ".join(f"{n} {c}" for n, c in sorted(r["spread"].items()))
             print(
-                f"{r['stt_model']}, {r['calls']} calls: voice-to-voice median "
+                f"{r['stt_model']}, {where}, {r['calls']} calls: voice-to-voice median "
                 f"{v.get('median_ms', 0):.0f} ms, p95 {v.get('p95_ms', 0):.0f} ms; reply RTP gaps "
                 f"{r['rtp_gaps']}; CPU {r['cpu_s']:.1f} s; RSS {r['rss_mib']:.0f} MiB; "
-                f"failed {r['failed']}"
+                f"failed {r['failed']}; calls per node: {spread}"
             )
         for t in targets:
             verdict = "met" if t["met"] else "missed"
@@ -122,17 +109,141 @@ def run_calls_bench(
     return 0
 
 
-def _latest_latencies(settings: Settings, count: int) -> list[float]:
-    """Voice-to-voice of the turns of the ``count`` newest calls (one round's)."""
+@dataclass
+class _Served:
+    """Where the callers call (a line, or the proxy in front of the nodes), the processes
+    whose CPU and memory count, and the SIPp scenario for that path."""
+
+    port: int
+    processes: list[Any]
+    scenario: str
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextlib.contextmanager
+def _serving(
+    settings: Settings, model: str, nodes: int, most_calls: int, work: Path
+) -> Iterator[_Served]:
+    """One line on 127.0.0.1, or ``nodes`` lines on 127.0.0.2, .3, ... behind Kamailio on
+    127.0.0.1, each with its own home and node name, one store and one master key."""
+    import os
+    import subprocess
+    import sys
+
+    import psutil
+
+    from appliance.config.settings import PACKAGE_ROOT
+
+    sipp_folder = Path(__file__).parents[1] / "testing" / "sipp"
+    base = {
+        **os.environ,
+        "APPLIANCE_HOME": str(settings.home),
+        "APPLIANCE_STT__MODEL": model,
+        "APPLIANCE_SIP__DISCLOSURE": "Automated assistant.",
+        "APPLIANCE_SIP__MAX_DIALOGS": str(most_calls * 2),
+        "APPLIANCE_SIP__UNCONFIRMED_PER_ADDRESS": str(most_calls),
+        "APPLIANCE_SIP__INVITES_PER_ADDRESS_PER_10S": str(most_calls * 4),
+        "APPLIANCE_LIMITS__MAX_CONCURRENT_CALLS": str(most_calls),
+    }
+    if settings.source != "defaults":
+        base["APPLIANCE_CONFIG"] = settings.source
+    processes: list[subprocess.Popen[str]] = []
+    try:
+        if nodes == 1:
+            addresses = [("127.0.0.1", _free_port(), base)]
+        else:
+            from appliance.service import default_key_path, open_storage
+
+            open_storage(settings).close()  # the master key made and the schema migrated, once
+            sip = settings.sip
+            width = (sip.rtp_port_max - sip.rtp_port_min + 1) // nodes
+            key = str(default_key_path(settings.home, settings.storage.master_key_file))
+            addresses = []
+            for index in range(nodes):
+                home = work / f"node-{index + 1}"
+                home.mkdir(exist_ok=True)
+                low = sip.rtp_port_min + index * width
+                env = {
+                    **base,
+                    "APPLIANCE_HOME": str(home),
+                    "APPLIANCE_STORAGE__URL": settings.storage.url,
+                    "APPLIANCE_STORAGE__MASTER_KEY_FILE": key,
+                    "APPLIANCE_SERVICE__NODE": f"bench-{index + 1}",
+                    "APPLIANCE_SIP__TRUSTED_PROXIES": "127.0.0.1",
+                    "APPLIANCE_SIP__RTP_PORT_MIN": str(low),
+                    "APPLIANCE_SIP__RTP_PORT_MAX": str(low + width - 1),
+                }
+                addresses.append((f"127.0.0.{index + 2}", _free_port(), env))
+        for host, port, env in addresses:
+            processes.append(
+                subprocess.Popen(
+                    [sys.executable, "-m", "appliance", "sip", "--listen", f"{host}:{port}"],
+                    env=env,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.DEVNULL,
+                    text=True,
+                )
+            )
+        for (host, port, _), line in zip(addresses, processes, strict=True):
+            assert line.stdout is not None
+            if "listening" not in line.stdout.readline():
+                raise ApplianceError("bench.sip", f"appliance sip on {host}:{port} did not start")
+        if nodes == 1:
+            scenario = (sipp_folder / "uac_call.xml").read_text()
+            yield _Served(addresses[0][1], [psutil.Process(processes[0].pid)], scenario)
+            return
+        run = work / f"kamailio-{nodes}"
+        run.mkdir(exist_ok=True)
+        listed = run / "nodes.list"
+        listed.write_text("".join(f"1 sip:{host}:{port}\n" for host, port, _ in addresses))
+        port, log = _free_port(), run / "dispatcher.log"
+        with log.open("w") as out:
+            proxy = subprocess.Popen(
+                ["kamailio", "-f", str(PACKAGE_ROOT / "kamailio" / "dispatcher.cfg"), "-DD", "-E",
+                 "-Y", str(run), "-m", "32", "-M", "4", "-l", f"udp:127.0.0.1:{port}",
+                 "-A", f'NODES="{listed}"', "-A", "PROBE_S=1", "-A", "PIKE_REQUESTS=1000"],
+                stdout=out, stderr=subprocess.STDOUT, text=True, cwd=run,
+            )  # fmt: skip
+        processes.append(proxy)
+        deadline = time.monotonic() + 30
+        while "Listening on" not in log.read_text(errors="replace"):
+            if proxy.poll() is not None or time.monotonic() > deadline:
+                raise ApplianceError("bench.kamailio", f"kamailio did not start: see {log}")
+            time.sleep(0.2)
+        scenario = (sipp_folder / "uac_call_proxy.xml").read_text()
+        yield _Served(port, [psutil.Process(p.pid) for p in processes], scenario)
+    finally:
+        for process in processes:
+            process.terminate()
+        for process in processes:
+            try:
+                process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(timeout=10)
+
+
+def _latest_latencies(settings: Settings, count: int) -> tuple[list[float], dict[str, int]]:
+    """Voice-to-voice of the turns of the ``count`` newest calls (one round's), and how many
+    of those calls each node took."""
     from appliance.service import open_storage
 
     storage = open_storage(settings)
     try:
         latencies: list[float] = []
+        spread: dict[str, int] = {}
         for call in storage.list_calls(limit=count):
             view = storage.read_call(call.id, "bench", "latency benchmark")
             latencies += [t.voice_to_voice_ms for t in view.turns if t.voice_to_voice_ms]
-        return latencies
+            spread[call.node or "?"] = spread.get(call.node or "?", 0) + 1
+        return latencies, spread
     finally:
         storage.close()
 
@@ -153,13 +264,7 @@ def _wait_until_idle(settings: Settings, timeout_s: float = 120.0) -> None:
 
 
 def _calls_round(
-    count: int,
-    port: int,
-    scenario: str,
-    stream: Sequence[tuple[float, bytes]],
-    work: Path,
-    process: Any,
-    free_port: Any,
+    count: int, served: _Served, stream: Sequence[tuple[float, bytes]], work: Path
 ) -> dict[str, Any]:
     """``count`` SIPp callers at once: SIPp signals, each caller's own media socket speaks
     the question once answered and hears the reply (testing/media.py)."""
@@ -167,14 +272,17 @@ def _calls_round(
 
     from appliance.testing.media import CallerMedia
 
-    cpu_before = sum(process.cpu_times()[:2])
+    def cpu() -> float:
+        return sum(sum(p.cpu_times()[:2]) for p in served.processes)
+
+    cpu_before = cpu()
     callers, runs = [], []
     peak = 0.0
     for index in range(count):
         media = CallerMedia()
         callers.append(media)
         text = (
-            scenario.replace("@CODEC@", "0")
+            served.scenario.replace("@CODEC@", "0")
             .replace("@CAPTURE_PORT@", str(media.port))
             .replace("@WAIT_MS@", "2500")
             .replace("@TALK_MS@", "14000")
@@ -182,8 +290,9 @@ def _calls_round(
         xml = work / f"call{index}.xml"
         xml.write_text(text)
         media.start(stream, after_s=2.5)
-        command = ["sipp", f"127.0.0.1:{port}", "-sf", str(xml), "-m", "1", "-i", "127.0.0.1"]
-        command += ["-p", str(free_port()), "-mp", str(free_port()), "-timeout", "90s"]
+        command = ["sipp", f"127.0.0.1:{served.port}", "-sf", str(xml), "-m", "1"]
+        command += ["-i", "127.0.0.1", "-p", str(_free_port()), "-mp", str(_free_port())]
+        command += ["-timeout", "90s"]
         command += ["-trace_err", "-error_file", str(work / f"call{index}.errors")]
         runs.append(
             subprocess.Popen(
@@ -194,7 +303,7 @@ def _calls_round(
             )
         )
     while any(r.poll() is None for r in runs):
-        peak = max(peak, process.memory_info().rss / 2**20)
+        peak = max(peak, sum(p.memory_info().rss for p in served.processes) / 2**20)
         time.sleep(0.2)
     time.sleep(1.0)
     gaps = 0
@@ -212,6 +321,6 @@ def _calls_round(
         "failed": sum(r.returncode != 0 for r in runs),
         "failures": failures,
         "rtp_gaps": gaps,
-        "cpu_s": round(sum(process.cpu_times()[:2]) - cpu_before, 1),
+        "cpu_s": round(cpu() - cpu_before, 1),
         "rss_mib": round(peak, 1),
     }

@@ -52,6 +52,12 @@ def register(commands: Commands) -> None:
         default="",
         help="speech-recognition models to compare, comma separated (default: [stt] model)",
     )
+    calls.add_argument(
+        "--nodes",
+        default="1",
+        help="how many voice nodes, comma separated: 1 is one line; more are that many nodes "
+        "behind Kamailio on the PostgreSQL store of [storage] url",
+    )
     startup = command(
         bench_cmd,
         "startup",
@@ -103,7 +109,10 @@ def calls_bench(args: argparse.Namespace, settings: Settings) -> int:
     from appliance.bench.calls import run_calls_bench
 
     counts = [int(n) for n in _names(args.calls)]
-    return run_calls_bench(settings, counts=counts, as_json=args.json, stt_models=_names(args.stt))
+    nodes = [int(n) for n in _names(args.nodes)]
+    return run_calls_bench(
+        settings, counts=counts, as_json=args.json, stt_models=_names(args.stt), nodes=nodes
+    )
 
 
 def startup_bench(args: argparse.Namespace, settings: Settings) -> int:

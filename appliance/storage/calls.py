@@ -46,6 +46,8 @@ class CallView:
     hold_reason: str | None
     turns: list[TurnView] = field(default_factory=list)
     recordings: int = 0
+    node: str | None = None
+    """The voice node that took the call (``[service] node``)."""
 
 
 class Calls(StoreBase):
@@ -296,6 +298,7 @@ class Calls(StoreBase):
             call.hold_reason,
             turns,
             recordings,
+            call.node,
         )
 
     def knowledge_gaps(self, actor: str, days: int = 30) -> list[tuple[str, int]]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import os
 import re
 import shutil
@@ -446,3 +447,34 @@ def test_a_node_shedding_one_caller_stays_in_rotation_and_a_refusing_one_is_skip
         stop(proxy.process)
         shedding.close()
         other.close()
+
+
+def test_bench_calls_through_the_proxy_spreads_the_calls_over_the_nodes(
+    line_env: dict[str, str], database: str
+) -> None:
+    """`bench calls --nodes 2`: two nodes behind Kamailio on one PostgreSQL database, the
+    round's figures and the calls each node took (one line, `--nodes 1`, is test_sip's)."""
+    result = subprocess.run(
+        [str(APPLIANCE), "bench", "calls", "--calls", "2", "--nodes", "2", "--json"],
+        env={**line_env, "APPLIANCE_STORAGE__URL": database},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    (round_,) = json.loads(result.stdout)["rounds"]
+    assert round_["nodes"] == 2 and round_["calls"] == 2 and round_["failed"] == 0, round_
+    assert round_["voice_to_voice"]["n"] == 2, round_
+    assert round_["spread"] == {"bench-1": 1, "bench-2": 1}, round_
+
+
+def test_bench_calls_with_several_nodes_needs_a_shared_store(line_env: dict[str, str]) -> None:
+    result = subprocess.run(
+        [str(APPLIANCE), "bench", "calls", "--calls", "1", "--nodes", "2"],
+        env={**line_env, "APPLIANCE_STORAGE__URL": ""},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert "bench.nodes_store" in result.stderr and "PostgreSQL" in result.stderr
