@@ -39,6 +39,7 @@ from appliance.core.ports import (
 from appliance.engines.embed import MiniLmEmbedder
 from appliance.engines.llm import LlamaChat
 from appliance.engines.remote_llm import FallbackChatModel, RemoteChatModel, Sampling
+from appliance.engines.remote_stt import FallbackTranscriber, WyomingTranscriber
 from appliance.engines.stt import WhisperTranscriber
 from appliance.engines.tts import PiperSynthesizer
 from appliance.engines.vad import WebRtcVad
@@ -253,6 +254,31 @@ def remote_model(settings: Settings) -> RemoteChatModel | None:
     )
 
 
+def remote_recognizer(settings: Settings) -> WyomingTranscriber | None:
+    """The speech recognizer on the GPU host (``[stt] remote_address``), or None."""
+    options = settings.stt
+    if not options.remote_address:
+        return None
+    return WyomingTranscriber(
+        options.remote_host,
+        options.remote_port,
+        options.remote_ca_file,
+        language=options.language,
+        timeout_s=options.remote_timeout_s,
+    )
+
+
+def remote_stt(
+    settings: Settings, local: WhisperTranscriber
+) -> WhisperTranscriber | FallbackTranscriber:
+    """What utterances are recognized by: the remote recognizer with ``local`` as its
+    fallback, or ``local`` alone when no remote is configured."""
+    remote = remote_recognizer(settings)
+    if remote is None:
+        return local
+    return FallbackTranscriber(remote, local, retry_s=settings.stt.remote_retry_s)
+
+
 def remote_chat(settings: Settings, local: LlamaChat) -> LlamaChat | FallbackChatModel:
     """The model replies come from: the remote one with ``local`` as its fallback, or
     ``local`` alone when no remote is configured."""
@@ -337,13 +363,14 @@ class VoiceService:
         knowledge = load_knowledge(settings, embedder)
         classifier = load_classifier(settings, embedder)
         stt.hint = speech_hint(settings, knowledge)
+        recognizer = remote_stt(settings, stt)
         mark = timed("knowledge", mark)
         tts = load_synthesizer(settings)
         timed("tts", mark)
         timings["total"] = round(time.perf_counter() - started, 3)
         service = cls(
             settings,
-            Engines(vad, stt, chat, tts),
+            Engines(vad, recognizer, chat, tts),
             pipeline_config(settings),
             timings,
             knowledge=knowledge,

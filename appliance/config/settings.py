@@ -123,12 +123,49 @@ class SttSettings:
     hint: str = "auto"
     """Words Whisper is told to expect (its initial prompt): "auto" takes the knowledge base's
     names and most asked-about words, "" none, any other text is used as it is."""
+    remote_address: str = ""
+    """A Wyoming speech-recognition server on the organization's GPU host
+    (``wyoming-faster-whisper``) behind a TLS terminator: ``ADDRESS:PORT`` (an IPv6 address in
+    brackets), an address, never a name; it joins the egress allowlist. Empty: the node's own
+    model recognizes alone. The local model is loaded either way: it recognizes while the
+    remote cannot."""
+    remote_ca_file: str = ""
+    """The CA (PEM) the terminator's certificate must chain to, pinned: the only one trusted,
+    TLS 1.2 at least, the certificate must carry the address."""
+    remote_timeout_s: float = 10.0
+    """How long connecting, the TLS handshake, and the wait for the transcript may take."""
+    remote_retry_s: float = 30.0
+    """After a failure of the remote, the local model recognizes for this long before the
+    remote is tried again."""
 
     def __post_init__(self) -> None:
+        if self.remote_address:
+            host, _, port = self.remote_address.rpartition(":")
+            try:  # an address: the appliance looks up no outside names (deploy/egress.py)
+                ipaddress.ip_address(host.removeprefix("[").removesuffix("]"))
+            except ValueError as exc:
+                raise ConfigError(
+                    "config.invalid", "stt.remote_address: ADDRESS:PORT, an address, not a name"
+                ) from exc
+            _check(
+                port.isdigit() and 1 <= int(port) <= 65_535, "stt.remote_address", "port 1-65535"
+            )
+            _check(bool(self.remote_ca_file), "stt.remote_ca_file", "needed with remote_address")
+        _check(0.5 <= self.remote_timeout_s <= 120, "stt.remote_timeout_s", "0.5 to 120")
+        _check(1 <= self.remote_retry_s <= 3600, "stt.remote_retry_s", "1 to 3600")
         _check(bool(self.model), "stt.model", "must name a model of the manifest")
         _check(len(self.hint) <= 600, "stt.hint", "at most 600 characters")
         _check(1 <= self.beam_size <= 10, "stt.beam_size", "1 to 10")
         _check(self.threads >= 1, "stt.threads", "at least 1")
+
+    @property
+    def remote_host(self) -> str:
+        """The remote's address (no brackets), or empty."""
+        return self.remote_address.rpartition(":")[0].strip("[]")
+
+    @property
+    def remote_port(self) -> int:
+        return int(self.remote_address.rpartition(":")[2]) if self.remote_address else 0
 
 
 DEFAULT_SYSTEM_PROMPT = (

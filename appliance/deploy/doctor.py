@@ -389,12 +389,33 @@ def remote_llm(settings: Settings) -> Check:
     return _pass(name, f"{remote.where} answers over the pinned CA ({len(served)} model(s) served)")
 
 
+def remote_stt(settings: Settings) -> Check:
+    """Speech recognition on the GPU host (``[stt] remote_address``): the Wyoming server
+    describes itself over TLS verified against the pinned CA; otherwise the reason, and the
+    node recognizes with its local model."""
+    from appliance.engines.remote_stt import RemoteSttError
+    from appliance.service import remote_recognizer
+
+    name = "remote STT"
+    try:
+        remote = remote_recognizer(settings)
+        if remote is None:
+            return _skip(name, "[stt] remote_address is empty: the local model recognizes")
+        served = remote.models()
+    except RemoteSttError as exc:
+        return _fail(name, f"{exc.message} [{exc.code}]; the node recognizes with its local model")
+    return _pass(
+        name, f"{remote.where} answers over the pinned CA ({', '.join(served) or 'no model named'})"
+    )
+
+
 CHECKS: tuple[Callable[[Settings], Check], ...] = (
     key_file,
     database,
     models,
     knowledge,
     remote_llm,
+    remote_stt,
     egress_guard,
     egress_enforcement,
     core_dumps,

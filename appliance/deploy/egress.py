@@ -246,20 +246,29 @@ def allowlist(settings: Settings) -> tuple[str, ...]:
     peers of ``[sip] allowed_peers`` (answers and media go back to them), the registrar, the
     SMTP relay of one-time codes (``[notify] relay``), the services of HTTP tools (the
     addresses of ``[tools] allowed_hosts``), the directory of panel log-ins (``[ldap] url``)
-    when it is on, the SIEM's collector (``[siem] collector``) and the language model on the GPU
-    host (``[llm] remote_url``) and the PostgreSQL server (``[storage] url``) when it is on
-    another machine."""
+    when it is on, the SIEM's collector (``[siem] collector``), the language model and the speech
+    recognizer on the GPU hosts (``[llm] remote_url``, ``[stt] remote_address``) and the
+    PostgreSQL server (``[storage] url``) when it is on another machine."""
     registrar = settings.sip.registrar.rpartition(":")[0].strip("[]")
     relay = settings.notify.relay.strip("[]")
     directory = settings.ldap.address[0] if settings.ldap.enabled else ""
     peers = (*settings.service.egress_allow, *settings.sip.allowed_peers)
     services = tuple(host.ip for host in settings.tools.allowed_hosts)
     siem = settings.siem.host if settings.siem.enabled else ""
-    remote_llm = settings.llm.remote_host
+    remote_llm, remote_stt = settings.llm.remote_host, settings.stt.remote_host
     database = settings.storage.server_address
     named = tuple(
         address
-        for address in (registrar, relay, directory, *services, siem, remote_llm, database)
+        for address in (
+            registrar,
+            relay,
+            directory,
+            *services,
+            siem,
+            remote_llm,
+            remote_stt,
+            database,
+        )
         if address
     )
     return tuple(dict.fromkeys((*peers, *named)))

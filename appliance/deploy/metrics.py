@@ -40,7 +40,9 @@ from appliance.core.events import EventType, Route, Stage
 from appliance.core.ports import CallRecorder, TurnRecord
 from appliance.deploy.scrape import HEALTHY, OTHER, UNHEALTHY, ScrapeToken, incident_family
 from appliance.deploy.scrape import self_signed as self_signed_pair
-from appliance.engines.remote_llm import Backend, FallbackChatModel
+from appliance.engines.remote import Backend, RemoteHealth
+from appliance.engines.remote_llm import FallbackChatModel
+from appliance.engines.remote_stt import FallbackTranscriber
 from appliance.pipeline.scheduling import SCHEDULER
 from appliance.service import VoiceService
 from appliance.storage.repository import Storage
@@ -272,6 +274,7 @@ class _Figures(Collector):
             seconds.add_metric([label], spent)
         yield seconds
         yield from _remote_llm(service)
+        yield from _remote_stt(service)
         depth = GaugeMetricFamily(
             "appliance_stage_queue_depth",
             "Jobs waiting for a stage's thread (the models are shared by every call)",
@@ -293,22 +296,32 @@ def _remote_llm(service: VoiceService | None) -> Iterator[Metric]:
     node's own answers for it (0), and the replies each drafted ([llm] remote_url); with no
     remote configured, every reply is the local model's, counted by the routes above."""
     llm = service.engines.llm if service is not None else None
-    if not isinstance(llm, FallbackChatModel):
-        return
-    up = GaugeMetricFamily(
-        "appliance_llm_remote_up", "1 while the remote language model answers, 0 while it fails"
-    )
-    up.add_metric([], 1 if llm.remote_up else 0)
-    yield up
-    turns = CounterMetricFamily(
-        "appliance_llm_turns",
-        "Replies drafted by the language model, by where (a redraft counts again)",
-        labels=["backend"],
-    )
-    counts = llm.turns()
+    if isinstance(llm, FallbackChatModel):
+        yield from _remote_health(
+            llm, "llm", "the remote language model answers", "Replies drafted by the language "
+            "model, by where (a redraft counts again)",
+        )  # fmt: skip
+
+
+def _remote_stt(service: VoiceService | None) -> Iterator[Metric]:
+    """The same for speech recognition on the GPU host ([stt] remote_address)."""
+    stt = service.engines.stt if service is not None else None
+    if isinstance(stt, FallbackTranscriber):
+        yield from _remote_health(
+            stt, "stt", "the remote speech recognizer answers",
+            "Utterances recognized, by where",
+        )  # fmt: skip
+
+
+def _remote_health(health: RemoteHealth, role: str, up: str, turns: str) -> Iterator[Metric]:
+    gauge = GaugeMetricFamily(f"appliance_{role}_remote_up", f"1 while {up}, 0 while it fails")
+    gauge.add_metric([], 1 if health.remote_up else 0)
+    yield gauge
+    counter = CounterMetricFamily(f"appliance_{role}_turns", turns, labels=["backend"])
+    counts = health.turns()
     for backend in Backend:
-        turns.add_metric([backend.value], counts[backend])
-    yield turns
+        counter.add_metric([backend.value], counts[backend])
+    yield counter
 
 
 LOADED_PARTS = ("stt", "llm", "knowledge", "tts", "total")

@@ -9,12 +9,9 @@ HTTP dependency.
 
 from __future__ import annotations
 
-import enum
 import http.client
 import json
 import logging
-import ssl
-import threading
 import time
 from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass
@@ -22,6 +19,9 @@ from typing import Any, Protocol
 
 from appliance.core.errors import ApplianceError, LlmError
 from appliance.core.ports import ChatMessage
+from appliance.engines.remote import Backend, RemoteHealth, pinned_context, translated
+
+__all__ = ["Backend", "FallbackChatModel", "RemoteChatModel", "RemoteLlmError", "Sampling"]
 
 log = logging.getLogger(__name__)
 
@@ -30,21 +30,6 @@ class RemoteLlmError(LlmError):
     """The remote model could not answer: refused or unreachable, its certificate did not
     verify, it timed out, or it answered with an error status. The message names what failed,
     never what was asked."""
-
-
-def pinned_context(ca_file: str) -> ssl.SSLContext:
-    """A client context that trusts ``ca_file`` alone (not the system's CAs), TLS 1.2 at least,
-    the certificate checked against the address connected to (RFC 6125, an IP
-    subjectAltName)."""
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # check_hostname and CERT_REQUIRED
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    try:
-        context.load_verify_locations(cafile=ca_file)
-    except (OSError, ssl.SSLError) as exc:
-        raise RemoteLlmError(
-            "llm.remote_ca", f"cannot load the remote's CA {ca_file}: {exc}"
-        ) from exc
-    return context
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,7 +62,7 @@ class RemoteChatModel:
         self.timeout_s = timeout_s
         self._api_key = api_key
         self._sampling = sampling or Sampling()
-        self._context = pinned_context(ca_file)
+        self._context = pinned_context(ca_file, RemoteLlmError, "llm")
 
     @property
     def where(self) -> str:
@@ -171,32 +156,9 @@ class RemoteChatModel:
 
 
 def _translated(exc: Exception, where: str) -> RemoteLlmError:
-    """A library's failure as the code that says what went wrong (its text may not be sent
-    further: only its class and the verification reason are)."""
-    if isinstance(exc, ssl.SSLCertVerificationError):
-        return RemoteLlmError(
-            "llm.remote_certificate",
-            f"{where}: the certificate does not verify against the pinned CA "
-            f"({exc.verify_message})",
-        )
-    if isinstance(exc, ssl.SSLError):
-        return RemoteLlmError("llm.remote_tls", f"{where}: TLS failed ({exc.reason})")
-    if isinstance(exc, TimeoutError):
-        return RemoteLlmError("llm.remote_timeout", f"{where}: no answer in time")
-    if isinstance(exc, ConnectionRefusedError):
-        return RemoteLlmError("llm.remote_refused", f"{where}: connection refused")
-    if isinstance(exc, (OSError, http.client.HTTPException)):
-        return RemoteLlmError(
-            "llm.remote_unreachable", f"{where}: unreachable ({type(exc).__name__})"
-        )
-    return RemoteLlmError("llm.remote_protocol", f"{where}: {type(exc).__name__}")
-
-
-class Backend(enum.StrEnum):
-    """Which model answered a reply: the label of ``appliance_llm_turns_total``."""
-
-    REMOTE = "remote"
-    LOCAL = "local"
+    error = translated(exc, where, RemoteLlmError, "llm")
+    assert isinstance(error, RemoteLlmError)
+    return error
 
 
 class LocalModel(Protocol):
@@ -211,7 +173,7 @@ class LocalModel(Protocol):
     ) -> str: ...
 
 
-class FallbackChatModel:
+class FallbackChatModel(RemoteHealth):
     """The remote model while it answers, the local one while it cannot.
 
     A reply goes to the remote unless it failed less than ``retry_s`` ago. When the remote
@@ -236,53 +198,10 @@ class FallbackChatModel:
         retry_s: float = 30.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        super().__init__("remote LLM", remote.where, retry_s=retry_s, clock=clock)
         self.remote = remote
         self.local = local
         self.contexts = local.contexts
-        self.retry_s = retry_s
-        self._clock = clock
-        self._lock = threading.Lock()
-        self._down_since: float | None = None
-        self.last_failure = ""
-        """The code of the remote's last failure ("" while it answers)."""
-        self._turns = dict.fromkeys(Backend, 0)
-
-    @property
-    def remote_up(self) -> bool:
-        """False from a failure of the remote until it answers again."""
-        with self._lock:
-            return self._down_since is None
-
-    def turns(self) -> dict[Backend, int]:
-        """Replies drafted so far, by the model that drafted them (a redraft counts again)."""
-        with self._lock:
-            return dict(self._turns)
-
-    def _try_remote(self) -> bool:
-        with self._lock:
-            since = self._down_since
-            return since is None or self._clock() - since >= self.retry_s
-
-    def _answered(self, backend: Backend) -> None:
-        with self._lock:
-            self._turns[backend] += 1
-            if backend is Backend.REMOTE and self._down_since is not None:
-                self._down_since = None
-                self.last_failure = ""
-                log.info("remote LLM %s answers again", self.remote.where)
-
-    def _failed(self, code: str) -> None:
-        with self._lock:
-            was_up = self._down_since is None
-            self._down_since = self._clock()
-            self.last_failure = code
-        if was_up:
-            log.warning(
-                "remote LLM %s down (%s): the local model answers, retry in %.0f s",
-                self.remote.where,
-                code,
-                self.retry_s,
-            )
 
     def stream_chat(self, messages: Sequence[ChatMessage], max_tokens: int) -> Iterator[str]:
         if self._try_remote():

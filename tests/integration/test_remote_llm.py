@@ -230,7 +230,7 @@ def test_doctor_skips_without_a_remote_and_passes_when_it_answers(
 def test_server_down_the_local_model_answers_until_retry_s_has_passed(
     remote: Remote, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, logger="appliance.engines.remote_llm")
+    caplog.set_level(logging.INFO, logger="appliance.engines.remote")
     clock = Clock()
     refused = fallback(client(closed_port(), remote.ca), clock)
     assert reply(refused) == LOCAL_REPLY
@@ -248,7 +248,7 @@ def test_server_down_the_local_model_answers_until_retry_s_has_passed(
     assert reply(model) == "".join(PIECES)  # retried after remote_retry_s
     assert model.remote_up and len(remote.server.requests) == 2
     assert model.turns() == {Backend.REMOTE: 1, Backend.LOCAL: 2}
-    lines = [r.getMessage() for r in caplog.records if r.name == "appliance.engines.remote_llm"]
+    lines = [r.getMessage() for r in caplog.records if r.name == "appliance.engines.remote"]
     assert len(lines) == 3  # one line per change of state, none for a retry not made
     assert "down (llm.remote_refused)" in lines[0] and "down (llm.remote_status)" in lines[1]
     assert lines[2] == f"remote LLM https://127.0.0.1:{remote.server.port}/v1 answers again"
