@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import signal
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
@@ -17,6 +18,8 @@ from appliance.config.settings import Settings
 from appliance.core.errors import ApplianceError
 from appliance.service import load_synthesizer
 
+NODE_PREFIX = "bench-"
+"""The benchmark's lines' node names (``bench-1``, ...): its calls, apart from any other's."""
 TARGET_CALLS, TARGET_P95_MS = 4, 3000.0
 """The line's target on 2 cores: 4 simultaneous calls, p95 voice-to-voice <= 3 s, no RTP gaps."""
 
@@ -73,7 +76,8 @@ def run_calls_bench(
                     for count in counts:
                         since = datetime.now(UTC).replace(tzinfo=None)  # as the store keeps time
                         result = _calls_round(count, served, stream.packets, work)
-                        _wait_until_idle(settings)  # lines finish turns after the callers' BYEs
+                        # The lines finish their turns after the callers' BYEs.
+                        result["unfinished"] = _wait_until_idle(settings)
                         latencies, result["spread"] = _round_latencies(settings, since)
                         result["voice_to_voice"] = summary(latencies) if latencies else {}
                         results.append({"stt_model": model, "nodes": count_of_nodes, **result})
@@ -89,6 +93,13 @@ def run_calls_bench(
         for r in results
         if r["calls"] == TARGET_CALLS and r["nodes"] == 1
     ]
+    if any(r["unfinished"] for r in results):
+        import sys
+
+        print(
+            "bench: some calls were still active 120 s after a round: its figures are partial",
+            file=sys.stderr,
+        )
     if as_json:
         print(json.dumps({"rounds": results, "targets": targets}, indent=2))
     else:
@@ -163,7 +174,9 @@ def _serving(
     processes: list[subprocess.Popen[str]] = []
     try:
         if nodes == 1:
-            addresses = [("127.0.0.1", _free_port(), base)]
+            addresses = [
+                ("127.0.0.1", _free_port(), {**base, "APPLIANCE_SERVICE__NODE": "bench-1"})
+            ]
         else:
             from appliance.service import open_storage
             from appliance.storage.keys import default_key_path
@@ -171,6 +184,12 @@ def _serving(
             open_storage(settings).close()  # the master key made and the schema migrated, once
             sip = settings.sip
             width = (sip.rtp_port_max - sip.rtp_port_min + 1) // nodes
+            if width < 2 * most_calls:
+                raise ApplianceError(
+                    "bench.nodes",
+                    f"[sip] rtp_port_min to rtp_port_max holds too few ports for {nodes} nodes "
+                    f"of {most_calls} calls each",
+                )
             key = str(default_key_path(settings.home, settings.storage.master_key_file))
             addresses = []
             for index in range(nodes):
@@ -182,7 +201,7 @@ def _serving(
                     "APPLIANCE_HOME": str(home),
                     "APPLIANCE_STORAGE__URL": settings.storage.url,
                     "APPLIANCE_STORAGE__MASTER_KEY_FILE": key,
-                    "APPLIANCE_SERVICE__NODE": f"bench-{index + 1}",
+                    "APPLIANCE_SERVICE__NODE": f"{NODE_PREFIX}{index + 1}",
                     "APPLIANCE_SIP__TRUSTED_PROXIES": "127.0.0.1",
                     "APPLIANCE_SIP__RTP_PORT_MIN": str(low),
                     "APPLIANCE_SIP__RTP_PORT_MAX": str(low + width - 1),
@@ -206,6 +225,9 @@ def _serving(
             scenario = (sipp_folder / "uac_call.xml").read_text()
             yield _Served(addresses[0][1], [psutil.Process(processes[0].pid)], scenario)
             return
+        config = PACKAGE_ROOT / "kamailio" / "dispatcher.cfg"
+        if not config.is_file():
+            raise ApplianceError("bench.kamailio", f"the proxy's configuration {config} is missing")
         run = work / f"kamailio-{nodes}"
         run.mkdir(exist_ok=True)
         listed = run / "nodes.list"
@@ -213,10 +235,11 @@ def _serving(
         port, log = _free_port(), run / "dispatcher.log"
         with log.open("w") as out:
             proxy = subprocess.Popen(
-                ["kamailio", "-f", str(PACKAGE_ROOT / "kamailio" / "dispatcher.cfg"), "-DD", "-E",
+                ["kamailio", "-f", str(config), "-DD", "-E",
                  "-Y", str(run), "-m", "32", "-M", "4", "-l", f"udp:127.0.0.1:{port}",
                  "-A", f'NODES="{listed}"', "-A", "PROBE_S=1", "-A", "PIKE_REQUESTS=1000"],
                 stdout=out, stderr=subprocess.STDOUT, text=True, cwd=run,
+                start_new_session=True,  # its workers are its children: stopped as a group
             )  # fmt: skip
         processes.append(proxy)
         deadline = time.monotonic() + 30
@@ -225,16 +248,31 @@ def _serving(
                 raise ApplianceError("bench.kamailio", f"kamailio did not start: see {log}")
             time.sleep(0.2)
         scenario = (sipp_folder / "uac_call_proxy.xml").read_text()
-        yield _Served(port, [psutil.Process(p.pid) for p in processes], scenario)
+        counted = [psutil.Process(p.pid) for p in processes]
+        counted += psutil.Process(proxy.pid).children(recursive=True)  # its UDP workers
+        yield _Served(port, counted, scenario)
     finally:
         for process in processes:
-            process.terminate()
+            _signal(process, signal.SIGTERM)
         for process in processes:
             try:
                 process.wait(timeout=60)
             except subprocess.TimeoutExpired:
-                process.kill()
+                _signal(process, signal.SIGKILL)
                 process.wait(timeout=10)
+
+
+def _signal(process: Any, number: int) -> None:
+    """To the process, or to its whole group when it leads one (Kamailio and its workers)."""
+    import os
+
+    try:
+        if os.getpgid(process.pid) == process.pid:
+            os.killpg(process.pid, number)
+        else:
+            process.send_signal(number)
+    except ProcessLookupError:
+        pass
 
 
 def _round_latencies(settings: Settings, since: datetime) -> tuple[list[float], dict[str, int]]:
@@ -249,6 +287,8 @@ def _round_latencies(settings: Settings, since: datetime) -> tuple[list[float], 
         for call in storage.list_calls(limit=1000):
             if call.started_at < since:
                 break  # newest first
+            if not (call.node or "").startswith(NODE_PREFIX):
+                continue  # another node's call on a shared store
             view = storage.read_call(call.id, "bench", "latency benchmark")
             latencies += [t.voice_to_voice_ms for t in view.turns if t.voice_to_voice_ms]
             spread[call.node or "?"] = spread.get(call.node or "?", 0) + 1
@@ -257,16 +297,22 @@ def _round_latencies(settings: Settings, since: datetime) -> tuple[list[float], 
         storage.close()
 
 
-def _wait_until_idle(settings: Settings, timeout_s: float = 120.0) -> None:
-    """Until no stored call is active: a round starts only once the last one has ended."""
+def _wait_until_idle(settings: Settings, timeout_s: float = 120.0) -> int:
+    """Until none of the benchmark's calls is active (a round starts only once the last one
+    has ended); returns how many still were when ``timeout_s`` ran out (0: all ended)."""
     from appliance.service import open_storage
 
     storage = open_storage(settings)
     try:
         deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if all(c.status != "active" for c in storage.list_calls(limit=50)):
-                return
+        while True:
+            active = [
+                c
+                for c in storage.list_calls(limit=50)
+                if c.status == "active" and (c.node or "").startswith(NODE_PREFIX)
+            ]
+            if not active or time.monotonic() >= deadline:
+                return len(active)
             time.sleep(0.5)
     finally:
         storage.close()

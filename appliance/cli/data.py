@@ -68,6 +68,12 @@ def register(commands: Commands) -> None:
     where.add_argument("--out", type=Path, help="the backup file")
     where.add_argument("--dir", type=Path, help="a folder: a file named by the time in it")
     backup.add_argument("--keep", type=int, default=0, help="with --dir: keep the N newest")
+    backup.add_argument(
+        "--scheduled",
+        action="store_true",
+        help="as the backup timer runs it: on a PostgreSQL store, whose backups are the "
+        "server's own (pg_dump), say so and write nothing, instead of failing",
+    )
     restore = command(commands, "restore", run_restore, "check a backup, then put it in place")
     restore.add_argument("file", type=Path)
 
@@ -278,6 +284,13 @@ def run_backup(args: argparse.Namespace, settings: Settings) -> int:
     from appliance.storage.maintenance import backup, prune_backups
     from appliance.storage.recovery import Recovery
 
+    if args.scheduled and settings.storage.url:
+        print(
+            "backup: the store is a PostgreSQL server; back it up with the server's tools "
+            "(pg_dump --format=custom, pg_basebackup): nothing written",
+            file=sys.stderr,
+        )
+        return 0
     target = args.out
     if args.dir is not None:
         target = args.dir / f"appliance-{datetime.now(UTC):%Y%m%dT%H%M%S%fZ}.db"

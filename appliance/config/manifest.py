@@ -13,12 +13,15 @@ the configured models; ``appliance models install NAME`` installs another's on r
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import importlib.util
 import os
 import shutil
 import subprocess
 import sys
+import time
 import tomllib
 import zipfile
 from collections.abc import Iterator
@@ -232,10 +235,12 @@ def entry_path(entry: ManifestEntry, settings: Settings) -> Path:
     folder named for its pins (``whisper-base@<digest>``): releases, and clones sharing one
     cache, that pin other files each keep their own copy, so switching or rolling back never
     rewrites the files another one loads."""
-    if not entry.source.startswith("cache:"):
+    if not (entry.source.startswith("cache:") and entry.assemble):
         return resolve_source(entry.source, settings)
     first, *rest = Path(entry.source[len("cache:") :]).parts
     cache = settings.models.cache_path(settings.home)
+    if not rest and first in entry.files:  # a file at the cache's top: a folder of its own
+        rest = [first]
     return cache.joinpath(f"{first}@{pins_digest(entry.files)}", *rest)
 
 
@@ -251,11 +256,10 @@ def assemble(entry: ManifestEntry, settings: Settings) -> Path | None:
         return None
     target = entry_path(entry, settings)
     folder = target.parent if target.name in entry.files else target  # one file, or a folder
-    if target.exists() and all(
-        c.status is FileStatus.OK
-        for c in check_model(ModelSpec(entry.name, entry.role, target, entry.files))
-    ):
+    spec = ModelSpec(entry.name, entry.role, target, entry.files)
+    if _verifies(spec):
         return None
+    _clear_leftovers(folder)
     # Its own name per process: the cache is shared by every clone and test run.
     staging = folder.with_name(f".{folder.name}.{os.getpid()}.partial")
     try:
@@ -275,16 +279,52 @@ def assemble(entry: ManifestEntry, settings: Settings) -> Path | None:
                 f"{entry.name}: {wrong[0].path.name} assembled from its parts is "
                 f"{wrong[0].status.value}, not its pin (a damaged or different package)",
             )
-        if folder.exists():  # an altered or partial copy under these same pins
-            shutil.rmtree(folder)
-        staging.rename(folder)
+        published = _publish(staging, folder, spec)
     except OSError as exc:
         raise ModelError(
             "model.assemble", f"cannot assemble {folder}: {exc.strerror or exc}"
         ) from exc
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    return folder
+    return folder if published else None
+
+
+LEFTOVER_AGE_S = 3600.0
+"""A staging or set-aside folder this old was left by a process that died mid-assembly."""
+
+
+def _verifies(spec: ModelSpec) -> bool:
+    return spec.path.exists() and all(c.status is FileStatus.OK for c in check_model(spec))
+
+
+def _clear_leftovers(folder: Path) -> None:
+    """Remove what killed assemblies of this folder left (each process removes its own)."""
+    now = time.time()
+    for pattern in (f".{folder.name}.*.partial", f".{folder.name}.*.stale"):
+        for leftover in folder.parent.glob(pattern):
+            with contextlib.suppress(OSError):
+                if now - leftover.stat().st_mtime > LEFTOVER_AGE_S:
+                    shutil.rmtree(leftover, ignore_errors=True)
+
+
+def _publish(staging: Path, folder: Path, spec: ModelSpec) -> bool:
+    """Put the verified ``staging`` in place as ``folder``. A verified copy another process
+    put there meanwhile is kept (it may be loading it) and False returned; a copy that does
+    not verify is moved aside first, then removed."""
+    if folder.exists():
+        if _verifies(spec):
+            return False
+        aside = folder.with_name(f".{folder.name}.{os.getpid()}.stale")
+        with contextlib.suppress(FileNotFoundError):  # another process moved it first
+            folder.rename(aside)
+        shutil.rmtree(aside, ignore_errors=True)
+    try:
+        staging.rename(folder)
+    except OSError as exc:
+        if exc.errno in (errno.ENOTEMPTY, errno.EEXIST) and _verifies(spec):
+            return False  # another process put its verified copy there first
+        raise
+    return True
 
 
 def assemble_models(settings: Settings) -> list[Path]:

@@ -141,8 +141,11 @@ class SttSettings:
     def __post_init__(self) -> None:
         if self.remote_address:
             host, _, port = self.remote_address.rpartition(":")
+            bracketed = host.startswith("[") and host.endswith("]")
             try:  # an address: the appliance looks up no outside names (deploy/egress.py)
-                ipaddress.ip_address(host.removeprefix("[").removesuffix("]"))
+                if ":" in host and not bracketed:
+                    raise ValueError("an IPv6 address without brackets")
+                ipaddress.ip_address(host[1:-1] if bracketed else host)
             except ValueError as exc:
                 raise ConfigError(
                     "config.invalid", "stt.remote_address: ADDRESS:PORT, an address, not a name"

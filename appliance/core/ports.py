@@ -421,6 +421,20 @@ class Transcriber(Protocol):
 
 
 @runtime_checkable
+class OffloadingTranscriber(Protocol):
+    """A transcriber that first asks another host (the GPU host's recognizer). That try waits
+    on the network, not on this machine's cores, so the pipeline makes it beside the
+    recognition stage's thread (which every call shares); only the local fallback, when the
+    remote gives none (``None``), runs on that thread."""
+
+    def transcribe(self, pcm: bytes, sample_rate_hz: int) -> Transcript: ...
+
+    def transcribe_remote(self, pcm: bytes, sample_rate_hz: int) -> Transcript | None: ...
+
+    def transcribe_local(self, pcm: bytes, sample_rate_hz: int) -> Transcript: ...
+
+
+@runtime_checkable
 class ChatModel(Protocol):
     """Streams the reply's text pieces. Closing the iterator early stops the generation."""
 

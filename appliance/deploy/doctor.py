@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Protocol
 
 from appliance.compliance.gate import gate_state
 from appliance.config.manifest import pin_problems, roles_in_use
@@ -378,15 +379,9 @@ def remote_llm(settings: Settings) -> Check:
     from appliance.engines.remote_llm import RemoteLlmError
     from appliance.service import remote_model
 
-    name = "remote LLM"
-    try:
-        remote = remote_model(settings)
-        if remote is None:
-            return _skip(name, "[llm] remote_url is empty: the local model answers")
-        served = remote.models()
-    except RemoteLlmError as exc:
-        return _fail(name, f"{exc.message} [{exc.code}]; the node answers with its local model")
-    return _pass(name, f"{remote.where} answers over the pinned CA ({len(served)} model(s) served)")
+    return _remote(
+        "remote LLM", lambda: remote_model(settings), "[llm] remote_url", "answers", RemoteLlmError
+    )
 
 
 def remote_stt(settings: Settings) -> Check:
@@ -396,17 +391,40 @@ def remote_stt(settings: Settings) -> Check:
     from appliance.engines.remote_stt import RemoteSttError
     from appliance.service import remote_recognizer
 
-    name = "remote STT"
-    try:
-        remote = remote_recognizer(settings)
-        if remote is None:
-            return _skip(name, "[stt] remote_address is empty: the local model recognizes")
-        served = remote.models()
-    except RemoteSttError as exc:
-        return _fail(name, f"{exc.message} [{exc.code}]; the node recognizes with its local model")
-    return _pass(
-        name, f"{remote.where} answers over the pinned CA ({', '.join(served) or 'no model named'})"
+    return _remote(
+        "remote STT",
+        lambda: remote_recognizer(settings),
+        "[stt] remote_address",
+        "recognizes",
+        RemoteSttError,
     )
+
+
+class _Served(Protocol):
+    @property
+    def where(self) -> str: ...
+
+    def models(self) -> list[str]: ...
+
+
+def _remote(
+    name: str,
+    remote_of: Callable[[], _Served | None],
+    key: str,
+    does: str,
+    error: type[ApplianceError],
+) -> Check:
+    """A remote engine asked what it serves: SKIP without one, PASS with its models, FAIL
+    naming the code (the node's own model then ``does`` the work)."""
+    try:
+        remote = remote_of()
+        if remote is None:
+            return _skip(name, f"{key} is empty: the local model {does}")
+        served = remote.models()
+    except error as exc:
+        return _fail(name, f"{exc.message} [{exc.code}]; the node {does} with its local model")
+    models = ", ".join(served) or "no model named"
+    return _pass(name, f"{remote.where} answers over the pinned CA ({models})")
 
 
 CHECKS: tuple[Callable[[Settings], Check], ...] = (

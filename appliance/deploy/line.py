@@ -25,6 +25,7 @@ from appliance.config.settings import Settings, TransferMode, TransferSettings
 from appliance.core.audio import PIPELINE_SAMPLE_RATE_HZ
 from appliance.core.jurisdiction import ConsentScript
 from appliance.core.ports import KeyInbox, TransferAttempt, TransferResult
+from appliance.engines.remote_stt import local_only
 from appliance.service import Consent, VoiceService, run_call
 from appliance.storage.repository import Storage
 from appliance.telephony.rtp import RATE_HZ, RtpSink, bridge, hold_tone
@@ -113,7 +114,8 @@ class SipLine:
         if media.digits:
             granted = media.digits[0] == "1"
             return Consent("granted" if granted else "refused", version, "dtmf")
-        stt = self.service.engines.stt
+        # Recognized on this node: before the caller agrees, their words go to no other host.
+        stt = local_only(self.service.engines.stt)
         text = (await asyncio.to_thread(stt.transcribe, bytes(heard), PIPELINE_SAMPLE_RATE_HZ)).text
         granted = bool(_YES.search(text)) and not _NO.search(text)
         return Consent("granted" if granted else "refused", version, "spoken")

@@ -15,8 +15,6 @@ from collections.abc import Callable
 
 from appliance.core.errors import ApplianceError
 
-log = logging.getLogger(__name__)
-
 
 def pinned_context(ca_file: str, error: type[ApplianceError], role: str) -> ssl.SSLContext:
     """A client context that trusts ``ca_file`` alone (not the system's CAs), TLS 1.2 at least,
@@ -63,18 +61,19 @@ class Backend(enum.StrEnum):
 
 class RemoteHealth:
     """Whether the remote answers: it is tried unless it failed less than ``retry_s`` ago;
-    each answer is counted by the model that gave it. One log line per change of state,
-    naming the code only (never what was asked or said)."""
+    each answer is counted by the model that gave it. One line in ``log`` (the engine's own)
+    per change of state, naming the code only (never what was asked or said)."""
 
     def __init__(
         self,
         what: str,
         where: str,
+        log: logging.Logger,
         *,
         retry_s: float = 30.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self._what, self._where = what, where
+        self._what, self._where, self._log = what, where, log
         self.retry_s = retry_s
         self._clock = clock
         self._lock = threading.Lock()
@@ -105,7 +104,7 @@ class RemoteHealth:
             if backend is Backend.REMOTE and self._down_since is not None:
                 self._down_since = None
                 self.last_failure = ""
-                log.info("%s %s answers again", self._what, self._where)
+                self._log.info("%s %s answers again", self._what, self._where)
 
     def _failed(self, code: str) -> None:
         with self._lock:
@@ -113,7 +112,7 @@ class RemoteHealth:
             self._down_since = self._clock()
             self.last_failure = code
         if was_up:
-            log.warning(
+            self._log.warning(
                 "%s %s down (%s): the local model answers, retry in %.0f s",
                 self._what,
                 self._where,

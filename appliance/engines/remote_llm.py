@@ -198,7 +198,7 @@ class FallbackChatModel(RemoteHealth):
         retry_s: float = 30.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        super().__init__("remote LLM", remote.where, retry_s=retry_s, clock=clock)
+        super().__init__("remote LLM", remote.where, log, retry_s=retry_s, clock=clock)
         self.remote = remote
         self.local = local
         self.contexts = local.contexts

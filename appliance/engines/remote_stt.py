@@ -12,16 +12,19 @@ and closes the connection. ``describe`` is answered with ``info``.
 from __future__ import annotations
 
 import json
+import logging
 import socket
 import time
 from collections.abc import Callable
 from typing import Any, BinaryIO, Protocol
 
 from appliance.core.errors import SttError
-from appliance.core.ports import Transcript
+from appliance.core.ports import Transcriber, Transcript
 from appliance.engines.remote import Backend, RemoteHealth, pinned_context, translated
 
-__all__ = ["Backend", "FallbackTranscriber", "RemoteSttError", "WyomingTranscriber"]
+__all__ = ["Backend", "FallbackTranscriber", "RemoteSttError", "WyomingTranscriber", "local_only"]
+
+log = logging.getLogger(__name__)
 
 CHUNK_BYTES = 8192
 """PCM per audio-chunk event (a quarter of a second at 16 kHz)."""
@@ -56,15 +59,26 @@ class WyomingTranscriber:
     def _exchange(
         self, events: list[tuple[str, dict[str, Any], bytes]], answer: str
     ) -> dict[str, Any]:
-        """Send ``events`` on a new connection and return the data of the first ``answer``."""
+        """Send ``events`` on a new connection and return the data of the first ``answer``,
+        all within ``timeout_s`` (connecting, the handshake, sending, and the wait)."""
+        deadline = time.monotonic() + self.timeout_s
+
+        def left() -> float:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError
+            return remaining
+
         try:
             with (
-                socket.create_connection((self.host, self.port), timeout=self.timeout_s) as raw,
+                socket.create_connection((self.host, self.port), timeout=left()) as raw,
                 self._context.wrap_socket(raw, server_hostname=self.host) as tls,
             ):
+                tls.settimeout(left())
                 tls.sendall(b"".join(_event(kind, data, payload) for kind, data, payload in events))
                 with tls.makefile("rb") as stream:
                     for _ in range(MAX_EVENTS):
+                        tls.settimeout(left())
                         kind, data = _read_event(stream, self.where)
                         if kind == answer:
                             return data
@@ -140,14 +154,16 @@ def _read_event(stream: BinaryIO, where: str) -> tuple[str, dict[str, Any]]:
         ) from exc
     if not (0 <= length <= MAX_BODY_BYTES and 0 <= skip <= MAX_BODY_BYTES):
         raise RemoteSttError("stt.remote_protocol", f"{where} sent an event too large")
+    body, payload = stream.read(length) if length else b"", stream.read(skip) if skip else b""
+    if len(body) < length or len(payload) < skip:
+        raise RemoteSttError("stt.remote_lost", f"{where} closed the connection inside an event")
     if length:
         try:
-            data.update(json.loads(stream.read(length)))
+            data.update(json.loads(body))
         except (ValueError, TypeError) as exc:
             raise RemoteSttError(
                 "stt.remote_protocol", f"{where} sent event data that is not JSON"
             ) from exc
-    stream.read(skip)
     return kind, data
 
 
@@ -173,7 +189,9 @@ class FallbackTranscriber(RemoteHealth):
         retry_s: float = 30.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        super().__init__("remote speech recognition", remote.where, retry_s=retry_s, clock=clock)
+        super().__init__(
+            "remote speech recognition", remote.where, log, retry_s=retry_s, clock=clock
+        )
         self.remote = remote
         self.local = local
 
@@ -186,13 +204,27 @@ class FallbackTranscriber(RemoteHealth):
         self.local.hint = words
 
     def transcribe(self, pcm: bytes, sample_rate_hz: int) -> Transcript:
-        if self._try_remote():
-            try:
-                transcript = self.remote.transcribe(pcm, sample_rate_hz)
-            except RemoteSttError as exc:
-                self._failed(exc.code)
-            else:
-                self._answered(Backend.REMOTE)
-                return transcript
+        remote = self.transcribe_remote(pcm, sample_rate_hz)
+        return remote if remote is not None else self.transcribe_local(pcm, sample_rate_hz)
+
+    def transcribe_remote(self, pcm: bytes, sample_rate_hz: int) -> Transcript | None:
+        """The remote's transcript, or None while it is down or when it fails now."""
+        if not self._try_remote():
+            return None
+        try:
+            transcript = self.remote.transcribe(pcm, sample_rate_hz)
+        except RemoteSttError as exc:
+            self._failed(exc.code)
+            return None
+        self._answered(Backend.REMOTE)
+        return transcript
+
+    def transcribe_local(self, pcm: bytes, sample_rate_hz: int) -> Transcript:
         self._answered(Backend.LOCAL)
         return self.local.transcribe(pcm, sample_rate_hz)
+
+
+def local_only(stt: Transcriber) -> Transcriber:
+    """The node's own recognizer of ``stt``: what recognizes words that may not leave the node
+    (a consent answer, before the caller has agreed to anything)."""
+    return stt.local if isinstance(stt, FallbackTranscriber) else stt

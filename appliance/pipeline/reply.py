@@ -40,6 +40,7 @@ from appliance.core.ports import (
     InputDecision,
     Knowledge,
     KnowledgeAnswer,
+    OffloadingTranscriber,
     SpeechDetector,
     Synthesizer,
     Transcriber,
@@ -258,9 +259,15 @@ class ReplyPath:
         await self.answer(out, plan)
 
     async def transcribe(self, out: TurnOutput, audio: bytes) -> str:
-        transcript = await SCHEDULER.run(
-            Stage.STT, self.stt.transcribe, audio, PIPELINE_SAMPLE_RATE_HZ
-        )
+        stt, rate = self.stt, PIPELINE_SAMPLE_RATE_HZ
+        if isinstance(stt, OffloadingTranscriber):  # the GPU host's try, beside the stage
+            remote = await asyncio.to_thread(stt.transcribe_remote, audio, rate)
+            if remote is not None:
+                transcript = remote
+            else:
+                transcript = await SCHEDULER.run(Stage.STT, stt.transcribe_local, audio, rate)
+        else:
+            transcript = await SCHEDULER.run(Stage.STT, stt.transcribe, audio, rate)
         out.state.transcript = transcript.text
         out.emit(
             EventType.TRANSCRIPT,

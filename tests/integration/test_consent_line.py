@@ -17,7 +17,9 @@ from sqlalchemy import func, select
 from appliance.config.consent import LineScripts
 from appliance.config.settings import DEFAULT_CONSENT_FOLDER, Settings, SipSettings
 from appliance.core.errors import ConfigError
+from appliance.core.ports import Transcript
 from appliance.deploy.line import SipLine
+from appliance.engines.remote_stt import FallbackTranscriber
 from appliance.service import VoiceService, open_storage
 from appliance.storage.repository import Storage
 from appliance.storage.schema import Call, Consent, Recording, Turn
@@ -130,6 +132,50 @@ def test_a_california_caller_on_a_one_party_line_is_asked_and_a_refusal_keeps_th
         assert (call.status, call.disclosure_version) == ("ended:no_consent", version)
         assert consents == [("refused", version, "dtmf")]
         assert (turns, recordings) == (0, 0)
+
+
+class RemoteRecognizer:
+    """The GPU host's recognizer (as engines.remote_stt.WyomingTranscriber): counts what it
+    was sent, and hears the caller's question."""
+
+    where = "wyoming+tls://10.0.0.7:10443"
+
+    def __init__(self) -> None:
+        self.heard = 0
+
+    def transcribe(self, pcm: bytes, sample_rate_hz: int) -> Transcript:
+        self.heard += 1
+        return Transcript("When do you open?", len(pcm) / 2 / sample_rate_hz, 0.0)
+
+
+def test_a_spoken_consent_answer_is_recognized_on_the_node_never_by_the_remote(
+    settings: Settings,
+) -> None:
+    """Before a caller agrees, their words go to no other host: the spoken answer to the
+    consent question is the node's own model's; the question after it is the remote's."""
+    service = line_service(settings)
+    remote, local = RemoteRecognizer(), FakeTranscriber(["Yes, that is fine."])
+    local.hint = ""  # type: ignore[attr-defined]
+    recognizer = FallbackTranscriber(remote, local)  # type: ignore[arg-type]
+    service.engines = dataclasses.replace(service.engines, stt=recognizer)
+    with open_storage(service.settings) as store:
+        all_party = LineScripts.load(service.settings).suggested["us-all-party"]
+
+        async def test(line: SipLine, phone: CallerPhone) -> None:
+            await until(lambda: all_party.consent_prompt in spoken(service), 20)
+            phone.say()  # "yes", spoken
+            await until(lambda: local.calls == 1 and bool(service.active), 30)
+            before = len(spoken(service))
+            phone.say()  # the question
+            await until(lambda: remote.heard == 1 and len(spoken(service)) > before, 30)
+            phone.cseq += 1
+            phone.send(phone._in_dialog("BYE", phone.cseq), line.ua.port)
+            await until(lambda: not service.active, 20)
+
+        on_line(service, store, CALIFORNIA, test)
+        _, consents, turns, _ = stored(store)
+        assert consents == [("granted", f"us-all-party/{all_party.version}", "spoken")]
+        assert (local.calls, remote.heard, turns) == (1, 1, 1)
 
 
 def test_a_new_york_caller_on_a_one_party_line_hears_the_disclosure_and_is_not_asked(

@@ -81,6 +81,7 @@ def test_the_install_creates_the_expected_files_with_tight_modes(installed: Path
     assert mode(key) == 0o600 and len(key.read_bytes()) == 32
     assert mode(etc / "appliance.toml") == 0o640
     assert (installed / "opt/appliance/src/appliance/cli/__init__.py").is_file()
+    assert (installed / "opt/appliance/src/kamailio/dispatcher.cfg").is_file()  # bench, docs
     assert list(state.glob("models/whisper-base@*/model.bin"))  # assembled and verified
     units = installed / "etc/systemd/system"
     for name in (*SERVICES, *TIMERS):

@@ -17,7 +17,6 @@ from pathlib import Path
 
 import pytest
 from flask.testing import FlaskClient
-from prometheus_client.parser import text_string_to_metric_families
 
 from appliance.admin.accounts import hash_password
 from appliance.admin.app import create_app
@@ -32,7 +31,7 @@ from appliance.pipeline.scheduling import Scheduler
 from appliance.storage.repository import Storage
 from appliance.telephony.ua import SipCall, SipUserAgent
 from appliance.testing.fakes import FakeTranscriber, ScriptedChatModel, ToneSynthesizer
-from tests.integration.helpers import fake_service, serve_utterances
+from tests.integration.helpers import fake_service, samples, serve_utterances
 
 pytestmark = pytest.mark.fakes
 
@@ -55,15 +54,6 @@ def with_metrics(home: Path, listen: str = "") -> Settings:
         settings.service, metrics_listen=listen, metrics_token_file=str(token_file(home))
     )
     return dataclasses.replace(settings, service=service)
-
-
-def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    """Each sample of an exposition by name and labels."""
-    found = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            found[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
-    return found
 
 
 def test_a_call_shows_in_the_figures_without_its_caller_or_words(

@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from appliance.config.settings import Settings, load_settings
 from appliance.core.errors import ConfigError, LlmError
@@ -31,7 +30,7 @@ from appliance.engines.remote_llm import Backend, FallbackChatModel, RemoteChatM
 from appliance.service import remote_model
 from appliance.storage.repository import Storage
 from appliance.testing.fakes import FakeTranscriber, ToneSynthesizer
-from tests.integration.helpers import NoToolModel, fake_service, serve_utterances
+from tests.integration.helpers import NoToolModel, fake_service, samples, serve_utterances
 from tests.pki import make_ca, write_certificates
 
 pytestmark = pytest.mark.fakes
@@ -230,7 +229,7 @@ def test_doctor_skips_without_a_remote_and_passes_when_it_answers(
 def test_server_down_the_local_model_answers_until_retry_s_has_passed(
     remote: Remote, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, logger="appliance.engines.remote")
+    caplog.set_level(logging.INFO, logger="appliance.engines.remote_llm")
     clock = Clock()
     refused = fallback(client(closed_port(), remote.ca), clock)
     assert reply(refused) == LOCAL_REPLY
@@ -248,7 +247,7 @@ def test_server_down_the_local_model_answers_until_retry_s_has_passed(
     assert reply(model) == "".join(PIECES)  # retried after remote_retry_s
     assert model.remote_up and len(remote.server.requests) == 2
     assert model.turns() == {Backend.REMOTE: 1, Backend.LOCAL: 2}
-    lines = [r.getMessage() for r in caplog.records if r.name == "appliance.engines.remote"]
+    lines = [r.getMessage() for r in caplog.records if r.name == "appliance.engines.remote_llm"]
     assert len(lines) == 3  # one line per change of state, none for a retry not made
     assert "down (llm.remote_refused)" in lines[0] and "down (llm.remote_status)" in lines[1]
     assert lines[2] == f"remote LLM https://127.0.0.1:{remote.server.port}/v1 answers again"
@@ -309,14 +308,6 @@ def test_the_settings_want_an_address_and_it_joins_the_egress_allowlist(tmp_path
     assert "10.0.0.7" in egress.allowlist(settings)
     plain = load_settings(environ={"APPLIANCE_HOME": str(tmp_path)})
     assert "10.0.0.7" not in egress.allowlist(plain)
-
-
-def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    found = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            found[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
-    return found
 
 
 def test_a_call_through_the_remote_is_guarded_and_counted(remote: Remote, store: Storage) -> None:

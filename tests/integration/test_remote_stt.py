@@ -9,12 +9,12 @@ import asyncio
 import dataclasses
 import ssl
 import threading
+import time
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from appliance.config.settings import Settings, load_settings
 from appliance.core.errors import ConfigError
@@ -26,7 +26,7 @@ from appliance.service import remote_recognizer, remote_stt
 from appliance.storage.keys import load_or_create
 from appliance.storage.repository import Storage
 from appliance.testing.fakes import FakeTranscriber, ScriptedChatModel, ToneSynthesizer
-from tests.integration.helpers import fake_service
+from tests.integration.helpers import fake_service, samples
 from tests.pki import write_certificates
 
 with warnings.catch_warnings():  # the library imports audioop (deprecated since Python 3.11)
@@ -41,14 +41,15 @@ PCM = bytes(range(256)) * 200  # 51,200 bytes: seven chunks, the last one short
 class Server:
     """A Wyoming server on 127.0.0.1 behind TLS (the reference library reads and writes the
     events): it answers each transcription with how many PCM bytes it heard at which rate, or,
-    with ``close_early``, closes the connection without a transcript."""
+    as ``answer`` says, closes without a transcript ("close"), never answers ("stall"), or
+    sends a line that is not an event ("junk") or an event too large to take ("huge")."""
 
     def __init__(self, folder: Path) -> None:
         self.ca, cert, key = write_certificates(folder)
         self.context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         self.context.load_cert_chain(cert, key)
         self.received: list[list[Event]] = []
-        self.close_early = False
+        self.answer = "transcript"
         self.loop = asyncio.new_event_loop()
         ready = threading.Event()
 
@@ -80,11 +81,18 @@ class Server:
                     await async_write_event(Info(asr=[program]).event(), writer)
                     break
                 if event.type == "audio-stop":
-                    if not self.close_early:
+                    if self.answer == "transcript":
                         chunks = [e for e in events if e.type == "audio-chunk"]
                         heard = sum(len(c.payload or b"") for c in chunks)
                         said = f" heard {heard} bytes at {chunks[0].data['rate']} Hz "
                         await async_write_event(WyomingTranscript(said).event(), writer)
+                    elif self.answer == "stall":
+                        await asyncio.sleep(5)
+                    elif self.answer == "junk":
+                        writer.write(b"this is not an event\n")
+                    elif self.answer == "huge":
+                        writer.write(b'{"type": "transcript", "data_length": 16777216}\n')
+                    await writer.drain()
                     break
         finally:
             self.received.append(events)
@@ -135,10 +143,23 @@ def test_each_failure_is_a_code_that_names_the_server_never_the_audio(
     with pytest.raises(RemoteSttError) as wrong:
         client(server, other_ca).transcribe(PCM, 16_000)
     assert wrong.value.code == "stt.remote_certificate"
-    server.close_early = True
-    with pytest.raises(RemoteSttError) as lost:
-        client(server).transcribe(PCM, 16_000)
-    assert lost.value.code == "stt.remote_lost"
+    for answer, code in (
+        ("close", "stt.remote_lost"),
+        ("junk", "stt.remote_protocol"),
+        ("huge", "stt.remote_protocol"),
+        ("stall", "stt.remote_timeout"),
+    ):
+        server.answer = answer
+        quick = WyomingTranscriber("127.0.0.1", server.port, str(server.ca), timeout_s=1)
+        started = time.monotonic()
+        with pytest.raises(RemoteSttError) as failed:
+            quick.transcribe(PCM, 16_000)
+        assert failed.value.code == code, (answer, failed.value)
+        assert time.monotonic() - started < 4  # within the whole exchange's timeout
+        # What the caller said is in no error: only the server and what went wrong.
+        assert f"127.0.0.1:{server.port}" in failed.value.message
+        assert "heard" not in failed.value.message and PCM[:16].hex() not in str(failed.value)
+    server.answer = "transcript"
     server.close()
     with pytest.raises(RemoteSttError) as refused:
         client(server).transcribe(PCM, 16_000)
@@ -158,13 +179,13 @@ def test_the_local_model_recognizes_while_the_remote_is_down_until_retry_s(
     local.hint = ""  # type: ignore[attr-defined]
     fallback = FallbackTranscriber(client(server), local, retry_s=30, clock=lambda: now[0])  # type: ignore[arg-type]
     assert fallback.transcribe(PCM, 16_000).text.startswith("heard")
-    server.close_early = True
+    server.answer = "close"
     assert fallback.transcribe(PCM, 16_000).text == "the local model heard it"
     assert not fallback.remote_up and fallback.last_failure == "stt.remote_lost"
     asked = len(server.received)
     assert fallback.transcribe(PCM, 16_000).text == "the local model heard it"
     assert len(server.received) == asked  # still marked down: not asked
-    server.close_early = False
+    server.answer = "transcript"
     now[0] = 31.0
     assert fallback.transcribe(PCM, 16_000).text.startswith("heard")  # retried, answers again
     assert fallback.remote_up and fallback.turns() == {Backend.REMOTE: 2, Backend.LOCAL: 2}
@@ -210,11 +231,7 @@ def test_doctor_egress_and_metrics_know_the_remote(
         server.close()
         recognizer.transcribe(PCM, 16_000)
         down = doctor.remote_stt(remote)
-        figures = {
-            (s.name, tuple(s.labels.items())): s.value
-            for family in text_string_to_metric_families(metrics.exposition().decode())
-            for s in family.samples
-        }
+        figures = samples(metrics.exposition().decode())
     finally:
         store.close()
     assert down.status == "FAIL" and "stt.remote_refused" in down.detail
@@ -230,6 +247,7 @@ def test_doctor_egress_and_metrics_know_the_remote(
         ("asr.example.com:10300", "ca.pem", "an address, not a name"),
         ("10.0.0.7", "ca.pem", "an address, not a name"),
         ("10.0.0.7:0", "ca.pem", "port 1-65535"),
+        ("fd00::7:10300", "ca.pem", "an address, not a name"),  # brackets, or it is ambiguous
         ("10.0.0.7:10300", "", "stt.remote_ca_file"),
     ],
 )

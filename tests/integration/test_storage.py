@@ -35,7 +35,6 @@ from appliance.storage.schema import (
 )
 from appliance.storage.sqlite import integrity_check as sqlite_integrity_engine
 from tests.conftest import Backend
-from tests.integration.helpers import upgraded
 
 CANARY = "CANARY-PELICAN-7731"
 pytestmark = pytest.mark.backends
@@ -523,16 +522,27 @@ def test_each_migration_records_whether_older_code_may_run_on_it(store: Storage)
     assert recorded == {m.version: m.additive for m in MIGRATIONS}
 
 
-@sqlite_only
-def test_migration_12_records_what_was_applied_before_it(tmp_path: Path) -> None:
-    at_schema_11 = (
-        "DELETE FROM schema_migrations WHERE version = 12",
-        "ALTER TABLE schema_migrations DROP COLUMN additive",
-    )
-    with upgraded(tmp_path, "+15550100", *at_schema_11) as (store, _):
+def test_migration_12_records_what_was_applied_before_it(backend: Backend, tmp_path: Path) -> None:
+    """A database of release 11 (no column, no row 12) upgraded: the rows before 12 get what
+    this code knows of them."""
+    key = load_or_create(tmp_path / "k")
+    old = backend.open(key)
+    handle = old.start_call("+15550100", "test")
+    handle.record_turn(TurnRecord(1, "kept across the upgrade", "noted"))
+    handle.finish("ended")
+    with old.session("back to 11") as session:
+        session.execute(text("DELETE FROM schema_migrations WHERE version = 12"))
+        session.execute(text("ALTER TABLE schema_migrations DROP COLUMN additive"))
+    old.close()
+    store = backend.open(key)
+    try:
         with store.session("schema") as session:
             rows = {r.version: r.additive for r in session.scalars(select(SchemaMigration))}
         assert rows == {m.version: m.additive for m in MIGRATIONS}
+        turns = store.read_call(handle.call_id, "admin:test", "check").turns
+        assert turns[0].transcript == "kept across the upgrade"
+    finally:
+        store.close()
 
 
 def later_release(additive: bool) -> tuple[Migration, ...]:

@@ -16,7 +16,6 @@ import time
 from pathlib import Path
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from appliance.config.manifest import model_spec
 from appliance.config.settings import Settings
@@ -30,7 +29,7 @@ from appliance.service import remote_chat, remote_model
 from appliance.storage.keys import load_or_create
 from appliance.storage.repository import Storage
 from appliance.testing.fakes import ToneSynthesizer
-from tests.integration.helpers import fake_service, serve_utterances
+from tests.integration.helpers import fake_service, samples, serve_utterances
 from tests.pki import write_certificates
 
 pytestmark = pytest.mark.real
@@ -111,11 +110,7 @@ def test_a_call_is_answered_by_the_remote_then_by_the_local_model_once_it_stops(
             metrics = VoiceMetrics(settings, store)
             service.metrics, metrics.service = metrics, service
             outcome = serve_utterances(service, store, 2, "+15550100002")
-            figures = {
-                (s.name, tuple(s.labels.items())): s.value
-                for family in text_string_to_metric_families(metrics.exposition().decode())
-                for s in family.samples
-            }
+            figures = samples(metrics.exposition().decode())
         finally:
             store.close()
         assert server.poll() is not None  # stopped during the call

@@ -45,8 +45,9 @@ def free_port() -> int:
 
 
 class StopsTheServer:
-    """The recognizer of the call: once the remote has recognized an utterance, the Wyoming
-    server is stopped (SIGTERM, and waited for) before the next one is recognized."""
+    """The recognizer of the call, as the pipeline drives one that offloads (the remote's try
+    beside the recognition thread, the local model on it): once the remote has recognized an
+    utterance, the Wyoming server is stopped (SIGTERM, and waited for) before the next one."""
 
     def __init__(self, server: subprocess.Popen[bytes], recognizer: FallbackTranscriber) -> None:
         self.server, self.recognizer = server, recognizer
@@ -54,11 +55,22 @@ class StopsTheServer:
         self.heard: list[str] = []
 
     def transcribe(self, pcm: bytes, sample_rate_hz: int) -> Transcript:
+        raise AssertionError("the pipeline should offload the remote's try")
+
+    def transcribe_remote(self, pcm: bytes, sample_rate_hz: int) -> Transcript | None:
         if self.recognizer.turns()[Backend.REMOTE] >= 1 and self.server.poll() is None:
             self.server.send_signal(signal.SIGTERM)
             self.server.wait(timeout=60)
-        transcript = self.recognizer.transcribe(pcm, sample_rate_hz)
-        self.heard.append(transcript.text)
+        return self._heard(self.recognizer.transcribe_remote(pcm, sample_rate_hz))
+
+    def transcribe_local(self, pcm: bytes, sample_rate_hz: int) -> Transcript:
+        transcript = self._heard(self.recognizer.transcribe_local(pcm, sample_rate_hz))
+        assert transcript is not None
+        return transcript
+
+    def _heard(self, transcript: Transcript | None) -> Transcript | None:
+        if transcript is not None:
+            self.heard.append(transcript.text)
         return transcript
 
 

@@ -6,11 +6,19 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import os
+import time
 from pathlib import Path
 
 import pytest
 
-from appliance.config.manifest import ManifestEntry, assemble, entry_path
+from appliance.config.manifest import (
+    LEFTOVER_AGE_S,
+    ManifestEntry,
+    _publish,
+    assemble,
+    entry_path,
+)
 from appliance.config.settings import ModelsSettings, Settings
 from appliance.core.errors import ModelError
 from appliance.core.models import FileStatus, ModelSpec, check_model
@@ -92,3 +100,47 @@ def test_an_altered_copy_is_rebuilt_whole(cached: Settings, tmp_path: Path) -> N
     (folder / "stray").write_bytes(b"left by an interrupted copy")
     assert assemble(entry, cached) == folder
     assert verified(entry, cached) and not (folder / "stray").exists()
+
+
+def test_a_copy_another_process_put_in_place_meanwhile_is_kept(
+    cached: Settings, tmp_path: Path
+) -> None:
+    """Two processes assembling at once: the second to finish keeps the first's verified copy
+    (a reader may be loading it) and drops its own."""
+    entry = release(tmp_path, "old", b"weights-1")
+    folder = assemble(entry, cached)
+    assert folder is not None
+    before = (folder / "model.bin").stat().st_ino
+    staging = tmp_path / "staging"
+    staging.mkdir()
+    for name in ("model.bin", "config.json"):
+        (staging / name).write_bytes((folder / name).read_bytes())
+    spec = ModelSpec(entry.name, entry.role, folder, entry.files)
+    assert _publish(staging, folder, spec) is False
+    assert (folder / "model.bin").stat().st_ino == before and staging.exists()
+
+
+def test_what_a_killed_assembly_left_is_cleared_once_old(cached: Settings, tmp_path: Path) -> None:
+    entry = release(tmp_path, "old", b"weights-1")
+    folder = entry_path(entry, cached)
+    folder.parent.mkdir(parents=True)
+    old, fresh = (folder.with_name(f".{folder.name}.{pid}.partial") for pid in (1, 2))
+    for leftover in (old, fresh):
+        leftover.mkdir()
+    os.utime(old, (time.time() - 2 * LEFTOVER_AGE_S,) * 2)
+    assemble(entry, cached)
+    assert not old.exists() and fresh.exists()  # a fresh one may be another process's, working
+
+
+def test_a_single_file_at_the_cache_top_gets_a_folder_of_its_own(
+    cached: Settings, tmp_path: Path
+) -> None:
+    part = tmp_path / "m.part"
+    part.write_bytes(b"gguf")
+    entry = ManifestEntry(
+        name="one", role="llm", source="cache:one.gguf", files={"one.gguf": sha(b"gguf")},
+        assemble={"one.gguf": [f"path:{part}"]}, licence="test",
+    )  # fmt: skip
+    path = entry_path(entry, cached)
+    assert path.name == "one.gguf" and path.parent.name.startswith("one.gguf@")
+    assert assemble(entry, cached) == path.parent and path.read_bytes() == b"gguf"
