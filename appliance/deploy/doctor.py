@@ -78,6 +78,7 @@ def database(settings: Settings) -> Check:
         return server_database(settings)
     from appliance.service import database_path, open_storage
     from appliance.storage import sqlite as sqlcipher
+    from appliance.storage.migrations import LATEST, applied_versions
 
     path = database_path(settings)
     if not path.exists():
@@ -92,13 +93,17 @@ def database(settings: Settings) -> Check:
         storage = open_storage(settings, create_key=False)
         try:
             result = sqlcipher.integrity_check(storage.engine)
+            schema = max(applied_versions(storage.engine), default=0)
         finally:
             storage.close()
     except ApplianceError as exc:
         return _fail("database", f"does not open under the master key: {exc}")
     if result != ["ok"]:
         return _fail("database", f"integrity check: {'; '.join(result[:3])}")
-    return _pass("database", f"{path} encrypted (SQLCipher), integrity ok")
+    detail = f"{path} encrypted (SQLCipher), integrity ok, schema {schema}"
+    if schema > LATEST:  # it opened, so every newer migration is additive
+        return _warn("database", f"{detail}: newer than this appliance ({LATEST}); upgrade it")
+    return _pass("database", detail)
 
 
 def server_database(settings: Settings) -> Check:

@@ -545,6 +545,24 @@ def test_migration_12_records_what_was_applied_before_it(backend: Backend, tmp_p
         store.close()
 
 
+@sqlite_only
+def test_doctor_warns_a_node_older_than_its_sqlite_database(tmp_path: Path) -> None:
+    """The release before started again on a schema a later one made additively (the way
+    back) runs, and doctor says it is behind."""
+    from appliance.config.settings import load_settings
+    from appliance.deploy import doctor
+    from appliance.service import open_storage
+
+    settings = load_settings(environ={"APPLIANCE_HOME": str(tmp_path / "home")})
+    with open_storage(settings) as store:
+        assert doctor.database(settings).status == "PASS"
+        with store.session("later") as session:
+            session.add(SchemaMigration(version=LATEST + 1, description="later", additive=True))
+    check = doctor.database(settings)
+    assert check.status == "WARN", check
+    assert f"schema {LATEST + 1}: newer than this appliance ({LATEST})" in check.detail
+
+
 def later_release(additive: bool) -> tuple[Migration, ...]:
     """This appliance's migrations and one of a later release: a column added to calls."""
 
