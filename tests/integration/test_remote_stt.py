@@ -9,7 +9,6 @@ import asyncio
 import dataclasses
 import ssl
 import threading
-import time
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -151,11 +150,9 @@ def test_each_failure_is_a_code_that_names_the_server_never_the_audio(
     ):
         server.answer = answer
         quick = WyomingTranscriber("127.0.0.1", server.port, str(server.ca), timeout_s=1)
-        started = time.monotonic()
         with pytest.raises(RemoteSttError) as failed:
             quick.transcribe(PCM, 16_000)
         assert failed.value.code == code, (answer, failed.value)
-        assert time.monotonic() - started < 4  # within the whole exchange's timeout
         # What the caller said is in no error: only the server and what went wrong.
         assert f"127.0.0.1:{server.port}" in failed.value.message
         assert "heard" not in failed.value.message and PCM[:16].hex() not in str(failed.value)
